@@ -1,0 +1,78 @@
+// Package delivery carries notifications from the router to the edges: the
+// protobuf envelope, the naming of per-user Redis channels, and the publisher
+// that looks up presence and publishes in one Redis round trip.
+package delivery
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+	"github.com/herald-push/herald/presence"
+)
+
+// Channel is the Redis Pub/Sub channel of user's notifications, under the key
+// prefix. It shares the user's hash tag with the user's keys, so that it can
+// move to sharded pub/sub on Redis Cluster.
+func Channel(prefix, user string) string {
+	return prefix + presence.HashTag(user) + ":events"
+}
+
+// UserFromChannel is the inverse of Channel.
+func UserFromChannel(prefix, channel string) (string, bool) {
+	rest, ok := strings.CutPrefix(channel, prefix+"{u:")
+	if !ok {
+		return "", false
+	}
+	return strings.CutSuffix(rest, "}:events")
+}
+
+// crockford is the Crockford base32 alphabet: no I, L, O or U, so ids are
+// easy to read aloud and never spell words.
+const crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+// NewID returns a new notification id: 26 characters of Crockford base32 that
+// encode 48 bits of milliseconds since the epoch and 80 random bits. Ids sort
+// by the time they were made, and are safe in an SSE id field, a Redis key and
+// a log line.
+func NewID(now time.Time) string {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixMilli())<<16)
+	if _, err := rand.Read(b[6:]); err != nil {
+		panic(fmt.Sprintf("delivery: crypto/rand failed: %v", err))
+	}
+	// 128 bits as 26 base32 digits, most significant first (the top digit
+	// carries 3 bits).
+	hi := binary.BigEndian.Uint64(b[:8])
+	lo := binary.BigEndian.Uint64(b[8:])
+	var out [26]byte
+	for i := 25; i >= 0; i-- {
+		out[i] = crockford[lo&31]
+		lo = lo>>5 | hi<<59
+		hi >>= 5
+	}
+	return string(out[:])
+}
+
+// Marshal encodes an envelope for the wire.
+func Marshal(env *heraldv1.Envelope) ([]byte, error) {
+	b, err := proto.Marshal(env)
+	if err != nil {
+		return nil, fmt.Errorf("delivery: marshal envelope: %w", err)
+	}
+	return b, nil
+}
+
+// Unmarshal decodes an envelope from the wire.
+func Unmarshal(b []byte) (*heraldv1.Envelope, error) {
+	env := new(heraldv1.Envelope)
+	if err := proto.Unmarshal(b, env); err != nil {
+		return nil, fmt.Errorf("delivery: unmarshal envelope: %w", err)
+	}
+	return env, nil
+}

@@ -1,0 +1,159 @@
+package presence_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/herald-push/herald/integration/testenv"
+	"github.com/herald-push/herald/presence"
+	"github.com/redis/go-redis/v9"
+)
+
+func newTestRegistry(tb testing.TB, ttl time.Duration) *presence.Registry {
+	tb.Helper()
+	rdb, prefix := testenv.Redis(tb)
+	reg, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: ttl})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return reg
+}
+
+func TestLeaseRemoveOnline(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	reg := newTestRegistry(t, 5*time.Second)
+	since := time.UnixMilli(time.Now().UnixMilli())
+	a1 := presence.Conn{User: "alice", ID: "c1", Edge: "edge-a", Since: since}
+	a2 := presence.Conn{User: "alice", ID: "c2", Edge: "edge-b", Since: since}
+	b1 := presence.Conn{User: "bob", ID: "c3", Edge: "edge-a", Since: since}
+	if err := reg.Lease(ctx, a1, a2, b1); err != nil {
+		t.Fatal(err)
+	}
+	got, err := reg.Online(ctx, "alice", "bob", "carol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["alice"] != 2 || got["bob"] != 1 || got["carol"] != 0 {
+		t.Fatalf("Online = %v, want alice:2 bob:1 carol:0", got)
+	}
+
+	conns, err := reg.Conns(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(conns) != 2 {
+		t.Fatalf("Conns(alice) = %v, want 2 entries", conns)
+	}
+	for _, c := range conns {
+		if c.User != "alice" || !c.Since.Equal(since) || c.Expires.Before(time.Now()) {
+			t.Errorf("bad entry %+v", c)
+		}
+		if !(c.ID == "c1" && c.Edge == "edge-a") && !(c.ID == "c2" && c.Edge == "edge-b") {
+			t.Errorf("unexpected entry %+v", c)
+		}
+	}
+
+	// A clean close removes the entry at once.
+	if err := reg.Remove(ctx, a1); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := reg.Online(ctx, "alice"); got["alice"] != 1 {
+		t.Fatalf("after removing one of two: alice = %d, want 1", got["alice"])
+	}
+	if err := reg.Remove(ctx, a2, b1); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = reg.Online(ctx, "alice", "bob")
+	if got["alice"] != 0 || got["bob"] != 0 {
+		t.Fatalf("after removing all: %v, want all offline", got)
+	}
+}
+
+func TestLeaseExpiresWithoutRenewal(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	ttl := 300 * time.Millisecond
+	reg := newTestRegistry(t, ttl)
+	kept := presence.Conn{User: "dave", ID: "kept", Edge: "e1", Since: time.Now()}
+	dead := presence.Conn{User: "erin", ID: "dead", Edge: "e2", Since: time.Now()}
+	if err := reg.Lease(ctx, kept, dead); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// Renew only "kept", as a live edge would; "dead"'s edge is gone.
+	for time.Since(start) < 3*ttl {
+		if err := reg.Lease(ctx, kept); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(reg.RenewInterval())
+	}
+	got, err := reg.Online(ctx, "dave", "erin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["dave"] != 1 || got["erin"] != 0 {
+		t.Fatalf("Online = %v, want dave:1 (renewed) erin:0 (expired)", got)
+	}
+}
+
+func TestInvalidConn(t *testing.T) {
+	t.Parallel()
+	reg := newTestRegistry(t, time.Second)
+	for _, c := range []presence.Conn{
+		{ID: "c", Edge: "e"},
+		{User: "u", Edge: "e"},
+		{User: "u", ID: "c"},
+		{User: "u", ID: "c|x", Edge: "e"},
+	} {
+		if err := reg.Lease(context.Background(), c); !errors.Is(err, presence.ErrInvalidConn) {
+			t.Errorf("Lease(%+v) = %v, want ErrInvalidConn", c, err)
+		}
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	t.Parallel()
+	rdb, _ := testenv.Redis(t)
+	if _, err := presence.New(nil, presence.Config{}); err == nil {
+		t.Error("New(nil) succeeded")
+	}
+	if _, err := presence.New(rdb, presence.Config{LeaseTTL: time.Millisecond}); err == nil {
+		t.Error("New with 1ms TTL succeeded")
+	}
+	reg, err := presence.New(rdb, presence.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.LeaseTTL() != 30*time.Second {
+		t.Errorf("default lease TTL = %v, want 30s", reg.LeaseTTL())
+	}
+}
+
+// After a Redis restart the scripts are gone from its cache; the registry
+// must load them again rather than fail.
+func TestScriptsReloadAfterRestart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := testenv.StartRedisServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	reg, err := presence.New(rdb, presence.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := presence.Conn{User: "u", ID: "c", Edge: "e", Since: time.Now()}
+	if err := reg.Lease(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	srv.Start()
+	if err := reg.Lease(ctx, c); err != nil {
+		t.Fatalf("Lease after restart: %v", err)
+	}
+	if got, err := reg.Online(ctx, "u"); err != nil || got["u"] != 1 {
+		t.Fatalf("Online after restart = %v, %v; want u:1", got, err)
+	}
+}
