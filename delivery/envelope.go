@@ -12,8 +12,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/presence"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
 // Channel is the Redis Pub/Sub channel of user's notifications, under the key

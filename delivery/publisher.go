@@ -10,8 +10,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/presence"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
 // Route is where the publisher sent a notification.

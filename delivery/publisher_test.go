@@ -12,8 +12,8 @@ import (
 
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/integration/testenv"
-	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/presence"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
 type fixture struct {

@@ -153,4 +153,3 @@ func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
