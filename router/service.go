@@ -1,0 +1,227 @@
+// Package router is Herald's gRPC front door: it validates Notify calls,
+// looks the user up in the presence registry and routes each notification
+// to the online path (Redis Pub/Sub to the SSE edges) or the offline path.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/herald-push/herald/delivery"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+)
+
+// Config configures a Service. The zero value of each field means the
+// documented default.
+type Config struct {
+	// MaxPayloadBytes is the largest data a Notify may carry. Default 64 KiB:
+	// SSE events are meant to be small "something changed" signals, and one
+	// large event delays every event behind it on the connection.
+	MaxPayloadBytes int
+	// DefaultTTL applies when a Notify sets no TTL. Default 1 hour: a
+	// "re-fetch now" signal is worthless after that.
+	DefaultTTL time.Duration
+	// ShutdownTimeout bounds GracefulStop before Serve falls back to Stop.
+	// Default 10s, below the usual 30s termination grace period.
+	ShutdownTimeout time.Duration
+}
+
+// Publisher routes one envelope. *delivery.Publisher implements it.
+type Publisher interface {
+	Publish(ctx context.Context, env *heraldv1.Envelope, idempotencyKey string) (delivery.Result, error)
+}
+
+var _ Publisher = (*delivery.Publisher)(nil)
+
+// Deps are a Service's dependencies.
+type Deps struct {
+	Publisher Publisher
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the router's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Service implements heraldv1.RouterServiceServer.
+type Service struct {
+	heraldv1.UnimplementedRouterServiceServer
+
+	cfg     Config
+	pub     Publisher
+	log     *slog.Logger
+	now     func() time.Time
+	metrics *metrics
+	health  *health.Server
+}
+
+var _ heraldv1.RouterServiceServer = (*Service)(nil)
+
+// New returns a Service.
+func New(cfg Config, deps Deps) (*Service, error) {
+	if deps.Publisher == nil {
+		return nil, errors.New("router: a publisher is required")
+	}
+	if cfg.MaxPayloadBytes == 0 {
+		cfg.MaxPayloadBytes = 64 << 10
+	}
+	if cfg.DefaultTTL == 0 {
+		cfg.DefaultTTL = time.Hour
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if cfg.MaxPayloadBytes < 0 || cfg.DefaultTTL < 0 || cfg.DefaultTTL > maxTTL || cfg.ShutdownTimeout < 0 {
+		return nil, fmt.Errorf("router: invalid config %+v", cfg)
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.Default()
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	m, err := newMetrics(deps.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{
+		cfg:     cfg,
+		pub:     deps.Publisher,
+		log:     deps.Logger,
+		now:     deps.Now,
+		metrics: m,
+		health:  health.NewServer(),
+	}, nil
+}
+
+// correlationHeader is the gRPC metadata key a caller may set to have its own
+// id carried with the notification.
+const correlationHeader = "x-correlation-id"
+
+// Notify routes one notification to one user.
+func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp *heraldv1.NotifyResponse, err error) {
+	start := s.now()
+	defer func() { s.metrics.observe(resp, err, s.now().Sub(start)) }()
+
+	if err := s.validate(req); err != nil {
+		return nil, err
+	}
+	ttl := s.cfg.DefaultTTL
+	if req.GetTtl() != nil {
+		ttl = req.GetTtl().AsDuration()
+	}
+	env := &heraldv1.Envelope{
+		Id:         delivery.NewID(start),
+		UserId:     req.GetUserId(),
+		Event:      req.GetEvent(),
+		Data:       req.GetData(),
+		AcceptedAt: timestamppb.New(start),
+		ExpiresAt:  timestamppb.New(start.Add(ttl)),
+		Push:       req.GetPush(),
+	}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(correlationHeader); len(v) > 0 && len(v[0]) <= maxIdempotencyKeyBytes && !hasControl(v[0]) {
+			env.CorrelationId = v[0]
+		}
+	}
+
+	res, err := s.pub.Publish(ctx, env, req.GetIdempotencyKey())
+	if err != nil {
+		s.metrics.redisErrors.Inc()
+		s.log.LogAttrs(ctx, slog.LevelWarn, "notify failed",
+			slog.String("notification_id", env.Id), slog.Any("err", err))
+		return nil, toStatus(ctx, err)
+	}
+	resp = &heraldv1.NotifyResponse{
+		NotificationId: res.ID,
+		Subscribers:    int32(res.Subscribers),
+		Duplicate:      res.Duplicate,
+		AcceptedAt:     timestamppb.New(res.AcceptedAt),
+	}
+	switch res.Route {
+	case delivery.RouteOnline:
+		resp.Route = heraldv1.Route_ROUTE_ONLINE
+	case delivery.RouteStale:
+		resp.Route = heraldv1.Route_ROUTE_OFFLINE
+		resp.StalePresence = true
+	default:
+		resp.Route = heraldv1.Route_ROUTE_OFFLINE
+	}
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.LogAttrs(ctx, slog.LevelDebug, "notify",
+			slog.String("notification_id", res.ID),
+			slog.String("route", routeLabel(resp)),
+			slog.Int("subscribers", res.Subscribers),
+			slog.Bool("duplicate", res.Duplicate),
+			slog.String("correlation_id", env.CorrelationId))
+	}
+	return resp, nil
+}
+
+// toStatus maps an error from the routing path to the gRPC status the caller
+// sees. It is the one place where Herald's errors become status codes.
+func toStatus(ctx context.Context, err error) error {
+	if _, ok := status.FromError(err); ok && status.Code(err) != codes.Unknown {
+		return err
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() == context.DeadlineExceeded:
+		return status.Error(codes.DeadlineExceeded, "router: deadline exceeded before the notification was routed")
+	case errors.Is(err, context.Canceled) || ctx.Err() == context.Canceled:
+		return status.Error(codes.Canceled, "router: call canceled before the notification was routed")
+	default:
+		// Redis (or, later, Kafka) is unreachable or failed: nothing was
+		// routed, so the caller may retry, with the same idempotency key.
+		return status.Error(codes.Unavailable, "router: routing backend unavailable; retry with the same idempotency_key")
+	}
+}
+
+// Serve serves the RouterService, gRPC health checking and server reflection
+// on lis until ctx is done, then stops gracefully, falling back to a hard
+// stop after ShutdownTimeout.
+func (s *Service) Serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
+	srv := grpc.NewServer(opts...)
+	heraldv1.RegisterRouterServiceServer(srv, s)
+	healthpb.RegisterHealthServer(srv, s.health)
+	reflection.Register(srv)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(heraldv1.RouterService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("router: serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.health.Shutdown()
+	stopped := make(chan struct{})
+	go func() {
+		srv.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(s.cfg.ShutdownTimeout):
+		s.log.Warn("graceful stop timed out; stopping", slog.Duration("timeout", s.cfg.ShutdownTimeout))
+		srv.Stop()
+		<-stopped
+	}
+	<-errc
+	return nil
+}

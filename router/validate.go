@@ -1,0 +1,106 @@
+package router
+
+import (
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+)
+
+// Limits on Notify fields that are not configurable: they keep Redis keys,
+// SSE frames and log lines of a sane size.
+const (
+	maxUserIDBytes         = 256
+	maxEventBytes          = 128
+	maxIdempotencyKeyBytes = 128
+	maxPushFieldBytes      = 4096
+	// maxTTL is FCM's own limit on a message's time to live.
+	maxTTL = 28 * 24 * time.Hour
+)
+
+// violation is one invalid field.
+type violation struct{ field, desc string }
+
+// invalidArgument is the status for a request with invalid fields: code
+// InvalidArgument, a message that names the first field, and every violation
+// as a google.rpc.BadRequest detail.
+func invalidArgument(vs []violation) error {
+	st := status.New(codes.InvalidArgument, fmt.Sprintf("%s: %s", vs[0].field, vs[0].desc))
+	br := &errdetails.BadRequest{}
+	for _, v := range vs {
+		br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{
+			Field: v.field, Description: v.desc,
+		})
+	}
+	if withDetails, err := st.WithDetails(br); err == nil {
+		st = withDetails
+	}
+	return st.Err()
+}
+
+// hasControl reports whether s holds an ASCII control character (including
+// CR and LF, which would end an SSE field) or is not valid UTF-8.
+func hasControl(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+			return true
+		}
+	}
+	return false
+}
+
+// checkText validates a short identifier-like field.
+func checkText(vs []violation, field, v string, maxBytes int, required bool) []violation {
+	switch {
+	case v == "" && required:
+		return append(vs, violation{field, "must not be empty"})
+	case len(v) > maxBytes:
+		return append(vs, violation{field, fmt.Sprintf("is %d bytes, over the limit of %d", len(v), maxBytes)})
+	case hasControl(v):
+		return append(vs, violation{field, "must be valid UTF-8 without control characters"})
+	}
+	return vs
+}
+
+// validate checks a NotifyRequest against the limits. It returns nil or an
+// InvalidArgument status naming the fields.
+func (s *Service) validate(req *heraldv1.NotifyRequest) error {
+	var vs []violation
+	vs = checkText(vs, "user_id", req.GetUserId(), maxUserIDBytes, true)
+	vs = checkText(vs, "event", req.GetEvent(), maxEventBytes, false)
+	vs = checkText(vs, "idempotency_key", req.GetIdempotencyKey(), maxIdempotencyKeyBytes, false)
+	switch data := req.GetData(); {
+	case len(data) > s.cfg.MaxPayloadBytes:
+		vs = append(vs, violation{"data", fmt.Sprintf("is %d bytes, over the limit of %d", len(data), s.cfg.MaxPayloadBytes)})
+	case !utf8.Valid(data):
+		vs = append(vs, violation{"data", "must be valid UTF-8: SSE is a text protocol"})
+	}
+	if ttl := req.GetTtl(); ttl != nil {
+		if err := ttl.CheckValid(); err != nil {
+			vs = append(vs, violation{"ttl", "is not a valid duration"})
+		} else if d := ttl.AsDuration(); d <= 0 || d > maxTTL {
+			vs = append(vs, violation{"ttl", fmt.Sprintf("must be above 0 and at most %v", maxTTL)})
+		}
+	}
+	if p := req.GetPush(); p != nil {
+		for _, f := range []struct{ name, v string }{
+			{"push.title", p.GetTitle()}, {"push.body", p.GetBody()}, {"push.collapse_key", p.GetCollapseKey()},
+		} {
+			if len(f.v) > maxPushFieldBytes {
+				vs = append(vs, violation{f.name, fmt.Sprintf("is %d bytes, over the limit of %d", len(f.v), maxPushFieldBytes)})
+			}
+		}
+		if _, ok := heraldv1.Priority_name[int32(p.GetPriority())]; !ok {
+			vs = append(vs, violation{"push.priority", "is not a known priority"})
+		}
+	}
+	if len(vs) > 0 {
+		return invalidArgument(vs)
+	}
+	return nil
+}
