@@ -1,0 +1,144 @@
+// Command herald runs all of Herald in one process: the gRPC router and an
+// SSE edge, on an embedded Redis-protocol server unless REDIS_ADDR names a
+// real Redis. It is for trying Herald out and for development; production
+// runs cmd/router and cmd/sseedge.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/herald-push/herald/cmd/internal/daemon"
+	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/presence"
+	"github.com/herald-push/herald/router"
+	"github.com/herald-push/herald/sseedge"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "herald:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("herald", flag.ContinueOnError)
+	var (
+		grpcAddr  = fs.String("grpc-addr", "127.0.0.1:7070", "gRPC (router) listen address")
+		httpAddr  = fs.String("http-addr", "127.0.0.1:8080", "SSE (edge) listen address")
+		adminAddr = fs.String("admin-addr", "127.0.0.1:9090", "admin listener (metrics, health, pprof)")
+		redisAddr = fs.String("redis-addr", os.Getenv("REDIS_ADDR"), "Redis address (also REDIS_ADDR); empty starts an embedded one")
+		secret    = fs.String("jwt-secret", "", "HS256 secret of client tokens (default: random per start)")
+		demoUser  = fs.String("demo-user", "demo", "user the printed development token is for")
+		logLevel  = fs.String("log-level", "info", "log level: debug, info, warn or error")
+	)
+	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
+		return err
+	}
+	log, level, err := daemon.NewLogger(os.Stderr, "text", *logLevel)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	g, gctx := errgroup.WithContext(ctx)
+
+	redisNote := *redisAddr
+	if *redisAddr == "" {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+			return fmt.Errorf("embedded redis: %w", err)
+		}
+		defer mr.Close()
+		// miniredis only expires keys when told time has passed.
+		g.Go(func() error { tickMiniredis(gctx, mr); return nil })
+		*redisAddr, redisNote = mr.Addr(), "embedded (miniredis at "+mr.Addr()+")"
+	}
+	rdb := daemon.NewRedis(*redisAddr, "")
+	defer rdb.Close()
+	key := []byte(*secret)
+	if len(key) == 0 {
+		key = make([]byte, 32)
+		_, _ = rand.Read(key)
+	}
+
+	reg := daemon.NewRegistry()
+	pres, err := presence.New(rdb, presence.Config{})
+	if err != nil {
+		return err
+	}
+	pub, err := delivery.NewPublisher(rdb, pres, delivery.PublisherConfig{})
+	if err != nil {
+		return err
+	}
+	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub, Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	edge, err := sseedge.New(sseedge.Config{JWTSecret: key, DrainPeriod: time.Second},
+		sseedge.Deps{Redis: rdb, Presence: pres, Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	grpcLis, err := net.Listen("tcp", *grpcAddr)
+	if err != nil {
+		return err
+	}
+	httpLis, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return svc.Serve(gctx, grpcLis) })
+	g.Go(func() error { return edge.Serve(gctx, httpLis) })
+	g.Go(func() error {
+		admin := daemon.Admin{Gatherer: reg, Ready: edge.Ready, Level: level}
+		return daemon.ServeHTTP(gctx, *adminAddr, admin.Handler(), time.Second)
+	})
+
+	token, err := sseedge.IssueToken(key, *demoUser, 24*time.Hour, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, `
+Herald is running: router, SSE edge and Redis (%s) in one process.
+
+Open the demo user's event stream (a browser works too):
+  curl -N 'http://%s/v1/events?access_token=%s'
+
+Send %q a notification, from another terminal:
+  go run ./cmd/heraldctl notify -addr %s -user %s -event hello -data '{"msg":"hi"}'
+
+gRPC (with reflection):  %s
+Metrics and health:      http://%s/metrics  /healthz  /readyz
+Stop with Ctrl-C.
+
+`, redisNote, httpLis.Addr(), token, *demoUser, grpcLis.Addr(), *demoUser, grpcLis.Addr(), *adminAddr)
+	return g.Wait()
+}
+
+// tickMiniredis advances the embedded Redis' clock for key expiry.
+func tickMiniredis(ctx context.Context, mr *miniredis.Miniredis) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			mr.FastForward(time.Second)
+		}
+	}
+}
+

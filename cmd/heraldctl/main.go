@@ -1,0 +1,127 @@
+// Command heraldctl is the command line for people operating Herald.
+//
+//	heraldctl notify -user alice -event update -data '{"changed":true}'
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/herald-push/herald/cmd/internal/daemon"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+)
+
+const usage = `usage: heraldctl <command> [flags]
+
+commands:
+  notify   send one notification to one user through the router
+
+Run "heraldctl <command> -h" for the command's flags. Every flag can also be
+set through the environment, for example HERALD_ADDR for -addr.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "notify":
+		err = notify(args[1:], stdout)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "heraldctl: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		if st, ok := status.FromError(err); ok {
+			fmt.Fprintf(stderr, "heraldctl: %s: %s\n", st.Code(), st.Message())
+		} else {
+			fmt.Fprintln(stderr, "heraldctl:", err)
+		}
+		return 1
+	}
+	return 0
+}
+
+func notify(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("notify", flag.ContinueOnError)
+	var (
+		addr        = fs.String("addr", "127.0.0.1:7070", "router gRPC address")
+		user        = fs.String("user", "", "user id (required)")
+		event       = fs.String("event", "", "SSE event name (default: message)")
+		data        = fs.String("data", "", "payload; - reads it from standard input")
+		idem        = fs.String("idempotency-key", "", "idempotency key: a retry with the same key is not delivered twice")
+		ttl         = fs.Duration("ttl", 0, "time to live (default: the router's)")
+		title       = fs.String("title", "", "push notification title, for offline users")
+		body        = fs.String("body", "", "push notification body, for offline users")
+		collapseKey = fs.String("collapse-key", "", "push collapse key")
+		high        = fs.Bool("high-priority", false, "send the push with high priority")
+		correlation = fs.String("correlation-id", "", "your correlation id, carried with the notification")
+		timeout     = fs.Duration("timeout", 5*time.Second, "call timeout")
+	)
+	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
+		return err
+	}
+	payload := []byte(*data)
+	if *data == "-" {
+		var err error
+		if payload, err = io.ReadAll(os.Stdin); err != nil {
+			return err
+		}
+	}
+	req := &heraldv1.NotifyRequest{
+		UserId: *user, Event: *event, Data: payload, IdempotencyKey: *idem,
+	}
+	if *ttl != 0 {
+		req.Ttl = durationpb.New(*ttl)
+	}
+	if *title != "" || *body != "" || *collapseKey != "" || *high {
+		req.Push = &heraldv1.PushOptions{Title: *title, Body: *body, CollapseKey: *collapseKey}
+		if *high {
+			req.Push.Priority = heraldv1.Priority_PRIORITY_HIGH
+		}
+	}
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	if *correlation != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "x-correlation-id", *correlation)
+	}
+	resp, err := heraldv1.NewRouterServiceClient(conn).Notify(ctx, req)
+	if err != nil {
+		return err
+	}
+	out, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(resp)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, string(out))
+	return err
+}

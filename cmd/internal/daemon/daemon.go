@@ -1,0 +1,172 @@
+// Package daemon is the machinery Herald's binaries share: flags that fall
+// back to environment variables, the logger, Redis clients, and the admin
+// listener with metrics, health and pprof.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+)
+
+// ParseFlags parses args into fs. A flag not given on the command line takes
+// its value from the environment variable named envPrefix + the flag's name
+// in upper case with '-' as '_' (for example HERALD_REDIS_ADDR for
+// -redis-addr), when that variable is set.
+func ParseFlags(fs *flag.FlagSet, args []string, envPrefix string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	set := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		name := EnvName(envPrefix, f.Name)
+		if v, ok := os.LookupEnv(name); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// EnvName is the environment variable that backs flag name.
+func EnvName(prefix, name string) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// NewLogger returns a slog logger writing to w in format ("json" or "text")
+// at level, which can be changed later through the returned LevelVar.
+func NewLogger(w io.Writer, format, level string) (*slog.Logger, *slog.LevelVar, error) {
+	lv := new(slog.LevelVar)
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, nil, fmt.Errorf("log level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), lv, nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), lv, nil
+	}
+	return nil, nil, fmt.Errorf("log format %q: want json or text", format)
+}
+
+// NewRedis returns a client for addrs: one address for a single Redis, or a
+// comma-separated list of cluster seed addresses.
+func NewRedis(addrs, password string) redis.UniversalClient {
+	return redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:    strings.Split(addrs, ","),
+		Password: password,
+	})
+}
+
+// NewRegistry returns a Prometheus registry with the Go runtime and process
+// collectors.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// Admin is the admin listener's content.
+type Admin struct {
+	Gatherer prometheus.Gatherer
+	// Ready reports whether the binary can serve: nil when ready.
+	Ready func(ctx context.Context) error
+	// Level, when set, is exposed at /loglevel: GET shows it, PUT or POST
+	// with a level name (debug, info, warn, error) changes it.
+	Level *slog.LevelVar
+}
+
+// Handler serves /metrics, /healthz (alive), /readyz (ready to serve),
+// /loglevel and /debug/pprof/.
+func (a Admin) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.Gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if a.Ready != nil {
+			if err := a.Ready(ctx); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	if a.Level != nil {
+		mux.HandleFunc("/loglevel", func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPut || r.Method == http.MethodPost {
+				b, _ := io.ReadAll(io.LimitReader(r.Body, 64))
+				if err := a.Level.UnmarshalText([]byte(strings.TrimSpace(string(b)))); err != nil {
+					http.Error(w, err.Error(), http.StatusBadRequest)
+					return
+				}
+			}
+			_, _ = io.WriteString(w, a.Level.Level().String()+"\n")
+		})
+	}
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// ServeHTTP serves h on addr until ctx is done, then shuts down within
+// timeout. An empty addr serves nothing.
+func ServeHTTP(ctx context.Context, addr string, h http.Handler, timeout time.Duration) error {
+	if addr == "" {
+		return nil
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(lis) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	_ = hs.Shutdown(sctx)
+	<-errc
+	return nil
+}
+
+// RedisReady is a readiness check that pings Redis.
+func RedisReady(rdb redis.UniversalClient) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("redis: %w", err)
+		}
+		return nil
+	}
+}

@@ -1,0 +1,93 @@
+// Command router serves Herald's gRPC API: Notify routes each notification
+// to the user's SSE edges when they are online, or to the offline path.
+//
+// Every flag can also be set through the environment: -redis-addr as
+// HERALD_REDIS_ADDR, and so on. See docs/configuration.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/herald-push/herald/cmd/internal/daemon"
+	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/presence"
+	"github.com/herald-push/herald/router"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "router:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("router", flag.ContinueOnError)
+	var (
+		grpcAddr   = fs.String("grpc-addr", ":7070", "gRPC listen address")
+		adminAddr  = fs.String("admin-addr", "127.0.0.1:9090", "admin listener (metrics, health, pprof); empty disables it")
+		redisAddr  = fs.String("redis-addr", "127.0.0.1:6379", "Redis address, or comma-separated cluster seeds")
+		redisPass  = fs.String("redis-password", "", "Redis password")
+		prefix     = fs.String("redis-prefix", "herald:", "prefix of every Redis key and channel; must match the edges'")
+		maxPayload = fs.Int("max-payload-bytes", 64<<10, "largest Notify data accepted")
+		defaultTTL = fs.Duration("default-ttl", time.Hour, "TTL of a notification that sets none")
+		idemWindow = fs.Duration("idempotency-window", 10*time.Minute, "how long idempotency keys are remembered")
+		shutdown   = fs.Duration("shutdown-timeout", 10*time.Second, "graceful stop limit before in-flight calls are cut")
+		logFormat  = fs.String("log-format", "json", "log format: json or text")
+		logLevel   = fs.String("log-level", "info", "log level: debug, info, warn or error")
+	)
+	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
+		return err
+	}
+	log, level, err := daemon.NewLogger(os.Stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	rdb := daemon.NewRedis(*redisAddr, *redisPass)
+	defer rdb.Close()
+	reg := daemon.NewRegistry()
+	pres, err := presence.New(rdb, presence.Config{Prefix: *prefix})
+	if err != nil {
+		return err
+	}
+	pub, err := delivery.NewPublisher(rdb, pres, delivery.PublisherConfig{IdempotencyWindow: *idemWindow})
+	if err != nil {
+		return err
+	}
+	svc, err := router.New(router.Config{
+		MaxPayloadBytes: *maxPayload,
+		DefaultTTL:      *defaultTTL,
+		ShutdownTimeout: *shutdown,
+	}, router.Deps{Publisher: pub, Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", *grpcAddr)
+	if err != nil {
+		return err
+	}
+	log.Info("router listening", slog.String("grpc", lis.Addr().String()), slog.String("admin", *adminAddr))
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return svc.Serve(gctx, lis) })
+	g.Go(func() error {
+		admin := daemon.Admin{Gatherer: reg, Ready: daemon.RedisReady(rdb), Level: level}
+		return daemon.ServeHTTP(gctx, *adminAddr, admin.Handler(), *shutdown)
+	})
+	err = g.Wait()
+	log.Info("router stopped")
+	return err
+}

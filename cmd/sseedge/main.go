@@ -1,0 +1,111 @@
+// Command sseedge is Herald's SSE edge: it holds clients' Server-Sent Events
+// connections at GET /v1/events, keeps their presence in Redis and writes
+// each notification to every connection of its user.
+//
+// Every flag can also be set through the environment: -jwt-secret as
+// HERALD_JWT_SECRET, and so on. See docs/configuration.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/herald-push/herald/cmd/internal/daemon"
+	"github.com/herald-push/herald/presence"
+	"github.com/herald-push/herald/sseedge"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "sseedge:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("sseedge", flag.ContinueOnError)
+	var (
+		httpAddr   = fs.String("http-addr", ":8080", "SSE listen address")
+		adminAddr  = fs.String("admin-addr", "127.0.0.1:9091", "admin listener (metrics, health, pprof); empty disables it")
+		redisAddr  = fs.String("redis-addr", "127.0.0.1:6379", "Redis address, or comma-separated cluster seeds")
+		redisPass  = fs.String("redis-password", "", "Redis password")
+		prefix     = fs.String("redis-prefix", "herald:", "prefix of every Redis key and channel; must match the router's")
+		secret     = fs.String("jwt-secret", "", "HS256 secret of client tokens (prefer the environment variable)")
+		secretFile = fs.String("jwt-secret-file", "", "file holding the HS256 secret")
+		issuer     = fs.String("jwt-issuer", "", "required token issuer (iss), if set")
+		audience   = fs.String("jwt-audience", "", "required token audience (aud), if set")
+		edgeID     = fs.String("edge-id", "", "this edge's id (default: host name and a random suffix)")
+		leaseTTL   = fs.Duration("lease-ttl", 30*time.Second, "presence lease TTL: a dead edge's users count as offline after this")
+		heartbeat  = fs.Duration("heartbeat", 15*time.Second, "interval of keep-alive comments on idle streams")
+		retry      = fs.Duration("retry", 2*time.Second, "reconnection delay sent to clients")
+		queueSize  = fs.Int("queue-size", 64, "events queued per connection before it is closed as slow_consumer")
+		writeTO    = fs.Duration("write-timeout", 10*time.Second, "limit on each write to a client")
+		drain      = fs.Duration("drain-period", 5*time.Second, "time over which open streams are closed on shutdown")
+		logFormat  = fs.String("log-format", "json", "log format: json or text")
+		logLevel   = fs.String("log-level", "info", "log level: debug, info, warn or error")
+	)
+	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
+		return err
+	}
+	log, level, err := daemon.NewLogger(os.Stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	key := []byte(*secret)
+	if *secretFile != "" {
+		if key, err = os.ReadFile(*secretFile); err != nil {
+			return err
+		}
+	}
+	if len(key) == 0 {
+		return errors.New("a JWT secret is required: set HERALD_JWT_SECRET or -jwt-secret-file")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	rdb := daemon.NewRedis(*redisAddr, *redisPass)
+	defer rdb.Close()
+	reg := daemon.NewRegistry()
+	pres, err := presence.New(rdb, presence.Config{Prefix: *prefix, LeaseTTL: *leaseTTL})
+	if err != nil {
+		return err
+	}
+	edge, err := sseedge.New(sseedge.Config{
+		EdgeID: *edgeID, JWTSecret: key, JWTIssuer: *issuer, JWTAudience: *audience,
+		Heartbeat: *heartbeat, Retry: *retry, QueueSize: *queueSize,
+		WriteTimeout: *writeTO, DrainPeriod: *drain,
+	}, sseedge.Deps{Redis: rdb, Presence: pres, Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		return err
+	}
+	log.Info("edge listening", slog.String("http", lis.Addr().String()), slog.String("admin", *adminAddr))
+
+	// The admin listener outlives the drain, so that /readyz reports it.
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer stopAdmin()
+		return edge.Serve(gctx, lis)
+	})
+	g.Go(func() error {
+		admin := daemon.Admin{Gatherer: reg, Ready: edge.Ready, Level: level}
+		return daemon.ServeHTTP(adminCtx, *adminAddr, admin.Handler(), 5*time.Second)
+	})
+	err = g.Wait()
+	log.Info("edge stopped")
+	return err
+}

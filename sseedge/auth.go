@@ -1,0 +1,97 @@
+package sseedge
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Claims are the JWT claims an edge reads. The user is the subject (sub).
+type Claims struct {
+	jwt.RegisteredClaims
+}
+
+// ErrUnauthorized wraps every authentication failure.
+var ErrUnauthorized = errors.New("unauthorized")
+
+// authenticator checks client tokens.
+type authenticator struct {
+	secret []byte
+	parser *jwt.Parser
+}
+
+func newAuthenticator(cfg Config) *authenticator {
+	opts := []jwt.ParserOption{
+		// Only HS256 is accepted: this closes alg "none" and any
+		// algorithm-confusion attack.
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithLeeway(cfg.ClockSkew),
+	}
+	if cfg.JWTIssuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.JWTIssuer))
+	}
+	if cfg.JWTAudience != "" {
+		opts = append(opts, jwt.WithAudience(cfg.JWTAudience))
+	}
+	return &authenticator{secret: cfg.JWTSecret, parser: jwt.NewParser(opts...)}
+}
+
+// tokenFromRequest takes the bearer token from the Authorization header or,
+// for EventSource, which cannot set headers, the access_token query parameter.
+func tokenFromRequest(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, tok, ok := strings.Cut(h, " ")
+		if ok && strings.EqualFold(scheme, "Bearer") {
+			return strings.TrimSpace(tok)
+		}
+		return ""
+	}
+	return r.URL.Query().Get("access_token")
+}
+
+// authenticate returns the verified claims of the request's token.
+func (a *authenticator) authenticate(r *http.Request) (*Claims, error) {
+	raw := tokenFromRequest(r)
+	if raw == "" {
+		return nil, fmt.Errorf("%w: no bearer token in the Authorization header or access_token parameter", ErrUnauthorized)
+	}
+	claims := new(Claims)
+	_, err := a.parser.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) { return a.secret, nil })
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnauthorized, err)
+	}
+	if err := checkUser(claims.Subject); err != nil {
+		return nil, fmt.Errorf("%w: sub: %v", ErrUnauthorized, err)
+	}
+	return claims, nil
+}
+
+// checkUser applies the router's rules for user ids to a token's subject.
+func checkUser(u string) error {
+	if u == "" {
+		return errors.New("missing")
+	}
+	if len(u) > 256 || !utf8.ValidString(u) || strings.ContainsFunc(u, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return errors.New("not a valid user id")
+	}
+	return nil
+}
+
+// IssueToken returns an HS256 token for user, valid for ttl. The all-in-one
+// uses it for its demo user, and tests for their clients; in production the
+// application's own auth service issues tokens with the shared secret.
+func IssueToken(secret []byte, user string, ttl time.Duration, now time.Time) (string, error) {
+	claims := jwt.RegisteredClaims{
+		Subject:   user,
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+	}
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
+}

@@ -1,0 +1,70 @@
+package sseedge
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	open           prometheus.Gauge
+	closed         *prometheus.CounterVec
+	refused        *prometheus.CounterVec
+	duration       prometheus.Histogram
+	latency        prometheus.Histogram
+	written        prometheus.Counter
+	dropped        *prometheus.CounterVec
+	presenceErrors prometheus.Counter
+}
+
+// newMetrics registers the edge's metrics on reg; subscriptions reports the
+// number of Redis channel subscriptions.
+func newMetrics(reg prometheus.Registerer, subscriptions func() float64) (*metrics, error) {
+	subs := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "redis_subscriptions",
+		Help: "User channels this edge is subscribed to in Redis (one per user with local connections).",
+	}, subscriptions)
+	m := &metrics{
+		open: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "herald", Subsystem: "sse", Name: "connections_open",
+			Help: "SSE connections currently open on this edge.",
+		}),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "herald", Subsystem: "sse", Name: "connections_closed_total",
+			Help: "SSE connections closed, by reason (see docs/metrics.md for the set).",
+		}, []string{"reason"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "herald", Subsystem: "sse", Name: "connections_refused_total",
+			Help: "SSE requests refused before the stream opened, by error code.",
+		}, []string{"code"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "herald", Subsystem: "sse", Name: "connection_duration_seconds",
+			Help:    "How long SSE connections stayed open.",
+			Buckets: []float64{1, 10, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 24 * 3600},
+		}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "herald", Subsystem: "sse", Name: "delivery_latency_seconds",
+			Help:    "Time from the router accepting a notification to the edge writing it to a client.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}),
+		written: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "herald", Subsystem: "sse", Name: "events_written_total",
+			Help: "Events written to client connections (one per connection per event).",
+		}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "herald", Subsystem: "sse", Name: "events_dropped_total",
+			Help: "Published envelopes the edge did not deliver: expired (past their TTL) or malformed.",
+		}, []string{"reason"}),
+		presenceErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "herald", Subsystem: "sse", Name: "presence_errors_total",
+			Help: "Failed presence lease, renewal or removal calls to Redis.",
+		}),
+	}
+	for _, r := range closeReasons {
+		m.closed.WithLabelValues(string(r))
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, subs} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
