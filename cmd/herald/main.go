@@ -141,4 +141,3 @@ func tickMiniredis(ctx context.Context, mr *miniredis.Miniredis) {
 		}
 	}
 }
-
