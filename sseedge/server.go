@@ -214,6 +214,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	})
 	err := g.Wait()
 	stopHub()
+	// Closing the Pub/Sub connection ends a receive blocked on the network.
+	_ = h.ps.Close()
 	hubDone.Wait()
 	return err
 }

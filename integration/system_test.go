@@ -1,0 +1,273 @@
+package integration_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/integration/testenv"
+	"github.com/herald-push/herald/presence"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+	"github.com/herald-push/herald/router"
+	"github.com/herald-push/herald/sseedge"
+)
+
+// An edge run as a child process of the test binary, so that a test can kill
+// it with SIGKILL. The child is this binary with HERALD_TEST_CHILD_EDGE set.
+const childEdgeEnv = "HERALD_TEST_CHILD_EDGE"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEdgeEnv) != "" {
+		runChildEdge()
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+var testSecret = []byte("integration-test-secret-0123456789")
+
+// system is a router and edges on their own listeners, against the shared
+// redis-server under a key prefix of the test's own.
+type system struct {
+	prefix string
+	rdb    *redis.Client
+	reg    *presence.Registry
+	router heraldv1.RouterServiceClient
+	edges  []*testEdge
+}
+
+type testEdge struct {
+	url  string // base URL, http://127.0.0.1:port
+	stop context.CancelFunc
+	done chan error
+	once sync.Once
+	err  error
+}
+
+// shutdown stops the edge, as on SIGTERM, and waits until it has drained.
+func (e *testEdge) shutdown() error {
+	e.once.Do(func() {
+		e.stop()
+		e.err = <-e.done
+	})
+	return e.err
+}
+
+func newSystem(tb testing.TB, edges int, leaseTTL time.Duration) *system {
+	tb.Helper()
+	rdb, prefix := testenv.Redis(tb)
+	reg, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: leaseTTL})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- svc.Serve(ctx, lis) }()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		conn.Close()
+		cancel()
+		<-served
+	})
+	s := &system{prefix: prefix, rdb: rdb, reg: reg, router: heraldv1.NewRouterServiceClient(conn)}
+	for i := range edges {
+		s.edges = append(s.edges, s.startEdge(tb, fmt.Sprintf("edge-%d", i), leaseTTL))
+	}
+	return s
+}
+
+// startEdge runs an in-process edge with a Redis client of its own.
+func (s *system) startEdge(tb testing.TB, id string, leaseTTL time.Duration) *testEdge {
+	tb.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr()})
+	reg, err := presence.New(rdb, presence.Config{Prefix: s.prefix, LeaseTTL: leaseTTL})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	edge, err := sseedge.New(sseedge.Config{EdgeID: id, JWTSecret: testSecret, DrainPeriod: 100 * time.Millisecond},
+		sseedge.Deps{Redis: rdb, Presence: reg})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &testEdge{url: "http://" + lis.Addr().String(), stop: cancel, done: make(chan error, 1)}
+	go func() { e.done <- edge.Serve(ctx, lis); rdb.Close() }()
+	tb.Cleanup(func() {
+		if err := e.shutdown(); err != nil {
+			tb.Errorf("edge %s: %v", id, err)
+		}
+	})
+	return e
+}
+
+func token(tb testing.TB, user string) string {
+	tb.Helper()
+	tok, err := sseedge.IssueToken(testSecret, user, time.Hour, time.Now())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tok
+}
+
+// sseClient is one EventSource-like connection.
+type sseClient struct {
+	events chan sseedge.Event
+	closed chan error // receives the error that ended the stream
+	cancel context.CancelFunc
+}
+
+// connect opens a stream at baseURL for tok, and returns once the edge has
+// answered 200: by then the user's subscription and presence are in place.
+func connect(tb testing.TB, baseURL, tok string) *sseClient {
+	tb.Helper()
+	resp, cancel := get(tb, baseURL+"/v1/events?access_token="+tok, nil)
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		cancel()
+		tb.Fatalf("GET /v1/events: %s %s", resp.Status, body)
+	}
+	c := &sseClient{events: make(chan sseedge.Event, 1024), closed: make(chan error, 1), cancel: cancel}
+	go func() {
+		defer resp.Body.Close()
+		d := sseedge.NewDecoder(resp.Body)
+		for {
+			ev, err := d.Next()
+			if err != nil {
+				c.closed <- err
+				close(c.events)
+				return
+			}
+			if ev.Retry == 0 {
+				c.events <- ev
+			}
+		}
+	}()
+	tb.Cleanup(c.close)
+	return c
+}
+
+func (c *sseClient) close() { c.cancel() }
+
+// get issues a GET with headers and returns the response and a cancel func.
+func get(tb testing.TB, url string, header http.Header) (*http.Response, context.CancelFunc) {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		tb.Fatal(err)
+	}
+	return resp, cancel
+}
+
+// next returns the next event, failing the test after timeout.
+func (c *sseClient) next(tb testing.TB, timeout time.Duration) sseedge.Event {
+	tb.Helper()
+	select {
+	case ev, ok := <-c.events:
+		if !ok {
+			tb.Fatalf("stream ended: %v", <-c.closed)
+		}
+		return ev
+	case <-time.After(timeout):
+		tb.Fatalf("no event within %v", timeout)
+	}
+	return sseedge.Event{}
+}
+
+func (s *system) notify(tb testing.TB, req *heraldv1.NotifyRequest) *heraldv1.NotifyResponse {
+	tb.Helper()
+	resp, err := s.router.Notify(context.Background(), req)
+	if err != nil {
+		tb.Fatalf("Notify(%v): %v", req, err)
+	}
+	return resp
+}
+
+// runChildEdge is the child process: an edge on a port given by the parent,
+// which prints "ready" once it serves.
+func runChildEdge() {
+	var cfg struct{ prefix, addr string }
+	cfg.prefix, cfg.addr = os.Getenv("HERALD_TEST_PREFIX"), os.Getenv("HERALD_TEST_ADDR")
+	ttl, _ := time.ParseDuration(os.Getenv("HERALD_TEST_LEASE_TTL"))
+	rdb := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr()})
+	reg, err := presence.New(rdb, presence.Config{Prefix: cfg.prefix, LeaseTTL: ttl})
+	if err != nil {
+		panic(err)
+	}
+	edge, err := sseedge.New(sseedge.Config{EdgeID: "child-edge", JWTSecret: testSecret}, sseedge.Deps{Redis: rdb, Presence: reg})
+	if err != nil {
+		panic(err)
+	}
+	lis, err := net.Listen("tcp", cfg.addr)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("ready")
+	_ = edge.Serve(context.Background(), lis)
+}
+
+// startChildEdge starts an edge in a child process and returns its base URL
+// and the process, to be killed by the test.
+func (s *system) startChildEdge(tb testing.TB, leaseTTL time.Duration) (string, *exec.Cmd) {
+	tb.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(tb))
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEdgeEnv+"=1", "HERALD_TEST_PREFIX="+s.prefix,
+		"HERALD_TEST_ADDR="+addr, "HERALD_TEST_LEASE_TTL="+leaseTTL.String())
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		tb.Fatalf("child edge did not start: %q %v", line, err)
+	}
+	return "http://" + addr, cmd
+}
