@@ -351,7 +351,10 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 
 	s.metrics.open.Inc()
-	reason := s.stream(ctx, w, st, claims.ExpiresAt.Time)
+	// The first reason wins: a stream closed as slow_consumer whose blocked
+	// write then times out is counted as slow_consumer, once.
+	st.close(s.stream(ctx, w, st, claims.ExpiresAt.Time))
+	reason := st.reason
 	s.metrics.open.Dec()
 	s.metrics.closed.WithLabelValues(string(reason)).Inc()
 	s.metrics.duration.Observe(s.now().Sub(st.conn.Since).Seconds())
