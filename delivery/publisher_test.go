@@ -26,14 +26,7 @@ type fixture struct {
 func newTestPublisher(tb testing.TB) *fixture {
 	tb.Helper()
 	rdb, prefix := testenv.Redis(tb)
-	reg, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: 5 * time.Second})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	reg, pub := testenv.Publisher(tb, rdb, prefix, 5*time.Second)
 	return &fixture{rdb: rdb, reg: reg, pub: pub, prefix: prefix}
 }
 

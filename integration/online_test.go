@@ -259,7 +259,7 @@ func TestInvalidNotifyPublishesNothing(t *testing.T) {
 func TestEdgeDrain(t *testing.T) {
 	s := newSystem(t, 2, 30*time.Second)
 	c := connect(t, s.edges[0].url, token(t, "frank"))
-	if err := s.edges[0].shutdown(); err != nil {
+	if err := s.edges[0].Stop(); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -10,16 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/integration/testenv"
 	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
@@ -51,54 +47,22 @@ type system struct {
 	edges  []*testEdge
 }
 
+// testEdge is an edge serving in the test process.
 type testEdge struct {
-	url  string // base URL, http://127.0.0.1:port
-	stop context.CancelFunc
-	done chan error
-	once sync.Once
-	err  error
-}
-
-// shutdown stops the edge, as on SIGTERM, and waits until it has drained.
-func (e *testEdge) shutdown() error {
-	e.once.Do(func() {
-		e.stop()
-		e.err = <-e.done
-	})
-	return e.err
+	*testenv.Server
+	url string // base URL, http://127.0.0.1:port
 }
 
 func newSystem(tb testing.TB, edges int, leaseTTL time.Duration) *system {
 	tb.Helper()
 	rdb, prefix := testenv.Redis(tb)
-	reg, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: leaseTTL})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	reg, pub := testenv.Publisher(tb, rdb, prefix, leaseTTL)
 	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- svc.Serve(ctx, lis) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		conn.Close()
-		cancel()
-		<-served
-	})
+	srv := testenv.Serve(tb, func(ctx context.Context, lis net.Listener) error { return svc.Serve(ctx, lis) })
+	conn := testenv.GRPCClient(tb, srv.Addr)
 	s := &system{prefix: prefix, rdb: rdb, reg: reg, router: heraldv1.NewRouterServiceClient(conn)}
 	for i := range edges {
 		s.edges = append(s.edges, s.startEdge(tb, fmt.Sprintf("edge-%d", i), leaseTTL))
@@ -119,19 +83,9 @@ func (s *system) startEdge(tb testing.TB, id string, leaseTTL time.Duration) *te
 	if err != nil {
 		tb.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e := &testEdge{url: "http://" + lis.Addr().String(), stop: cancel, done: make(chan error, 1)}
-	go func() { e.done <- edge.Serve(ctx, lis); rdb.Close() }()
-	tb.Cleanup(func() {
-		if err := e.shutdown(); err != nil {
-			tb.Errorf("edge %s: %v", id, err)
-		}
-	})
-	return e
+	tb.Cleanup(func() { rdb.Close() })
+	srv := testenv.Serve(tb, edge.Serve)
+	return &testEdge{Server: srv, url: "http://" + srv.Addr}
 }
 
 func token(tb testing.TB, user string) string {

@@ -10,9 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -41,36 +39,13 @@ func newTestRouter(tb testing.TB, rdb *redis.Client) *testRouter {
 	if rdb == nil {
 		rdb, prefix = testenv.Redis(tb)
 	}
-	reg, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: 5 * time.Second})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	reg, pub := testenv.Publisher(tb, rdb, prefix, 5*time.Second)
 	svc, err := router.New(router.Config{MaxPayloadBytes: 1024}, router.Deps{Publisher: pub})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Serve(ctx, lis) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("Serve: %v", err)
-		}
-	})
+	srv := testenv.Serve(tb, func(ctx context.Context, lis net.Listener) error { return svc.Serve(ctx, lis) })
+	conn := testenv.GRPCClient(tb, srv.Addr)
 	return &testRouter{client: heraldv1.NewRouterServiceClient(conn), rdb: rdb, reg: reg, prefix: prefix}
 }
 

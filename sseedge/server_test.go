@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -38,34 +37,15 @@ type testEdge struct {
 func newTestEdge(tb testing.TB, cfg sseedge.Config) *testEdge {
 	tb.Helper()
 	rdb, prefix := testenv.Redis(tb)
-	reg, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: 5 * time.Second})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{})
-	if err != nil {
-		tb.Fatal(err)
-	}
+	reg, pub := testenv.Publisher(tb, rdb, prefix, 5*time.Second)
 	metrics := prometheus.NewRegistry()
 	cfg.JWTSecret = secret
 	edge, err := sseedge.New(cfg, sseedge.Deps{Redis: rdb, Presence: reg, Registerer: metrics})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- edge.Serve(ctx, lis) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("Serve: %v", err)
-		}
-	})
-	return &testEdge{url: "http://" + lis.Addr().String(), rdb: rdb, reg: reg, pub: pub, metrics: metrics}
+	srv := testenv.Serve(tb, edge.Serve)
+	return &testEdge{url: "http://" + srv.Addr, rdb: rdb, reg: reg, pub: pub, metrics: metrics}
 }
 
 func (e *testEdge) open(tb testing.TB, tok string) *http.Response {

@@ -33,33 +33,29 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
+	var common daemon.Common
+	common.Register(fs, "127.0.0.1:9090")
 	var (
 		grpcAddr   = fs.String("grpc-addr", ":7070", "gRPC listen address")
-		adminAddr  = fs.String("admin-addr", "127.0.0.1:9090", "admin listener (metrics, health, pprof); empty disables it")
-		redisAddr  = fs.String("redis-addr", "127.0.0.1:6379", "Redis address, or comma-separated cluster seeds")
-		redisPass  = fs.String("redis-password", "", "Redis password")
-		prefix     = fs.String("redis-prefix", "herald:", "prefix of every Redis key and channel; must match the edges'")
 		maxPayload = fs.Int("max-payload-bytes", 64<<10, "largest Notify data accepted")
 		defaultTTL = fs.Duration("default-ttl", time.Hour, "TTL of a notification that sets none")
 		idemWindow = fs.Duration("idempotency-window", 10*time.Minute, "how long idempotency keys are remembered")
 		shutdown   = fs.Duration("shutdown-timeout", 10*time.Second, "graceful stop limit before in-flight calls are cut")
-		logFormat  = fs.String("log-format", "json", "log format: json or text")
-		logLevel   = fs.String("log-level", "info", "log level: debug, info, warn or error")
 	)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
 	}
-	log, level, err := daemon.NewLogger(os.Stderr, *logFormat, *logLevel)
+	log, level, err := common.Logger()
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	rdb := daemon.NewRedis(*redisAddr, *redisPass)
+	rdb := common.Redis()
 	defer rdb.Close()
 	reg := daemon.NewRegistry()
-	pres, err := presence.New(rdb, presence.Config{Prefix: *prefix})
+	pres, err := presence.New(rdb, presence.Config{Prefix: common.RedisPrefix})
 	if err != nil {
 		return err
 	}
@@ -79,13 +75,13 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	log.Info("router listening", slog.String("grpc", lis.Addr().String()), slog.String("admin", *adminAddr))
+	log.Info("router listening", slog.String("grpc", lis.Addr().String()), slog.String("admin", common.AdminAddr))
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return svc.Serve(gctx, lis) })
 	g.Go(func() error {
 		admin := daemon.Admin{Gatherer: reg, Ready: daemon.RedisReady(rdb), Level: level}
-		return daemon.ServeHTTP(gctx, *adminAddr, admin.Handler(), *shutdown)
+		return daemon.ServeHTTP(gctx, common.AdminAddr, admin.Handler(), *shutdown)
 	})
 	err = g.Wait()
 	log.Info("router stopped")

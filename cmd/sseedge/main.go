@@ -34,12 +34,10 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("sseedge", flag.ContinueOnError)
+	var common daemon.Common
+	common.Register(fs, "127.0.0.1:9091")
 	var (
 		httpAddr   = fs.String("http-addr", ":8080", "SSE listen address")
-		adminAddr  = fs.String("admin-addr", "127.0.0.1:9091", "admin listener (metrics, health, pprof); empty disables it")
-		redisAddr  = fs.String("redis-addr", "127.0.0.1:6379", "Redis address, or comma-separated cluster seeds")
-		redisPass  = fs.String("redis-password", "", "Redis password")
-		prefix     = fs.String("redis-prefix", "herald:", "prefix of every Redis key and channel; must match the router's")
 		secret     = fs.String("jwt-secret", "", "HS256 secret of client tokens (prefer the environment variable)")
 		secretFile = fs.String("jwt-secret-file", "", "file holding the HS256 secret")
 		issuer     = fs.String("jwt-issuer", "", "required token issuer (iss), if set")
@@ -51,13 +49,11 @@ func run(args []string) error {
 		queueSize  = fs.Int("queue-size", 64, "events queued per connection before it is closed as slow_consumer")
 		writeTO    = fs.Duration("write-timeout", 10*time.Second, "limit on each write to a client")
 		drain      = fs.Duration("drain-period", 5*time.Second, "time over which open streams are closed on shutdown")
-		logFormat  = fs.String("log-format", "json", "log format: json or text")
-		logLevel   = fs.String("log-level", "info", "log level: debug, info, warn or error")
 	)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
 	}
-	log, level, err := daemon.NewLogger(os.Stderr, *logFormat, *logLevel)
+	log, level, err := common.Logger()
 	if err != nil {
 		return err
 	}
@@ -73,10 +69,10 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	rdb := daemon.NewRedis(*redisAddr, *redisPass)
+	rdb := common.Redis()
 	defer rdb.Close()
 	reg := daemon.NewRegistry()
-	pres, err := presence.New(rdb, presence.Config{Prefix: *prefix, LeaseTTL: *leaseTTL})
+	pres, err := presence.New(rdb, presence.Config{Prefix: common.RedisPrefix, LeaseTTL: *leaseTTL})
 	if err != nil {
 		return err
 	}
@@ -92,7 +88,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	log.Info("edge listening", slog.String("http", lis.Addr().String()), slog.String("admin", *adminAddr))
+	log.Info("edge listening", slog.String("http", lis.Addr().String()), slog.String("admin", common.AdminAddr))
 
 	// The admin listener outlives the drain, so that /readyz reports it.
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
@@ -103,7 +99,7 @@ func run(args []string) error {
 	})
 	g.Go(func() error {
 		admin := daemon.Admin{Gatherer: reg, Ready: edge.Ready, Level: level}
-		return daemon.ServeHTTP(adminCtx, *adminAddr, admin.Handler(), 5*time.Second)
+		return daemon.ServeHTTP(adminCtx, common.AdminAddr, admin.Handler(), 5*time.Second)
 	})
 	err = g.Wait()
 	log.Info("edge stopped")

@@ -170,3 +170,32 @@ func RedisReady(rdb redis.UniversalClient) func(context.Context) error {
 		return nil
 	}
 }
+
+// Common holds the flags every long-running binary has.
+type Common struct {
+	AdminAddr     string
+	RedisAddr     string
+	RedisPassword string
+	RedisPrefix   string
+	LogFormat     string
+	LogLevel      string
+}
+
+// Register defines the common flags on fs, with adminAddr as the admin
+// listener's default.
+func (c *Common) Register(fs *flag.FlagSet, adminAddr string) {
+	fs.StringVar(&c.AdminAddr, "admin-addr", adminAddr, "admin listener (metrics, health, pprof); empty disables it")
+	fs.StringVar(&c.RedisAddr, "redis-addr", "127.0.0.1:6379", "Redis address, or comma-separated cluster seeds")
+	fs.StringVar(&c.RedisPassword, "redis-password", "", "Redis password")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", "herald:", "prefix of every Redis key and channel; the same on routers and edges")
+	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+// Logger returns the logger the flags ask for, writing to standard error.
+func (c *Common) Logger() (*slog.Logger, *slog.LevelVar, error) {
+	return NewLogger(os.Stderr, c.LogFormat, c.LogLevel)
+}
+
+// Redis returns a client for the flags' Redis.
+func (c *Common) Redis() redis.UniversalClient { return NewRedis(c.RedisAddr, c.RedisPassword) }
