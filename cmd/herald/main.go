@@ -27,13 +27,16 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:], os.Stdout); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "herald:", err)
 		os.Exit(1)
 	}
 }
 
-func run(args []string, stdout io.Writer) error {
+// run runs the system until ctx is done.
+func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("herald", flag.ContinueOnError)
 	var (
 		grpcAddr  = fs.String("grpc-addr", "127.0.0.1:7070", "gRPC (router) listen address")
@@ -51,8 +54,6 @@ func run(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	g, gctx := errgroup.WithContext(ctx)
 
 	redisNote := *redisAddr
@@ -100,11 +101,15 @@ func run(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	adminLis, err := net.Listen("tcp", *adminAddr)
+	if err != nil {
+		return err
+	}
 	g.Go(func() error { return svc.Serve(gctx, grpcLis) })
 	g.Go(func() error { return edge.Serve(gctx, httpLis) })
 	g.Go(func() error {
 		admin := daemon.Admin{Gatherer: reg, Ready: edge.Ready, Level: level}
-		return daemon.ServeHTTP(gctx, *adminAddr, admin.Handler(), time.Second)
+		return daemon.Serve(gctx, adminLis, admin.Handler(), time.Second)
 	})
 
 	token, err := sseedge.IssueToken(key, *demoUser, 24*time.Hour, time.Now())
@@ -124,7 +129,7 @@ gRPC (with reflection):  %s
 Metrics and health:      http://%s/metrics  /healthz  /readyz
 Stop with Ctrl-C.
 
-`, redisNote, httpLis.Addr(), token, *demoUser, grpcLis.Addr(), *demoUser, grpcLis.Addr(), *adminAddr)
+`, redisNote, httpLis.Addr(), token, *demoUser, grpcLis.Addr(), *demoUser, grpcLis.Addr(), adminLis.Addr())
 	return g.Wait()
 }
 

@@ -146,6 +146,11 @@ func ServeHTTP(ctx context.Context, addr string, h http.Handler, timeout time.Du
 	if err != nil {
 		return err
 	}
+	return Serve(ctx, lis, h, timeout)
+}
+
+// Serve serves h on lis until ctx is done, then shuts down within timeout.
+func Serve(ctx context.Context, lis net.Listener, h http.Handler, timeout time.Duration) error {
 	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(lis) }()

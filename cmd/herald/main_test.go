@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/herald-push/herald/integration/testenv"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+	"github.com/herald-push/herald/sseedge"
+)
+
+// TestAllInOne runs the all-in-one on the embedded Redis, follows the
+// instructions it prints, and checks that the printed notify command's
+// notification arrives on the printed stream URL.
+func TestAllInOne(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	out, w := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0",
+			"-admin-addr", "127.0.0.1:0", "-redis-addr="}, w)
+		w.Close()
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+
+	// Read the banner up to its last line.
+	var banner strings.Builder
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		banner.WriteString(sc.Text() + "\n")
+		if strings.HasPrefix(sc.Text(), "Stop with Ctrl-C") {
+			break
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	text := banner.String()
+	streamURL := regexp.MustCompile(`curl -N '([^']+)'`).FindStringSubmatch(text)
+	notifyCmd := regexp.MustCompile(`heraldctl notify -addr (\S+) -user (\S+) -event (\S+) -data '([^']*)'`).FindStringSubmatch(text)
+	if streamURL == nil || notifyCmd == nil {
+		t.Fatalf("banner lacks the stream URL or the notify command:\n%s", text)
+	}
+	if !strings.Contains(text, "embedded") {
+		t.Errorf("banner does not say Redis is embedded:\n%s", text)
+	}
+
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, streamURL[1], nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("stream: %s", resp.Status)
+	}
+
+	client := heraldv1.NewRouterServiceClient(testenv.GRPCClient(t, notifyCmd[1]))
+	sent, err := client.Notify(ctx, &heraldv1.NotifyRequest{UserId: notifyCmd[2], Event: notifyCmd[3], Data: []byte(notifyCmd[4])})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sent.GetRoute() != heraldv1.Route_ROUTE_ONLINE {
+		t.Fatalf("demo user is not online: %v", sent)
+	}
+	events := make(chan sseedge.Event, 1)
+	go func() {
+		dec := sseedge.NewDecoder(resp.Body)
+		ev, err := dec.Next()
+		for err == nil && ev.Retry != 0 { // skip the retry: field
+			ev, err = dec.Next()
+		}
+		events <- ev
+	}()
+	select {
+	case ev := <-events:
+		if ev.ID != sent.GetNotificationId() || ev.Event != notifyCmd[3] || ev.Data != notifyCmd[4] {
+			t.Fatalf("stream showed %+v, want the notification %s", ev, sent.GetNotificationId())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the notification did not arrive on the stream")
+	}
+}
