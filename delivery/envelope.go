@@ -7,30 +7,12 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
-
-// Channel is the Redis Pub/Sub channel of user's notifications, under the key
-// prefix. It shares the user's hash tag with the user's keys, so that it can
-// move to sharded pub/sub on Redis Cluster.
-func Channel(prefix, user string) string {
-	return prefix + presence.HashTag(user) + ":events"
-}
-
-// UserFromChannel is the inverse of Channel.
-func UserFromChannel(prefix, channel string) (string, bool) {
-	rest, ok := strings.CutPrefix(channel, prefix+"{u:")
-	if !ok {
-		return "", false
-	}
-	return strings.CutSuffix(rest, "}:events")
-}
 
 // crockford is the Crockford base32 alphabet: no I, L, O or U, so ids are
 // easy to read aloud and never spell words.

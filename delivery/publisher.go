@@ -27,13 +27,14 @@ const (
 	RouteStale Route = "stale"
 )
 
-// Result is the outcome of one Publish.
+// Result is the outcome of one Publish or Broadcast.
 type Result struct {
 	ID          string // the notification id (the first call's, on a duplicate)
 	Route       Route
-	Subscribers int  // edge subscribers that took the publish
-	Duplicate   bool // the idempotency key had been seen; nothing was published
-	// AcceptedAt is when the first call was accepted, on a duplicate.
+	EventID     string // the position in the stream's history
+	Subscribers int    // edge subscribers that took the publish
+	Duplicate   bool   // the idempotency key had been seen; nothing was published
+	// AcceptedAt is when the (first) call was accepted.
 	AcceptedAt time.Time
 }
 
@@ -43,9 +44,12 @@ type PublisherConfig struct {
 	// 10 minutes: long enough to cover a caller's retries and a router restart,
 	// short enough that the keys of a busy caller do not fill Redis.
 	IdempotencyWindow time.Duration
+	// History bounds each stream's history; see HistoryConfig.
+	History HistoryConfig
 }
 
-// Publisher publishes notifications to online users.
+// Publisher records notifications in their stream's history and publishes
+// them to the edges.
 type Publisher struct {
 	rdb      redis.Scripter
 	presence *presence.Registry
@@ -64,6 +68,9 @@ func NewPublisher(rdb redis.Scripter, reg *presence.Registry, cfg PublisherConfi
 	if cfg.IdempotencyWindow < time.Millisecond {
 		return nil, fmt.Errorf("delivery: idempotency window %v is too short", cfg.IdempotencyWindow)
 	}
+	if err := cfg.History.setDefaults(); err != nil {
+		return nil, err
+	}
 	return &Publisher{rdb: rdb, presence: reg, cfg: cfg}, nil
 }
 
@@ -74,84 +81,120 @@ func (p *Publisher) idempotencyKey(user, key string) string {
 
 // notifyScript is the whole online path in one round trip.
 //
-//	KEYS[1] presence key, KEYS[2] idempotency key (optional)
-//	ARGV[1] channel, ARGV[2] envelope, ARGV[3] idempotency record, ARGV[4] window ms
+//	KEYS: presence, hist, last, floor, [idempotency key]
+//	ARGV: channel, envelope, idempotency record, idempotency window ms,
+//	      history length, window ms, keep ms
 //
 // With an idempotency key it first returns the stored record, if any. Then it
-// counts live leases, publishes when there is one, and stores the record
-// "route|subscribers|" .. ARGV[3] under the idempotency key.
-var notifyScript = redis.NewScript(`
-if KEYS[2] then
-  local prev = redis.call('GET', KEYS[2])
+// records the envelope in the user's history, counts live leases, publishes
+// when there is one, and stores "route|subscribers|event id|" .. ARGV[3]
+// under the idempotency key.
+var notifyScript = redis.NewScript(luaCommon + `
+if KEYS[5] then
+  local prev = redis.call('GET', KEYS[5])
   if prev then return {'dup', prev} end
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local eid, payload = record(KEYS[2], KEYS[3], KEYS[4], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
 local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 local route = 'offline'
 local subs = 0
 if live > 0 then
-  subs = redis.call('PUBLISH', ARGV[1], ARGV[2])
+  subs = redis.call('PUBLISH', ARGV[1], payload)
   if subs > 0 then route = 'online' else route = 'stale' end
 end
-if KEYS[2] then
-  redis.call('SET', KEYS[2], route .. '|' .. subs .. '|' .. ARGV[3], 'PX', ARGV[4])
+if KEYS[5] then
+  redis.call('SET', KEYS[5], route .. '|' .. subs .. '|' .. eid .. '|' .. ARGV[3], 'PX', ARGV[4])
 end
-return {route, tostring(subs)}
+return {route, tostring(subs), eid}
 `)
 
-// Publish routes env to its user in one Redis round trip: it checks presence
-// and, when the user is online, publishes env on the user's channel. With a
-// non-empty idempotencyKey, a key seen within the window returns the first
-// call's result with Duplicate set, and publishes nothing.
+// broadcastScript records and publishes a topic message.
+//
+//	KEYS: hist, last, floor
+//	ARGV: channel, envelope, history length, window ms, keep ms
+var broadcastScript = redis.NewScript(luaCommon + `
+local eid, payload = record(KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+local subs = redis.call('PUBLISH', ARGV[1], payload)
+return {'online', tostring(subs), eid}
+`)
+
+// Publish routes env to its user in one Redis round trip: it records env in
+// the user's history and, when presence says the user is online, publishes
+// it on the user's channel. With a non-empty idempotencyKey, a key seen
+// within the window returns the first call's result with Duplicate set, and
+// records and publishes nothing.
 func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempotencyKey string) (Result, error) {
 	payload, err := Marshal(env)
 	if err != nil {
 		return Result{}, err
 	}
-	keys := []string{p.presence.Key(env.GetUserId())}
+	user := env.GetUserId()
+	keys := append([]string{p.presence.Key(user)}, historyKeys(p.presence.Prefix(), UserStream(user))...)
 	record := env.GetId() + "|" + strconv.FormatInt(env.GetAcceptedAt().AsTime().UnixMilli(), 10)
 	if idempotencyKey != "" {
-		keys = append(keys, p.idempotencyKey(env.GetUserId(), idempotencyKey))
+		keys = append(keys, p.idempotencyKey(user, idempotencyKey))
 	}
-	res, err := notifyScript.Run(ctx, p.rdb, keys,
-		Channel(p.presence.Prefix(), env.GetUserId()), payload, record,
-		p.cfg.IdempotencyWindow.Milliseconds()).StringSlice()
+	args := append([]any{Channel(p.presence.Prefix(), UserStream(user)), payload, record,
+		p.cfg.IdempotencyWindow.Milliseconds()}, p.cfg.History.args()...)
+	res, err := notifyScript.Run(ctx, p.rdb, keys, args...).StringSlice()
 	if err != nil {
 		return Result{}, fmt.Errorf("delivery: publish: %w", err)
 	}
 	if len(res) == 2 && res[0] == "dup" {
 		return parseRecord(res[1])
 	}
-	if len(res) != 2 {
-		return Result{}, fmt.Errorf("delivery: publish: unexpected reply %q", res)
+	return p.result(env, res)
+}
+
+// Broadcast records env in its topic's history and publishes it to every
+// edge subscribed to the topic, in one round trip.
+func (p *Publisher) Broadcast(ctx context.Context, env *heraldv1.Envelope) (Result, error) {
+	payload, err := Marshal(env)
+	if err != nil {
+		return Result{}, err
+	}
+	s := TopicStream(env.GetTopic())
+	args := append([]any{Channel(p.presence.Prefix(), s), payload}, p.cfg.History.args()...)
+	res, err := broadcastScript.Run(ctx, p.rdb, historyKeys(p.presence.Prefix(), s), args...).StringSlice()
+	if err != nil {
+		return Result{}, fmt.Errorf("delivery: broadcast: %w", err)
+	}
+	return p.result(env, res)
+}
+
+// result decodes a script's {route, subscribers, event id} reply.
+func (p *Publisher) result(env *heraldv1.Envelope, res []string) (Result, error) {
+	if len(res) != 3 {
+		return Result{}, fmt.Errorf("delivery: unexpected reply %q", res)
 	}
 	subs, err := strconv.Atoi(res[1])
 	if err != nil {
-		return Result{}, fmt.Errorf("delivery: publish: bad subscriber count %q", res[1])
+		return Result{}, fmt.Errorf("delivery: bad subscriber count %q", res[1])
 	}
 	return Result{
 		ID:          env.GetId(),
 		Route:       Route(res[0]),
+		EventID:     res[2],
 		Subscribers: subs,
 		AcceptedAt:  env.GetAcceptedAt().AsTime(),
 	}, nil
 }
 
-// parseRecord decodes "route|subscribers|id|acceptedMillis".
+// parseRecord decodes "route|subscribers|eventID|id|acceptedMillis".
 func parseRecord(rec string) (Result, error) {
 	parts := strings.Split(rec, "|")
-	if len(parts) != 4 {
+	if len(parts) != 5 {
 		return Result{}, fmt.Errorf("delivery: bad idempotency record %q", rec)
 	}
 	subs, err1 := strconv.Atoi(parts[1])
-	ms, err2 := strconv.ParseInt(parts[3], 10, 64)
+	ms, err2 := strconv.ParseInt(parts[4], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
 		return Result{}, fmt.Errorf("delivery: bad idempotency record %q: %w", rec, err)
 	}
 	return Result{
-		ID:          parts[2],
+		ID:          parts[3],
 		Route:       Route(parts[0]),
+		EventID:     parts[2],
 		Subscribers: subs,
 		Duplicate:   true,
 		AcceptedAt:  time.UnixMilli(ms),

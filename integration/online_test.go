@@ -41,9 +41,9 @@ func TestMultiDevice(t *testing.T) {
 		if resp.GetSubscribers() != 2 {
 			t.Fatalf("notification %d reached %d edge subscribers, want 2", i, resp.GetSubscribers())
 		}
-		ids = append(ids, resp.GetNotificationId())
+		ids = append(ids, resp.GetEventId())
 	}
-	marker := s.notify(t, &heraldv1.NotifyRequest{UserId: "alice", Event: "marker"}).GetNotificationId()
+	marker := s.notify(t, &heraldv1.NotifyRequest{UserId: "alice", Event: "marker"}).GetEventId()
 
 	for name, c := range map[string]*sseClient{"phone": phone, "laptop": laptop, "tab": tab} {
 		for i, id := range ids {
@@ -131,6 +131,8 @@ func TestInjection(t *testing.T) {
 	resp, cancel := get(t, s.edges[0].url+"/v1/events?access_token="+tok, nil)
 	defer cancel()
 	defer resp.Body.Close()
+	stop := time.AfterFunc(10*time.Second, cancel) // bounds the raw reads below
+	defer stop.Stop()
 
 	hostile := "line1\n\nid: 999\nevent: admin\ndata: pwned\r\rretry: 1\r\n\r\nlast"
 	sent := s.notify(t, &heraldv1.NotifyRequest{UserId: "dave", Event: "update", Data: []byte(hostile)})
@@ -145,7 +147,7 @@ func TestInjection(t *testing.T) {
 	// Read the raw wire up to the marker.
 	var wire strings.Builder
 	buf := make([]byte, 4096)
-	for !strings.Contains(wire.String(), "id: "+marker.GetNotificationId()) {
+	for !strings.Contains(wire.String(), "id: "+marker.GetEventId()) {
 		n, err := resp.Body.Read(buf)
 		wire.Write(buf[:n])
 		if err != nil {
@@ -153,13 +155,13 @@ func TestInjection(t *testing.T) {
 		}
 	}
 	raw := wire.String()
-	start := strings.Index(raw, "id: "+sent.GetNotificationId())
-	end := strings.Index(raw, "id: "+marker.GetNotificationId())
+	start := strings.Index(raw, "id: "+sent.GetEventId())
+	end := strings.Index(raw, "id: "+marker.GetEventId())
 	if start < 0 || end < start {
 		t.Fatalf("wire %q lacks the events in order", raw)
 	}
 	frame := raw[start:end]
-	want := "id: " + sent.GetNotificationId() + "\nevent: update\n" +
+	want := "id: " + sent.GetEventId() + "\nevent: update\n" +
 		"data: line1\ndata: \ndata: id: 999\ndata: event: admin\ndata: data: pwned\ndata: \ndata: retry: 1\ndata: \ndata: last\n\n"
 	if frame != want {
 		t.Fatalf("frame on the wire:\n%q\nwant:\n%q", frame, want)
@@ -231,8 +233,8 @@ func TestAuthentication(t *testing.T) {
 		t.Fatalf("bob: %v, want online", r)
 	}
 	mine := s.notify(t, &heraldv1.NotifyRequest{UserId: "alice", Data: []byte("for alice")})
-	if ev := alice.next(t, waitEvent); ev.ID != mine.GetNotificationId() || ev.Data != "for alice" {
-		t.Fatalf("alice got %+v, want only her own event %s", ev, mine.GetNotificationId())
+	if ev := alice.next(t, waitEvent); ev.ID != mine.GetEventId() || ev.Data != "for alice" {
+		t.Fatalf("alice got %+v, want only her own event %s", ev, mine.GetEventId())
 	}
 }
 
@@ -250,8 +252,8 @@ func TestInvalidNotifyPublishesNothing(t *testing.T) {
 		}
 	}
 	ok := s.notify(t, &heraldv1.NotifyRequest{UserId: "erin", Data: []byte("valid")})
-	if ev := c.next(t, waitEvent); ev.ID != ok.GetNotificationId() {
-		t.Fatalf("first event %+v, want the valid one %s", ev, ok.GetNotificationId())
+	if ev := c.next(t, waitEvent); ev.ID != ok.GetEventId() {
+		t.Fatalf("first event %+v, want the valid one %s", ev, ok.GetEventId())
 	}
 }
 
@@ -276,7 +278,7 @@ func TestEdgeDrain(t *testing.T) {
 	// The client reconnects to the other edge and is reachable again.
 	c = connect(t, s.edges[1].url, token(t, "frank"))
 	sent := s.notify(t, &heraldv1.NotifyRequest{UserId: "frank"})
-	if ev := c.next(t, waitEvent); ev.ID != sent.GetNotificationId() {
-		t.Fatalf("after reconnect got %+v, want %s", ev, sent.GetNotificationId())
+	if ev := c.next(t, waitEvent); ev.ID != sent.GetEventId() {
+		t.Fatalf("after reconnect got %+v, want %s", ev, sent.GetEventId())
 	}
 }

@@ -35,7 +35,7 @@ func drain(b *testing.B, r *testRouter, user string) {
 func BenchmarkBaselineRedisPublish(b *testing.B) {
 	r := newTestRouter(b, nil)
 	drain(b, r, "bench")
-	channel := delivery.Channel(r.prefix, "bench")
+	channel := delivery.Channel(r.prefix, delivery.UserStream("bench"))
 	ctx := context.Background()
 	b.ResetTimer()
 	for b.Loop() {
@@ -61,7 +61,7 @@ func BenchmarkNotifyOnline(b *testing.B) {
 func BenchmarkBaselineRedisPublishParallel(b *testing.B) {
 	r := newTestRouter(b, nil)
 	drain(b, r, "bench")
-	channel := delivery.Channel(r.prefix, "bench")
+	channel := delivery.Channel(r.prefix, delivery.UserStream("bench"))
 	ctx := context.Background()
 	b.SetParallelism(4)
 	b.ResetTimer()

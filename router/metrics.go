@@ -14,6 +14,7 @@ type metrics struct {
 	latency     prometheus.Histogram
 	redisErrors prometheus.Counter
 	duplicates  prometheus.Counter
+	broadcasts  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -35,9 +36,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "herald", Subsystem: "router", Name: "idempotent_duplicates_total",
 			Help: "Notify calls answered from the idempotency record without delivering again.",
 		}),
+		broadcasts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "herald", Subsystem: "router", Name: "broadcast_total",
+			Help: "Broadcast calls by gRPC status code.",
+		}, []string{"code"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.duplicates} {
+		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.duplicates, m.broadcasts} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

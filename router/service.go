@@ -40,9 +40,10 @@ type Config struct {
 	ShutdownTimeout time.Duration
 }
 
-// Publisher routes one envelope. *delivery.Publisher implements it.
+// Publisher routes envelopes. *delivery.Publisher implements it.
 type Publisher interface {
 	Publish(ctx context.Context, env *heraldv1.Envelope, idempotencyKey string) (delivery.Result, error)
+	Broadcast(ctx context.Context, env *heraldv1.Envelope) (delivery.Result, error)
 }
 
 var _ Publisher = (*delivery.Publisher)(nil)
@@ -149,6 +150,7 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 	}
 	resp = &heraldv1.NotifyResponse{
 		NotificationId: res.ID,
+		EventId:        res.EventID,
 		Subscribers:    int32(res.Subscribers),
 		Duplicate:      res.Duplicate,
 		AcceptedAt:     timestamppb.New(res.AcceptedAt),
@@ -171,6 +173,43 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 			slog.String("correlation_id", env.CorrelationId))
 	}
 	return resp, nil
+}
+
+// Broadcast fans one message out to every subscriber of a topic.
+func (s *Service) Broadcast(ctx context.Context, req *heraldv1.BroadcastRequest) (*heraldv1.BroadcastResponse, error) {
+	start := s.now()
+	if err := s.validateBroadcast(req); err != nil {
+		s.metrics.broadcasts.WithLabelValues(status.Code(err).String()).Inc()
+		return nil, err
+	}
+	ttl := s.cfg.DefaultTTL
+	if req.GetTtl() != nil {
+		ttl = req.GetTtl().AsDuration()
+	}
+	env := &heraldv1.Envelope{
+		Id:         delivery.NewID(start),
+		Topic:      req.GetTopic(),
+		Event:      req.GetEvent(),
+		Data:       req.GetData(),
+		AcceptedAt: timestamppb.New(start),
+		ExpiresAt:  timestamppb.New(start.Add(ttl)),
+	}
+	res, err := s.pub.Broadcast(ctx, env)
+	if err != nil {
+		s.metrics.redisErrors.Inc()
+		err = toStatus(ctx, err)
+		s.metrics.broadcasts.WithLabelValues(status.Code(err).String()).Inc()
+		s.log.LogAttrs(ctx, slog.LevelWarn, "broadcast failed",
+			slog.String("notification_id", env.Id), slog.Any("err", err))
+		return nil, err
+	}
+	s.metrics.broadcasts.WithLabelValues(codes.OK.String()).Inc()
+	return &heraldv1.BroadcastResponse{
+		NotificationId: res.ID,
+		EventId:        res.EventID,
+		Subscribers:    int32(res.Subscribers),
+		AcceptedAt:     timestamppb.New(res.AcceptedAt),
+	}, nil
 }
 
 // toStatus maps an error from the routing path to the gRPC status the caller

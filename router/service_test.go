@@ -52,7 +52,7 @@ func newTestRouter(tb testing.TB, rdb *redis.Client) *testRouter {
 func (r *testRouter) online(tb testing.TB, user string) *redis.PubSub {
 	tb.Helper()
 	ctx := context.Background()
-	ps := r.rdb.Subscribe(ctx, delivery.Channel(r.prefix, user))
+	ps := r.rdb.Subscribe(ctx, delivery.Channel(r.prefix, delivery.UserStream(user)))
 	if _, err := ps.Receive(ctx); err != nil {
 		tb.Fatal(err)
 	}

@@ -2,12 +2,14 @@ package router
 
 import (
 	"fmt"
+	"regexp"
 	"time"
 	"unicode/utf8"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
@@ -67,6 +69,41 @@ func checkText(vs []violation, field, v string, maxBytes int, required bool) []v
 	return vs
 }
 
+// checkPayload validates the data and TTL that Notify and Broadcast share.
+func (s *Service) checkPayload(vs []violation, data []byte, ttl *durationpb.Duration) []violation {
+	switch {
+	case len(data) > s.cfg.MaxPayloadBytes:
+		vs = append(vs, violation{"data", fmt.Sprintf("is %d bytes, over the limit of %d", len(data), s.cfg.MaxPayloadBytes)})
+	case !utf8.Valid(data):
+		vs = append(vs, violation{"data", "must be valid UTF-8: SSE is a text protocol"})
+	}
+	if ttl != nil {
+		if err := ttl.CheckValid(); err != nil {
+			vs = append(vs, violation{"ttl", "is not a valid duration"})
+		} else if d := ttl.AsDuration(); d <= 0 || d > maxTTL {
+			vs = append(vs, violation{"ttl", fmt.Sprintf("must be above 0 and at most %v", maxTTL)})
+		}
+	}
+	return vs
+}
+
+// topicName is what a topic may be called; the edge applies the same rule.
+var topicName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+
+// validateBroadcast checks a BroadcastRequest.
+func (s *Service) validateBroadcast(req *heraldv1.BroadcastRequest) error {
+	var vs []violation
+	if !topicName.MatchString(req.GetTopic()) {
+		vs = append(vs, violation{"topic", "must be 1-128 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit"})
+	}
+	vs = checkText(vs, "event", req.GetEvent(), maxEventBytes, false)
+	vs = s.checkPayload(vs, req.GetData(), req.GetTtl())
+	if len(vs) > 0 {
+		return invalidArgument(vs)
+	}
+	return nil
+}
+
 // validate checks a NotifyRequest against the limits. It returns nil or an
 // InvalidArgument status naming the fields.
 func (s *Service) validate(req *heraldv1.NotifyRequest) error {
@@ -74,19 +111,7 @@ func (s *Service) validate(req *heraldv1.NotifyRequest) error {
 	vs = checkText(vs, "user_id", req.GetUserId(), maxUserIDBytes, true)
 	vs = checkText(vs, "event", req.GetEvent(), maxEventBytes, false)
 	vs = checkText(vs, "idempotency_key", req.GetIdempotencyKey(), maxIdempotencyKeyBytes, false)
-	switch data := req.GetData(); {
-	case len(data) > s.cfg.MaxPayloadBytes:
-		vs = append(vs, violation{"data", fmt.Sprintf("is %d bytes, over the limit of %d", len(data), s.cfg.MaxPayloadBytes)})
-	case !utf8.Valid(data):
-		vs = append(vs, violation{"data", "must be valid UTF-8: SSE is a text protocol"})
-	}
-	if ttl := req.GetTtl(); ttl != nil {
-		if err := ttl.CheckValid(); err != nil {
-			vs = append(vs, violation{"ttl", "is not a valid duration"})
-		} else if d := ttl.AsDuration(); d <= 0 || d > maxTTL {
-			vs = append(vs, violation{"ttl", fmt.Sprintf("must be above 0 and at most %v", maxTTL)})
-		}
-	}
+	vs = s.checkPayload(vs, req.GetData(), req.GetTtl())
 	if p := req.GetPush(); p != nil {
 		for _, f := range []struct{ name, v string }{
 			{"push.title", p.GetTitle()}, {"push.body", p.GetBody()}, {"push.collapse_key", p.GetCollapseKey()},

@@ -1,6 +1,7 @@
 package sseedge
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -11,9 +12,32 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// Claims are the JWT claims an edge reads. The user is the subject (sub).
+// Claims are the JWT claims an edge reads. The user is the subject (sub);
+// the topics a client may read are in a claim (by default "topics") that
+// holds a list of names and patterns.
 type Claims struct {
 	jwt.RegisteredClaims
+	extra map[string]any
+}
+
+// UnmarshalJSON keeps the registered claims and every other claim.
+func (c *Claims) UnmarshalJSON(b []byte) error {
+	if err := json.Unmarshal(b, &c.RegisteredClaims); err != nil {
+		return err
+	}
+	return json.Unmarshal(b, &c.extra)
+}
+
+// topics returns the list in the named claim.
+func (c *Claims) topics(claim string) []string {
+	list, _ := c.extra[claim].([]any)
+	out := make([]string, 0, len(list))
+	for _, v := range list {
+		if s, ok := v.(string); ok {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // ErrUnauthorized wraps every authentication failure.
@@ -84,14 +108,18 @@ func checkUser(u string) error {
 	return nil
 }
 
-// IssueToken returns an HS256 token for user, valid for ttl. The all-in-one
+// IssueToken returns an HS256 token for user, valid for ttl, that may read
+// the given topic patterns. The all-in-one
 // uses it for its demo user, and tests for their clients; in production the
 // application's own auth service issues tokens with the shared secret.
-func IssueToken(secret []byte, user string, ttl time.Duration, now time.Time) (string, error) {
-	claims := jwt.RegisteredClaims{
-		Subject:   user,
-		IssuedAt:  jwt.NewNumericDate(now),
-		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+func IssueToken(secret []byte, user string, ttl time.Duration, now time.Time, topics ...string) (string, error) {
+	claims := jwt.MapClaims{
+		"sub": user,
+		"iat": now.Unix(),
+		"exp": now.Add(ttl).Unix(),
+	}
+	if len(topics) > 0 {
+		claims["topics"] = topics
 	}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
 }

@@ -19,12 +19,16 @@ const (
 	// CloseTokenExpired: the client's token expired; it must reconnect with a
 	// fresh one.
 	CloseTokenExpired CloseReason = "token_expired"
-	// CloseBrokerLost: the edge could not subscribe for the client in Redis.
+	// CloseReplaced: the user opened more streams on this edge than
+	// MaxConnsPerUser, and this, the oldest, made way for the newest.
+	CloseReplaced CloseReason = "replaced"
+	// CloseBrokerLost: the edge's Redis Pub/Sub link stayed down longer than
+	// BrokerGrace, or history could not be read when it came back.
 	CloseBrokerLost CloseReason = "broker_lost"
 )
 
 // closeReasons lists every reason, for metrics.
 var closeReasons = []CloseReason{
 	CloseClientClosed, CloseServerDrain, CloseSlowConsumer, CloseWriteTimeout,
-	CloseWriteError, CloseTokenExpired, CloseBrokerLost,
+	CloseWriteError, CloseTokenExpired, CloseReplaced, CloseBrokerLost,
 }

@@ -34,14 +34,25 @@ func stripLineBreaks(s string) string {
 // appendEvent appends the wire form of one event to b, as the WHATWG HTML
 // standard's event-stream format defines it: an id: and an event: field when
 // set, one data: field per line of data (lines end at CRLF, LF or CR), and a
-// blank line that dispatches the event. Every event carries at least one
-// data: field, because a client drops an event whose data is empty.
+// blank line that dispatches the event.
 func appendEvent(b []byte, id, event, data string) []byte {
+	return appendBody(appendID(b, id), event, data)
+}
+
+// appendID appends an id: field, if id is not empty.
+func appendID(b []byte, id string) []byte {
 	if id = stripLineBreaks(id); id != "" {
 		b = append(b, "id: "...)
 		b = append(b, id...)
 		b = append(b, '\n')
 	}
+	return b
+}
+
+// appendBody appends the event: and data: fields and the blank line that
+// dispatch an event. Every event carries at least one data: field, because a
+// client drops an event whose data is empty.
+func appendBody(b []byte, event, data string) []byte {
 	if event = stripLineBreaks(event); event != "" {
 		b = append(b, "event: "...)
 		b = append(b, event...)

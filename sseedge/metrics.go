@@ -11,6 +11,8 @@ type metrics struct {
 	written        prometheus.Counter
 	dropped        *prometheus.CounterVec
 	presenceErrors prometheus.Counter
+	replays        *prometheus.CounterVec
+	replayed       prometheus.Counter
 }
 
 // newMetrics registers the edge's metrics on reg; subscriptions reports the
@@ -56,11 +58,27 @@ func newMetrics(reg prometheus.Registerer, subscriptions func() float64) (*metri
 			Help: "Failed presence lease, renewal or removal calls to Redis.",
 		}),
 	}
+	m.replays = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "history_replays_total",
+		Help: "Streams that caught up from history (replayed) or were told to re-fetch their state (reset).",
+	}, []string{"outcome"})
+	m.replayed = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "history_events_replayed_total",
+		Help: "Events written to clients from history rather than live.",
+	})
+	m.replays = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "history_replays_total",
+		Help: "Streams that caught up from history (replayed) or were told to re-fetch their state (reset).",
+	}, []string{"outcome"})
+	m.replayed = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "history_events_replayed_total",
+		Help: "Events written to clients from history rather than live.",
+	})
 	for _, r := range closeReasons {
 		m.closed.WithLabelValues(string(r))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, subs} {
+		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.replays, m.replayed, subs} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

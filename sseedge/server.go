@@ -4,6 +4,7 @@
 package sseedge
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,9 +12,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -61,8 +64,30 @@ type Config struct {
 	ReadHeaderTimeout time.Duration
 	// DrainPeriod is the time over which a shutting-down edge closes its
 	// streams, spread evenly so that clients do not all reconnect at once.
-	// Default 5s.
+	// Default 30s, the usual Kubernetes termination grace period.
 	DrainPeriod time.Duration
+	// MaxConnsPerUser is the most streams one user may hold on this edge.
+	// At the limit a new stream is accepted and the user's oldest is closed
+	// with reason replaced: the newest tab or device wins. Default 10.
+	MaxConnsPerUser int
+	// MaxConns is the most streams this edge holds; beyond it, requests get
+	// 503 so the load balancer tries another edge. Default 10000, within a
+	// process's usual file limit.
+	MaxConns int
+	// MaxTopics is the most topics one stream may read. Default 16.
+	MaxTopics int
+	// TopicsClaim is the token claim listing the topics a client may read:
+	// exact names, or prefixes ending in ".*" ("chat.*"), or "*". Default
+	// "topics".
+	TopicsClaim string
+	// AllowedOrigins lists the origins browsers may connect from (CORS);
+	// "*" allows any. Default none: same-origin pages only.
+	AllowedOrigins []string
+	// BrokerGrace is how long streams survive a lost Redis Pub/Sub
+	// connection before they are closed as broker_lost. Default 30s: a Redis
+	// restart or failover does not drop clients; they catch up from history
+	// when the link returns.
+	BrokerGrace time.Duration
 }
 
 // Deps are a Server's dependencies.
@@ -78,6 +103,12 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// History reads the streams' histories for Last-Event-ID recovery.
+	// Default: a history on Redis with the default bounds.
+	History *delivery.History
+	// Pages, if set, serves every path other than /v1/events (for example a
+	// demo page at /).
+	Pages http.Handler
 }
 
 // Server is an SSE edge.
@@ -89,6 +120,8 @@ type Server struct {
 	now      func() time.Time
 	auth     *authenticator
 	metrics  *metrics
+	history  *delivery.History
+	pages    http.Handler
 
 	hubMu    sync.Mutex
 	hub      *hub // set by Serve
@@ -113,13 +146,26 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	setDefault(&cfg.WriteTimeout, 10*time.Second)
 	setDefault(&cfg.SubscribeTimeout, 5*time.Second)
 	setDefault(&cfg.ReadHeaderTimeout, 5*time.Second)
-	setDefault(&cfg.DrainPeriod, 5*time.Second)
-	if cfg.QueueSize == 0 {
-		cfg.QueueSize = 64
+	setDefault(&cfg.DrainPeriod, 30*time.Second)
+	setDefault(&cfg.BrokerGrace, 30*time.Second)
+	setDefaultInt(&cfg.QueueSize, 64)
+	setDefaultInt(&cfg.MaxConnsPerUser, 10)
+	setDefaultInt(&cfg.MaxConns, 10000)
+	setDefaultInt(&cfg.MaxTopics, 16)
+	if cfg.TopicsClaim == "" {
+		cfg.TopicsClaim = "topics"
 	}
 	if cfg.QueueSize < 0 || cfg.Heartbeat < 0 || cfg.Retry < 0 || cfg.WriteTimeout < 0 ||
-		cfg.SubscribeTimeout < 0 || cfg.ReadHeaderTimeout < 0 || cfg.DrainPeriod < 0 {
+		cfg.SubscribeTimeout < 0 || cfg.ReadHeaderTimeout < 0 || cfg.DrainPeriod < 0 ||
+		cfg.MaxConnsPerUser < 0 || cfg.MaxConns < 0 || cfg.MaxTopics < 0 || cfg.BrokerGrace < 0 {
 		return nil, fmt.Errorf("sseedge: negative value in config")
+	}
+	if deps.History == nil {
+		h, err := delivery.NewHistory(deps.Redis, deps.Presence.Prefix(), delivery.HistoryConfig{})
+		if err != nil {
+			return nil, err
+		}
+		deps.History = h
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.Default()
@@ -134,6 +180,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		log:      deps.Logger.With(slog.String("edge", cfg.EdgeID)),
 		now:      deps.Now,
 		auth:     newAuthenticator(cfg),
+		history:  deps.History,
+		pages:    deps.Pages,
 	}
 	m, err := newMetrics(deps.Registerer, func() float64 {
 		if h := s.currentHub(); h != nil {
@@ -160,6 +208,12 @@ func setDefault(d *time.Duration, def time.Duration) {
 	}
 }
 
+func setDefaultInt(n *int, def int) {
+	if *n == 0 {
+		*n = def
+	}
+}
+
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -169,18 +223,23 @@ func randomHex(n int) string {
 // EdgeID is the edge's id in presence entries.
 func (s *Server) EdgeID() string { return s.cfg.EdgeID }
 
-// handler returns the edge's HTTP routes: GET /v1/events, the event stream.
+// handler returns the edge's HTTP routes: GET /v1/events, the event stream,
+// and the pages, if any.
 func (s *Server) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/events", s.handleEvents)
+	if s.pages != nil {
+		mux.Handle("/", s.pages)
+	}
 	return mux
 }
 
 // Serve serves the edge on lis until ctx is done, then drains: it refuses new
-// streams, closes the open ones spread over DrainPeriod with reason
-// server_drain, and removes their presence.
+// streams and closes the open ones spread over DrainPeriod with reason
+// server_drain. It speaks HTTP/1.1 and, without TLS, HTTP/2 (h2c), so that a
+// browser is not held to six streams per origin.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	h := newHub(ctx, s.rdb, s.presence.Prefix(), s.log, s.deliver)
+	h := newHub(ctx, s.rdb, s.log, s.cfg.BrokerGrace, s.deliver, s.brokerLost)
 	s.hubMu.Lock()
 	if s.hub != nil {
 		s.hubMu.Unlock()
@@ -189,9 +248,13 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	s.hub = h
 	s.hubMu.Unlock()
 
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
 	hs := &http.Server{
 		Handler:           s.handler(),
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		Protocols:         protocols,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
@@ -206,7 +269,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		}
 		return nil
 	})
-	g.Go(func() error { s.renewLoop(gctx); return nil })
+	g.Go(func() error { s.renewLoop(gctx, h); return nil })
 	g.Go(func() error {
 		<-gctx.Done()
 		s.drain(context.WithoutCancel(gctx), hs)
@@ -221,7 +284,10 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 }
 
 // drain stops accepting streams and closes the open ones, spread over the
-// drain period, then shuts the HTTP server down.
+// drain period, then shuts the HTTP server down. Each stream's lease is
+// removed as it closes, so notifications keep reaching the streams still
+// open; a closed client reconnects (to another edge) and recovers what was
+// published meanwhile from history.
 func (s *Server) drain(ctx context.Context, hs *http.Server) {
 	s.draining.Store(true)
 	streams := s.hub.all()
@@ -249,8 +315,21 @@ func (s *Server) drain(ctx context.Context, hs *http.Server) {
 	s.handlers.Wait()
 }
 
-// renewLoop renews the leases of every local stream until ctx is done.
-func (s *Server) renewLoop(ctx context.Context) {
+// brokerLost closes every stream when the Pub/Sub link has been down for
+// longer than BrokerGrace: the clients reconnect, possibly to another edge,
+// and recover from history.
+func (s *Server) brokerLost() {
+	streams := s.hub.all()
+	s.log.Error("redis pub/sub down beyond the grace period; closing streams",
+		slog.Duration("grace", s.cfg.BrokerGrace), slog.Int("streams", len(streams)))
+	for _, st := range streams {
+		st.close(CloseBrokerLost)
+	}
+}
+
+// renewLoop renews the leases of every local stream until ctx is done, and
+// at once when the Redis link comes back (a restarted Redis has lost them).
+func (s *Server) renewLoop(ctx context.Context, h *hub) {
 	t := time.NewTicker(s.presence.RenewInterval())
 	defer t.Stop()
 	for {
@@ -258,8 +337,9 @@ func (s *Server) renewLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-h.relinked:
 		}
-		streams := s.hub.all()
+		streams := h.all()
 		const batch = 500
 		for len(streams) > 0 {
 			n := min(batch, len(streams))
@@ -276,25 +356,40 @@ func (s *Server) renewLoop(ctx context.Context) {
 	}
 }
 
-// deliver hands one published envelope to every local stream of user. It
-// never blocks: a stream whose queue is full is closed as slow_consumer.
-func (s *Server) deliver(user string, payload []byte) {
+// decode turns a published or recorded envelope into an event ready to
+// write, or nil (counted) when it is malformed or expired.
+func (s *Server) decode(channel string, payload []byte) *outEvent {
 	env, err := delivery.Unmarshal(payload)
+	if err == nil {
+		_, err = delivery.ParseEventID(env.GetEventId())
+	}
 	if err != nil {
 		s.metrics.dropped.WithLabelValues("malformed").Inc()
 		s.log.Warn("dropping malformed envelope", slog.Any("err", err))
-		return
+		return nil
 	}
 	if exp := env.GetExpiresAt(); exp != nil && exp.AsTime().Before(s.now()) {
 		s.metrics.dropped.WithLabelValues("expired").Inc()
-		return
+		return nil
 	}
-	ev := &outEvent{
-		id:       env.GetId(),
-		frame:    appendEvent(nil, env.GetId(), env.GetEvent(), string(env.GetData())),
+	eid, _ := delivery.ParseEventID(env.GetEventId())
+	return &outEvent{
+		channel:  channel,
+		eventID:  eid,
+		body:     appendBody(nil, env.GetEvent(), string(env.GetData())),
 		accepted: env.GetAcceptedAt().AsTime(),
 	}
-	for _, st := range s.hub.streamsOf(user) {
+}
+
+// deliver hands one published envelope to every local stream that reads the
+// channel. It never blocks: a stream whose queue is full is closed as
+// slow_consumer, and recovers from history when it reconnects.
+func (s *Server) deliver(channel string, payload []byte) {
+	ev := s.decode(channel, payload)
+	if ev == nil {
+		return
+	}
+	for _, st := range s.hub.readers(channel) {
 		if !st.offer(ev) {
 			st.close(CloseSlowConsumer)
 		}
@@ -310,12 +405,20 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": code, "message": msg})
 }
 
+func (s *Server) refuse(w http.ResponseWriter, status int, code, msg string) {
+	s.metrics.refused.WithLabelValues(code).Inc()
+	writeError(w, status, code, msg)
+}
+
 // handleEvents serves GET /v1/events.
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	s.handlers.Add(1)
 	defer s.handlers.Done()
+	if !s.cors(w, r) {
+		return
+	}
 	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", http.MethodGet)
+		w.Header().Set("Allow", "GET, OPTIONS")
 		s.refuse(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET")
 		return
 	}
@@ -324,29 +427,32 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusServiceUnavailable, "draining", "this edge is shutting down; reconnect to another")
 		return
 	}
+	if s.hub.count() >= s.cfg.MaxConns {
+		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.Retry.Seconds())+1))
+		s.refuse(w, http.StatusServiceUnavailable, "edge_full", fmt.Sprintf("this edge holds its limit of %d streams; retry", s.cfg.MaxConns))
+		return
+	}
 	claims, err := s.auth.authenticate(r)
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		s.refuse(w, http.StatusUnauthorized, "unauthorized", err.Error())
 		return
 	}
-
-	ctx := r.Context()
-	st := newStream(claims.Subject, s.cfg.EdgeID, s.now(), s.cfg.QueueSize)
-	joinCtx, cancel := context.WithTimeout(ctx, s.cfg.SubscribeTimeout)
-	err = s.hub.join(joinCtx, st)
-	cancel()
-	cleanupCtx := context.WithoutCancel(ctx)
-	if err != nil {
-		s.log.Warn("subscribe failed", slog.Any("err", err))
-		s.refuse(w, http.StatusServiceUnavailable, "broker_unavailable", "the edge could not subscribe in Redis; retry")
+	topics := r.URL.Query()["topic"]
+	if status, code, msg := s.checkTopics(topics, claims.topics(s.cfg.TopicsClaim)); status != 0 {
+		s.refuse(w, status, code, msg)
 		return
 	}
-	if err := s.presence.Lease(ctx, st.conn); err != nil {
-		s.hub.leave(cleanupCtx, st)
-		s.metrics.presenceErrors.Inc()
-		s.log.Warn("presence lease failed", slog.Any("err", err))
-		s.refuse(w, http.StatusServiceUnavailable, "broker_unavailable", "the edge could not register presence in Redis; retry")
+	lastID := r.Header.Get("Last-Event-ID")
+	if lastID == "" {
+		lastID = r.URL.Query().Get("last_event_id")
+	}
+
+	ctx := r.Context()
+	st := newStream(claims.Subject, s.cfg.EdgeID, s.now(), s.cfg.QueueSize, s.presence.Prefix(), topics)
+	if err := s.open(ctx, st, parseCursor(lastID)); err != nil {
+		s.log.Warn("stream setup failed", slog.Any("err", err))
+		s.refuse(w, http.StatusServiceUnavailable, "broker_unavailable", "the edge could not reach Redis; retry")
 		return
 	}
 
@@ -359,6 +465,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	s.metrics.closed.WithLabelValues(string(reason)).Inc()
 	s.metrics.duration.Observe(s.now().Sub(st.conn.Since).Seconds())
 
+	cleanupCtx := context.WithoutCancel(ctx)
 	s.hub.leave(cleanupCtx, st)
 	rmCtx, cancel := context.WithTimeout(cleanupCtx, 2*time.Second)
 	defer cancel()
@@ -373,9 +480,92 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) refuse(w http.ResponseWriter, status int, code, msg string) {
-	s.metrics.refused.WithLabelValues(code).Inc()
-	writeError(w, status, code, msg)
+// open sets a new stream up: it fixes the position of each stream the client
+// has none for, subscribes, enforces the per-user limit, leases presence and
+// reads what the client missed. Positions are fixed before subscribing, so
+// that an event published in between is found in history.
+func (s *Server) open(ctx context.Context, st *stream, cursor map[string]uint64) error {
+	after := make([]*uint64, len(st.names))
+	var fresh []int
+	for i, name := range st.names {
+		if pos, ok := cursor[name]; ok {
+			after[i] = &pos
+		} else {
+			fresh = append(fresh, i)
+		}
+	}
+	if len(fresh) > 0 {
+		streams := make([]delivery.Stream, len(fresh))
+		for j, i := range fresh {
+			streams[j] = st.streams[i]
+		}
+		res, err := s.history.Since(ctx, streams, make([]*uint64, len(fresh)))
+		if err != nil {
+			return err
+		}
+		for j, i := range fresh {
+			after[i] = &res[j].Position
+		}
+	}
+	joinCtx, cancel := context.WithTimeout(ctx, s.cfg.SubscribeTimeout)
+	err := s.hub.join(joinCtx, st)
+	cancel()
+	if err != nil {
+		return err
+	}
+	s.enforceUserLimit(st)
+	if err := s.presence.Lease(ctx, st.conn); err != nil {
+		s.hub.leave(context.WithoutCancel(ctx), st)
+		s.metrics.presenceErrors.Inc()
+		return err
+	}
+	replays, err := s.history.Since(ctx, st.streams, after)
+	if err != nil {
+		s.hub.leave(context.WithoutCancel(ctx), st)
+		return err
+	}
+	st.pending = replays
+	for i, p := range after {
+		st.pos[i] = *p
+	}
+	return nil
+}
+
+// enforceUserLimit closes the user's oldest local streams beyond the limit
+// with reason replaced.
+func (s *Server) enforceUserLimit(st *stream) {
+	mine := s.hub.readers(st.channels[0])
+	if len(mine) <= s.cfg.MaxConnsPerUser {
+		return
+	}
+	slices.SortFunc(mine, func(a, b *stream) int { return a.conn.Since.Compare(b.conn.Since) })
+	for _, old := range mine[:len(mine)-s.cfg.MaxConnsPerUser] {
+		if old != st {
+			old.close(CloseReplaced)
+		}
+	}
+}
+
+// checkTopics validates the requested topics against the limits and the
+// client's allowed patterns. It returns a zero status when they are fine.
+func (s *Server) checkTopics(topics, allowed []string) (status int, code, msg string) {
+	if len(topics) > s.cfg.MaxTopics {
+		return http.StatusBadRequest, "too_many_topics", fmt.Sprintf("at most %d topics per stream", s.cfg.MaxTopics)
+	}
+	seen := make(map[string]bool, len(topics))
+	for _, t := range topics {
+		if !ValidTopic(t) {
+			return http.StatusBadRequest, "bad_topic", fmt.Sprintf("topic %q is not a valid topic name", t)
+		}
+		if seen[t] {
+			return http.StatusBadRequest, "bad_topic", fmt.Sprintf("topic %q is repeated", t)
+		}
+		seen[t] = true
+		if !topicAllowed(t, allowed) {
+			return http.StatusForbidden, "forbidden_topic", fmt.Sprintf("the token does not allow topic %q", t)
+		}
+	}
+	return 0, "", ""
 }
 
 // stream writes st's events to w until the stream ends, and says why. It is
@@ -407,24 +597,29 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, st *stream, 
 	}
 	buf := appendRetry(nil, s.cfg.Retry)
 	buf = appendComment(buf, "connected "+st.conn.ID)
+	buf = s.appendReplay(buf, st, st.pending)
+	st.pending = nil
 	if reason := write(buf); reason != "" {
 		return reason
 	}
 	if s.draining.Load() {
-		// The drain began while this stream was joining.
-		return CloseServerDrain
+		// The drain began while this stream was opening.
+		return s.closeDrained(write)
 	}
 
 	heartbeat := time.NewTicker(s.cfg.Heartbeat)
 	defer heartbeat.Stop()
 	expiry := time.NewTimer(expires.Sub(s.now()))
 	defer expiry.Stop()
-	var pending []*outEvent
+	var batch []*outEvent
 	for {
 		select {
 		case <-ctx.Done():
 			return CloseClientClosed
 		case <-st.done:
+			if st.reason == CloseServerDrain {
+				return s.closeDrained(write)
+			}
 			return st.reason
 		case <-expiry.C:
 			return CloseTokenExpired
@@ -432,77 +627,110 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, st *stream, 
 			if reason := write(appendComment(buf[:0], "hb")); reason != "" {
 				return reason
 			}
+		case <-st.resync:
+			// The Redis link came back: catch up on what was published
+			// while it was down.
+			replays, err := s.history.Since(ctx, st.streams, st.positions())
+			if err != nil {
+				return CloseBrokerLost
+			}
+			if buf = s.appendReplay(buf[:0], st, replays); len(buf) > 0 {
+				if reason := write(buf); reason != "" {
+					return reason
+				}
+			}
 		case ev := <-st.queue:
 			// Write whatever else is already queued in the same flush.
-			buf, pending = buf[:0], append(pending[:0], ev)
-			buf = append(buf, ev.frame...)
+			batch = append(batch[:0], ev)
 		more:
-			for len(pending) < 32 {
+			for len(batch) < 32 {
 				select {
 				case ev := <-st.queue:
-					pending = append(pending, ev)
-					buf = append(buf, ev.frame...)
+					batch = append(batch, ev)
 				default:
 					break more
 				}
+			}
+			buf = buf[:0]
+			written := 0
+			for _, ev := range batch {
+				if b, ok := st.appendLive(buf, ev); ok {
+					buf = b
+					written++
+				}
+			}
+			if written == 0 {
+				continue
 			}
 			if reason := write(buf); reason != "" {
 				return reason
 			}
 			now := s.now()
-			for _, ev := range pending {
+			for _, ev := range batch {
 				s.metrics.latency.Observe(now.Sub(ev.accepted).Seconds())
 			}
-			s.metrics.written.Add(float64(len(pending)))
+			s.metrics.written.Add(float64(written))
 			heartbeat.Reset(s.cfg.Heartbeat)
 		}
 	}
 }
 
-// outEvent is one event ready to write, shared by every stream of its user.
-type outEvent struct {
-	id       string
-	frame    []byte
-	accepted time.Time
+// closeDrained ends a drained stream with a jittered retry: field, so that
+// the clients of a draining edge come back spread out.
+func (s *Server) closeDrained(write func([]byte) CloseReason) CloseReason {
+	jitter := time.Duration(mathrand.Int64N(int64(2*s.cfg.Retry) + 1))
+	_ = write(appendRetry(nil, s.cfg.Retry+jitter))
+	return CloseServerDrain
 }
 
-// stream is one client connection's state outside its handler.
-type stream struct {
-	user  string
-	conn  presence.Conn
-	queue chan *outEvent
-	done  chan struct{}
-	once  sync.Once
-	// reason is written once, before done is closed.
-	reason CloseReason
-}
-
-func newStream(user, edge string, now time.Time, queueSize int) *stream {
-	return &stream{
-		user:  user,
-		conn:  presence.Conn{User: user, ID: randomHex(8), Edge: edge, Since: now},
-		queue: make(chan *outEvent, queueSize),
-		done:  make(chan struct{}),
+// appendReplay appends the events of replays (one per stream of st) in event
+// id order, after a herald.reset event if any stream lost events, and
+// advances st's positions. With nothing to replay it appends the cursor
+// alone, so that the client's Last-Event-ID is right from the start.
+func (s *Server) appendReplay(b []byte, st *stream, replays []delivery.Replay) []byte {
+	var (
+		events []*outEvent
+		reset  []string
+	)
+	for i, r := range replays {
+		if r.Reset {
+			reset = append(reset, st.label(i))
+			st.pos[i] = r.Position
+		}
+		for _, payload := range r.Events {
+			if ev := s.decode(st.channels[i], payload); ev != nil {
+				events = append(events, ev)
+			}
+		}
 	}
-}
-
-// offer queues ev without blocking; false means the queue is full.
-func (st *stream) offer(ev *outEvent) bool {
-	select {
-	case st.queue <- ev:
-		return true
-	default:
-		return false
+	slices.SortStableFunc(events, func(a, b *outEvent) int { return cmp.Compare(a.eventID, b.eventID) })
+	if len(reset) > 0 {
+		s.metrics.replays.WithLabelValues("reset").Inc()
+		data, _ := json.Marshal(map[string]any{"reason": "history_gap", "streams": reset})
+		b = appendID(b, string(appendCursor(nil, st.names, st.pos)))
+		b = appendBody(b, ResetEvent, string(data))
 	}
+	if len(events) > 0 {
+		s.metrics.replays.WithLabelValues("replayed").Inc()
+		s.metrics.replayed.Add(float64(len(events)))
+	}
+	n := len(b)
+	for _, ev := range events {
+		b, _ = st.appendLive(b, ev)
+	}
+	if len(reset) == 0 && len(b) == n && len(replays) > 0 {
+		for i, r := range replays {
+			st.pos[i] = max(st.pos[i], r.Position)
+		}
+		b = appendID(b, string(appendCursor(nil, st.names, st.pos)))
+		b = append(b, '\n')
+	}
+	return b
 }
 
-// close ends the stream with reason; only the first call counts.
-func (st *stream) close(reason CloseReason) {
-	st.once.Do(func() {
-		st.reason = reason
-		close(st.done)
-	})
-}
+// ResetEvent is the SSE event name that tells a client it may have missed
+// events that are no longer in history: it should re-fetch its full state.
+const ResetEvent = "herald.reset"
 
 // Ready reports whether the edge should receive new clients: it is not
 // draining, and Redis answers.

@@ -73,7 +73,7 @@ func (e *testEdge) send(tb testing.TB, user string, data []byte) delivery.Route 
 	if err != nil {
 		tb.Fatal(err)
 	}
-	e.lastID = env.Id
+	e.lastID = res.EventID
 	return res.Route
 }
 

@@ -83,8 +83,8 @@ func TestAllInOne(t *testing.T) {
 	}()
 	select {
 	case ev := <-events:
-		if ev.ID != sent.GetNotificationId() || ev.Event != notifyCmd[3] || ev.Data != notifyCmd[4] {
-			t.Fatalf("stream showed %+v, want the notification %s", ev, sent.GetNotificationId())
+		if ev.ID != sent.GetEventId() || ev.Event != notifyCmd[3] || ev.Data != notifyCmd[4] {
+			t.Fatalf("stream showed %+v, want the notification %s", ev, sent.GetEventId())
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the notification did not arrive on the stream")

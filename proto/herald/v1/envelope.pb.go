@@ -95,6 +95,13 @@ type Envelope struct {
 	Push *PushOptions `protobuf:"bytes,7,opt,name=push,proto3" json:"push,omitempty"`
 	// The caller's correlation id, if it sent one, carried for tracing.
 	CorrelationId string `protobuf:"bytes,8,opt,name=correlation_id,json=correlationId,proto3" json:"correlation_id,omitempty"`
+	// The event's position in its history: a decimal number that increases
+	// with every event of the same user (or topic). Redis assigns it when the
+	// event is recorded, in the same round trip as the publish. It is the basis
+	// of the SSE id, and of Last-Event-ID recovery.
+	EventId string `protobuf:"bytes,9,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// The broadcast topic; empty for a notification to one user.
+	Topic         string `protobuf:"bytes,10,opt,name=topic,proto3" json:"topic,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -185,6 +192,20 @@ func (x *Envelope) GetCorrelationId() string {
 	return ""
 }
 
+func (x *Envelope) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *Envelope) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
 // PushOptions are the fields of a push notification for an offline user.
 type PushOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -262,7 +283,7 @@ var File_herald_v1_envelope_proto protoreflect.FileDescriptor
 
 const file_herald_v1_envelope_proto_rawDesc = "" +
 	"\n" +
-	"\x18herald/v1/envelope.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa8\x02\n" +
+	"\x18herald/v1/envelope.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x02\n" +
 	"\bEnvelope\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x14\n" +
@@ -273,7 +294,10 @@ const file_herald_v1_envelope_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12*\n" +
 	"\x04push\x18\a \x01(\v2\x16.herald.v1.PushOptionsR\x04push\x12%\n" +
-	"\x0ecorrelation_id\x18\b \x01(\tR\rcorrelationId\"\x8b\x01\n" +
+	"\x0ecorrelation_id\x18\b \x01(\tR\rcorrelationId\x12\x19\n" +
+	"\bevent_id\x18\t \x01(\tR\aeventId\x12\x14\n" +
+	"\x05topic\x18\n" +
+	" \x01(\tR\x05topic\"\x8b\x01\n" +
 	"\vPushOptions\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\tR\x04body\x12!\n" +

@@ -196,7 +196,9 @@ type NotifyResponse struct {
 	// The notification then took the offline route.
 	StalePresence bool `protobuf:"varint,5,opt,name=stale_presence,json=stalePresence,proto3" json:"stale_presence,omitempty"`
 	// When the router accepted the notification.
-	AcceptedAt    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=accepted_at,json=acceptedAt,proto3" json:"accepted_at,omitempty"`
+	AcceptedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=accepted_at,json=acceptedAt,proto3" json:"accepted_at,omitempty"`
+	// The notification's position in the user's history (see Envelope.event_id).
+	EventId       string `protobuf:"bytes,7,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -273,6 +275,160 @@ func (x *NotifyResponse) GetAcceptedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *NotifyResponse) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+// BroadcastRequest is one message for every subscriber of a topic.
+type BroadcastRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The topic. Required: 1 to 128 characters of A-Z, a-z, 0-9 and ". _ : -",
+	// starting with a letter or digit.
+	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	// The SSE event name; empty for the default "message" event.
+	Event string `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	// The payload: valid UTF-8, at most the router's payload limit.
+	Data []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	// How long the message stays worth delivering; unset means the default.
+	Ttl           *durationpb.Duration `protobuf:"bytes,4,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BroadcastRequest) Reset() {
+	*x = BroadcastRequest{}
+	mi := &file_herald_v1_router_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BroadcastRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BroadcastRequest) ProtoMessage() {}
+
+func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_router_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BroadcastRequest.ProtoReflect.Descriptor instead.
+func (*BroadcastRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BroadcastRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *BroadcastRequest) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+func (x *BroadcastRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *BroadcastRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+// BroadcastResponse says what happened to the broadcast.
+type BroadcastResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The message's id.
+	NotificationId string `protobuf:"bytes,1,opt,name=notification_id,json=notificationId,proto3" json:"notification_id,omitempty"`
+	// Its position in the topic's history.
+	EventId string `protobuf:"bytes,2,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// How many edges subscribed to the topic took it.
+	Subscribers int32 `protobuf:"varint,3,opt,name=subscribers,proto3" json:"subscribers,omitempty"`
+	// When the router accepted it.
+	AcceptedAt    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=accepted_at,json=acceptedAt,proto3" json:"accepted_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BroadcastResponse) Reset() {
+	*x = BroadcastResponse{}
+	mi := &file_herald_v1_router_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BroadcastResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BroadcastResponse) ProtoMessage() {}
+
+func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_router_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BroadcastResponse.ProtoReflect.Descriptor instead.
+func (*BroadcastResponse) Descriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *BroadcastResponse) GetNotificationId() string {
+	if x != nil {
+		return x.NotificationId
+	}
+	return ""
+}
+
+func (x *BroadcastResponse) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *BroadcastResponse) GetSubscribers() int32 {
+	if x != nil {
+		return x.Subscribers
+	}
+	return 0
+}
+
+func (x *BroadcastResponse) GetAcceptedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AcceptedAt
+	}
+	return nil
+}
+
 var File_herald_v1_router_proto protoreflect.FileDescriptor
 
 const file_herald_v1_router_proto_rawDesc = "" +
@@ -284,7 +440,7 @@ const file_herald_v1_router_proto_rawDesc = "" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12'\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12+\n" +
 	"\x03ttl\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12*\n" +
-	"\x04push\x18\x06 \x01(\v2\x16.herald.v1.PushOptionsR\x04push\"\x85\x02\n" +
+	"\x04push\x18\x06 \x01(\v2\x16.herald.v1.PushOptionsR\x04push\"\xa0\x02\n" +
 	"\x0eNotifyResponse\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12&\n" +
 	"\x05route\x18\x02 \x01(\x0e2\x10.herald.v1.RouteR\x05route\x12 \n" +
@@ -292,14 +448,27 @@ const file_herald_v1_router_proto_rawDesc = "" +
 	"\tduplicate\x18\x04 \x01(\bR\tduplicate\x12%\n" +
 	"\x0estale_presence\x18\x05 \x01(\bR\rstalePresence\x12;\n" +
 	"\vaccepted_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"acceptedAt\x12\x19\n" +
+	"\bevent_id\x18\a \x01(\tR\aeventId\"\x7f\n" +
+	"\x10BroadcastRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
+	"\x05event\x18\x02 \x01(\tR\x05event\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12+\n" +
+	"\x03ttl\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\xb6\x01\n" +
+	"\x11BroadcastResponse\x12'\n" +
+	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12\x19\n" +
+	"\bevent_id\x18\x02 \x01(\tR\aeventId\x12 \n" +
+	"\vsubscribers\x18\x03 \x01(\x05R\vsubscribers\x12;\n" +
+	"\vaccepted_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"acceptedAt*Z\n" +
 	"\x05Route\x12\x15\n" +
 	"\x11ROUTE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fROUTE_ONLINE\x10\x01\x12\x11\n" +
 	"\rROUTE_OFFLINE\x10\x02\x12\x15\n" +
-	"\x11ROUTE_PUSH_QUEUED\x10\x032N\n" +
+	"\x11ROUTE_PUSH_QUEUED\x10\x032\x96\x01\n" +
 	"\rRouterService\x12=\n" +
-	"\x06Notify\x12\x18.herald.v1.NotifyRequest\x1a\x19.herald.v1.NotifyResponseB8Z6github.com/herald-push/herald/proto/herald/v1;heraldv1b\x06proto3"
+	"\x06Notify\x12\x18.herald.v1.NotifyRequest\x1a\x19.herald.v1.NotifyResponse\x12F\n" +
+	"\tBroadcast\x12\x1b.herald.v1.BroadcastRequest\x1a\x1c.herald.v1.BroadcastResponseB8Z6github.com/herald-push/herald/proto/herald/v1;heraldv1b\x06proto3"
 
 var (
 	file_herald_v1_router_proto_rawDescOnce sync.Once
@@ -314,27 +483,33 @@ func file_herald_v1_router_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_v1_router_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_herald_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_herald_v1_router_proto_goTypes = []any{
 	(Route)(0),                    // 0: herald.v1.Route
 	(*NotifyRequest)(nil),         // 1: herald.v1.NotifyRequest
 	(*NotifyResponse)(nil),        // 2: herald.v1.NotifyResponse
-	(*durationpb.Duration)(nil),   // 3: google.protobuf.Duration
-	(*PushOptions)(nil),           // 4: herald.v1.PushOptions
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*BroadcastRequest)(nil),      // 3: herald.v1.BroadcastRequest
+	(*BroadcastResponse)(nil),     // 4: herald.v1.BroadcastResponse
+	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
+	(*PushOptions)(nil),           // 6: herald.v1.PushOptions
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_herald_v1_router_proto_depIdxs = []int32{
-	3, // 0: herald.v1.NotifyRequest.ttl:type_name -> google.protobuf.Duration
-	4, // 1: herald.v1.NotifyRequest.push:type_name -> herald.v1.PushOptions
+	5, // 0: herald.v1.NotifyRequest.ttl:type_name -> google.protobuf.Duration
+	6, // 1: herald.v1.NotifyRequest.push:type_name -> herald.v1.PushOptions
 	0, // 2: herald.v1.NotifyResponse.route:type_name -> herald.v1.Route
-	5, // 3: herald.v1.NotifyResponse.accepted_at:type_name -> google.protobuf.Timestamp
-	1, // 4: herald.v1.RouterService.Notify:input_type -> herald.v1.NotifyRequest
-	2, // 5: herald.v1.RouterService.Notify:output_type -> herald.v1.NotifyResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	7, // 3: herald.v1.NotifyResponse.accepted_at:type_name -> google.protobuf.Timestamp
+	5, // 4: herald.v1.BroadcastRequest.ttl:type_name -> google.protobuf.Duration
+	7, // 5: herald.v1.BroadcastResponse.accepted_at:type_name -> google.protobuf.Timestamp
+	1, // 6: herald.v1.RouterService.Notify:input_type -> herald.v1.NotifyRequest
+	3, // 7: herald.v1.RouterService.Broadcast:input_type -> herald.v1.BroadcastRequest
+	2, // 8: herald.v1.RouterService.Notify:output_type -> herald.v1.NotifyResponse
+	4, // 9: herald.v1.RouterService.Broadcast:output_type -> herald.v1.BroadcastResponse
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_herald_v1_router_proto_init() }
@@ -349,7 +524,7 @@ func file_herald_v1_router_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_v1_router_proto_rawDesc), len(file_herald_v1_router_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RouterService_Notify_FullMethodName = "/herald.v1.RouterService/Notify"
+	RouterService_Notify_FullMethodName    = "/herald.v1.RouterService/Notify"
+	RouterService_Broadcast_FullMethodName = "/herald.v1.RouterService/Broadcast"
 )
 
 // RouterServiceClient is the client API for RouterService service.
@@ -33,6 +34,9 @@ type RouterServiceClient interface {
 	// takes the offline route. Invalid input is refused with INVALID_ARGUMENT
 	// and nothing is published.
 	Notify(ctx context.Context, in *NotifyRequest, opts ...grpc.CallOption) (*NotifyResponse, error)
+	// Broadcast fans one message out to every client subscribed to a topic, on
+	// every edge. Clients may read a topic only when their token allows it.
+	Broadcast(ctx context.Context, in *BroadcastRequest, opts ...grpc.CallOption) (*BroadcastResponse, error)
 }
 
 type routerServiceClient struct {
@@ -53,6 +57,16 @@ func (c *routerServiceClient) Notify(ctx context.Context, in *NotifyRequest, opt
 	return out, nil
 }
 
+func (c *routerServiceClient) Broadcast(ctx context.Context, in *BroadcastRequest, opts ...grpc.CallOption) (*BroadcastResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BroadcastResponse)
+	err := c.cc.Invoke(ctx, RouterService_Broadcast_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RouterServiceServer is the server API for RouterService service.
 // All implementations must embed UnimplementedRouterServiceServer
 // for forward compatibility.
@@ -64,6 +78,9 @@ type RouterServiceServer interface {
 	// takes the offline route. Invalid input is refused with INVALID_ARGUMENT
 	// and nothing is published.
 	Notify(context.Context, *NotifyRequest) (*NotifyResponse, error)
+	// Broadcast fans one message out to every client subscribed to a topic, on
+	// every edge. Clients may read a topic only when their token allows it.
+	Broadcast(context.Context, *BroadcastRequest) (*BroadcastResponse, error)
 	mustEmbedUnimplementedRouterServiceServer()
 }
 
@@ -76,6 +93,9 @@ type UnimplementedRouterServiceServer struct{}
 
 func (UnimplementedRouterServiceServer) Notify(context.Context, *NotifyRequest) (*NotifyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Notify not implemented")
+}
+func (UnimplementedRouterServiceServer) Broadcast(context.Context, *BroadcastRequest) (*BroadcastResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Broadcast not implemented")
 }
 func (UnimplementedRouterServiceServer) mustEmbedUnimplementedRouterServiceServer() {}
 func (UnimplementedRouterServiceServer) testEmbeddedByValue()                       {}
@@ -116,6 +136,24 @@ func _RouterService_Notify_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RouterService_Broadcast_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BroadcastRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RouterServiceServer).Broadcast(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RouterService_Broadcast_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RouterServiceServer).Broadcast(ctx, req.(*BroadcastRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RouterService_ServiceDesc is the grpc.ServiceDesc for RouterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -126,6 +164,10 @@ var RouterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Notify",
 			Handler:    _RouterService_Notify_Handler,
+		},
+		{
+			MethodName: "Broadcast",
+			Handler:    _RouterService_Broadcast_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,276 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/herald-push/herald/presence"
+)
+
+// Stream is one ordered history of events with a Pub/Sub channel of its own:
+// every user has one, and so has every broadcast topic.
+type Stream struct {
+	User  string // the user, for a user's stream
+	Topic string // the topic, for a topic's stream
+}
+
+// UserStream is user's stream.
+func UserStream(user string) Stream { return Stream{User: user} }
+
+// TopicStream is topic's stream.
+func TopicStream(topic string) Stream { return Stream{Topic: topic} }
+
+// hashTag is the Redis Cluster hash tag that every key and the channel of the
+// stream share, so that one script can touch them all in one slot.
+func (s Stream) hashTag() string {
+	if s.Topic != "" {
+		return "{t:" + s.Topic + "}"
+	}
+	return presence.HashTag(s.User)
+}
+
+func (s Stream) String() string {
+	if s.Topic != "" {
+		return "topic " + s.Topic
+	}
+	return "user " + s.User
+}
+
+// Channel is the stream's Redis Pub/Sub channel under prefix.
+func Channel(prefix string, s Stream) string { return prefix + s.hashTag() + ":events" }
+
+// historyKeys are the stream's history (a sorted set of envelopes scored by
+// event id), its last event id, and its floor: below the floor, events may
+// have been trimmed, so a client there cannot be told what it missed.
+func historyKeys(prefix string, s Stream) []string {
+	base := prefix + s.hashTag()
+	return []string{base + ":hist", base + ":last", base + ":floor"}
+}
+
+// HistoryConfig bounds the history kept for Last-Event-ID recovery.
+type HistoryConfig struct {
+	// Length is the most events kept per stream. Default 100: far more than
+	// a client misses in a reconnect, and small enough (about 100 × the
+	// payload size per active user) to keep in Redis memory.
+	Length int
+	// Window is how long an event is kept. Default 10 minutes: a client away
+	// longer than that re-fetches its state (it gets herald.reset) instead of
+	// a flood of stale events.
+	Window time.Duration
+	// Keep is how long a stream's last event id is remembered after its last
+	// event. Default 24h: a client that reconnects after a quiet period
+	// learns that it missed nothing, instead of a needless reset.
+	Keep time.Duration
+}
+
+func (c *HistoryConfig) setDefaults() error {
+	if c.Length == 0 {
+		c.Length = 100
+	}
+	if c.Window == 0 {
+		c.Window = 10 * time.Minute
+	}
+	if c.Keep == 0 {
+		c.Keep = 24 * time.Hour
+	}
+	if c.Length < 1 || c.Window < time.Millisecond || c.Keep < c.Window {
+		return fmt.Errorf("delivery: invalid history config %+v: want length >= 1, window >= 1ms, keep >= window", *c)
+	}
+	return nil
+}
+
+func (c HistoryConfig) args() []any {
+	return []any{c.Length, c.Window.Milliseconds(), c.Keep.Milliseconds()}
+}
+
+// luaCommon holds the Lua shared by the scripts that record and replay
+// events. Event ids are decimal numbers: a stream's first event gets Redis'
+// time in milliseconds × 1000, and each next one max(previous + 1, now ×
+// 1000), so ids increase per stream and stay meaningful across restarts.
+const luaCommon = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function fmt(n) return string.format('%d', n) end
+
+-- pbstring encodes a protobuf length-delimited field (wire type 2).
+local function pbstring(field, s)
+  local out = {string.char(field * 8 + 2)}
+  local n = #s
+  while n >= 128 do
+    out[#out + 1] = string.char(n % 128 + 128)
+    n = math.floor(n / 128)
+  end
+  out[#out + 1] = string.char(n)
+  out[#out + 1] = s
+  return table.concat(out)
+end
+
+local function raise(key, v, keep)
+  local cur = tonumber(redis.call('GET', key))
+  if cur == nil or v > cur then redis.call('SET', key, fmt(v), 'PX', keep) end
+end
+
+-- record adds envelope to the history in keys hist, last, floor, trims it
+-- to maxlen entries and window ms, and returns the event id and the envelope
+-- with its event_id field (9) set.
+local function record(hist, lastk, floork, envelope, maxlen, window, keep)
+  local last = tonumber(redis.call('GET', lastk))
+  local id
+  if last == nil then
+    id = now * 1000
+    -- Anything older than keep is unknown: a client from before then must
+    -- reset.
+    redis.call('SET', floork, fmt((now - keep) * 1000), 'PX', keep)
+  else
+    id = math.max(last + 1, now * 1000)
+    redis.call('PEXPIRE', floork, keep)
+  end
+  local sid = fmt(id)
+  redis.call('SET', lastk, sid, 'PX', keep)
+  local payload = envelope .. pbstring(9, sid)
+  redis.call('ZADD', hist, sid, payload)
+  local cutoff = (now - window) * 1000
+  if redis.call('ZREMRANGEBYSCORE', hist, '-inf', fmt(cutoff)) > 0 then
+    raise(floork, cutoff, keep)
+  end
+  local extra = redis.call('ZCARD', hist) - maxlen
+  if extra > 0 then
+    local gone = redis.call('ZRANGE', hist, extra - 1, extra - 1, 'WITHSCORES')
+    redis.call('ZREMRANGEBYRANK', hist, 0, extra - 1)
+    raise(floork, tonumber(gone[2]), keep)
+  end
+  redis.call('PEXPIRE', hist, window)
+  return sid, payload
+end
+`
+
+// sinceScript answers where a client at event id ARGV[1] stands in the
+// stream with keys hist, last, floor:
+//
+//	{'pos', P}          ARGV[1] is empty: P is the position to start from
+//	{'ok', P, e1, ...}  the events after ARGV[1], in order; P is the newest id
+//	{'reset', P}        events after ARGV[1] may be lost; P is the newest id
+//
+// ARGV[2], ARGV[3] are the history window and keep, in ms.
+var sinceScript = redis.NewScript(luaCommon + `
+local window, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
+local last = tonumber(redis.call('GET', KEYS[2]))
+if ARGV[1] == '' then
+  if last then return {'pos', fmt(last)} end
+  return {'pos', fmt(now * 1000 - 1)}
+end
+local L = tonumber(ARGV[1])
+if L == nil then return {'reset', fmt(last or (now * 1000 - 1))} end
+if last == nil then
+  -- Nothing was recorded within keep: nothing was missed, unless the
+  -- client's position is older than that.
+  if L >= (now - keep) * 1000 then return {'ok', fmt(L)} end
+  return {'reset', fmt(now * 1000 - 1)}
+end
+if L == last then return {'ok', fmt(last)} end
+if L > last then return {'reset', fmt(last)} end
+local floor = math.max(tonumber(redis.call('GET', KEYS[3])) or 0, (now - window) * 1000)
+if L < floor then return {'reset', fmt(last)} end
+local out = {'ok', fmt(last)}
+for _, e in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. fmt(L), '+inf')) do
+  out[#out + 1] = e
+end
+return out
+`)
+
+// History reads the streams' histories for Last-Event-ID recovery.
+type History struct {
+	rdb    redis.UniversalClient
+	prefix string
+	cfg    HistoryConfig
+}
+
+// NewHistory returns a History of the streams under prefix.
+func NewHistory(rdb redis.UniversalClient, prefix string, cfg HistoryConfig) (*History, error) {
+	if rdb == nil {
+		return nil, errors.New("delivery: history needs a redis client")
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	return &History{rdb: rdb, prefix: prefix, cfg: cfg}, nil
+}
+
+// Replay is where a client stands in one stream.
+type Replay struct {
+	// Position is the stream's newest event id after Events (the position to
+	// go on from).
+	Position uint64
+	// Reset is set when events after the client's position may be lost.
+	Reset bool
+	// Events are the envelopes (with EventId set) the client missed, oldest
+	// first.
+	Events [][]byte
+}
+
+// ErrBadEventID is returned for an event id that is not a decimal number.
+var ErrBadEventID = errors.New("delivery: malformed event id")
+
+// Since reports what a client positioned at event id after (0 < after) has
+// missed in each stream, in one pipeline. With after == nil for a stream,
+// it reports only the stream's current position: the place from which a new
+// client starts.
+func (h *History) Since(ctx context.Context, streams []Stream, after []*uint64) ([]Replay, error) {
+	if len(streams) != len(after) {
+		return nil, errors.New("delivery: streams and positions differ in length")
+	}
+	run := func() ([]*redis.Cmd, error) {
+		pipe := h.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(streams))
+		for i, s := range streams {
+			pos := ""
+			if after[i] != nil {
+				pos = strconv.FormatUint(*after[i], 10)
+			}
+			args := []any{pos, h.cfg.Window.Milliseconds(), h.cfg.Keep.Milliseconds()}
+			cmds[i] = sinceScript.EvalSha(ctx, pipe, historyKeys(h.prefix, s), args...)
+		}
+		_, err := pipe.Exec(ctx)
+		return cmds, err
+	}
+	cmds, err := run()
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		if err := sinceScript.Load(ctx, h.rdb).Err(); err != nil {
+			return nil, fmt.Errorf("delivery: history: %w", err)
+		}
+		cmds, err = run()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("delivery: history: %w", err)
+	}
+	out := make([]Replay, len(streams))
+	for i, cmd := range cmds {
+		res, err := cmd.StringSlice()
+		if err != nil || len(res) < 2 {
+			return nil, fmt.Errorf("delivery: history of %v: unexpected reply %q: %v", streams[i], res, err)
+		}
+		pos, err := strconv.ParseUint(res[1], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("delivery: history of %v: %w: %q", streams[i], ErrBadEventID, res[1])
+		}
+		out[i] = Replay{Position: pos, Reset: res[0] == "reset"}
+		for _, e := range res[2:] {
+			out[i].Events = append(out[i].Events, []byte(e))
+		}
+	}
+	return out, nil
+}
+
+// ParseEventID parses an event id.
+func ParseEventID(s string) (uint64, error) {
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %q", ErrBadEventID, s)
+	}
+	return n, nil
+}

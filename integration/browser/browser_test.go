@@ -1,0 +1,219 @@
+package browser_test
+
+import (
+	"bytes"
+	"flag"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/herald-push/herald/integration/browser"
+	"github.com/herald-push/herald/sseedge/demopage"
+)
+
+var screenshotDir = flag.String("screenshot-dir", "", "keep the demo page's screenshot in this directory")
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeEdge is a stand-in for the SSE edge that scripts one reconnect: the
+// first stream sends events 1 and 2 and ends when drop closes; a reconnect
+// that resumes after event 2 gets event 3.
+type fakeEdge struct {
+	drop chan struct{} // closed to end the first stream
+	done chan struct{} // closed when the test ends, to release every stream
+
+	mu      sync.Mutex
+	lastIDs []string     // the Last-Event-ID header of each request, in order
+	queries []url.Values // the query of each request
+}
+
+func newFakeEdge() *fakeEdge {
+	return &fakeEdge{drop: make(chan struct{}), done: make(chan struct{})}
+}
+
+func (f *fakeEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	last := r.Header.Get("Last-Event-ID")
+	f.mu.Lock()
+	f.lastIDs = append(f.lastIDs, last)
+	f.queries = append(f.queries, r.URL.Query())
+	f.mu.Unlock()
+
+	var wire string
+	var end <-chan struct{}
+	switch last {
+	case "":
+		// The data is markup, which the page must show as text.
+		wire = "retry: 500\n\n" +
+			"id: 1\nevent: hello\ndata: <b>hi</b>\n\n" +
+			": hb\n\n" +
+			"id: 2\ndata: second\n\n"
+		end = f.drop
+	case "2":
+		wire = "retry: 500\n\nid: 3\nevent: update\ndata: third\n\n"
+	default:
+		http.Error(w, "unexpected Last-Event-ID "+last, http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	io.WriteString(w, wire)
+	if err := http.NewResponseController(w).Flush(); err != nil {
+		return
+	}
+	select {
+	case <-end:
+	case <-f.done:
+	case <-r.Context().Done():
+	}
+}
+
+func (f *fakeEdge) seen() (lastIDs []string, queries []url.Values) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.lastIDs), slices.Clone(f.queries)
+}
+
+type event struct {
+	ID    string `json:"id"`
+	Event string `json:"event"`
+	Data  string `json:"data"`
+}
+
+type item struct {
+	ID    string `json:"id"`
+	Event string `json:"event"`
+	Text  string `json:"text"`
+}
+
+const itemsJS = `Array.from(document.querySelectorAll("#events li"),
+	li => ({id: li.dataset.id, event: li.dataset.event, text: li.textContent}))`
+
+// TestDemoPageResumesAfterReconnect runs the demo page in Chromium against a
+// scripted edge: it must show every event as text, reconnect when the stream
+// ends, resume with Last-Event-ID, and show no event twice.
+func TestDemoPageResumesAfterReconnect(t *testing.T) {
+	edge := newFakeEdge()
+	mux := http.NewServeMux()
+	mux.Handle("/v1/events", edge)
+	mux.Handle("/", demopage.Handler())
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	// Registered after srv, so it runs before srv.Close, which waits for
+	// every open stream.
+	t.Cleanup(func() { close(edge.done) })
+
+	b := browser.Start(t)
+	const token = "s3cret-token"
+	p := b.Open(t, srv.URL+"/?access_token="+token+"&topic=news&topic=sports")
+
+	browser.WaitFor(t, p, `window.herald.events.length == 2`, 5*time.Second)
+	want := []event{{"1", "hello", "<b>hi</b>"}, {"2", "message", "second"}}
+	if got := browser.Eval[[]event](t, p, `window.herald.events`); !slices.Equal(got, want) {
+		t.Fatalf("window.herald.events = %+v, want %+v", got, want)
+	}
+	checkItems(t, p, want)
+	if n := browser.Eval[int](t, p, `document.querySelectorAll("#events b").length`); n != 0 {
+		t.Errorf("event data was rendered as HTML: %d <b> elements in the list", n)
+	}
+
+	_, queries := edge.seen()
+	if q := queries[0]; q.Get("access_token") != token || !slices.Equal(q["topic"], []string{"news", "sports"}) {
+		t.Errorf("the edge got the query %v, want the page's access_token and both topics", q)
+	}
+	shown := browser.Eval[string](t, p, `document.getElementById("url").textContent`)
+	if strings.Contains(shown, token) || !strings.Contains(shown, "/v1/events?") || !strings.Contains(shown, "topic=sports") {
+		t.Errorf("the page shows the URL %q, want /v1/events with the topics and without the token", shown)
+	}
+
+	close(edge.drop)
+	browser.WaitFor(t, p, `window.herald.opens == 2`, 5*time.Second)
+	browser.WaitFor(t, p, `window.herald.events.length >= 3`, 5*time.Second)
+	if lastIDs, _ := edge.seen(); !slices.Equal(lastIDs, []string{"", "2"}) {
+		t.Errorf("the edge got Last-Event-ID %q, want %q", lastIDs, []string{"", "2"})
+	}
+	want = append(want, event{"3", "update", "third"})
+	if got := browser.Eval[[]event](t, p, `window.herald.events`); !slices.Equal(got, want) {
+		t.Fatalf("window.herald.events = %+v, want %+v", got, want)
+	}
+	checkItems(t, p, want)
+
+	type status struct {
+		Opens, Errors, Resets int
+		State                 string
+	}
+	got := browser.Eval[status](t, p,
+		`({Opens: herald.opens, Errors: herald.errors, Resets: herald.resets, State: herald.state})`)
+	if want := (status{Opens: 2, Errors: 1, Resets: 0, State: "open"}); got != want {
+		t.Errorf("page status %+v, want %+v", got, want)
+	}
+
+	dir := *screenshotDir
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	shot := filepath.Join(dir, "demopage.png")
+	p.Screenshot(t, shot)
+	if png, err := os.ReadFile(shot); err != nil || !bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")) {
+		t.Errorf("screenshot %s is not a PNG (err %v)", shot, err)
+	}
+}
+
+// checkItems checks that the list on the page shows exactly the events want,
+// in order, each with its name and data.
+func checkItems(t *testing.T, p *browser.Page, want []event) {
+	t.Helper()
+	items := browser.Eval[[]item](t, p, itemsJS)
+	if len(items) != len(want) {
+		t.Fatalf("the page lists %d events, want %d: %+v", len(items), len(want), items)
+	}
+	for i, it := range items {
+		w := want[i]
+		if it.ID != w.ID || it.Event != w.Event || !strings.Contains(it.Text, w.Event) || !strings.Contains(it.Text, w.Data) {
+			t.Errorf("list item %d = %+v, want id %q, event %q and text with %q", i, it, w.ID, w.Event, w.Data)
+		}
+	}
+}
+
+// TestDemoPageNamedEventsAndReset checks the names the page listens to: a
+// name given in ?events=, herald.reset (which it counts and explains), and
+// not a name it was not told about, since EventSource has no wildcard.
+func TestDemoPageNamedEventsAndReset(t *testing.T) {
+	done := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/events", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "id: a\nevent: custom\ndata: one\n\n"+
+			"id: b\nevent: unlistened\ndata: two\n\n"+
+			"id: c\nevent: herald.reset\ndata: {\"reason\":\"history_gap\"}\n\n")
+		http.NewResponseController(w).Flush()
+		select {
+		case <-done:
+		case <-r.Context().Done():
+		}
+	})
+	mux.Handle("/", demopage.Handler())
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(done) })
+
+	p := browser.Start(t).Open(t, srv.URL+"/index.html?access_token=x&events=custom,other")
+	browser.WaitFor(t, p, `herald.resets == 1`, 5*time.Second)
+	want := []event{{"a", "custom", "one"}, {"c", "herald.reset", `{"reason":"history_gap"}`}}
+	if got := browser.Eval[[]event](t, p, `herald.events`); !slices.Equal(got, want) {
+		t.Fatalf("window.herald.events = %+v, want %+v", got, want)
+	}
+	checkItems(t, p, want)
+	if notice := browser.Eval[string](t, p, `document.getElementById("notice").textContent`); !strings.Contains(notice, "history_gap") {
+		t.Errorf("the reset notice %q does not give the reason", notice)
+	}
+}
