@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -37,6 +40,12 @@ type testEdge struct {
 func newTestEdge(tb testing.TB, cfg sseedge.Config) *testEdge {
 	tb.Helper()
 	rdb, prefix := testenv.Redis(tb)
+	return newTestEdgeOn(tb, rdb, prefix, cfg)
+}
+
+// newTestEdgeOn serves an edge on rdb under prefix.
+func newTestEdgeOn(tb testing.TB, rdb *redis.Client, prefix string, cfg sseedge.Config) *testEdge {
+	tb.Helper()
 	reg, pub := testenv.Publisher(tb, rdb, prefix, 5*time.Second)
 	metrics := prometheus.NewRegistry()
 	cfg.JWTSecret = secret
@@ -86,25 +95,19 @@ func (e *testEdge) publish(tb testing.TB, user string, data []byte) string {
 	return e.lastID
 }
 
+// closed reads herald_sse_connections_closed_total{reason} from the edge's
+// /metrics page, as Prometheus would.
 func (e *testEdge) closed(reason sseedge.CloseReason) float64 {
-	return counterValue(e.metrics, "herald_sse_connections_closed_total", "reason", string(reason))
-}
-
-func counterValue(g prometheus.Gatherer, name, label, value string) float64 {
-	mfs, _ := g.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
+	rec := httptest.NewRecorder()
+	promhttp.HandlerFor(e.metrics, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	prefix := `herald_sse_connections_closed_total{reason="` + string(reason) + `"} `
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
 		}
 	}
-	return 0
+	return -1
 }
 
 func tokenFor(tb testing.TB, user string, ttl time.Duration) string {
