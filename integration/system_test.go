@@ -10,12 +10,15 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/integration/testenv"
 	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
@@ -45,47 +48,98 @@ type system struct {
 	reg    *presence.Registry
 	router heraldv1.RouterServiceClient
 	edges  []*testEdge
+	opts   options
 }
 
 // testEdge is an edge serving in the test process.
 type testEdge struct {
 	*testenv.Server
-	url string // base URL, http://127.0.0.1:port
+	url     string // base URL, http://127.0.0.1:port
+	metrics *prometheus.Registry
+}
+
+// closed is the edge's herald_sse_connections_closed_total{reason}.
+func (e *testEdge) closed(reason sseedge.CloseReason) float64 {
+	mfs, _ := e.metrics.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != "herald_sse_connections_closed_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == string(reason) {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// options shape a system; the zero value is one edge on the shared Redis.
+type options struct {
+	edges    int
+	leaseTTL time.Duration
+	history  delivery.HistoryConfig
+	edge     sseedge.Config // the edges' config, less the id and secret
+	redis    *redis.Client  // default: the shared redis-server
+	pages    http.Handler
 }
 
 func newSystem(tb testing.TB, edges int, leaseTTL time.Duration) *system {
+	return newSystemWith(tb, options{edges: edges, leaseTTL: leaseTTL})
+}
+
+func newSystemWith(tb testing.TB, o options) *system {
 	tb.Helper()
-	rdb, prefix := testenv.Redis(tb)
-	reg, pub := testenv.Publisher(tb, rdb, prefix, leaseTTL)
+	rdb, prefix := o.redis, testenv.Prefix(tb)
+	if rdb == nil {
+		rdb, prefix = testenv.Redis(tb)
+	}
+	if o.leaseTTL == 0 {
+		o.leaseTTL = 5 * time.Second
+	}
+	if o.edge.DrainPeriod == 0 {
+		o.edge.DrainPeriod = 100 * time.Millisecond
+	}
+	reg, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: o.leaseTTL})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{History: o.history})
+	if err != nil {
+		tb.Fatal(err)
+	}
 	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	srv := testenv.Serve(tb, func(ctx context.Context, lis net.Listener) error { return svc.Serve(ctx, lis) })
 	conn := testenv.GRPCClient(tb, srv.Addr)
-	s := &system{prefix: prefix, rdb: rdb, reg: reg, router: heraldv1.NewRouterServiceClient(conn)}
-	for i := range edges {
-		s.edges = append(s.edges, s.startEdge(tb, fmt.Sprintf("edge-%d", i), leaseTTL))
+	s := &system{prefix: prefix, rdb: rdb, reg: reg, router: heraldv1.NewRouterServiceClient(conn), opts: o}
+	for i := range o.edges {
+		s.edges = append(s.edges, s.startEdge(tb, fmt.Sprintf("edge-%d", i), "127.0.0.1:0"))
 	}
 	return s
 }
 
-// startEdge runs an in-process edge with a Redis client of its own.
-func (s *system) startEdge(tb testing.TB, id string, leaseTTL time.Duration) *testEdge {
+// startEdge runs an in-process edge on addr with a Redis client of its own.
+func (s *system) startEdge(tb testing.TB, id, addr string) *testEdge {
 	tb.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr()})
-	reg, err := presence.New(rdb, presence.Config{Prefix: s.prefix, LeaseTTL: leaseTTL})
+	opts := *s.rdb.Options()
+	rdb := redis.NewClient(&opts)
+	reg, err := presence.New(rdb, presence.Config{Prefix: s.prefix, LeaseTTL: s.opts.leaseTTL})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	edge, err := sseedge.New(sseedge.Config{EdgeID: id, JWTSecret: testSecret, DrainPeriod: 100 * time.Millisecond},
-		sseedge.Deps{Redis: rdb, Presence: reg})
+	cfg := s.opts.edge
+	cfg.EdgeID, cfg.JWTSecret = id, testSecret
+	metrics := prometheus.NewRegistry()
+	edge, err := sseedge.New(cfg, sseedge.Deps{Redis: rdb, Presence: reg, Registerer: metrics, Pages: s.opts.pages})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { rdb.Close() })
-	srv := testenv.Serve(tb, edge.Serve)
-	return &testEdge{Server: srv, url: "http://" + srv.Addr}
+	srv := testenv.ServeOn(tb, addr, edge.Serve)
+	return &testEdge{Server: srv, url: "http://" + srv.Addr, metrics: metrics}
 }
 
 func token(tb testing.TB, user string) string {
@@ -99,6 +153,8 @@ func token(tb testing.TB, user string) string {
 
 // sseClient is one EventSource-like connection.
 type sseClient struct {
+	mu     sync.Mutex
+	last   string // the id of the last event received
 	events chan sseedge.Event
 	closed chan error // receives the error that ended the stream
 	cancel context.CancelFunc
@@ -108,7 +164,17 @@ type sseClient struct {
 // answered 200: by then the user's subscription and presence are in place.
 func connect(tb testing.TB, baseURL, tok string) *sseClient {
 	tb.Helper()
-	resp, cancel := get(tb, baseURL+"/v1/events?access_token="+tok, nil)
+	return connectFrom(tb, baseURL+"/v1/events?access_token="+tok, "")
+}
+
+// connectFrom opens a stream at url, resuming after lastEventID if set.
+func connectFrom(tb testing.TB, url, lastEventID string) *sseClient {
+	tb.Helper()
+	h := http.Header{}
+	if lastEventID != "" {
+		h.Set("Last-Event-ID", lastEventID)
+	}
+	resp, cancel := get(tb, url, h)
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(resp.Body)
 		cancel()
@@ -126,6 +192,9 @@ func connect(tb testing.TB, baseURL, tok string) *sseClient {
 				return
 			}
 			if ev.Retry == 0 {
+				c.mu.Lock()
+				c.last = d.LastEventID()
+				c.mu.Unlock()
 				c.events <- ev
 			}
 		}
@@ -135,6 +204,13 @@ func connect(tb testing.TB, baseURL, tok string) *sseClient {
 }
 
 func (c *sseClient) close() { c.cancel() }
+
+// lastID is the id of the last event received.
+func (c *sseClient) lastID() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
+}
 
 // get issues a GET with headers and returns the response and a cancel func.
 func get(tb testing.TB, url string, header http.Header) (*http.Response, context.CancelFunc) {

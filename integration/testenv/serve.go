@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -24,10 +25,20 @@ type Server struct {
 // it returned an error.
 func Serve(tb testing.TB, serve func(ctx context.Context, lis net.Listener) error) *Server {
 	tb.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
+	return ServeOn(tb, "127.0.0.1:0", serve)
+}
+
+// ServeOn is Serve on a given address, for a component restarted on the
+// address it had.
+func ServeOn(tb testing.TB, addr string, serve func(ctx context.Context, lis net.Listener) error) *Server {
+	tb.Helper()
+	var lis net.Listener
+	var err error
+	// A just-closed listener's port may take a moment to be free again.
+	WaitFor(tb, 5*time.Second, "listening on "+addr, func() bool {
+		lis, err = net.Listen("tcp", addr)
+		return err == nil
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{Addr: lis.Addr().String(), cancel: cancel, done: make(chan error, 1)}
 	go func() { s.done <- serve(ctx, lis) }()

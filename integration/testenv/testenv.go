@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -94,17 +95,19 @@ func FreePort(tb testing.TB) int {
 
 // RedisServer is a redis-server process of the test's own.
 type RedisServer struct {
-	Addr string
-	tb   testing.TB
-	port int
-	dir  string
-	cmd  *exec.Cmd
+	Addr  string
+	tb    testing.TB
+	port  int
+	dir   string
+	extra []string
+	cmd   *exec.Cmd
 }
 
-// StartRedisServer starts a redis-server on a free port, stopped at cleanup.
-func StartRedisServer(tb testing.TB) *RedisServer {
+// StartRedisServer starts a redis-server on a free port, with extra
+// arguments, stopped at cleanup.
+func StartRedisServer(tb testing.TB, extra ...string) *RedisServer {
 	tb.Helper()
-	s := &RedisServer{tb: tb, port: FreePort(tb), dir: tb.TempDir()}
+	s := &RedisServer{tb: tb, port: FreePort(tb), dir: tb.TempDir(), extra: extra}
 	s.Addr = "127.0.0.1:" + strconv.Itoa(s.port)
 	s.Start()
 	tb.Cleanup(s.Stop)
@@ -115,9 +118,10 @@ func StartRedisServer(tb testing.TB) *RedisServer {
 func (s *RedisServer) Start() {
 	s.tb.Helper()
 	bin := RequireBinary(s.tb, "redis-server", "apt-get install -y redis-server")
-	s.cmd = exec.Command(bin, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+	args := append([]string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--logfile", filepath.Join(s.dir, "redis.log"))
+		"--logfile", filepath.Join(s.dir, "redis.log")}, s.extra...)
+	s.cmd = exec.Command(bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		s.tb.Fatalf("start redis-server: %v", err)
 	}
@@ -126,6 +130,18 @@ func (s *RedisServer) Start() {
 	WaitFor(s.tb, 10*time.Second, "redis-server on "+s.Addr+" to answer", func() bool {
 		return rdb.Ping(context.Background()).Err() == nil
 	})
+}
+
+// Restart stops the server gracefully (SIGTERM: it flushes its append-only
+// file, if it keeps one) and starts it again on the same port.
+func (s *RedisServer) Restart() {
+	s.tb.Helper()
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+	s.Start()
 }
 
 // Stop kills the server and waits for it to exit.
