@@ -7,9 +7,7 @@ GO    ?= go
 BIN   := $(CURDIR)/.bin
 export PATH := $(BIN):$(PATH)
 
-# Debian packages the tests need, and the binary that shows each is there.
-APT_PACKAGES := redis-server
-REDIS_ADDR   ?= 127.0.0.1:6379
+REDIS_ADDR ?= 127.0.0.1:6379
 
 .PHONY: test deps services tools proto check-proto lint unit bench fuzz clean
 
@@ -18,10 +16,12 @@ test: deps services tools check-proto lint unit
 unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
 
-## deps: install missing Debian packages (needs root, as CI has).
+## deps: install missing Debian packages (needs root, as CI has): redis-server,
+## and chromium for the browser tests.
 deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

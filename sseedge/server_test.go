@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,6 +49,9 @@ func newTestEdge(tb testing.TB, cfg sseedge.Config) *testEdge {
 // newTestEdgeOn serves an edge on rdb under prefix.
 func newTestEdgeOn(tb testing.TB, rdb *redis.Client, prefix string, cfg sseedge.Config) *testEdge {
 	tb.Helper()
+	if cfg.DrainPeriod == 0 {
+		cfg.DrainPeriod = 100 * time.Millisecond
+	}
 	reg, pub := testenv.Publisher(tb, rdb, prefix, 5*time.Second)
 	metrics := prometheus.NewRegistry()
 	cfg.JWTSecret = secret
@@ -166,40 +172,79 @@ func TestTokenExpiryClosesStream(t *testing.T) {
 	})
 }
 
-// A client that stops reading is closed as slow_consumer, and another
-// client on the same edge keeps receiving.
+// A client that stops reading is closed as slow_consumer, while 100 other
+// clients on the same edge keep receiving every event as it is published.
+// Memory stays bounded by construction: the stalled client's queue holds at
+// most QueueSize events.
 func TestSlowConsumer(t *testing.T) {
 	t.Parallel()
-	e := newTestEdge(t, sseedge.Config{QueueSize: 4, WriteTimeout: 500 * time.Millisecond})
-	slow := e.open(t, tokenFor(t, "slow", time.Hour))
-	_ = slow // never read: the socket buffers fill, then the queue
-	fast := e.open(t, tokenFor(t, "fast", time.Hour))
-	dec := sseedge.NewDecoder(fast.Body)
+	e := newTestEdge(t, sseedge.Config{QueueSize: 16, WriteTimeout: 5 * time.Second})
 
-	big := []byte(strings.Repeat("x", 60<<10))
-	for i := 0; ; i++ {
-		if i > 2000 {
+	// The stalled client never reads, and has a small receive buffer so that
+	// the edge's writes block soon.
+	dialer := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	stalled := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.url+"/v1/events?access_token="+tokenFor(t, "slow", time.Hour), nil)
+	resp, err := stalled.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+
+	const fast = 100
+	var received [fast]atomic.Int64
+	for i := range fast {
+		tok, _ := sseedge.IssueToken(secret, "fan"+strconv.Itoa(i), time.Hour, time.Now(), "ticks")
+		body := e.open(t, tok+"&topic=ticks").Body
+		go func() {
+			dec := sseedge.NewDecoder(body)
+			for {
+				ev, err := dec.Next()
+				if err != nil {
+					return
+				}
+				if ev.Data == "tick" {
+					received[i].Add(1)
+				}
+			}
+		}()
+	}
+
+	big := []byte(strings.Repeat("x", 256<<10))
+	for tick := int64(1); e.send(t, "slow", big) == delivery.RouteOnline; tick++ {
+		if tick > 2000 {
 			t.Fatal("the stalled client was never closed as slow_consumer")
 		}
-		if e.send(t, "slow", big) != delivery.RouteOnline {
-			break // closed and its lease removed
-		}
-		id := e.publish(t, "fast", []byte("tick"))
-		for {
-			ev, err := dec.Next()
-			if err != nil {
-				t.Fatal(err)
+		e.broadcast(t, "ticks", "tick")
+		// Every fast client gets each tick before the next one is sent.
+		testenv.WaitFor(t, 5*time.Second, "every fast client to get tick "+strconv.FormatInt(tick, 10), func() bool {
+			for i := range received {
+				if received[i].Load() < tick {
+					return false
+				}
 			}
-			if ev.ID == id {
-				break
-			}
-		}
+			return true
+		})
 	}
 	testenv.WaitFor(t, 5*time.Second, "slow_consumer to be counted", func() bool {
 		return e.closed(sseedge.CloseSlowConsumer) == 1
 	})
 	if got := e.closed(sseedge.CloseWriteTimeout); got != 0 {
 		t.Errorf("write_timeout counted %v times; the close must count once, as slow_consumer", got)
+	}
+}
+
+// broadcast publishes data on topic as the router would.
+func (e *testEdge) broadcast(tb testing.TB, topic, data string) {
+	tb.Helper()
+	now := time.Now()
+	env := &heraldv1.Envelope{Id: delivery.NewID(now), Topic: topic, Data: []byte(data), AcceptedAt: timestamppb.New(now)}
+	if _, err := e.pub.Broadcast(context.Background(), env); err != nil {
+		tb.Fatal(err)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/herald-push/herald/presence"
 	"github.com/herald-push/herald/router"
 	"github.com/herald-push/herald/sseedge"
+	"github.com/herald-push/herald/sseedge/demopage"
 )
 
 func main() {
@@ -89,7 +90,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	edge, err := sseedge.New(sseedge.Config{JWTSecret: key, DrainPeriod: time.Second},
-		sseedge.Deps{Redis: rdb, Presence: pres, Logger: log, Registerer: reg})
+		sseedge.Deps{Redis: rdb, Presence: pres, Logger: log, Registerer: reg, Pages: demopage.Handler()})
 	if err != nil {
 		return err
 	}
@@ -112,24 +113,27 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return daemon.Serve(gctx, adminLis, admin.Handler(), time.Second)
 	})
 
-	token, err := sseedge.IssueToken(key, *demoUser, 24*time.Hour, time.Now())
+	token, err := sseedge.IssueToken(key, *demoUser, 24*time.Hour, time.Now(), "demo.*")
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, `
-Herald is running: router, SSE edge and Redis (%s) in one process.
+Herald is running: router, SSE edge and Redis (%[1]s) in one process.
 
-Open the demo user's event stream (a browser works too):
-  curl -N 'http://%s/v1/events?access_token=%s'
+Open the demo page in a browser (it shows events as they arrive, and reconnects):
+  http://%[2]s/?access_token=%[3]s&topic=demo.chat
 
-Send %q a notification, from another terminal:
-  go run ./cmd/heraldctl notify -addr %s -user %s -event hello -data '{"msg":"hi"}'
+or the raw event stream:
+  curl -N 'http://%[2]s/v1/events?access_token=%[3]s'
 
-gRPC (with reflection):  %s
-Metrics and health:      http://%s/metrics  /healthz  /readyz
+Send %[4]q a notification, from another terminal:
+  go run ./cmd/heraldctl notify -addr %[5]s -user %[4]s -event hello -data '{"msg":"hi"}'
+
+gRPC (with reflection):  %[5]s
+Metrics and health:      http://%[6]s/metrics  /healthz  /readyz
 Stop with Ctrl-C.
 
-`, redisNote, httpLis.Addr(), token, *demoUser, grpcLis.Addr(), *demoUser, grpcLis.Addr(), adminLis.Addr())
+`, redisNote, httpLis.Addr(), token, *demoUser, grpcLis.Addr(), adminLis.Addr())
 	return g.Wait()
 }
 

@@ -41,6 +41,8 @@ func run(args []string) error {
 		defaultTTL = fs.Duration("default-ttl", time.Hour, "TTL of a notification that sets none")
 		idemWindow = fs.Duration("idempotency-window", 10*time.Minute, "how long idempotency keys are remembered")
 		shutdown   = fs.Duration("shutdown-timeout", 10*time.Second, "graceful stop limit before in-flight calls are cut")
+		histLen    = fs.Int("history-length", 100, "events kept per user and topic for Last-Event-ID recovery")
+		histWindow = fs.Duration("history-window", 10*time.Minute, "how long events are kept for recovery; must match the edges'")
 	)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
@@ -59,7 +61,10 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	pub, err := delivery.NewPublisher(rdb, pres, delivery.PublisherConfig{IdempotencyWindow: *idemWindow})
+	pub, err := delivery.NewPublisher(rdb, pres, delivery.PublisherConfig{
+		IdempotencyWindow: *idemWindow,
+		History:           delivery.HistoryConfig{Length: *histLen, Window: *histWindow},
+	})
 	if err != nil {
 		return err
 	}

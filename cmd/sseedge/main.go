@@ -15,12 +15,14 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
+	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/presence"
 	"github.com/herald-push/herald/sseedge"
 )
@@ -48,7 +50,13 @@ func run(args []string) error {
 		retry      = fs.Duration("retry", 2*time.Second, "reconnection delay sent to clients")
 		queueSize  = fs.Int("queue-size", 64, "events queued per connection before it is closed as slow_consumer")
 		writeTO    = fs.Duration("write-timeout", 10*time.Second, "limit on each write to a client")
-		drain      = fs.Duration("drain-period", 5*time.Second, "time over which open streams are closed on shutdown")
+		drain      = fs.Duration("drain-period", 30*time.Second, "time over which open streams are closed on shutdown")
+		perUser    = fs.Int("max-conns-per-user", 10, "streams per user on this edge; the oldest is closed (replaced) beyond it")
+		maxConns   = fs.Int("max-conns", 10000, "streams on this edge; more get 503")
+		maxTopics  = fs.Int("max-topics", 16, "topics per stream")
+		origins    = fs.String("allowed-origins", "", "comma-separated origins allowed by CORS; * allows any")
+		grace      = fs.Duration("broker-grace", 30*time.Second, "how long streams survive a lost Redis link before closing as broker_lost")
+		histWindow = fs.Duration("history-window", 10*time.Minute, "how long events are kept for Last-Event-ID recovery; must match the router's")
 	)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
@@ -76,11 +84,16 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	hist, err := delivery.NewHistory(rdb, common.RedisPrefix, delivery.HistoryConfig{Window: *histWindow})
+	if err != nil {
+		return err
+	}
 	edge, err := sseedge.New(sseedge.Config{
 		EdgeID: *edgeID, JWTSecret: key, JWTIssuer: *issuer, JWTAudience: *audience,
 		Heartbeat: *heartbeat, Retry: *retry, QueueSize: *queueSize,
-		WriteTimeout: *writeTO, DrainPeriod: *drain,
-	}, sseedge.Deps{Redis: rdb, Presence: pres, Logger: log, Registerer: reg})
+		WriteTimeout: *writeTO, DrainPeriod: *drain, MaxConnsPerUser: *perUser, MaxConns: *maxConns,
+		MaxTopics: *maxTopics, AllowedOrigins: splitList(*origins), BrokerGrace: *grace,
+	}, sseedge.Deps{Redis: rdb, Presence: pres, Logger: log, Registerer: reg, History: hist})
 	if err != nil {
 		return err
 	}
@@ -104,4 +117,15 @@ func run(args []string) error {
 	err = g.Wait()
 	log.Info("edge stopped")
 	return err
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }
