@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/herald-push/herald/delivery"
@@ -122,19 +123,8 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 	if err := s.validate(req); err != nil {
 		return nil, err
 	}
-	ttl := s.cfg.DefaultTTL
-	if req.GetTtl() != nil {
-		ttl = req.GetTtl().AsDuration()
-	}
-	env := &heraldv1.Envelope{
-		Id:         delivery.NewID(start),
-		UserId:     req.GetUserId(),
-		Event:      req.GetEvent(),
-		Data:       req.GetData(),
-		AcceptedAt: timestamppb.New(start),
-		ExpiresAt:  timestamppb.New(start.Add(ttl)),
-		Push:       req.GetPush(),
-	}
+	env := s.envelope(start, req.GetEvent(), req.GetData(), req.GetTtl())
+	env.UserId, env.Push = req.GetUserId(), req.GetPush()
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		if v := md.Get(correlationHeader); len(v) > 0 && len(v[0]) <= maxIdempotencyKeyBytes && !hasControl(v[0]) {
 			env.CorrelationId = v[0]
@@ -175,6 +165,21 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 	return resp, nil
 }
 
+// envelope starts the envelope of a call accepted at start.
+func (s *Service) envelope(start time.Time, event string, data []byte, ttl *durationpb.Duration) *heraldv1.Envelope {
+	d := s.cfg.DefaultTTL
+	if ttl != nil {
+		d = ttl.AsDuration()
+	}
+	return &heraldv1.Envelope{
+		Id:         delivery.NewID(start),
+		Event:      event,
+		Data:       data,
+		AcceptedAt: timestamppb.New(start),
+		ExpiresAt:  timestamppb.New(start.Add(d)),
+	}
+}
+
 // Broadcast fans one message out to every subscriber of a topic.
 func (s *Service) Broadcast(ctx context.Context, req *heraldv1.BroadcastRequest) (*heraldv1.BroadcastResponse, error) {
 	start := s.now()
@@ -182,18 +187,8 @@ func (s *Service) Broadcast(ctx context.Context, req *heraldv1.BroadcastRequest)
 		s.metrics.broadcasts.WithLabelValues(status.Code(err).String()).Inc()
 		return nil, err
 	}
-	ttl := s.cfg.DefaultTTL
-	if req.GetTtl() != nil {
-		ttl = req.GetTtl().AsDuration()
-	}
-	env := &heraldv1.Envelope{
-		Id:         delivery.NewID(start),
-		Topic:      req.GetTopic(),
-		Event:      req.GetEvent(),
-		Data:       req.GetData(),
-		AcceptedAt: timestamppb.New(start),
-		ExpiresAt:  timestamppb.New(start.Add(ttl)),
-	}
+	env := s.envelope(start, req.GetEvent(), req.GetData(), req.GetTtl())
+	env.Topic = req.GetTopic()
 	res, err := s.pub.Broadcast(ctx, env)
 	if err != nil {
 		s.metrics.redisErrors.Inc()

@@ -227,3 +227,27 @@ func TestNewValidates(t *testing.T) {
 		t.Error("New without publisher succeeded")
 	}
 }
+
+func TestBroadcastValidation(t *testing.T) {
+	r := newTestRouter(t, nil)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		req   *heraldv1.BroadcastRequest
+		field string
+	}{
+		{&heraldv1.BroadcastRequest{}, "topic"},
+		{&heraldv1.BroadcastRequest{Topic: "bad topic"}, "topic"},
+		{&heraldv1.BroadcastRequest{Topic: ".hidden"}, "topic"},
+		{&heraldv1.BroadcastRequest{Topic: "chat", Event: "a\nb"}, "event"},
+		{&heraldv1.BroadcastRequest{Topic: "chat", Data: []byte{0xff}}, "data"},
+	} {
+		_, err := r.client.Broadcast(ctx, tc.req)
+		if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.HasPrefix(st.Message(), tc.field+":") {
+			t.Errorf("Broadcast(%v) = %v, want InvalidArgument naming %s", tc.req, err, tc.field)
+		}
+	}
+	resp, err := r.client.Broadcast(ctx, &heraldv1.BroadcastRequest{Topic: "chat.room1", Data: []byte("hi")})
+	if err != nil || resp.GetEventId() == "" || resp.GetNotificationId() == "" {
+		t.Fatalf("valid broadcast: %v, %v", resp, err)
+	}
+}
