@@ -2,6 +2,7 @@ package delivery_test
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -81,6 +82,10 @@ func TestPublishOnline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if res.EventID == "" || got.GetEventId() != res.EventID {
+		t.Fatalf("published event id %q, result %q", got.GetEventId(), res.EventID)
+	}
+	env.EventId = res.EventID
 	if !proto.Equal(got, env) {
 		t.Fatalf("published %v, want %v", got, env)
 	}
@@ -174,5 +179,63 @@ func TestNewID(t *testing.T) {
 			t.Fatalf("NewID not time-ordered: %q after %q", id, prev)
 		}
 		seen[id], prev = true, id
+	}
+}
+
+// History answers where a client stands: events after its position, in
+// order; its position unchanged when nothing is new; a reset when events it
+// may have missed were trimmed.
+func TestHistorySince(t *testing.T) {
+	t.Parallel()
+	rdb, prefix := testenv.Redis(t)
+	reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{History: delivery.HistoryConfig{Length: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hist, err := delivery.NewHistory(rdb, prefix, delivery.HistoryConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	s := []delivery.Stream{delivery.UserStream("hal")}
+	start, err := hist.Since(ctx, s, []*uint64{nil})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := start[0].Position
+	var ids []uint64
+	for i := range 3 {
+		res, err := pub.Publish(ctx, envelope("hal", strconv.Itoa(i)), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := delivery.ParseEventID(res.EventID)
+		if len(ids) > 0 && id <= ids[len(ids)-1] {
+			t.Fatalf("event ids do not increase: %d after %v", id, ids)
+		}
+		ids = append(ids, id)
+	}
+	got, err := hist.Since(ctx, s, []*uint64{&pos})
+	if err != nil || got[0].Reset || len(got[0].Events) != 3 || got[0].Position != ids[2] {
+		t.Fatalf("from the start: %+v, %v; want the 3 events", got, err)
+	}
+	got, _ = hist.Since(ctx, s, []*uint64{&ids[2]})
+	if got[0].Reset || len(got[0].Events) != 0 {
+		t.Fatalf("at the head: %+v, want nothing", got)
+	}
+	if _, err := pub.Publish(ctx, envelope("hal", "3"), ""); err != nil { // trims event 0
+		t.Fatal(err)
+	}
+	got, _ = hist.Since(ctx, s, []*uint64{&ids[0]})
+	if got[0].Reset || len(got[0].Events) != 3 {
+		t.Fatalf("after event 0 (still covered): %+v, want 3 events", got)
+	}
+	got, _ = hist.Since(ctx, s, []*uint64{&pos})
+	if !got[0].Reset {
+		t.Fatalf("from before the trimmed event: %+v, want a reset", got)
 	}
 }
