@@ -126,7 +126,7 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 	env := s.envelope(start, req.GetEvent(), req.GetData(), req.GetTtl())
 	env.UserId, env.Push = req.GetUserId(), req.GetPush()
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(correlationHeader); len(v) > 0 && len(v[0]) <= maxIdempotencyKeyBytes && !hasControl(v[0]) {
+		if v := md.Get(correlationHeader); len(v) > 0 && delivery.CheckText(v[0], maxIdempotencyKeyBytes) == nil {
 			env.CorrelationId = v[0]
 		}
 	}

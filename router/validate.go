@@ -2,7 +2,6 @@ package router
 
 import (
 	"fmt"
-	"regexp"
 	"time"
 	"unicode/utf8"
 
@@ -11,13 +10,14 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/herald-push/herald/delivery"
+
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
 // Limits on Notify fields that are not configurable: they keep Redis keys,
 // SSE frames and log lines of a sane size.
 const (
-	maxUserIDBytes         = 256
 	maxEventBytes          = 128
 	maxIdempotencyKeyBytes = 128
 	maxPushFieldBytes      = 4096
@@ -45,26 +45,13 @@ func invalidArgument(vs []violation) error {
 	return st.Err()
 }
 
-// hasControl reports whether s holds an ASCII control character (including
-// CR and LF, which would end an SSE field) or is not valid UTF-8.
-func hasControl(s string) bool {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
-			return true
-		}
-	}
-	return false
-}
-
-// checkText validates a short identifier-like field.
+// checkText validates a short identifier-like field with delivery's rules.
 func checkText(vs []violation, field, v string, maxBytes int, required bool) []violation {
-	switch {
-	case v == "" && required:
+	if v == "" && required {
 		return append(vs, violation{field, "must not be empty"})
-	case len(v) > maxBytes:
-		return append(vs, violation{field, fmt.Sprintf("is %d bytes, over the limit of %d", len(v), maxBytes)})
-	case hasControl(v):
-		return append(vs, violation{field, "must be valid UTF-8 without control characters"})
+	}
+	if err := delivery.CheckText(v, maxBytes); err != nil {
+		return append(vs, violation{field, err.Error()})
 	}
 	return vs
 }
@@ -87,13 +74,10 @@ func (s *Service) checkPayload(vs []violation, data []byte, ttl *durationpb.Dura
 	return vs
 }
 
-// topicName is what a topic may be called; the edge applies the same rule.
-var topicName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
-
 // validateBroadcast checks a BroadcastRequest.
 func (s *Service) validateBroadcast(req *heraldv1.BroadcastRequest) error {
 	var vs []violation
-	if !topicName.MatchString(req.GetTopic()) {
+	if !delivery.ValidTopic(req.GetTopic()) {
 		vs = append(vs, violation{"topic", "must be 1-128 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit"})
 	}
 	vs = checkText(vs, "event", req.GetEvent(), maxEventBytes, false)
@@ -108,7 +92,7 @@ func (s *Service) validateBroadcast(req *heraldv1.BroadcastRequest) error {
 // InvalidArgument status naming the fields.
 func (s *Service) validate(req *heraldv1.NotifyRequest) error {
 	var vs []violation
-	vs = checkText(vs, "user_id", req.GetUserId(), maxUserIDBytes, true)
+	vs = checkText(vs, "user_id", req.GetUserId(), delivery.MaxUserIDBytes, true)
 	vs = checkText(vs, "event", req.GetEvent(), maxEventBytes, false)
 	vs = checkText(vs, "idempotency_key", req.GetIdempotencyKey(), maxIdempotencyKeyBytes, false)
 	vs = s.checkPayload(vs, req.GetData(), req.GetTtl())

@@ -7,9 +7,10 @@ import (
 	"net/http"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/herald-push/herald/delivery"
 )
 
 // Claims are the JWT claims an edge reads. The user is the subject (sub);
@@ -91,21 +92,10 @@ func (a *authenticator) authenticate(r *http.Request) (*Claims, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnauthorized, err)
 	}
-	if err := checkUser(claims.Subject); err != nil {
+	if err := delivery.CheckUserID(claims.Subject); err != nil {
 		return nil, fmt.Errorf("%w: sub: %v", ErrUnauthorized, err)
 	}
 	return claims, nil
-}
-
-// checkUser applies the router's rules for user ids to a token's subject.
-func checkUser(u string) error {
-	if u == "" {
-		return errors.New("missing")
-	}
-	if len(u) > 256 || !utf8.ValidString(u) || strings.ContainsFunc(u, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return errors.New("not a valid user id")
-	}
-	return nil
 }
 
 // IssueToken returns an HS256 token for user, valid for ttl, that may read

@@ -1,22 +1,16 @@
 package sseedge
 
 import (
-	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/herald-push/herald/delivery"
 )
 
 // A cursor is what an SSE id carries: the client's position in each stream
 // it reads. With the user's stream alone it is the event id ("1795662248194000");
 // with topics it adds ";topic=id" for each ("1795662248194000;chat=1795662248190003").
 // The browser sends the last one back as Last-Event-ID when it reconnects.
-
-// topicName is what a topic may be called: it keeps cursors, Redis keys and
-// log lines unambiguous.
-var topicName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
-
-// ValidTopic reports whether name is a valid topic name.
-func ValidTopic(name string) bool { return topicName.MatchString(name) }
 
 // parseCursor reads a Last-Event-ID into positions by stream name ("" is the
 // user's stream). Parts that do not parse are ignored: the stream then
@@ -32,7 +26,7 @@ func parseCursor(s string) map[string]uint64 {
 	}
 	for _, p := range parts[1:] {
 		name, pos, ok := strings.Cut(p, "=")
-		if !ok || !ValidTopic(name) {
+		if !ok || !delivery.ValidTopic(name) {
 			continue
 		}
 		if n, err := strconv.ParseUint(pos, 10, 64); err == nil {

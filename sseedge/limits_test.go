@@ -63,14 +63,19 @@ func TestCloseReplaced(t *testing.T) {
 	waitClosed(t, e, sseedge.CloseReplaced, 1)
 	// The newest stream still receives.
 	id := e.publish(t, "many", []byte("still here"))
-	dec := sseedge.NewDecoder(third.Body)
+	readUntil(t, sseedge.NewDecoder(third.Body), id)
+}
+
+// readUntil reads events from dec until the one with id, and returns it.
+func readUntil(t *testing.T, dec *sseedge.Decoder, id string) sseedge.Event {
+	t.Helper()
 	for {
 		ev, err := dec.Next()
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("stream ended before event %s: %v", id, err)
 		}
 		if ev.ID == id {
-			break
+			return ev
 		}
 	}
 }
@@ -222,17 +227,7 @@ func TestHTTP2(t *testing.T) {
 		t.Fatalf("protocol %s, want HTTP/2", resp.Proto)
 	}
 	id := e.publish(t, "h2", []byte("over h2"))
-	dec := sseedge.NewDecoder(resp.Body)
-	for {
-		ev, err := dec.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ev.ID == id {
-			if ev.Data != "over h2" {
-				t.Fatalf("data %q", ev.Data)
-			}
-			return
-		}
+	if ev := readUntil(t, sseedge.NewDecoder(resp.Body), id); ev.Data != "over h2" {
+		t.Fatalf("data %q", ev.Data)
 	}
 }

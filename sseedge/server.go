@@ -360,8 +360,9 @@ func (s *Server) renewLoop(ctx context.Context, h *hub) {
 // write, or nil (counted) when it is malformed or expired.
 func (s *Server) decode(channel string, payload []byte) *outEvent {
 	env, err := delivery.Unmarshal(payload)
+	var eid uint64
 	if err == nil {
-		_, err = delivery.ParseEventID(env.GetEventId())
+		eid, err = delivery.ParseEventID(env.GetEventId())
 	}
 	if err != nil {
 		s.metrics.dropped.WithLabelValues("malformed").Inc()
@@ -372,7 +373,6 @@ func (s *Server) decode(channel string, payload []byte) *outEvent {
 		s.metrics.dropped.WithLabelValues("expired").Inc()
 		return nil
 	}
-	eid, _ := delivery.ParseEventID(env.GetEventId())
 	return &outEvent{
 		channel:  channel,
 		eventID:  eid,
@@ -554,7 +554,7 @@ func (s *Server) checkTopics(topics, allowed []string) (status int, code, msg st
 	}
 	seen := make(map[string]bool, len(topics))
 	for _, t := range topics {
-		if !ValidTopic(t) {
+		if !delivery.ValidTopic(t) {
 			return http.StatusBadRequest, "bad_topic", fmt.Sprintf("topic %q is not a valid topic name", t)
 		}
 		if seen[t] {
@@ -707,8 +707,7 @@ func (s *Server) appendReplay(b []byte, st *stream, replays []delivery.Replay) [
 	if len(reset) > 0 {
 		s.metrics.replays.WithLabelValues("reset").Inc()
 		data, _ := json.Marshal(map[string]any{"reason": "history_gap", "streams": reset})
-		b = appendID(b, string(appendCursor(nil, st.names, st.pos)))
-		b = appendBody(b, ResetEvent, string(data))
+		b = appendBody(st.appendID(b), ResetEvent, string(data))
 	}
 	if len(events) > 0 {
 		s.metrics.replays.WithLabelValues("replayed").Inc()
@@ -718,12 +717,11 @@ func (s *Server) appendReplay(b []byte, st *stream, replays []delivery.Replay) [
 	for _, ev := range events {
 		b, _ = st.appendLive(b, ev)
 	}
-	if len(reset) == 0 && len(b) == n && len(replays) > 0 {
+	if len(reset) == 0 && len(b) == n {
 		for i, r := range replays {
 			st.pos[i] = max(st.pos[i], r.Position)
 		}
-		b = appendID(b, string(appendCursor(nil, st.names, st.pos)))
-		b = append(b, '\n')
+		b = append(st.appendID(b), '\n')
 	}
 	return b
 }

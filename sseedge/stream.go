@@ -92,10 +92,14 @@ func (st *stream) appendLive(b []byte, ev *outEvent) ([]byte, bool) {
 		return b, false
 	}
 	st.pos[i] = ev.eventID
+	return append(st.appendID(b), ev.body...), true
+}
+
+// appendID appends an id: field holding the stream's cursor.
+func (st *stream) appendID(b []byte) []byte {
 	b = append(b, "id: "...)
 	b = appendCursor(b, st.names, st.pos)
-	b = append(b, '\n')
-	return append(b, ev.body...), true
+	return append(b, '\n')
 }
 
 // offer queues ev without blocking; false means the queue is full.
