@@ -34,6 +34,9 @@ type Result struct {
 	EventID     string // the position in the stream's history
 	Subscribers int    // edge subscribers that took the publish
 	Duplicate   bool   // the idempotency key had been seen; nothing was published
+	// Queued: the user was not reached online, and the offline queue has
+	// acknowledged the notification.
+	Queued bool
 	// AcceptedAt is when the (first) call was accepted.
 	AcceptedAt time.Time
 }
@@ -46,27 +49,59 @@ type PublisherConfig struct {
 	IdempotencyWindow time.Duration
 	// History bounds each stream's history; see HistoryConfig.
 	History HistoryConfig
+	// Offline takes the notifications of users who are not reached online.
+	// Nil means there is no offline path: such notifications are only
+	// recorded in history.
+	Offline OfflineQueue
+	// PendingTimeout is how long an idempotency key stays claimed while its
+	// notification is being written to the offline queue. A retry within it
+	// gets ErrInFlight; after it, a retry routes the notification again.
+	// Default 30s, above the offline queue's write timeout.
+	PendingTimeout time.Duration
 }
+
+// OfflineQueue durably queues a notification for the offline path.
+// *KafkaQueue implements it.
+type OfflineQueue interface {
+	Enqueue(ctx context.Context, env *heraldv1.Envelope) error
+}
+
+var _ OfflineQueue = (*KafkaQueue)(nil)
+
+// ErrInFlight is returned for an idempotency key whose first call is still
+// being routed (or died while routing it; see PendingTimeout).
+var ErrInFlight = errors.New("delivery: a call with this idempotency key is still being routed")
+
+// OfflineError is an error of the offline queue: the notification was not
+// queued, and the caller may retry.
+type OfflineError struct{ Err error }
+
+func (e *OfflineError) Error() string { return "delivery: offline queue: " + e.Err.Error() }
+func (e *OfflineError) Unwrap() error { return e.Err }
 
 // Publisher records notifications in their stream's history and publishes
 // them to the edges.
 type Publisher struct {
-	rdb      redis.Scripter
+	rdb      redis.Cmdable
 	presence *presence.Registry
 	cfg      PublisherConfig
 }
 
 // NewPublisher returns a Publisher that looks presence up in reg and publishes
 // through rdb, which must reach the same Redis.
-func NewPublisher(rdb redis.Scripter, reg *presence.Registry, cfg PublisherConfig) (*Publisher, error) {
+func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig) (*Publisher, error) {
 	if rdb == nil || reg == nil {
 		return nil, errors.New("delivery: publisher needs a redis client and a presence registry")
 	}
 	if cfg.IdempotencyWindow == 0 {
 		cfg.IdempotencyWindow = 10 * time.Minute
 	}
-	if cfg.IdempotencyWindow < time.Millisecond {
-		return nil, fmt.Errorf("delivery: idempotency window %v is too short", cfg.IdempotencyWindow)
+	if cfg.PendingTimeout == 0 {
+		cfg.PendingTimeout = 30 * time.Second
+	}
+	if cfg.IdempotencyWindow < time.Millisecond || cfg.PendingTimeout < time.Millisecond {
+		return nil, fmt.Errorf("delivery: idempotency window %v or pending timeout %v is too short",
+			cfg.IdempotencyWindow, cfg.PendingTimeout)
 	}
 	if err := cfg.History.setDefaults(); err != nil {
 		return nil, err
@@ -83,12 +118,15 @@ func (p *Publisher) idempotencyKey(user, key string) string {
 //
 //	KEYS: presence, hist, last, floor, [idempotency key]
 //	ARGV: channel, envelope, idempotency record, idempotency window ms,
-//	      history length, window ms, keep ms
+//	      history length, window ms, keep ms, pending timeout ms
 //
 // With an idempotency key it first returns the stored record, if any. Then it
 // records the envelope in the user's history, counts live leases, publishes
 // when there is one, and stores "route|subscribers|event id|" .. ARGV[3]
-// under the idempotency key.
+// under the idempotency key. When the notification still has to be queued
+// for the offline path (ARGV[8] > 0 and it was not published to anyone), it
+// stores "pending|" .. ARGV[3] for ARGV[8] ms instead, and the caller stores
+// the final record once the queue has taken it.
 var notifyScript = redis.NewScript(luaCommon + `
 if KEYS[5] then
   local prev = redis.call('GET', KEYS[5])
@@ -103,7 +141,11 @@ if live > 0 then
   if subs > 0 then route = 'online' else route = 'stale' end
 end
 if KEYS[5] then
-  redis.call('SET', KEYS[5], route .. '|' .. subs .. '|' .. eid .. '|' .. ARGV[3], 'PX', ARGV[4])
+  if route ~= 'online' and tonumber(ARGV[8]) > 0 then
+    redis.call('SET', KEYS[5], 'pending|' .. ARGV[3], 'PX', ARGV[8])
+  else
+    redis.call('SET', KEYS[5], route .. '|' .. subs .. '|' .. eid .. '|' .. ARGV[3], 'PX', ARGV[4])
+  end
 end
 return {route, tostring(subs), eid}
 `)
@@ -118,11 +160,13 @@ local subs = redis.call('PUBLISH', ARGV[1], payload)
 return {'online', tostring(subs), eid}
 `)
 
-// Publish routes env to its user in one Redis round trip: it records env in
+// Publish routes env to its user. In one Redis round trip it records env in
 // the user's history and, when presence says the user is online, publishes
-// it on the user's channel. With a non-empty idempotencyKey, a key seen
-// within the window returns the first call's result with Duplicate set, and
-// records and publishes nothing.
+// it on the user's channel. When no edge took it and there is an offline
+// queue, it then queues env there and returns once the queue has
+// acknowledged it; an error of the queue is an *OfflineError. With a
+// non-empty idempotencyKey, a key seen within the window returns the first
+// call's result with Duplicate set, and records and publishes nothing.
 func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempotencyKey string) (Result, error) {
 	payload, err := Marshal(env)
 	if err != nil {
@@ -134,17 +178,65 @@ func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempot
 	if idempotencyKey != "" {
 		keys = append(keys, p.idempotencyKey(user, idempotencyKey))
 	}
+	var pending int64
+	if p.cfg.Offline != nil {
+		pending = p.cfg.PendingTimeout.Milliseconds()
+	}
 	args := append([]any{Channel(p.presence.Prefix(), UserStream(user)), payload, record,
 		p.cfg.IdempotencyWindow.Milliseconds()}, p.cfg.History.args()...)
+	args = append(args, pending)
 	res, err := notifyScript.Run(ctx, p.rdb, keys, args...).StringSlice()
 	if err != nil {
 		return Result{}, fmt.Errorf("delivery: publish: %w", err)
 	}
 	if len(res) == 2 && res[0] == "dup" {
+		if strings.HasPrefix(res[1], "pending|") {
+			return Result{}, ErrInFlight
+		}
 		return parseRecord(res[1])
 	}
-	return p.result(env, res)
+	r, err := p.result(env, res)
+	if err != nil || r.Route == RouteOnline || p.cfg.Offline == nil {
+		return r, err
+	}
+	return p.enqueue(ctx, env, r, keys, record)
 }
+
+// enqueue hands a notification that reached no edge to the offline queue,
+// then replaces its pending idempotency record with the final one, or, when
+// the queue failed, drops it so that the caller's retry routes it again.
+func (p *Publisher) enqueue(ctx context.Context, env *heraldv1.Envelope, r Result, keys []string, record string) (Result, error) {
+	env.EventId = r.EventID
+	err := p.cfg.Offline.Enqueue(ctx, env)
+	if len(keys) < 5 {
+		if err != nil {
+			return Result{}, &OfflineError{Err: err}
+		}
+		r.Queued = true
+		return r, nil
+	}
+	// The records are written even when the caller has gone: the outcome
+	// must be remembered for its retry.
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err != nil {
+		_ = abandonScript.Run(bg, p.rdb, keys[4:5], "pending|"+record).Err()
+		return Result{}, &OfflineError{Err: err}
+	}
+	r.Queued = true
+	final := string(r.Route) + "|" + strconv.Itoa(r.Subscribers) + "|" + r.EventID + "|" + record + "|queued"
+	// A failure here leaves the pending record to time out: the
+	// notification is queued, and a retry after the timeout would queue it
+	// once more, which at-least-once delivery allows.
+	_ = p.rdb.Set(bg, keys[4], final, p.cfg.IdempotencyWindow).Err()
+	return r, nil
+}
+
+// abandonScript deletes a pending idempotency record if it is still ours.
+var abandonScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`)
 
 // Broadcast records env in its topic's history and publishes it to every
 // edge subscribed to the topic, in one round trip.
@@ -180,10 +272,11 @@ func (p *Publisher) result(env *heraldv1.Envelope, res []string) (Result, error)
 	}, nil
 }
 
-// parseRecord decodes "route|subscribers|eventID|id|acceptedMillis".
+// parseRecord decodes "route|subscribers|eventID|id|acceptedMillis", with
+// "|queued" appended when the offline queue took the notification.
 func parseRecord(rec string) (Result, error) {
 	parts := strings.Split(rec, "|")
-	if len(parts) != 5 {
+	if len(parts) != 5 && (len(parts) != 6 || parts[5] != "queued") {
 		return Result{}, fmt.Errorf("delivery: bad idempotency record %q", rec)
 	}
 	subs, err1 := strconv.Atoi(parts[1])
@@ -197,6 +290,7 @@ func parseRecord(rec string) (Result, error) {
 		EventID:     parts[2],
 		Subscribers: subs,
 		Duplicate:   true,
+		Queued:      len(parts) == 6,
 		AcceptedAt:  time.UnixMilli(ms),
 	}, nil
 }

@@ -1,11 +1,14 @@
 package router
 
 import (
+	"context"
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/status"
 
+	"github.com/herald-push/herald/delivery"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -13,15 +16,17 @@ type metrics struct {
 	notifies    *prometheus.CounterVec
 	latency     prometheus.Histogram
 	redisErrors prometheus.Counter
+	kafkaErrors prometheus.Counter
 	duplicates  prometheus.Counter
 	broadcasts  *prometheus.CounterVec
+	devices     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		notifies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "herald", Subsystem: "router", Name: "notify_total",
-			Help: "Notify calls by route taken (online, offline, stale, none) and gRPC status code.",
+			Help: "Notify calls by route taken (online, push_queued, offline, stale, none) and gRPC status code.",
 		}, []string{"route", "code"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "herald", Subsystem: "router", Name: "notify_duration_seconds",
@@ -30,8 +35,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "herald", Subsystem: "router", Name: "redis_errors_total",
-			Help: "Notify calls that failed because Redis failed or was unreachable.",
+			Help: "Calls that failed because Redis failed or was unreachable.",
 		}),
+		kafkaErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "herald", Subsystem: "router", Name: "kafka_errors_total",
+			Help: "Notify calls that failed because Kafka did not acknowledge the offline write.",
+		}),
+		devices: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "herald", Subsystem: "router", Name: "devices_total",
+			Help: "Device registry changes through the API: registered, evicted (over the per-user bound), unregistered.",
+		}, []string{"change"}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "herald", Subsystem: "router", Name: "idempotent_duplicates_total",
 			Help: "Notify calls answered from the idempotency record without delivering again.",
@@ -42,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"code"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.duplicates, m.broadcasts} {
+		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.kafkaErrors, m.duplicates, m.broadcasts, m.devices} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -60,8 +73,23 @@ func routeLabel(resp *heraldv1.NotifyResponse) string {
 		return "stale"
 	case resp.GetRoute() == heraldv1.Route_ROUTE_ONLINE:
 		return "online"
+	case resp.GetRoute() == heraldv1.Route_ROUTE_PUSH_QUEUED:
+		return "push_queued"
 	default:
 		return "offline"
+	}
+}
+
+// countError counts a failed call's backend error by the backend that failed.
+func (m *metrics) countError(err error) {
+	var offline *delivery.OfflineError
+	switch {
+	case errors.As(err, &offline):
+		m.kafkaErrors.Inc()
+	case errors.Is(err, delivery.ErrInFlight), errors.Is(err, delivery.ErrInvalidDevice),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+	default:
+		m.redisErrors.Inc()
 	}
 }
 

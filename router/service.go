@@ -49,9 +49,20 @@ type Publisher interface {
 
 var _ Publisher = (*delivery.Publisher)(nil)
 
+// DeviceRegistry stores users' FCM tokens. *delivery.Devices implements it.
+type DeviceRegistry interface {
+	Register(ctx context.Context, user, token, platform string) (devices, evicted int, err error)
+	Unregister(ctx context.Context, user string, tokens ...string) (int, error)
+}
+
+var _ DeviceRegistry = (*delivery.Devices)(nil)
+
 // Deps are a Service's dependencies.
 type Deps struct {
 	Publisher Publisher
+	// Devices serves RegisterDevice and UnregisterDevice; nil answers them
+	// Unimplemented (a router without an offline path).
+	Devices DeviceRegistry
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the router's metrics; nil registers nothing.
@@ -66,6 +77,7 @@ type Service struct {
 
 	cfg     Config
 	pub     Publisher
+	devices DeviceRegistry
 	log     *slog.Logger
 	now     func() time.Time
 	metrics *metrics
@@ -104,6 +116,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	return &Service{
 		cfg:     cfg,
 		pub:     deps.Publisher,
+		devices: deps.Devices,
 		log:     deps.Logger,
 		now:     deps.Now,
 		metrics: m,
@@ -133,7 +146,7 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 
 	res, err := s.pub.Publish(ctx, env, req.GetIdempotencyKey())
 	if err != nil {
-		s.metrics.redisErrors.Inc()
+		s.metrics.countError(err)
 		s.log.LogAttrs(ctx, slog.LevelWarn, "notify failed",
 			slog.String("notification_id", env.Id), slog.Any("err", err))
 		return nil, toStatus(ctx, err)
@@ -145,15 +158,15 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 		Duplicate:      res.Duplicate,
 		AcceptedAt:     timestamppb.New(res.AcceptedAt),
 	}
-	switch res.Route {
-	case delivery.RouteOnline:
+	switch {
+	case res.Route == delivery.RouteOnline:
 		resp.Route = heraldv1.Route_ROUTE_ONLINE
-	case delivery.RouteStale:
-		resp.Route = heraldv1.Route_ROUTE_OFFLINE
-		resp.StalePresence = true
+	case res.Queued:
+		resp.Route = heraldv1.Route_ROUTE_PUSH_QUEUED
 	default:
 		resp.Route = heraldv1.Route_ROUTE_OFFLINE
 	}
+	resp.StalePresence = res.Route == delivery.RouteStale
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.LogAttrs(ctx, slog.LevelDebug, "notify",
 			slog.String("notification_id", res.ID),
@@ -191,7 +204,7 @@ func (s *Service) Broadcast(ctx context.Context, req *heraldv1.BroadcastRequest)
 	env.Topic = req.GetTopic()
 	res, err := s.pub.Broadcast(ctx, env)
 	if err != nil {
-		s.metrics.redisErrors.Inc()
+		s.metrics.countError(err)
 		err = toStatus(ctx, err)
 		s.metrics.broadcasts.WithLabelValues(status.Code(err).String()).Inc()
 		s.log.LogAttrs(ctx, slog.LevelWarn, "broadcast failed",
@@ -207,13 +220,78 @@ func (s *Service) Broadcast(ctx context.Context, req *heraldv1.BroadcastRequest)
 	}, nil
 }
 
+// RegisterDevice records a user's FCM token.
+func (s *Service) RegisterDevice(ctx context.Context, req *heraldv1.RegisterDeviceRequest) (*heraldv1.RegisterDeviceResponse, error) {
+	if s.devices == nil {
+		return nil, status.Error(codes.Unimplemented, "router: this router has no offline path, so no device registry")
+	}
+	var vs []violation
+	vs = checkText(vs, "user_id", req.GetUserId(), delivery.MaxUserIDBytes, true)
+	if err := delivery.CheckToken(req.GetToken()); err != nil {
+		vs = append(vs, violation{"token", err.Error()})
+	}
+	platform, ok := platformNames[req.GetPlatform()]
+	if !ok {
+		vs = append(vs, violation{"platform", "must be PLATFORM_ANDROID, PLATFORM_IOS or PLATFORM_WEB"})
+	}
+	if len(vs) > 0 {
+		return nil, invalidArgument(vs)
+	}
+	n, evicted, err := s.devices.Register(ctx, req.GetUserId(), req.GetToken(), platform)
+	if err != nil {
+		s.metrics.countError(err)
+		return nil, toStatus(ctx, err)
+	}
+	s.metrics.devices.WithLabelValues("registered").Inc()
+	s.metrics.devices.WithLabelValues("evicted").Add(float64(evicted))
+	return &heraldv1.RegisterDeviceResponse{Devices: int32(n), Evicted: int32(evicted)}, nil
+}
+
+// platformNames are the registry's names of the proto's platforms.
+var platformNames = map[heraldv1.Platform]string{
+	heraldv1.Platform_PLATFORM_ANDROID: "android",
+	heraldv1.Platform_PLATFORM_IOS:     "ios",
+	heraldv1.Platform_PLATFORM_WEB:     "web",
+}
+
+// UnregisterDevice forgets a user's FCM token.
+func (s *Service) UnregisterDevice(ctx context.Context, req *heraldv1.UnregisterDeviceRequest) (*heraldv1.UnregisterDeviceResponse, error) {
+	if s.devices == nil {
+		return nil, status.Error(codes.Unimplemented, "router: this router has no offline path, so no device registry")
+	}
+	var vs []violation
+	vs = checkText(vs, "user_id", req.GetUserId(), delivery.MaxUserIDBytes, true)
+	if err := delivery.CheckToken(req.GetToken()); err != nil {
+		vs = append(vs, violation{"token", err.Error()})
+	}
+	if len(vs) > 0 {
+		return nil, invalidArgument(vs)
+	}
+	n, err := s.devices.Unregister(ctx, req.GetUserId(), req.GetToken())
+	if err != nil {
+		s.metrics.countError(err)
+		return nil, toStatus(ctx, err)
+	}
+	s.metrics.devices.WithLabelValues("unregistered").Add(float64(n))
+	return &heraldv1.UnregisterDeviceResponse{Removed: n > 0}, nil
+}
+
 // toStatus maps an error from the routing path to the gRPC status the caller
 // sees. It is the one place where Herald's errors become status codes.
 func toStatus(ctx context.Context, err error) error {
 	if _, ok := status.FromError(err); ok && status.Code(err) != codes.Unknown {
 		return err
 	}
+	var offline *delivery.OfflineError
 	switch {
+	case errors.Is(err, delivery.ErrInFlight):
+		return status.Error(codes.Unavailable, "router: a call with this idempotency_key is still being routed; retry in a few seconds with the same key")
+	case errors.Is(err, delivery.ErrInvalidDevice):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.As(err, &offline) && ctx.Err() == nil:
+		// Kafka did not acknowledge the write: the notification is not
+		// queued, and no idempotency record claims it is.
+		return status.Error(codes.Unavailable, "router: offline queue (Kafka) unavailable; the notification was not queued; retry with the same idempotency_key")
 	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() == context.DeadlineExceeded:
 		return status.Error(codes.DeadlineExceeded, "router: deadline exceeded before the notification was routed")
 	case errors.Is(err, context.Canceled) || ctx.Err() == context.Canceled:

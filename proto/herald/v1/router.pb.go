@@ -23,6 +23,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Platform is a device's operating system.
+type Platform int32
+
+const (
+	Platform_PLATFORM_UNSPECIFIED Platform = 0
+	// Android (FCM's android block applies).
+	Platform_PLATFORM_ANDROID Platform = 1
+	// iOS (FCM's apns block applies).
+	Platform_PLATFORM_IOS Platform = 2
+	// A browser (FCM's webpush block applies).
+	Platform_PLATFORM_WEB Platform = 3
+)
+
+// Enum value maps for Platform.
+var (
+	Platform_name = map[int32]string{
+		0: "PLATFORM_UNSPECIFIED",
+		1: "PLATFORM_ANDROID",
+		2: "PLATFORM_IOS",
+		3: "PLATFORM_WEB",
+	}
+	Platform_value = map[string]int32{
+		"PLATFORM_UNSPECIFIED": 0,
+		"PLATFORM_ANDROID":     1,
+		"PLATFORM_IOS":         2,
+		"PLATFORM_WEB":         3,
+	}
+)
+
+func (x Platform) Enum() *Platform {
+	p := new(Platform)
+	*p = x
+	return p
+}
+
+func (x Platform) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Platform) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_v1_router_proto_enumTypes[0].Descriptor()
+}
+
+func (Platform) Type() protoreflect.EnumType {
+	return &file_herald_v1_router_proto_enumTypes[0]
+}
+
+func (x Platform) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Platform.Descriptor instead.
+func (Platform) EnumDescriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{0}
+}
+
 // Route is the path a notification took.
 type Route int32
 
@@ -64,11 +120,11 @@ func (x Route) String() string {
 }
 
 func (Route) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_v1_router_proto_enumTypes[0].Descriptor()
+	return file_herald_v1_router_proto_enumTypes[1].Descriptor()
 }
 
 func (Route) Type() protoreflect.EnumType {
-	return &file_herald_v1_router_proto_enumTypes[0]
+	return &file_herald_v1_router_proto_enumTypes[1]
 }
 
 func (x Route) Number() protoreflect.EnumNumber {
@@ -77,7 +133,7 @@ func (x Route) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Route.Descriptor instead.
 func (Route) EnumDescriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{0}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{1}
 }
 
 // NotifyRequest is one notification for one user.
@@ -282,6 +338,227 @@ func (x *NotifyResponse) GetEventId() string {
 	return ""
 }
 
+// RegisterDeviceRequest names a user's device.
+type RegisterDeviceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user. Required, as in NotifyRequest.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The device's FCM registration token. Required; at most 4096 bytes of
+	// printable ASCII.
+	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// The device's platform. Required.
+	Platform      Platform `protobuf:"varint,3,opt,name=platform,proto3,enum=herald.v1.Platform" json:"platform,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterDeviceRequest) Reset() {
+	*x = RegisterDeviceRequest{}
+	mi := &file_herald_v1_router_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterDeviceRequest) ProtoMessage() {}
+
+func (x *RegisterDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_router_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterDeviceRequest.ProtoReflect.Descriptor instead.
+func (*RegisterDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RegisterDeviceRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *RegisterDeviceRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *RegisterDeviceRequest) GetPlatform() Platform {
+	if x != nil {
+		return x.Platform
+	}
+	return Platform_PLATFORM_UNSPECIFIED
+}
+
+// RegisterDeviceResponse says what registering did.
+type RegisterDeviceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many devices the user has now.
+	Devices int32 `protobuf:"varint,1,opt,name=devices,proto3" json:"devices,omitempty"`
+	// Tokens dropped to stay within the per-user bound (the oldest first).
+	Evicted       int32 `protobuf:"varint,2,opt,name=evicted,proto3" json:"evicted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterDeviceResponse) Reset() {
+	*x = RegisterDeviceResponse{}
+	mi := &file_herald_v1_router_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterDeviceResponse) ProtoMessage() {}
+
+func (x *RegisterDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_router_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterDeviceResponse.ProtoReflect.Descriptor instead.
+func (*RegisterDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RegisterDeviceResponse) GetDevices() int32 {
+	if x != nil {
+		return x.Devices
+	}
+	return 0
+}
+
+func (x *RegisterDeviceResponse) GetEvicted() int32 {
+	if x != nil {
+		return x.Evicted
+	}
+	return 0
+}
+
+// UnregisterDeviceRequest names a token to forget.
+type UnregisterDeviceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The user. Required.
+	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// The token. Required.
+	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnregisterDeviceRequest) Reset() {
+	*x = UnregisterDeviceRequest{}
+	mi := &file_herald_v1_router_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnregisterDeviceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnregisterDeviceRequest) ProtoMessage() {}
+
+func (x *UnregisterDeviceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_router_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnregisterDeviceRequest.ProtoReflect.Descriptor instead.
+func (*UnregisterDeviceRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *UnregisterDeviceRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UnregisterDeviceRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+// UnregisterDeviceResponse says what unregistering did.
+type UnregisterDeviceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when the user had no such token.
+	Removed       bool `protobuf:"varint,1,opt,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnregisterDeviceResponse) Reset() {
+	*x = UnregisterDeviceResponse{}
+	mi := &file_herald_v1_router_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnregisterDeviceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnregisterDeviceResponse) ProtoMessage() {}
+
+func (x *UnregisterDeviceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_router_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnregisterDeviceResponse.ProtoReflect.Descriptor instead.
+func (*UnregisterDeviceResponse) Descriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *UnregisterDeviceResponse) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
 // BroadcastRequest is one message for every subscriber of a topic.
 type BroadcastRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -300,7 +577,7 @@ type BroadcastRequest struct {
 
 func (x *BroadcastRequest) Reset() {
 	*x = BroadcastRequest{}
-	mi := &file_herald_v1_router_proto_msgTypes[2]
+	mi := &file_herald_v1_router_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -312,7 +589,7 @@ func (x *BroadcastRequest) String() string {
 func (*BroadcastRequest) ProtoMessage() {}
 
 func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[2]
+	mi := &file_herald_v1_router_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -325,7 +602,7 @@ func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastRequest.ProtoReflect.Descriptor instead.
 func (*BroadcastRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{2}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BroadcastRequest) GetTopic() string {
@@ -373,7 +650,7 @@ type BroadcastResponse struct {
 
 func (x *BroadcastResponse) Reset() {
 	*x = BroadcastResponse{}
-	mi := &file_herald_v1_router_proto_msgTypes[3]
+	mi := &file_herald_v1_router_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -385,7 +662,7 @@ func (x *BroadcastResponse) String() string {
 func (*BroadcastResponse) ProtoMessage() {}
 
 func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[3]
+	mi := &file_herald_v1_router_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -398,7 +675,7 @@ func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastResponse.ProtoReflect.Descriptor instead.
 func (*BroadcastResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{3}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BroadcastResponse) GetNotificationId() string {
@@ -449,7 +726,19 @@ const file_herald_v1_router_proto_rawDesc = "" +
 	"\x0estale_presence\x18\x05 \x01(\bR\rstalePresence\x12;\n" +
 	"\vaccepted_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"acceptedAt\x12\x19\n" +
-	"\bevent_id\x18\a \x01(\tR\aeventId\"\x7f\n" +
+	"\bevent_id\x18\a \x01(\tR\aeventId\"w\n" +
+	"\x15RegisterDeviceRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12/\n" +
+	"\bplatform\x18\x03 \x01(\x0e2\x13.herald.v1.PlatformR\bplatform\"L\n" +
+	"\x16RegisterDeviceResponse\x12\x18\n" +
+	"\adevices\x18\x01 \x01(\x05R\adevices\x12\x18\n" +
+	"\aevicted\x18\x02 \x01(\x05R\aevicted\"H\n" +
+	"\x17UnregisterDeviceRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"4\n" +
+	"\x18UnregisterDeviceResponse\x12\x18\n" +
+	"\aremoved\x18\x01 \x01(\bR\aremoved\"\x7f\n" +
 	"\x10BroadcastRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x14\n" +
 	"\x05event\x18\x02 \x01(\tR\x05event\x12\x12\n" +
@@ -460,15 +749,22 @@ const file_herald_v1_router_proto_rawDesc = "" +
 	"\bevent_id\x18\x02 \x01(\tR\aeventId\x12 \n" +
 	"\vsubscribers\x18\x03 \x01(\x05R\vsubscribers\x12;\n" +
 	"\vaccepted_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"acceptedAt*Z\n" +
+	"acceptedAt*^\n" +
+	"\bPlatform\x12\x18\n" +
+	"\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10PLATFORM_ANDROID\x10\x01\x12\x10\n" +
+	"\fPLATFORM_IOS\x10\x02\x12\x10\n" +
+	"\fPLATFORM_WEB\x10\x03*Z\n" +
 	"\x05Route\x12\x15\n" +
 	"\x11ROUTE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fROUTE_ONLINE\x10\x01\x12\x11\n" +
 	"\rROUTE_OFFLINE\x10\x02\x12\x15\n" +
-	"\x11ROUTE_PUSH_QUEUED\x10\x032\x96\x01\n" +
+	"\x11ROUTE_PUSH_QUEUED\x10\x032\xca\x02\n" +
 	"\rRouterService\x12=\n" +
 	"\x06Notify\x12\x18.herald.v1.NotifyRequest\x1a\x19.herald.v1.NotifyResponse\x12F\n" +
-	"\tBroadcast\x12\x1b.herald.v1.BroadcastRequest\x1a\x1c.herald.v1.BroadcastResponseB8Z6github.com/herald-push/herald/proto/herald/v1;heraldv1b\x06proto3"
+	"\tBroadcast\x12\x1b.herald.v1.BroadcastRequest\x1a\x1c.herald.v1.BroadcastResponse\x12U\n" +
+	"\x0eRegisterDevice\x12 .herald.v1.RegisterDeviceRequest\x1a!.herald.v1.RegisterDeviceResponse\x12[\n" +
+	"\x10UnregisterDevice\x12\".herald.v1.UnregisterDeviceRequest\x1a#.herald.v1.UnregisterDeviceResponseB8Z6github.com/herald-push/herald/proto/herald/v1;heraldv1b\x06proto3"
 
 var (
 	file_herald_v1_router_proto_rawDescOnce sync.Once
@@ -482,34 +778,44 @@ func file_herald_v1_router_proto_rawDescGZIP() []byte {
 	return file_herald_v1_router_proto_rawDescData
 }
 
-var file_herald_v1_router_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_herald_v1_router_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_herald_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_herald_v1_router_proto_goTypes = []any{
-	(Route)(0),                    // 0: herald.v1.Route
-	(*NotifyRequest)(nil),         // 1: herald.v1.NotifyRequest
-	(*NotifyResponse)(nil),        // 2: herald.v1.NotifyResponse
-	(*BroadcastRequest)(nil),      // 3: herald.v1.BroadcastRequest
-	(*BroadcastResponse)(nil),     // 4: herald.v1.BroadcastResponse
-	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
-	(*PushOptions)(nil),           // 6: herald.v1.PushOptions
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(Platform)(0),                    // 0: herald.v1.Platform
+	(Route)(0),                       // 1: herald.v1.Route
+	(*NotifyRequest)(nil),            // 2: herald.v1.NotifyRequest
+	(*NotifyResponse)(nil),           // 3: herald.v1.NotifyResponse
+	(*RegisterDeviceRequest)(nil),    // 4: herald.v1.RegisterDeviceRequest
+	(*RegisterDeviceResponse)(nil),   // 5: herald.v1.RegisterDeviceResponse
+	(*UnregisterDeviceRequest)(nil),  // 6: herald.v1.UnregisterDeviceRequest
+	(*UnregisterDeviceResponse)(nil), // 7: herald.v1.UnregisterDeviceResponse
+	(*BroadcastRequest)(nil),         // 8: herald.v1.BroadcastRequest
+	(*BroadcastResponse)(nil),        // 9: herald.v1.BroadcastResponse
+	(*durationpb.Duration)(nil),      // 10: google.protobuf.Duration
+	(*PushOptions)(nil),              // 11: herald.v1.PushOptions
+	(*timestamppb.Timestamp)(nil),    // 12: google.protobuf.Timestamp
 }
 var file_herald_v1_router_proto_depIdxs = []int32{
-	5, // 0: herald.v1.NotifyRequest.ttl:type_name -> google.protobuf.Duration
-	6, // 1: herald.v1.NotifyRequest.push:type_name -> herald.v1.PushOptions
-	0, // 2: herald.v1.NotifyResponse.route:type_name -> herald.v1.Route
-	7, // 3: herald.v1.NotifyResponse.accepted_at:type_name -> google.protobuf.Timestamp
-	5, // 4: herald.v1.BroadcastRequest.ttl:type_name -> google.protobuf.Duration
-	7, // 5: herald.v1.BroadcastResponse.accepted_at:type_name -> google.protobuf.Timestamp
-	1, // 6: herald.v1.RouterService.Notify:input_type -> herald.v1.NotifyRequest
-	3, // 7: herald.v1.RouterService.Broadcast:input_type -> herald.v1.BroadcastRequest
-	2, // 8: herald.v1.RouterService.Notify:output_type -> herald.v1.NotifyResponse
-	4, // 9: herald.v1.RouterService.Broadcast:output_type -> herald.v1.BroadcastResponse
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	10, // 0: herald.v1.NotifyRequest.ttl:type_name -> google.protobuf.Duration
+	11, // 1: herald.v1.NotifyRequest.push:type_name -> herald.v1.PushOptions
+	1,  // 2: herald.v1.NotifyResponse.route:type_name -> herald.v1.Route
+	12, // 3: herald.v1.NotifyResponse.accepted_at:type_name -> google.protobuf.Timestamp
+	0,  // 4: herald.v1.RegisterDeviceRequest.platform:type_name -> herald.v1.Platform
+	10, // 5: herald.v1.BroadcastRequest.ttl:type_name -> google.protobuf.Duration
+	12, // 6: herald.v1.BroadcastResponse.accepted_at:type_name -> google.protobuf.Timestamp
+	2,  // 7: herald.v1.RouterService.Notify:input_type -> herald.v1.NotifyRequest
+	8,  // 8: herald.v1.RouterService.Broadcast:input_type -> herald.v1.BroadcastRequest
+	4,  // 9: herald.v1.RouterService.RegisterDevice:input_type -> herald.v1.RegisterDeviceRequest
+	6,  // 10: herald.v1.RouterService.UnregisterDevice:input_type -> herald.v1.UnregisterDeviceRequest
+	3,  // 11: herald.v1.RouterService.Notify:output_type -> herald.v1.NotifyResponse
+	9,  // 12: herald.v1.RouterService.Broadcast:output_type -> herald.v1.BroadcastResponse
+	5,  // 13: herald.v1.RouterService.RegisterDevice:output_type -> herald.v1.RegisterDeviceResponse
+	7,  // 14: herald.v1.RouterService.UnregisterDevice:output_type -> herald.v1.UnregisterDeviceResponse
+	11, // [11:15] is the sub-list for method output_type
+	7,  // [7:11] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_herald_v1_router_proto_init() }
@@ -523,8 +829,8 @@ func file_herald_v1_router_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_v1_router_proto_rawDesc), len(file_herald_v1_router_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   4,
+			NumEnums:      2,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,8 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RouterService_Notify_FullMethodName    = "/herald.v1.RouterService/Notify"
-	RouterService_Broadcast_FullMethodName = "/herald.v1.RouterService/Broadcast"
+	RouterService_Notify_FullMethodName           = "/herald.v1.RouterService/Notify"
+	RouterService_Broadcast_FullMethodName        = "/herald.v1.RouterService/Broadcast"
+	RouterService_RegisterDevice_FullMethodName   = "/herald.v1.RouterService/RegisterDevice"
+	RouterService_UnregisterDevice_FullMethodName = "/herald.v1.RouterService/UnregisterDevice"
 )
 
 // RouterServiceClient is the client API for RouterService service.
@@ -37,6 +39,13 @@ type RouterServiceClient interface {
 	// Broadcast fans one message out to every client subscribed to a topic, on
 	// every edge. Clients may read a topic only when their token allows it.
 	Broadcast(ctx context.Context, in *BroadcastRequest, opts ...grpc.CallOption) (*BroadcastResponse, error)
+	// RegisterDevice records a device's FCM registration token for a user, so
+	// that the user's offline notifications are pushed to it. Registering a
+	// token again refreshes it. A user holds a bounded number of tokens: past
+	// the bound, the least recently registered ones are dropped.
+	RegisterDevice(ctx context.Context, in *RegisterDeviceRequest, opts ...grpc.CallOption) (*RegisterDeviceResponse, error)
+	// UnregisterDevice removes a device's token, for example at logout.
+	UnregisterDevice(ctx context.Context, in *UnregisterDeviceRequest, opts ...grpc.CallOption) (*UnregisterDeviceResponse, error)
 }
 
 type routerServiceClient struct {
@@ -67,6 +76,26 @@ func (c *routerServiceClient) Broadcast(ctx context.Context, in *BroadcastReques
 	return out, nil
 }
 
+func (c *routerServiceClient) RegisterDevice(ctx context.Context, in *RegisterDeviceRequest, opts ...grpc.CallOption) (*RegisterDeviceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterDeviceResponse)
+	err := c.cc.Invoke(ctx, RouterService_RegisterDevice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *routerServiceClient) UnregisterDevice(ctx context.Context, in *UnregisterDeviceRequest, opts ...grpc.CallOption) (*UnregisterDeviceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnregisterDeviceResponse)
+	err := c.cc.Invoke(ctx, RouterService_UnregisterDevice_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RouterServiceServer is the server API for RouterService service.
 // All implementations must embed UnimplementedRouterServiceServer
 // for forward compatibility.
@@ -81,6 +110,13 @@ type RouterServiceServer interface {
 	// Broadcast fans one message out to every client subscribed to a topic, on
 	// every edge. Clients may read a topic only when their token allows it.
 	Broadcast(context.Context, *BroadcastRequest) (*BroadcastResponse, error)
+	// RegisterDevice records a device's FCM registration token for a user, so
+	// that the user's offline notifications are pushed to it. Registering a
+	// token again refreshes it. A user holds a bounded number of tokens: past
+	// the bound, the least recently registered ones are dropped.
+	RegisterDevice(context.Context, *RegisterDeviceRequest) (*RegisterDeviceResponse, error)
+	// UnregisterDevice removes a device's token, for example at logout.
+	UnregisterDevice(context.Context, *UnregisterDeviceRequest) (*UnregisterDeviceResponse, error)
 	mustEmbedUnimplementedRouterServiceServer()
 }
 
@@ -96,6 +132,12 @@ func (UnimplementedRouterServiceServer) Notify(context.Context, *NotifyRequest) 
 }
 func (UnimplementedRouterServiceServer) Broadcast(context.Context, *BroadcastRequest) (*BroadcastResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Broadcast not implemented")
+}
+func (UnimplementedRouterServiceServer) RegisterDevice(context.Context, *RegisterDeviceRequest) (*RegisterDeviceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterDevice not implemented")
+}
+func (UnimplementedRouterServiceServer) UnregisterDevice(context.Context, *UnregisterDeviceRequest) (*UnregisterDeviceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnregisterDevice not implemented")
 }
 func (UnimplementedRouterServiceServer) mustEmbedUnimplementedRouterServiceServer() {}
 func (UnimplementedRouterServiceServer) testEmbeddedByValue()                       {}
@@ -154,6 +196,42 @@ func _RouterService_Broadcast_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RouterService_RegisterDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterDeviceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RouterServiceServer).RegisterDevice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RouterService_RegisterDevice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RouterServiceServer).RegisterDevice(ctx, req.(*RegisterDeviceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RouterService_UnregisterDevice_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnregisterDeviceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RouterServiceServer).UnregisterDevice(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RouterService_UnregisterDevice_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RouterServiceServer).UnregisterDevice(ctx, req.(*UnregisterDeviceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RouterService_ServiceDesc is the grpc.ServiceDesc for RouterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -168,6 +246,14 @@ var RouterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Broadcast",
 			Handler:    _RouterService_Broadcast_Handler,
+		},
+		{
+			MethodName: "RegisterDevice",
+			Handler:    _RouterService_RegisterDevice_Handler,
+		},
+		{
+			MethodName: "UnregisterDevice",
+			Handler:    _RouterService_UnregisterDevice_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,179 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+)
+
+// The Kafka topics of the offline path, by default.
+const (
+	// DefaultOfflineTopic carries the notifications of users who are not
+	// connected, keyed by user, from the routers to the FCM workers.
+	DefaultOfflineTopic = "herald.offline"
+	// DefaultRetryTopic carries pushes to try again (heraldv1.PushTask).
+	DefaultRetryTopic = "herald.fcm.retry"
+	// DefaultDeadLetterTopic carries pushes that failed for good
+	// (heraldv1.DeadLetter), for on-call engineers to inspect and replay.
+	DefaultDeadLetterTopic = "herald.fcm.failed"
+)
+
+// KafkaConfig says how to reach Kafka. The zero value of each field but
+// Brokers means the documented default.
+type KafkaConfig struct {
+	// Brokers are the seed brokers, host:port. Required.
+	Brokers []string
+	// BatchTimeout is how long a writer waits to fill a batch. Default 2ms:
+	// concurrent writes share one produce request, yet a lone write is not
+	// held for kafka-go's default of a full second.
+	BatchTimeout time.Duration
+	// WriteTimeout bounds one produce request on the network. Default 5s.
+	WriteTimeout time.Duration
+	// MaxAttempts is how often a writer tries a batch before it reports the
+	// error. Default 3: a Notify waits for it, and its caller retries anyway.
+	MaxAttempts int
+}
+
+func (c *KafkaConfig) setDefaults() error {
+	if len(c.Brokers) == 0 {
+		return errors.New("delivery: kafka needs at least one broker address")
+	}
+	if c.BatchTimeout == 0 {
+		c.BatchTimeout = 2 * time.Millisecond
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 5 * time.Second
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 3
+	}
+	if c.BatchTimeout < 0 || c.WriteTimeout <= 0 || c.MaxAttempts < 1 {
+		return fmt.Errorf("delivery: invalid kafka config %+v", *c)
+	}
+	return nil
+}
+
+// NewWriter returns a writer to topic that waits for every in-sync replica to
+// acknowledge a write (acks=all) and partitions by key with murmur2, as
+// Kafka's own Java clients do, so that one user's records stay in order in
+// one partition whichever client wrote them.
+func NewWriter(cfg KafkaConfig, topic string) (*kafka.Writer, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	return &kafka.Writer{
+		Addr:            kafka.TCP(cfg.Brokers...),
+		Topic:           topic,
+		Balancer:        &kafka.Murmur2Balancer{},
+		RequiredAcks:    kafka.RequireAll,
+		BatchTimeout:    cfg.BatchTimeout,
+		BatchSize:       1000,
+		WriteTimeout:    cfg.WriteTimeout,
+		ReadTimeout:     cfg.WriteTimeout,
+		MaxAttempts:     cfg.MaxAttempts,
+		WriteBackoffMin: 20 * time.Millisecond,
+		WriteBackoffMax: 200 * time.Millisecond,
+	}, nil
+}
+
+// TopicSpec is a topic to create.
+type TopicSpec struct {
+	Name              string
+	Partitions        int
+	ReplicationFactor int
+}
+
+// EnsureTopics creates the topics that do not exist yet; existing ones are
+// left as they are.
+func EnsureTopics(ctx context.Context, brokers []string, topics ...TopicSpec) error {
+	if len(brokers) == 0 {
+		return errors.New("delivery: kafka needs at least one broker address")
+	}
+	req := &kafka.CreateTopicsRequest{Addr: kafka.TCP(brokers...)}
+	for _, t := range topics {
+		req.Topics = append(req.Topics, kafka.TopicConfig{
+			Topic:             t.Name,
+			NumPartitions:     t.Partitions,
+			ReplicationFactor: t.ReplicationFactor,
+		})
+	}
+	resp, err := (&kafka.Client{Timeout: 10 * time.Second}).CreateTopics(ctx, req)
+	if err != nil {
+		return fmt.Errorf("delivery: create topics: %w", err)
+	}
+	var errs []error
+	for name, err := range resp.Errors {
+		if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
+			errs = append(errs, fmt.Errorf("topic %s: %w", name, err))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("delivery: create topics: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// KafkaReady reports whether one of the brokers answers a metadata request.
+func KafkaReady(ctx context.Context, brokers []string) error {
+	var errs []error
+	for _, b := range brokers {
+		_, err := (&kafka.Client{Addr: kafka.TCP(b), Timeout: 2 * time.Second}).Metadata(ctx, &kafka.MetadataRequest{})
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("kafka: no broker answers: %w", errors.Join(errs...))
+}
+
+// KafkaQueue is the router's offline route: it writes each notification to
+// the offline topic, keyed by user, and returns once Kafka has acknowledged
+// it.
+type KafkaQueue struct {
+	w *kafka.Writer
+}
+
+// NewKafkaQueue returns a queue that writes to topic.
+func NewKafkaQueue(cfg KafkaConfig, topic string) (*KafkaQueue, error) {
+	w, err := NewWriter(cfg, topic)
+	if err != nil {
+		return nil, err
+	}
+	return &KafkaQueue{w: w}, nil
+}
+
+// Enqueue writes env and waits for its acknowledgement.
+func (q *KafkaQueue) Enqueue(ctx context.Context, env *heraldv1.Envelope) error {
+	msg, err := EnvelopeMessage(env)
+	if err != nil {
+		return err
+	}
+	return q.w.WriteMessages(ctx, msg)
+}
+
+// Close flushes and closes the writer.
+func (q *KafkaQueue) Close() error { return q.w.Close() }
+
+// HeaderNotificationID is the Kafka header that carries the notification id
+// on every record of the offline path, so that tools can find a notification
+// without decoding the value.
+const HeaderNotificationID = "herald-notification-id"
+
+// EnvelopeMessage is env as a record of the offline topic: keyed by user,
+// the envelope as the value.
+func EnvelopeMessage(env *heraldv1.Envelope) (kafka.Message, error) {
+	value, err := Marshal(env)
+	if err != nil {
+		return kafka.Message{}, err
+	}
+	return kafka.Message{
+		Key:     []byte(env.GetUserId()),
+		Value:   value,
+		Headers: []kafka.Header{{Key: HeaderNotificationID, Value: []byte(env.GetId())}},
+	}, nil
+}

@@ -1,0 +1,226 @@
+package delivery_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/integration/testenv"
+	"github.com/herald-push/herald/presence"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+)
+
+// newOfflinePublisher is a publisher whose offline route is q.
+func newOfflinePublisher(tb testing.TB, q delivery.OfflineQueue) *fixture {
+	tb.Helper()
+	rdb, prefix := testenv.Redis(tb)
+	reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{Offline: q, PendingTimeout: 2 * time.Second})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &fixture{rdb: rdb, reg: reg, pub: pub, prefix: prefix}
+}
+
+func kafkaQueue(tb testing.TB, brokers []string) *delivery.KafkaQueue {
+	tb.Helper()
+	q, err := delivery.NewKafkaQueue(delivery.KafkaConfig{Brokers: brokers, WriteTimeout: time.Second, MaxAttempts: 1},
+		delivery.DefaultOfflineTopic)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { q.Close() })
+	return q
+}
+
+func TestOfflineQueuedToKafka(t *testing.T) {
+	t.Parallel()
+	k := testenv.StartKafka(t, 4)
+	f := newOfflinePublisher(t, kafkaQueue(t, k.Brokers))
+	ctx := context.Background()
+
+	envs := map[string]*heraldv1.Envelope{}
+	for _, user := range []string{"dave", "erin", "dave"} {
+		env := envelope(user, `{"n":1}`)
+		res, err := f.pub.Publish(ctx, env, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Route != delivery.RouteOffline || !res.Queued || res.EventID == "" {
+			t.Fatalf("offline user %s: %+v, want offline and queued", user, res)
+		}
+		envs[res.ID] = env
+	}
+	msgs := k.ReadAll(delivery.DefaultOfflineTopic)
+	if len(msgs) != 3 {
+		t.Fatalf("offline topic holds %d records, want 3", len(msgs))
+	}
+	partition := map[string]int{}
+	for _, m := range msgs {
+		got, err := delivery.Unmarshal(m.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := envs[got.GetId()]
+		if want == nil || string(m.Key) != want.GetUserId() || got.GetEventId() == "" || string(got.GetData()) != `{"n":1}` {
+			t.Fatalf("record key %q value %v does not match a queued notification", m.Key, got)
+		}
+		if p, seen := partition[string(m.Key)]; seen && p != m.Partition {
+			t.Fatalf("user %s's records are in partitions %d and %d; one user must keep to one", m.Key, p, m.Partition)
+		}
+		partition[string(m.Key)] = m.Partition
+	}
+}
+
+func TestOfflineKafkaDownIsNotAcknowledged(t *testing.T) {
+	t.Parallel()
+	k := testenv.StartKafka(t, 1)
+	f := newOfflinePublisher(t, kafkaQueue(t, k.Brokers))
+	ctx := context.Background()
+
+	k.Stop()
+	_, err := f.pub.Publish(ctx, envelope("frank", "x"), "key-1")
+	var oe *delivery.OfflineError
+	if !errors.As(err, &oe) {
+		t.Fatalf("Publish with Kafka down: %v, want an *OfflineError", err)
+	}
+
+	// The failed call left no idempotency record behind: the retry is
+	// routed, not answered as a duplicate of something never queued.
+	k.Start()
+	env := envelope("frank", "x")
+	var res delivery.Result
+	testenv.WaitFor(t, 10*time.Second, "a publish once Kafka is back", func() bool {
+		res, err = f.pub.Publish(ctx, env, "key-1")
+		return err == nil
+	})
+	if res.Duplicate || !res.Queued || res.ID != env.Id {
+		t.Fatalf("retry after Kafka came back: %+v, want a fresh queued notification %s", res, env.Id)
+	}
+	again, err := f.pub.Publish(ctx, envelope("frank", "x"), "key-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Duplicate || !again.Queued || again.ID != env.Id || again.EventID != res.EventID {
+		t.Fatalf("third call: %+v, want the queued first call's result %+v as a duplicate", again, res)
+	}
+	msgs := k.ReadAll(delivery.DefaultOfflineTopic)
+	if len(msgs) != 1 {
+		t.Fatalf("offline topic holds %d records, want exactly the one acknowledged", len(msgs))
+	}
+}
+
+// blockingQueue holds every Enqueue until released.
+type blockingQueue struct {
+	entered chan struct{}
+	release chan error
+}
+
+func (q *blockingQueue) Enqueue(ctx context.Context, env *heraldv1.Envelope) error {
+	q.entered <- struct{}{}
+	return <-q.release
+}
+
+func TestOfflineSameKeyInFlight(t *testing.T) {
+	t.Parallel()
+	q := &blockingQueue{entered: make(chan struct{}, 1), release: make(chan error, 1)}
+	f := newOfflinePublisher(t, q)
+	ctx := context.Background()
+
+	var wg sync.WaitGroup
+	var first delivery.Result
+	var firstErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		first, firstErr = f.pub.Publish(ctx, envelope("gina", "x"), "k")
+	}()
+	<-q.entered
+	if _, err := f.pub.Publish(ctx, envelope("gina", "x"), "k"); !errors.Is(err, delivery.ErrInFlight) {
+		t.Fatalf("same key while the first call is queueing: %v, want ErrInFlight", err)
+	}
+	q.release <- nil
+	wg.Wait()
+	if firstErr != nil || !first.Queued {
+		t.Fatalf("first call: %+v, %v", first, firstErr)
+	}
+	dup, err := f.pub.Publish(ctx, envelope("gina", "x"), "k")
+	if err != nil || !dup.Duplicate || dup.ID != first.ID {
+		t.Fatalf("after the first call: %+v, %v; want its duplicate", dup, err)
+	}
+}
+
+func TestOfflineOnlineUserIsNotQueued(t *testing.T) {
+	t.Parallel()
+	q := &blockingQueue{entered: make(chan struct{}, 1), release: make(chan error, 1)}
+	f := newOfflinePublisher(t, q)
+	f.subscribe(t, "hank")
+	f.online(t, "hank")
+	res, err := f.pub.Publish(context.Background(), envelope("hank", "x"), "k")
+	if err != nil || res.Route != delivery.RouteOnline || res.Queued {
+		t.Fatalf("online user: %+v, %v; want online and not queued", res, err)
+	}
+	select {
+	case <-q.entered:
+		t.Fatal("an online user's notification was queued for the offline path")
+	default:
+	}
+}
+
+func TestDevices(t *testing.T) {
+	t.Parallel()
+	rdb, prefix := testenv.Redis(t)
+	d, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: prefix, MaxPerUser: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i, tok := range []string{"tok-a", "tok-b", "tok-c", "tok-a", "tok-d"} {
+		n, evicted, err := d.Register(ctx, "ivy", tok, "android")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantEvicted := 0
+		if i == 4 {
+			wantEvicted = 1 // tok-b: tok-a was refreshed at i == 3
+		}
+		if evicted != wantEvicted || n != min(i+1, 3) {
+			t.Fatalf("register %s: %d devices, %d evicted", tok, n, evicted)
+		}
+		time.Sleep(2 * time.Millisecond) // registration times are in ms
+	}
+	got, err := d.List(ctx, "ivy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tokens []string
+	for _, dv := range got {
+		tokens = append(tokens, dv.Token)
+		if dv.Platform != "android" || dv.RegisteredAt.IsZero() {
+			t.Fatalf("device %+v lacks its platform or time", dv)
+		}
+	}
+	if len(tokens) != 3 || tokens[0] != "tok-d" || tokens[1] != "tok-a" || tokens[2] != "tok-c" {
+		t.Fatalf("devices %v, want [tok-d tok-a tok-c] (newest first, tok-b evicted)", tokens)
+	}
+	if n, err := d.Unregister(ctx, "ivy", "tok-a", "nope"); err != nil || n != 1 {
+		t.Fatalf("unregister: %d, %v; want 1 removed", n, err)
+	}
+	many, err := d.ListMany(ctx, "ivy", "nobody", "ivy")
+	if err != nil || len(many["ivy"]) != 2 || len(many["nobody"]) != 0 {
+		t.Fatalf("ListMany: %v, %v", many, err)
+	}
+	for _, bad := range []struct{ user, token, platform string }{
+		{"", "t", "ios"}, {"u", "", "ios"}, {"u", "has space", "ios"}, {"u", "t", "symbian"},
+	} {
+		if _, _, err := d.Register(ctx, bad.user, bad.token, bad.platform); !errors.Is(err, delivery.ErrInvalidDevice) {
+			t.Errorf("Register(%q, %q, %q) = %v, want ErrInvalidDevice", bad.user, bad.token, bad.platform, err)
+		}
+	}
+}

@@ -1,0 +1,728 @@
+package fcm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"firebase.google.com/go/v4/messaging"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/segmentio/kafka-go"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/presence"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+)
+
+// Sender sends FCM messages. *messaging.Client implements it.
+type Sender interface {
+	SendEach(ctx context.Context, messages []*messaging.Message) (*messaging.BatchResponse, error)
+}
+
+var _ Sender = (*messaging.Client)(nil)
+
+// Config configures a Worker. The zero value of each field but Kafka.Brokers
+// means the documented default.
+type Config struct {
+	Kafka delivery.KafkaConfig
+	// The topics: defaults delivery.DefaultOfflineTopic, DefaultRetryTopic
+	// and DefaultDeadLetterTopic.
+	OfflineTopic, RetryTopic, DeadLetterTopic string
+	// GroupID is the consumer group of the offline topic. Default
+	// "herald-fcm". The retry topic is consumed by GroupID + ".retry", so
+	// that waiting for a retry's time never holds up fresh notifications.
+	GroupID string
+	// BatchSize is the most notifications handled together. Default 500,
+	// FCM's SendEach limit; a notification for a user with several devices
+	// may make a batch send more messages, in chunks of 500.
+	BatchSize int
+	// BatchWait is how long a batch waits to fill. Default 5ms.
+	BatchWait time.Duration
+	// MaxAttempts is the retry budget in attempts. Default 5.
+	MaxAttempts int
+	// MaxRetryAge is the retry budget in time since the first failure.
+	// Default 1h.
+	MaxRetryAge time.Duration
+	// BackoffBase and BackoffMax shape the retries' exponential backoff
+	// (base × 2^(attempt-1), capped, with full jitter). Defaults 1s and 5m.
+	// A Retry-After from FCM is a floor under it.
+	BackoffBase, BackoffMax time.Duration
+	// DedupeWindow is how long the worker remembers that it pushed a
+	// notification to a token, so that a record delivered twice (after a
+	// crash or a rebalance) is not pushed twice. Default 10m. It costs about
+	// 100 bytes of Redis per push in the window.
+	DedupeWindow time.Duration
+	// RedisPrefix namespaces the dedupe keys. Default "herald:".
+	RedisPrefix string
+	// MaxDataBytes is the largest payload pushed as is; a larger one is
+	// left out of the push (see DataTruncated). Default 3000, below FCM's
+	// 4 KB message limit with room for the other fields.
+	MaxDataBytes int
+}
+
+func (c *Config) setDefaults() error {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&c.OfflineTopic, delivery.DefaultOfflineTopic)
+	def(&c.RetryTopic, delivery.DefaultRetryTopic)
+	def(&c.DeadLetterTopic, delivery.DefaultDeadLetterTopic)
+	def(&c.GroupID, "herald-fcm")
+	def(&c.RedisPrefix, "herald:")
+	defD := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	defD(&c.BatchWait, 5*time.Millisecond)
+	defD(&c.MaxRetryAge, time.Hour)
+	defD(&c.BackoffBase, time.Second)
+	defD(&c.BackoffMax, 5*time.Minute)
+	defD(&c.DedupeWindow, 10*time.Minute)
+	if c.BatchSize == 0 {
+		c.BatchSize = 500
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 5
+	}
+	if c.MaxDataBytes == 0 {
+		c.MaxDataBytes = 3000
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		return errors.New("fcm: kafka brokers are required")
+	}
+	if c.BatchSize < 1 || c.MaxAttempts < 1 || c.BatchWait < 0 || c.MaxRetryAge <= 0 ||
+		c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase || c.DedupeWindow < time.Second || c.MaxDataBytes < 0 {
+		return fmt.Errorf("fcm: invalid config %+v", *c)
+	}
+	return nil
+}
+
+// Deps are a Worker's dependencies.
+type Deps struct {
+	Sender  Sender
+	Devices *delivery.Devices
+	// Redis holds the dedupe window; the same Redis as Devices.
+	Redis redis.UniversalClient
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the worker's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Worker drains the offline and retry topics into FCM.
+type Worker struct {
+	cfg     Config
+	deps    Deps
+	log     *slog.Logger
+	metrics *metrics
+
+	retryW, deadW *kafka.Writer
+}
+
+// New returns a Worker. Run starts it.
+func New(cfg Config, deps Deps) (*Worker, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if deps.Sender == nil || deps.Devices == nil || deps.Redis == nil {
+		return nil, errors.New("fcm: a sender, a device registry and redis are required")
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.Default()
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	m, err := newMetrics(deps.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	retryW, err := delivery.NewWriter(cfg.Kafka, cfg.RetryTopic)
+	if err != nil {
+		return nil, err
+	}
+	deadW, err := delivery.NewWriter(cfg.Kafka, cfg.DeadLetterTopic)
+	if err != nil {
+		return nil, err
+	}
+	return &Worker{cfg: cfg, deps: deps, log: deps.Logger, metrics: m, retryW: retryW, deadW: deadW}, nil
+}
+
+// Topics are the worker's topics, for delivery.EnsureTopics.
+func (w *Worker) Topics() []string {
+	return []string{w.cfg.OfflineTopic, w.cfg.RetryTopic, w.cfg.DeadLetterTopic}
+}
+
+// drainTimeout bounds finishing the batch in hand at shutdown.
+const drainTimeout = 30 * time.Second
+
+// Run consumes until ctx is done, then finishes the batch in hand, commits
+// it, and leaves the consumer groups.
+func (w *Worker) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, retry := range []bool{false, true} {
+		topic, group := w.cfg.OfflineTopic, w.cfg.GroupID
+		if retry {
+			topic, group = w.cfg.RetryTopic, w.cfg.GroupID+".retry"
+		}
+		r := kafka.NewReader(kafka.ReaderConfig{
+			Brokers:               w.cfg.Kafka.Brokers,
+			GroupID:               group,
+			Topic:                 topic,
+			MinBytes:              1,
+			MaxBytes:              10 << 20,
+			MaxWait:               250 * time.Millisecond,
+			StartOffset:           kafka.FirstOffset,
+			CommitInterval:        0, // commit synchronously, when told
+			WatchPartitionChanges: true,
+			ReadBackoffMin:        50 * time.Millisecond,
+			ReadBackoffMax:        time.Second,
+			ErrorLogger:           kafka.LoggerFunc(w.kafkaError),
+		})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = w.consume(ctx, r, retry)
+			if err := r.Close(); err != nil && errs[i] == nil {
+				errs[i] = fmt.Errorf("fcm: close %s reader: %w", topic, err)
+			}
+		}()
+	}
+	wg.Wait()
+	errs = append(errs, w.retryW.Close(), w.deadW.Close())
+	return errors.Join(errs...)
+}
+
+func (w *Worker) kafkaError(format string, args ...any) {
+	w.log.Warn("kafka: " + fmt.Sprintf(format, args...))
+}
+
+// item is one record being handled.
+type item struct {
+	msg  kafka.Message
+	env  *heraldv1.Envelope
+	task *heraldv1.PushTask // set for the retry topic's records
+}
+
+// consume runs one topic's loop: fetch a batch, handle it, make every
+// outcome durable, commit.
+func (w *Worker) consume(ctx context.Context, r *kafka.Reader, retry bool) error {
+	var carry *kafka.Message
+	for ctx.Err() == nil {
+		batch, next, err := w.fetch(ctx, r, carry, retry)
+		carry = next
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			w.log.Warn("fcm: fetch failed", slog.String("topic", r.Config().Topic), slog.Any("err", err))
+			sleep(ctx, time.Second)
+			continue
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		if !w.finish(ctx, r, batch) {
+			break
+		}
+		w.metrics.observeLag(batch)
+	}
+	return nil
+}
+
+// finish handles a batch and commits it, trying again while either fails:
+// a later commit would cover this batch's offsets too, so the loop cannot
+// go on without it. The batch in hand is finished even when ctx ends, within
+// drainTimeout; past that, finish gives up without committing, and the
+// records come again to this worker after a restart or to another one, where
+// the dedupe window keeps the pushes already made from being made twice.
+// It reports whether the batch was committed.
+func (w *Worker) finish(ctx context.Context, r *kafka.Reader, batch []kafka.Message) bool {
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(drainTimeout, cancel)
+		context.AfterFunc(dctx, func() { t.Stop() })
+	})
+	defer stop()
+	topic := r.Config().Topic
+	handled := false
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
+		var err error
+		if !handled {
+			err = w.handle(dctx, batch)
+			handled = err == nil
+		}
+		if handled {
+			if err = r.CommitMessages(dctx, batch...); err == nil {
+				return true
+			}
+		}
+		w.log.Error("fcm: batch not finished; trying again", slog.String("topic", topic),
+			slog.Int("records", len(batch)), slog.Bool("handled", handled), slog.Any("err", err))
+		if ctx.Err() != nil || !sleep(dctx, delay) {
+			return false
+		}
+	}
+}
+
+// fetch gathers a batch: it waits for one record, then takes what arrives
+// within BatchWait, up to BatchSize. On the retry topic, a record whose
+// not-before time has not come ends the batch and is carried over; when it
+// comes first, fetch waits for its time.
+func (w *Worker) fetch(ctx context.Context, r *kafka.Reader, carry *kafka.Message, retry bool) ([]kafka.Message, *kafka.Message, error) {
+	var first kafka.Message
+	if carry != nil {
+		first = *carry
+	} else {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		first = m
+	}
+	if retry {
+		if wait := notBefore(first).Sub(w.deps.Now()); wait > 0 {
+			if !sleep(ctx, wait) {
+				return nil, &first, ctx.Err()
+			}
+		}
+	}
+	batch := []kafka.Message{first}
+	bctx, cancel := context.WithTimeout(ctx, w.cfg.BatchWait)
+	defer cancel()
+	for len(batch) < w.cfg.BatchSize {
+		m, err := r.FetchMessage(bctx)
+		if err != nil {
+			break // the wait is over (or ctx is done: the batch is still handled)
+		}
+		if retry && notBefore(m).After(w.deps.Now()) {
+			return batch, &m, nil
+		}
+		batch = append(batch, m)
+	}
+	return batch, nil, nil
+}
+
+// notBefore reads a retry record's time from its header, without decoding
+// the value.
+func notBefore(m kafka.Message) time.Time {
+	for _, h := range m.Headers {
+		if h.Key == headerNotBefore {
+			if ms, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
+				return time.UnixMilli(ms)
+			}
+		}
+	}
+	return time.Time{}
+}
+
+// headerNotBefore carries a retry record's not-before time in Unix ms.
+const headerNotBefore = "herald-not-before"
+
+// sleep waits for d or ctx; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// push is one message of a batch: one notification to one token.
+type push struct {
+	item  int
+	token string
+}
+
+// handle pushes a batch and makes every outcome durable: retries and dead
+// letters are written to Kafka before handle returns nil.
+func (w *Worker) handle(ctx context.Context, batch []kafka.Message) error {
+	now := w.deps.Now()
+	items := make([]item, 0, len(batch))
+	var retries, deads []kafka.Message
+	for _, m := range batch {
+		it, err := w.decode(m)
+		if err != nil {
+			w.metrics.notifications.WithLabelValues("undecodable").Inc()
+			w.log.Error("fcm: undecodable record dead-lettered", slog.String("topic", m.Topic),
+				slog.Int("partition", m.Partition), slog.Int64("offset", m.Offset), slog.Any("err", err))
+			deads = append(deads, kafka.Message{Key: m.Key, Value: m.Value, Headers: append(m.Headers,
+				kafka.Header{Key: HeaderErrorCode, Value: []byte(CodeUndecodable)})})
+			continue
+		}
+		if !it.env.GetExpiresAt().AsTime().After(now) {
+			w.metrics.notifications.WithLabelValues("expired").Inc()
+			w.log.Info("fcm: notification expired before its push", w.attrs(it.env)...)
+			continue
+		}
+		items = append(items, it)
+	}
+
+	pushes, err := w.targets(ctx, items, &deads, now)
+	if err != nil {
+		return err
+	}
+	outcomes, err := w.send(ctx, items, pushes, now)
+	if err != nil {
+		return err
+	}
+	r, d, err := w.settle(ctx, items, pushes, outcomes, now)
+	if err != nil {
+		return err
+	}
+	retries, deads = append(retries, r...), append(deads, d...)
+	if err := w.write(ctx, w.retryW, retries); err != nil {
+		return err
+	}
+	return w.write(ctx, w.deadW, deads)
+}
+
+func (w *Worker) decode(m kafka.Message) (item, error) {
+	if m.Topic == w.cfg.RetryTopic {
+		var t heraldv1.PushTask
+		if err := proto.Unmarshal(m.Value, &t); err != nil {
+			return item{}, err
+		}
+		if t.GetEnvelope().GetId() == "" {
+			return item{}, errors.New("retry record without an envelope")
+		}
+		return item{msg: m, env: t.GetEnvelope(), task: &t}, nil
+	}
+	env, err := delivery.Unmarshal(m.Value)
+	if err != nil {
+		return item{}, err
+	}
+	if env.GetId() == "" || env.GetUserId() == "" {
+		return item{}, errors.New("envelope without an id or a user")
+	}
+	return item{msg: m, env: env}, nil
+}
+
+// targets lists the pushes of a batch: every registered token of the users
+// of new notifications, the remaining tokens of retries, less those the
+// dedupe window says were pushed already. A notification whose user has no
+// device is dead-lettered as NO_DEVICE.
+func (w *Worker) targets(ctx context.Context, items []item, deads *[]kafka.Message, now time.Time) ([]push, error) {
+	var users []string
+	for _, it := range items {
+		if it.task == nil {
+			users = append(users, it.env.GetUserId())
+		}
+	}
+	devices, err := w.deps.Devices.ListMany(ctx, users...)
+	if err != nil {
+		return nil, err
+	}
+	var candidates []push
+	for i, it := range items {
+		if it.task != nil {
+			for _, t := range it.task.GetTokens() {
+				candidates = append(candidates, push{i, t})
+			}
+			continue
+		}
+		ds := devices[it.env.GetUserId()]
+		if len(ds) == 0 {
+			w.metrics.notifications.WithLabelValues("no_device").Inc()
+			w.log.Info("fcm: no registered device; dead-lettered", w.attrs(it.env)...)
+			*deads = append(*deads, w.deadLetter(it, CodeNoDevice, "the user has no registered device", 0, 0, now))
+			continue
+		}
+		for _, d := range ds {
+			candidates = append(candidates, push{i, d.Token})
+		}
+	}
+	seen := make([]*redis.BoolCmd, len(candidates))
+	_, err = w.deps.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for j, c := range candidates {
+			seen[j] = p.SIsMember(ctx, w.sentKey(items[c.item].env), tokenHash(c.token))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fcm: dedupe lookup: %w", err)
+	}
+	var pushes []push
+	for j, c := range candidates {
+		if seen[j].Val() {
+			w.metrics.messages.WithLabelValues("duplicate").Inc()
+			continue
+		}
+		pushes = append(pushes, c)
+	}
+	return pushes, nil
+}
+
+// sentKey is the dedupe set of env's pushes, in the user's slot.
+func (w *Worker) sentKey(env *heraldv1.Envelope) string {
+	return w.cfg.RedisPrefix + presence.HashTag(env.GetUserId()) + ":fcm:sent:" + env.GetId()
+}
+
+// tokenHash keeps whole tokens out of the dedupe sets.
+func tokenHash(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(h[:8])
+}
+
+// send sends the pushes through FCM in SendEach calls of at most 500.
+func (w *Worker) send(ctx context.Context, items []item, pushes []push, now time.Time) ([]outcome, error) {
+	const maxPerCall = 500
+	outcomes := make([]outcome, len(pushes))
+	for start := 0; start < len(pushes); start += maxPerCall {
+		end := min(start+maxPerCall, len(pushes))
+		msgs := make([]*messaging.Message, 0, end-start)
+		for _, p := range pushes[start:end] {
+			msgs = append(msgs, message(items[p.item].env, p.token, now, w.cfg.MaxDataBytes))
+		}
+		t0 := time.Now()
+		resp, err := w.deps.Sender.SendEach(ctx, msgs)
+		w.metrics.sendSeconds.Observe(time.Since(t0).Seconds())
+		for k := range msgs {
+			switch {
+			case err != nil:
+				// The whole call failed (the SDK refused the batch, or
+				// ctx ended): every message is retried.
+				outcomes[start+k] = outcome{class: retryable, code: "SEND_FAILED", msg: err.Error()}
+			case k < len(resp.Responses) && resp.Responses[k] != nil:
+				outcomes[start+k] = classify(resp.Responses[k].Error, w.deps.Now())
+			default:
+				outcomes[start+k] = outcome{class: retryable, code: "UNKNOWN", msg: "no response for the message"}
+			}
+		}
+	}
+	return outcomes, nil
+}
+
+// settle acts on the outcomes: it records the sent ones in the dedupe
+// window, removes dead tokens, and builds the retry and dead-letter records.
+func (w *Worker) settle(ctx context.Context, items []item, pushes []push, outcomes []outcome, now time.Time) (retries, deads []kafka.Message, err error) {
+	type tally struct {
+		sent, dead  int
+		retryTokens []string
+		retryAfter  time.Duration
+		retryCode   string
+		retryMsg    string
+		permCode    string
+		permMsg     string
+		permTokens  int
+		deadCode    string
+	}
+	tallies := make([]tally, len(items))
+	deadTokens := map[string][]string{} // user → tokens
+	_, err = w.deps.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for j, o := range outcomes {
+			push := pushes[j]
+			t := &tallies[push.item]
+			env := items[push.item].env
+			w.metrics.messages.WithLabelValues(messageLabel(o)).Inc()
+			switch o.class {
+			case sent:
+				t.sent++
+				key := w.sentKey(env)
+				p.SAdd(ctx, key, tokenHash(push.token))
+				p.PExpire(ctx, key, w.cfg.DedupeWindow)
+			case deadToken:
+				t.dead++
+				t.deadCode = o.code
+				deadTokens[env.GetUserId()] = append(deadTokens[env.GetUserId()], push.token)
+			case retryable:
+				t.retryTokens = append(t.retryTokens, push.token)
+				t.retryAfter = max(t.retryAfter, o.retryAfter)
+				t.retryCode, t.retryMsg = o.code, o.msg
+			case permanent:
+				t.permTokens++
+				t.permCode, t.permMsg = o.code, o.msg
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		// The pushes went out; without the dedupe record a redelivery may
+		// push them again, which at-least-once allows. Go on.
+		w.log.Warn("fcm: dedupe record failed", slog.Any("err", err))
+	}
+	for user, tokens := range deadTokens {
+		n, err := w.deps.Devices.Unregister(ctx, user, tokens...)
+		if err != nil {
+			w.log.Warn("fcm: removing dead tokens failed", slog.Any("err", err))
+			continue
+		}
+		w.metrics.tokensRemoved.Add(float64(n))
+	}
+
+	for i, t := range tallies {
+		it := items[i]
+		attempts := int(it.task.GetAttempts())
+		if len(t.retryTokens) > 0 {
+			attempts++
+			first := now
+			if ff := it.task.GetFirstFailureAt(); ff != nil {
+				first = ff.AsTime()
+			}
+			if attempts >= w.cfg.MaxAttempts || now.Sub(first) >= w.cfg.MaxRetryAge {
+				w.metrics.notifications.WithLabelValues("dead_lettered").Inc()
+				w.log.Warn("fcm: retry budget spent; dead-lettered", append(w.attrs(it.env),
+					slog.String("code", t.retryCode), slog.Int("attempts", attempts))...)
+				deads = append(deads, w.deadLetter(it, t.retryCode, t.retryMsg, attempts, len(t.retryTokens), now))
+			} else {
+				w.metrics.notifications.WithLabelValues("retry_queued").Inc()
+				at := now.Add(max(t.retryAfter, w.backoff(attempts)))
+				retries = append(retries, w.retryRecord(it, t.retryTokens, attempts, first, at, t.retryCode, now))
+			}
+		}
+		if t.permTokens > 0 {
+			w.metrics.notifications.WithLabelValues("dead_lettered").Inc()
+			w.log.Warn("fcm: permanent failure; dead-lettered", append(w.attrs(it.env), slog.String("code", t.permCode))...)
+			deads = append(deads, w.deadLetter(it, t.permCode, t.permMsg, attempts+1, t.permTokens, now))
+		}
+		if t.sent > 0 {
+			w.metrics.notifications.WithLabelValues("sent").Inc()
+			if w.log.Enabled(ctx, slog.LevelDebug) {
+				w.log.Debug("fcm: pushed", append(w.attrs(it.env), slog.Int("devices", t.sent))...)
+			}
+		}
+		if t.sent == 0 && len(t.retryTokens) == 0 && t.permTokens == 0 && t.dead > 0 {
+			// Every token the user had is dead: nothing reached them.
+			w.metrics.notifications.WithLabelValues("dead_lettered").Inc()
+			deads = append(deads, w.deadLetter(it, t.deadCode, "every device token of the user is dead; the tokens were removed", attempts+1, t.dead, now))
+		}
+	}
+	return retries, deads, nil
+}
+
+// messageLabel is the metric label of one message's outcome.
+func messageLabel(o outcome) string {
+	if o.class == sent {
+		return "sent"
+	}
+	switch o.code {
+	case "UNREGISTERED", "SENDER_ID_MISMATCH", "INVALID_ARGUMENT", "QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL":
+		if o.code == "INVALID_ARGUMENT" && o.class == deadToken {
+			return "invalid_token"
+		}
+		return strings.ToLower(o.code)
+	}
+	return "other"
+}
+
+// backoff is the jittered exponential delay before attempt+1.
+func (w *Worker) backoff(attempts int) time.Duration {
+	d := w.cfg.BackoffBase << min(attempts-1, 30)
+	if d <= 0 || d > w.cfg.BackoffMax {
+		d = w.cfg.BackoffMax
+	}
+	// Full jitter, with a floor of half the step so that a retry is never
+	// immediate.
+	return d/2 + rand.N(d/2+1)
+}
+
+// The dead-letter codes of Herald's own, beside FCM's.
+const (
+	// CodeNoDevice: the user had no registered device.
+	CodeNoDevice = "NO_DEVICE"
+	// CodeUndecodable: the record could not be decoded; the dead letter is
+	// the record as it was, with HeaderErrorCode set.
+	CodeUndecodable = "UNDECODABLE"
+)
+
+// HeaderErrorCode carries a dead letter's error code, so that tools can
+// filter without decoding.
+const HeaderErrorCode = "herald-error-code"
+
+func (w *Worker) deadLetter(it item, code, msg string, attempts, devices int, now time.Time) kafka.Message {
+	dl := &heraldv1.DeadLetter{
+		Envelope:       it.env,
+		ErrorCode:      code,
+		ErrorMessage:   msg,
+		Attempts:       int32(attempts),
+		LastFailureAt:  timestamppb.New(now),
+		FirstFailureAt: timestamppb.New(now),
+		Devices:        int32(devices),
+		DeadLetteredAt: timestamppb.New(now),
+	}
+	if ff := it.task.GetFirstFailureAt(); ff != nil {
+		dl.FirstFailureAt = ff
+	}
+	w.metrics.deadLetters.WithLabelValues(code).Inc()
+	value, _ := proto.Marshal(dl)
+	return kafka.Message{
+		Key:   []byte(it.env.GetUserId()),
+		Value: value,
+		Headers: []kafka.Header{
+			{Key: delivery.HeaderNotificationID, Value: []byte(it.env.GetId())},
+			{Key: HeaderErrorCode, Value: []byte(code)},
+		},
+	}
+}
+
+func (w *Worker) retryRecord(it item, tokens []string, attempts int, first, at time.Time, code string, now time.Time) kafka.Message {
+	t := &heraldv1.PushTask{
+		Envelope:       it.env,
+		Tokens:         tokens,
+		Attempts:       int32(attempts),
+		NotBefore:      timestamppb.New(at),
+		FirstFailureAt: timestamppb.New(first),
+		LastFailureAt:  timestamppb.New(now),
+		LastErrorCode:  code,
+	}
+	w.metrics.retries.WithLabelValues(code).Inc()
+	value, _ := proto.Marshal(t)
+	return kafka.Message{
+		Key:   []byte(it.env.GetUserId()),
+		Value: value,
+		Headers: []kafka.Header{
+			{Key: delivery.HeaderNotificationID, Value: []byte(it.env.GetId())},
+			{Key: headerNotBefore, Value: []byte(strconv.FormatInt(at.UnixMilli(), 10))},
+		},
+	}
+}
+
+// write writes records durably, retrying until it works or ctx ends: the
+// batch's offsets are committed only after this.
+func (w *Worker) write(ctx context.Context, wr *kafka.Writer, msgs []kafka.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+		err := wr.WriteMessages(ctx, msgs...)
+		if err == nil {
+			return nil
+		}
+		w.log.Warn("fcm: writing to kafka failed; retrying", slog.String("topic", wr.Topic),
+			slog.Int("records", len(msgs)), slog.Any("err", err))
+		if !sleep(ctx, delay) {
+			return fmt.Errorf("fcm: write %s: %w", wr.Topic, err)
+		}
+	}
+}
+
+// attrs are the log attributes of a notification. The user id is not among
+// them: the notification id leads to it through heraldctl.
+func (w *Worker) attrs(env *heraldv1.Envelope) []any {
+	a := []any{slog.String("notification_id", env.GetId()), slog.String("route", "push")}
+	if c := env.GetCorrelationId(); c != "" {
+		a = append(a, slog.String("correlation_id", c))
+	}
+	return a
+}
