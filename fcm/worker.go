@@ -387,7 +387,9 @@ func (w *Worker) handle(ctx context.Context, batch []kafka.Message) error {
 	if err != nil {
 		return err
 	}
-	r, d, err := w.settle(ctx, items, pushes, outcomes, now)
+	// Retry times count from the answers, not from the batch's start, so
+	// that a Retry-After is honoured in full.
+	r, d, err := w.settle(ctx, items, pushes, outcomes, w.deps.Now())
 	if err != nil {
 		return err
 	}

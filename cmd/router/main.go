@@ -33,8 +33,12 @@ func main() {
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
-	var common daemon.Common
+	var (
+		common daemon.Common
+		kafka  daemon.Kafka
+	)
 	common.Register(fs, "127.0.0.1:9090")
+	kafka.Register(fs)
 	var (
 		grpcAddr   = fs.String("grpc-addr", ":7070", "gRPC listen address")
 		maxPayload = fs.Int("max-payload-bytes", 64<<10, "largest Notify data accepted")
@@ -43,6 +47,8 @@ func run(args []string) error {
 		shutdown   = fs.Duration("shutdown-timeout", 10*time.Second, "graceful stop limit before in-flight calls are cut")
 		histLen    = fs.Int("history-length", 100, "events kept per user and topic for Last-Event-ID recovery")
 		histWindow = fs.Duration("history-window", 10*time.Minute, "how long events are kept for recovery; must match the edges'")
+		offline    = fs.Bool("offline", true, "queue offline users' notifications to Kafka for FCM; false only records them in history")
+		maxDevices = fs.Int("max-devices-per-user", 10, "device tokens kept per user; the oldest go first")
 	)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
@@ -61,10 +67,30 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	pub, err := delivery.NewPublisher(rdb, pres, delivery.PublisherConfig{
+	pcfg := delivery.PublisherConfig{
 		IdempotencyWindow: *idemWindow,
 		History:           delivery.HistoryConfig{Length: *histLen, Window: *histWindow},
-	})
+	}
+	ready := []func(context.Context) error{daemon.RedisReady(rdb)}
+	if *offline {
+		if err := kafka.Ensure(ctx); err != nil {
+			return err
+		}
+		q, err := delivery.NewKafkaQueue(kafka.Config(), kafka.OfflineTopic)
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		pcfg.Offline = q
+		ready = append(ready, kafka.Ready)
+	} else {
+		log.Warn("offline path disabled: notifications for users who are not connected are only kept in history")
+	}
+	pub, err := delivery.NewPublisher(rdb, pres, pcfg)
+	if err != nil {
+		return err
+	}
+	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: common.RedisPrefix, MaxPerUser: *maxDevices})
 	if err != nil {
 		return err
 	}
@@ -72,7 +98,7 @@ func run(args []string) error {
 		MaxPayloadBytes: *maxPayload,
 		DefaultTTL:      *defaultTTL,
 		ShutdownTimeout: *shutdown,
-	}, router.Deps{Publisher: pub, Logger: log, Registerer: reg})
+	}, router.Deps{Publisher: pub, Devices: devices, Logger: log, Registerer: reg})
 	if err != nil {
 		return err
 	}
@@ -85,7 +111,7 @@ func run(args []string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return svc.Serve(gctx, lis) })
 	g.Go(func() error {
-		admin := daemon.Admin{Gatherer: reg, Ready: daemon.RedisReady(rdb), Level: level}
+		admin := daemon.Admin{Gatherer: reg, Ready: daemon.AllReady(ready...), Level: level}
 		return daemon.ServeHTTP(gctx, common.AdminAddr, admin.Handler(), *shutdown)
 	})
 	err = g.Wait()

@@ -64,6 +64,9 @@ type Server struct {
 	url       string
 	served    chan struct{} // closed when Start's serving goroutine ends
 
+	connMu sync.Mutex
+	idle   map[net.Conn]bool // the started server's connections with no request in progress
+
 	mu        sync.Mutex
 	seq       uint64
 	faults    faultList
@@ -159,7 +162,8 @@ func (s *Server) Start() error {
 		lis.Close()
 		return errors.New("fcmtest: already started")
 	}
-	s.hs = &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second}
+	s.idle = make(map[net.Conn]bool)
+	s.hs = &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second, ConnState: s.trackConn}
 	s.url = "http://" + lis.Addr().String()
 	s.served = make(chan struct{})
 	s.mu.Unlock()
@@ -185,12 +189,49 @@ func (s *Server) Close() error {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err = hs.Shutdown(ctx); err != nil {
+		errc := make(chan error, 1)
+		go func() { errc <- hs.Shutdown(ctx) }()
+		// Shutdown waits up to five seconds for a connection that was opened
+		// but never sent a request, as clients with a pool dial them. Those
+		// carry nothing to finish: close them at once, until Shutdown is done.
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for done := false; !done; {
+			s.closeIdleConns()
+			select {
+			case err = <-errc:
+				done = true
+			case <-tick.C:
+			}
+		}
+		if err != nil {
 			err = hs.Close()
 		}
 		<-s.served
 	})
 	return err
+}
+
+// trackConn keeps the set of connections between requests.
+func (s *Server) trackConn(c net.Conn, st http.ConnState) {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	switch st {
+	case http.StateNew, http.StateIdle:
+		s.idle[c] = true
+	default:
+		delete(s.idle, c)
+	}
+}
+
+// closeIdleConns closes the connections between requests.
+func (s *Server) closeIdleConns() {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	for c := range s.idle {
+		c.Close()
+		delete(s.idle, c)
+	}
 }
 
 // URL is the base URL of the started server, such as http://127.0.0.1:41234,

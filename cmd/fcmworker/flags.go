@@ -1,0 +1,55 @@
+package main
+
+import (
+	"flag"
+	"time"
+
+	"github.com/herald-push/herald/cmd/internal/daemon"
+	"github.com/herald-push/herald/fcm"
+)
+
+// WorkerFlags are the worker's own flags.
+type WorkerFlags struct {
+	Project, Credentials, Endpoint string
+	GroupID                        string
+	BatchSize, MaxAttempts         int
+	MaxRetryAge                    time.Duration
+	BackoffBase, BackoffMax        time.Duration
+	DedupeWindow                   time.Duration
+}
+
+// Register defines the flags on fs.
+func (f *WorkerFlags) Register(fs *flag.FlagSet) {
+	fs.StringVar(&f.Project, "fcm-project", "", "Firebase project id (default: the credentials' project)")
+	fs.StringVar(&f.Credentials, "fcm-credentials", "", "service-account JSON key file (default: Google application default credentials)")
+	fs.StringVar(&f.Endpoint, "fcm-endpoint", "", "send to this FCM-compatible endpoint without credentials, e.g. an emulator's http://127.0.0.1:9099/v1")
+	fs.StringVar(&f.GroupID, "group-id", "herald-fcm", "Kafka consumer group (the retry topic uses <group-id>.retry)")
+	fs.IntVar(&f.BatchSize, "batch-size", 500, "notifications handled together")
+	fs.IntVar(&f.MaxAttempts, "max-attempts", 5, "push attempts before a retryable failure is dead-lettered")
+	fs.DurationVar(&f.MaxRetryAge, "max-retry-age", time.Hour, "time since the first failure after which a push is dead-lettered")
+	fs.DurationVar(&f.BackoffBase, "backoff-base", time.Second, "first retry delay, doubled at each attempt, with jitter")
+	fs.DurationVar(&f.BackoffMax, "backoff-max", 5*time.Minute, "largest retry delay")
+	fs.DurationVar(&f.DedupeWindow, "dedupe-window", 10*time.Minute, "how long a push is remembered so that a redelivered record is not pushed twice")
+}
+
+// Client is the FCM client configuration.
+func (f *WorkerFlags) Client() fcm.ClientConfig {
+	return fcm.ClientConfig{Project: f.Project, CredentialsFile: f.Credentials, Endpoint: f.Endpoint}
+}
+
+// Config is the worker configuration.
+func (f *WorkerFlags) Config(k daemon.Kafka) fcm.Config {
+	return fcm.Config{
+		Kafka:           k.Config(),
+		OfflineTopic:    k.OfflineTopic,
+		RetryTopic:      k.RetryTopic,
+		DeadLetterTopic: k.DeadLetterTopic,
+		GroupID:         f.GroupID,
+		BatchSize:       f.BatchSize,
+		MaxAttempts:     f.MaxAttempts,
+		MaxRetryAge:     f.MaxRetryAge,
+		BackoffBase:     f.BackoffBase,
+		BackoffMax:      f.BackoffMax,
+		DedupeWindow:    f.DedupeWindow,
+	}
+}
