@@ -177,3 +177,48 @@ func EnvelopeMessage(env *heraldv1.Envelope) (kafka.Message, error) {
 		Headers: []kafka.Header{{Key: HeaderNotificationID, Value: []byte(env.GetId())}},
 	}, nil
 }
+
+// ReadTopic reads every record of topic up to each partition's end as of the
+// call.
+func ReadTopic(ctx context.Context, brokers []string, topic string) ([]kafka.Message, error) {
+	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
+	if err != nil {
+		return nil, err
+	}
+	parts, err := conn.ReadPartitions(topic)
+	conn.Close()
+	if err != nil {
+		return nil, err
+	}
+	var out []kafka.Message
+	for _, p := range parts {
+		pc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
+		if err != nil {
+			return nil, err
+		}
+		first, last, err := pc.ReadOffsets()
+		pc.Close()
+		if err != nil {
+			return nil, err
+		}
+		if last <= first {
+			continue
+		}
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
+		if err := r.SetOffset(first); err != nil {
+			r.Close()
+			return nil, err
+		}
+		for off := first; off < last; {
+			m, err := r.ReadMessage(ctx)
+			if err != nil {
+				r.Close()
+				return nil, err
+			}
+			out = append(out, m)
+			off = m.Offset + 1
+		}
+		r.Close()
+	}
+	return out, nil
+}

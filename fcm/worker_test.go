@@ -4,7 +4,6 @@ import (
 	"context"
 	"slices"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,128 +17,26 @@ import (
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
-// rig is the offline path's real parts: Kafka (kfake), Redis, the FCM
-// emulator reached through the real firebase client, and a writer to the
-// offline topic standing in for the router.
-type rig struct {
-	k       *testenv.Kafka
-	prefix  string
-	devices *delivery.Devices
-	emu     *fcmtest.Server
-	queue   *delivery.KafkaQueue
-	deps    fcm.Deps
-}
-
-func newRig(t *testing.T, partitions int) *rig {
+func newRig(t *testing.T, partitions int) *testenv.Offline {
 	t.Helper()
-	k := testenv.StartKafka(t, partitions)
-	rdb, prefix := testenv.Redis(t)
-	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	emu := fcmtest.NewServer(t, fcmtest.Config{Project: "herald-test"})
-	sender, err := fcm.NewClient(context.Background(), fcm.ClientConfig{Project: "herald-test", Endpoint: emu.Endpoint()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := delivery.NewKafkaQueue(delivery.KafkaConfig{Brokers: k.Brokers}, delivery.DefaultOfflineTopic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.Close() })
-	return &rig{k: k, prefix: prefix, devices: devices, emu: emu, queue: q,
-		deps: fcm.Deps{Sender: sender, Devices: devices, Redis: rdb}}
-}
-
-// config is a worker configuration with test-sized backoffs.
-func (r *rig) config() fcm.Config {
-	return fcm.Config{
-		Kafka:       delivery.KafkaConfig{Brokers: r.k.Brokers},
-		RedisPrefix: r.prefix,
-		BackoffBase: 100 * time.Millisecond,
-		BackoffMax:  400 * time.Millisecond,
-	}
-}
-
-// start runs a worker until the returned stop is called (or the test ends).
-func (r *rig) start(t *testing.T, cfg fcm.Config, reg prometheus.Registerer) (stop func()) {
-	t.Helper()
-	deps := r.deps
-	deps.Registerer = reg
-	w, err := fcm.New(cfg, deps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("worker: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
-}
-
-func (r *rig) register(t *testing.T, user string, tokens ...string) {
-	t.Helper()
-	for _, tok := range tokens {
-		if _, _, err := r.devices.Register(context.Background(), user, tok, "android"); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// notify writes a notification to the offline topic as the router does.
-func (r *rig) notify(t *testing.T, user, data string, push *heraldv1.PushOptions) *heraldv1.Envelope {
-	t.Helper()
-	now := time.Now()
-	env := &heraldv1.Envelope{
-		Id: delivery.NewID(now), UserId: user, Event: "order.filled", Data: []byte(data),
-		AcceptedAt: timestamppb.New(now), ExpiresAt: timestamppb.New(now.Add(time.Hour)),
-		EventId: "7", Push: push,
-	}
-	if err := r.queue.Enqueue(context.Background(), env); err != nil {
-		t.Fatal(err)
-	}
-	return env
-}
-
-func (r *rig) waitPushes(t *testing.T, n int) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := r.emu.WaitFor(ctx, n); err != nil {
-		t.Fatalf("emulator recorded %d pushes, want %d: %v", r.emu.Count(), n, err)
-	}
-}
-
-func (r *rig) deadLetters(t *testing.T) []*heraldv1.DeadLetter {
-	t.Helper()
-	return testenv.Decode[heraldv1.DeadLetter](t, r.k.ReadAll(delivery.DefaultDeadLetterTopic))
+	return testenv.StartOffline(t, partitions)
 }
 
 func TestWorkerPushesEveryDevice(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, 3)
-	r.register(t, "alice", "tok-alice-phone", "tok-alice-tablet")
-	r.register(t, "bob", "tok-bob")
-	r.start(t, r.config(), nil)
+	r.Register(t, "alice", "tok-alice-phone", "tok-alice-tablet")
+	r.Register(t, "bob", "tok-bob")
+	r.StartWorker(t, r.WorkerConfig(), nil)
 
-	a := r.notify(t, "alice", `{"order":1}`, &heraldv1.PushOptions{
+	a := r.Notify(t, "alice", `{"order":1}`, &heraldv1.PushOptions{
 		Title: "Order filled", Body: "100 ACME at 12.50", CollapseKey: "orders", Priority: heraldv1.Priority_PRIORITY_HIGH,
 	})
-	b := r.notify(t, "bob", `{"order":2}`, nil)
-	r.waitPushes(t, 3)
+	b := r.Notify(t, "bob", `{"order":2}`, nil)
+	r.WaitPushes(t, 3)
 
 	for _, tok := range []string{"tok-alice-phone", "tok-alice-tablet"} {
-		got := r.emu.ByToken(tok)
+		got := r.Emulator.ByToken(tok)
 		if len(got) != 1 {
 			t.Fatalf("%s got %d pushes, want 1", tok, len(got))
 		}
@@ -162,7 +59,7 @@ func TestWorkerPushesEveryDevice(t *testing.T) {
 			t.Errorf("%s apns %+v, want priority 10 and the collapse id", tok, m.APNS)
 		}
 	}
-	got := r.emu.ByToken("tok-bob")
+	got := r.Emulator.ByToken("tok-bob")
 	if len(got) != 1 {
 		t.Fatalf("bob got %d pushes, want 1", len(got))
 	}
@@ -179,26 +76,26 @@ func TestWorkerPushesEveryDevice(t *testing.T) {
 func TestWorkerRemovesDeadTokens(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, 1)
-	r.emu.Unregister("tok-gone")
-	r.emu.InvalidToken("tok-garbage")
-	r.register(t, "carol", "tok-gone", "tok-garbage", "tok-good")
-	r.register(t, "dan", "tok-dan-gone")
-	r.emu.Unregister("tok-dan-gone")
+	r.Emulator.Unregister("tok-gone")
+	r.Emulator.InvalidToken("tok-garbage")
+	r.Register(t, "carol", "tok-gone", "tok-garbage", "tok-good")
+	r.Register(t, "dan", "tok-dan-gone")
+	r.Emulator.Unregister("tok-dan-gone")
 	reg := prometheus.NewPedanticRegistry()
-	r.start(t, r.config(), reg)
+	r.StartWorker(t, r.WorkerConfig(), reg)
 
-	r.notify(t, "carol", "x", nil)
-	dan := r.notify(t, "dan", "y", nil)
-	r.waitPushes(t, 1)
+	r.Notify(t, "carol", "x", nil)
+	dan := r.Notify(t, "dan", "y", nil)
+	r.WaitPushes(t, 1)
 	testenv.WaitFor(t, 10*time.Second, "the dead tokens to be removed", func() bool {
-		c, _ := r.devices.List(context.Background(), "carol")
-		d, _ := r.devices.List(context.Background(), "dan")
+		c, _ := r.Devices.List(context.Background(), "carol")
+		d, _ := r.Devices.List(context.Background(), "dan")
 		return len(c) == 1 && c[0].Token == "tok-good" && len(d) == 0
 	})
 	// dan had only a dead token: nothing reached him, and that is on record.
 	var dl []*heraldv1.DeadLetter
 	testenv.WaitFor(t, 10*time.Second, "dan's dead letter", func() bool {
-		dl = r.deadLetters(t)
+		dl = r.DeadLetters(t)
 		return len(dl) == 1
 	})
 	if dl[0].GetEnvelope().GetId() != dan.Id || dl[0].GetErrorCode() != "UNREGISTERED" {
@@ -213,25 +110,25 @@ func TestWorkerNoDeviceAndExpiredAreAccounted(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, 1)
 	reg := prometheus.NewPedanticRegistry()
-	r.start(t, r.config(), reg)
-	env := r.notify(t, "nobody", "x", nil)
+	r.StartWorker(t, r.WorkerConfig(), reg)
+	env := r.Notify(t, "nobody", "x", nil)
 
 	now := time.Now()
 	expired := &heraldv1.Envelope{Id: delivery.NewID(now), UserId: "erin",
 		AcceptedAt: timestamppb.New(now.Add(-2 * time.Hour)), ExpiresAt: timestamppb.New(now.Add(-time.Hour))}
-	r.register(t, "erin", "tok-erin")
-	if err := r.queue.Enqueue(context.Background(), expired); err != nil {
+	r.Register(t, "erin", "tok-erin")
+	if err := r.Queue.Enqueue(context.Background(), expired); err != nil {
 		t.Fatal(err)
 	}
 	var dl []*heraldv1.DeadLetter
 	testenv.WaitFor(t, 15*time.Second, "the no-device dead letter and the expired count", func() bool {
-		dl = r.deadLetters(t)
+		dl = r.DeadLetters(t)
 		return len(dl) == 1 && metricValue(t, reg, "herald_fcm_notifications_total", "expired") == 1
 	})
 	if dl[0].GetErrorCode() != fcm.CodeNoDevice || dl[0].GetEnvelope().GetId() != env.Id {
 		t.Fatalf("dead letter %v, want %s as NO_DEVICE", dl[0], env.Id)
 	}
-	if n := r.emu.Count(); n != 0 {
+	if n := r.Emulator.Count(); n != 0 {
 		t.Fatalf("emulator got %d pushes; the expired notification must not be pushed", n)
 	}
 }
@@ -239,14 +136,14 @@ func TestWorkerNoDeviceAndExpiredAreAccounted(t *testing.T) {
 func TestWorkerRetriesAfterRetryAfter(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, 1)
-	r.register(t, "frank", "tok-frank")
+	r.Register(t, "frank", "tok-frank")
 	// A quota storm: the first three sends get 429 with Retry-After: 1.
-	r.emu.FailNext(3, fcmtest.QuotaExceeded, time.Second)
-	r.start(t, r.config(), nil)
-	r.notify(t, "frank", "x", nil)
-	r.waitPushes(t, 1)
+	r.Emulator.FailNext(3, fcmtest.QuotaExceeded, time.Second)
+	r.StartWorker(t, r.WorkerConfig(), nil)
+	r.Notify(t, "frank", "x", nil)
+	r.WaitPushes(t, 1)
 
-	attempts := r.emu.Attempts("tok-frank")
+	attempts := r.Emulator.Attempts("tok-frank")
 	if len(attempts) != 4 {
 		t.Fatalf("%d attempts, want 3 refused and 1 accepted (no hot loop, no give-up)", len(attempts))
 	}
@@ -267,16 +164,16 @@ func TestWorkerRetriesAfterRetryAfter(t *testing.T) {
 func TestWorkerRetryBudgetDeadLetters(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, 1)
-	r.register(t, "gina", "tok-gina")
-	r.emu.FailFor(time.Hour, fcmtest.Internal, 0)
-	cfg := r.config()
+	r.Register(t, "gina", "tok-gina")
+	r.Emulator.FailFor(time.Hour, fcmtest.Internal, 0)
+	cfg := r.WorkerConfig()
 	cfg.MaxAttempts = 3
-	r.start(t, cfg, nil)
-	env := r.notify(t, "gina", "x", nil)
+	r.StartWorker(t, cfg, nil)
+	env := r.Notify(t, "gina", "x", nil)
 
 	var dl []*heraldv1.DeadLetter
 	testenv.WaitFor(t, 20*time.Second, "the dead letter", func() bool {
-		dl = r.deadLetters(t)
+		dl = r.DeadLetters(t)
 		return len(dl) == 1
 	})
 	d := dl[0]
@@ -284,7 +181,7 @@ func TestWorkerRetryBudgetDeadLetters(t *testing.T) {
 		!d.GetLastFailureAt().AsTime().After(d.GetFirstFailureAt().AsTime()) {
 		t.Fatalf("dead letter %v, want INTERNAL after 3 attempts, with first and last failure times", d)
 	}
-	if n := len(r.emu.Attempts("tok-gina")); n != 3 {
+	if n := len(r.Emulator.Attempts("tok-gina")); n != 3 {
 		t.Fatalf("%d attempts, want exactly 3", n)
 	}
 }
@@ -292,19 +189,19 @@ func TestWorkerRetryBudgetDeadLetters(t *testing.T) {
 func TestWorkerPermanentErrorDeadLetters(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, 1)
-	r.register(t, "hal", "tok-hal")
-	r.emu.FailNext(1, fcmtest.ThirdPartyAuthError, 0)
-	r.start(t, r.config(), nil)
-	env := r.notify(t, "hal", "x", nil)
+	r.Register(t, "hal", "tok-hal")
+	r.Emulator.FailNext(1, fcmtest.ThirdPartyAuthError, 0)
+	r.StartWorker(t, r.WorkerConfig(), nil)
+	env := r.Notify(t, "hal", "x", nil)
 	var dl []*heraldv1.DeadLetter
 	testenv.WaitFor(t, 15*time.Second, "the dead letter", func() bool {
-		dl = r.deadLetters(t)
+		dl = r.DeadLetters(t)
 		return len(dl) == 1
 	})
 	if dl[0].GetErrorCode() != "THIRD_PARTY_AUTH_ERROR" || dl[0].GetEnvelope().GetId() != env.Id || dl[0].GetAttempts() != 1 {
 		t.Fatalf("dead letter %v, want a THIRD_PARTY_AUTH_ERROR after 1 attempt", dl[0])
 	}
-	if n := len(r.emu.Attempts("tok-hal")); n != 1 {
+	if n := len(r.Emulator.Attempts("tok-hal")); n != 1 {
 		t.Fatalf("%d attempts; a permanent error must not be retried", n)
 	}
 }
@@ -318,27 +215,27 @@ func TestWorkerCrashLosesNothing(t *testing.T) {
 	r := newRig(t, 3)
 	const users, per = 20, 10
 	for u := range users {
-		r.register(t, "u"+strconv.Itoa(u), "tok-"+strconv.Itoa(u))
+		r.Register(t, "u"+strconv.Itoa(u), "tok-"+strconv.Itoa(u))
 	}
-	r.emu.SetLatency(2*time.Millisecond, time.Millisecond)
-	cfg := r.config()
+	r.Emulator.SetLatency(2*time.Millisecond, time.Millisecond)
+	cfg := r.WorkerConfig()
 	cfg.BatchSize = 7
-	stop := r.start(t, cfg, nil)
+	stop := r.StartWorker(t, cfg, nil)
 
 	var ids []string
 	for i := range per {
 		for u := range users {
-			ids = append(ids, r.notify(t, "u"+strconv.Itoa(u), strconv.Itoa(i), nil).Id)
+			ids = append(ids, r.Notify(t, "u"+strconv.Itoa(u), strconv.Itoa(i), nil).Id)
 		}
 		if i == per/2 {
-			testenv.WaitFor(t, 20*time.Second, "some pushes before the crash", func() bool { return r.emu.Count() > 0 })
+			testenv.WaitFor(t, 20*time.Second, "some pushes before the crash", func() bool { return r.Emulator.Count() > 0 })
 			stop()
 		}
 	}
-	r.start(t, cfg, nil)
+	r.StartWorker(t, cfg, nil)
 	testenv.WaitFor(t, 60*time.Second, "every notification pushed", func() bool {
 		got := map[string]bool{}
-		for _, m := range r.emu.Messages() {
+		for _, m := range r.Emulator.Messages() {
 			got[m.Data[fcm.DataID]] = true
 		}
 		for _, id := range ids {
@@ -348,7 +245,7 @@ func TestWorkerCrashLosesNothing(t *testing.T) {
 		}
 		return true
 	})
-	if n := r.emu.Count(); n < len(ids) {
+	if n := r.Emulator.Count(); n < len(ids) {
 		t.Fatalf("%d pushes for %d notifications", n, len(ids))
 	}
 }
@@ -356,18 +253,18 @@ func TestWorkerCrashLosesNothing(t *testing.T) {
 func TestWorkerDedupesRedelivery(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, 1)
-	r.register(t, "ivan", "tok-ivan")
-	r.start(t, r.config(), nil)
-	env := r.notify(t, "ivan", "x", nil)
-	r.waitPushes(t, 1)
+	r.Register(t, "ivan", "tok-ivan")
+	r.StartWorker(t, r.WorkerConfig(), nil)
+	env := r.Notify(t, "ivan", "x", nil)
+	r.WaitPushes(t, 1)
 	// The same record again, as after a crash before the commit.
-	if err := r.queue.Enqueue(context.Background(), env); err != nil {
+	if err := r.Queue.Enqueue(context.Background(), env); err != nil {
 		t.Fatal(err)
 	}
-	marker := r.notify(t, "ivan", "after", nil)
-	r.waitPushes(t, 2)
+	marker := r.Notify(t, "ivan", "after", nil)
+	r.WaitPushes(t, 2)
 	var ids []string
-	for _, m := range r.emu.Messages() {
+	for _, m := range r.Emulator.Messages() {
 		ids = append(ids, m.Data[fcm.DataID])
 	}
 	if !slices.Equal(ids, []string{env.Id, marker.Id}) {

@@ -1,6 +1,9 @@
 // Command heraldctl is the command line for people operating Herald.
 //
 //	heraldctl notify -user alice -event update -data '{"changed":true}'
+//	heraldctl device register -user alice -token $FCM_TOKEN -platform android
+//	heraldctl dlq ls -since 1h -code QUOTA_EXCEEDED
+//	heraldctl replay -since 1h -code QUOTA_EXCEEDED -dry-run
 package main
 
 import (
@@ -10,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -17,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
@@ -26,7 +31,12 @@ import (
 const usage = `usage: heraldctl <command> [flags]
 
 commands:
-  notify   send one notification to one user through the router
+  notify             send one notification to one user through the router
+  device register    register a device's FCM token for a user
+  device unregister  forget a device's FCM token
+  dlq ls             list dead letters (pushes that failed for good)
+  dlq show ID        show one notification's dead letters in full
+  replay             put selected dead letters back on the offline topic
 
 Run "heraldctl <command> -h" for the command's flags. Every flag can also be
 set through the environment, for example HERALD_ADDR for -addr.
@@ -45,6 +55,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "notify":
 		err = notify(args[1:], stdout)
+	case "device":
+		err = deviceCmd(args[1:], stdout)
+	case "dlq":
+		err = dlqCmd(args[1:], stdout)
+	case "replay":
+		err = replayCmd(args[1:], stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -104,17 +120,25 @@ func notify(args []string, stdout io.Writer) error {
 			req.Push.Priority = heraldv1.Priority_PRIORITY_HIGH
 		}
 	}
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return call(*addr, *timeout, *correlation, stdout, func(ctx context.Context, c heraldv1.RouterServiceClient) (proto.Message, error) {
+		return c.Notify(ctx, req)
+	})
+}
+
+// call makes one router call and prints its response as JSON.
+func call(addr string, timeout time.Duration, correlation string, stdout io.Writer,
+	fn func(context.Context, heraldv1.RouterServiceClient) (proto.Message, error)) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if *correlation != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "x-correlation-id", *correlation)
+	if correlation != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "x-correlation-id", correlation)
 	}
-	resp, err := heraldv1.NewRouterServiceClient(conn).Notify(ctx, req)
+	resp, err := fn(ctx, heraldv1.NewRouterServiceClient(conn))
 	if err != nil {
 		return err
 	}
@@ -124,4 +148,31 @@ func notify(args []string, stdout io.Writer) error {
 	}
 	_, err = fmt.Fprintln(stdout, string(out))
 	return err
+}
+
+// deviceCmd registers or unregisters a device token.
+func deviceCmd(args []string, stdout io.Writer) error {
+	if len(args) == 0 || (args[0] != "register" && args[0] != "unregister") {
+		return errors.New("usage: heraldctl device register|unregister -user U -token T [-platform android|ios|web]")
+	}
+	fs := flag.NewFlagSet("device "+args[0], flag.ContinueOnError)
+	var (
+		addr     = fs.String("addr", "127.0.0.1:7070", "router gRPC address")
+		user     = fs.String("user", "", "user id (required)")
+		token    = fs.String("token", "", "the device's FCM registration token (required)")
+		platform = fs.String("platform", "android", "android, ios or web")
+		timeout  = fs.Duration("timeout", 5*time.Second, "call timeout")
+	)
+	if err := daemon.ParseFlags(fs, args[1:], "HERALD_"); err != nil {
+		return err
+	}
+	if args[0] == "unregister" {
+		return call(*addr, *timeout, "", stdout, func(ctx context.Context, c heraldv1.RouterServiceClient) (proto.Message, error) {
+			return c.UnregisterDevice(ctx, &heraldv1.UnregisterDeviceRequest{UserId: *user, Token: *token})
+		})
+	}
+	p := heraldv1.Platform(heraldv1.Platform_value["PLATFORM_"+strings.ToUpper(*platform)])
+	return call(*addr, *timeout, "", stdout, func(ctx context.Context, c heraldv1.RouterServiceClient) (proto.Message, error) {
+		return c.RegisterDevice(ctx, &heraldv1.RegisterDeviceRequest{UserId: *user, Token: *token, Platform: p})
+	})
 }

@@ -35,7 +35,7 @@ func FuzzSend(f *testing.F) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/projects/p/messages:send", strings.NewReader(body)))
 		after := s.Stats()
-		passed := after.Accepted+after.Validated - (before.Accepted + before.Validated)
+		passed := after.Accepted + after.Validated - (before.Accepted + before.Validated)
 		switch rec.Code {
 		case http.StatusOK:
 			if name := decode[map[string]string](t, rec.Body.Bytes())["name"]; !strings.HasPrefix(name, "projects/p/messages/") || passed != 1 {

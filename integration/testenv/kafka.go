@@ -71,56 +71,11 @@ func (k *Kafka) Cluster() *kfake.Cluster { return k.cluster }
 // its end as of the call.
 func (k *Kafka) ReadAll(topic string) []kafka.Message {
 	k.tb.Helper()
-	msgs, err := ReadTopic(context.Background(), k.Brokers, topic)
+	msgs, err := delivery.ReadTopic(context.Background(), k.Brokers, topic)
 	if err != nil {
 		k.tb.Fatalf("read %s: %v", topic, err)
 	}
 	return msgs
-}
-
-// ReadTopic reads every record of topic up to each partition's end as of the
-// call.
-func ReadTopic(ctx context.Context, brokers []string, topic string) ([]kafka.Message, error) {
-	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
-	if err != nil {
-		return nil, err
-	}
-	parts, err := conn.ReadPartitions(topic)
-	conn.Close()
-	if err != nil {
-		return nil, err
-	}
-	var out []kafka.Message
-	for _, p := range parts {
-		pc, err := kafka.DialLeader(ctx, "tcp", brokers[0], topic, p.ID)
-		if err != nil {
-			return nil, err
-		}
-		first, last, err := pc.ReadOffsets()
-		pc.Close()
-		if err != nil {
-			return nil, err
-		}
-		if last <= first {
-			continue
-		}
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: brokers, Topic: topic, Partition: p.ID, MaxWait: 100 * time.Millisecond})
-		if err := r.SetOffset(first); err != nil {
-			r.Close()
-			return nil, err
-		}
-		for off := first; off < last; {
-			m, err := r.ReadMessage(ctx)
-			if err != nil {
-				r.Close()
-				return nil, err
-			}
-			out = append(out, m)
-			off = m.Offset + 1
-		}
-		r.Close()
-	}
-	return out, nil
 }
 
 // Decode unmarshals each record's value into a new T.

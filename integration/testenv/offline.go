@@ -1,0 +1,144 @@
+package testenv
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/fcm"
+	"github.com/herald-push/herald/fcm/fcmtest"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+)
+
+// Offline is the offline path's real parts for one test: Kafka (kfake),
+// Redis under the test's prefix, the FCM emulator reached through the real
+// firebase client, and a writer to the offline topic like the router's.
+type Offline struct {
+	Kafka    *Kafka
+	Redis    *redis.Client
+	Prefix   string
+	Devices  *delivery.Devices
+	Emulator *fcmtest.Server
+	Queue    *delivery.KafkaQueue
+	// Deps are the dependencies a worker needs, without a Registerer.
+	Deps fcm.Deps
+}
+
+// StartOffline starts the parts, with topics of partitions partitions.
+func StartOffline(tb testing.TB, partitions int) *Offline {
+	tb.Helper()
+	k := StartKafka(tb, partitions)
+	rdb, prefix := Redis(tb)
+	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: prefix})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	emu := fcmtest.NewServer(tb, fcmtest.Config{Project: "herald-test"})
+	sender, err := fcm.NewClient(context.Background(), fcm.ClientConfig{Project: "herald-test", Endpoint: emu.Endpoint()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	q, err := delivery.NewKafkaQueue(delivery.KafkaConfig{Brokers: k.Brokers}, delivery.DefaultOfflineTopic)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { q.Close() })
+	return &Offline{Kafka: k, Redis: rdb, Prefix: prefix, Devices: devices, Emulator: emu, Queue: q,
+		Deps: fcm.Deps{Sender: sender, Devices: devices, Redis: rdb}}
+}
+
+// WorkerConfig is a worker configuration for these parts, with backoffs
+// sized for tests.
+func (o *Offline) WorkerConfig() fcm.Config {
+	return fcm.Config{
+		Kafka:       delivery.KafkaConfig{Brokers: o.Kafka.Brokers},
+		RedisPrefix: o.Prefix,
+		BackoffBase: 100 * time.Millisecond,
+		BackoffMax:  400 * time.Millisecond,
+	}
+}
+
+// StartWorker runs a worker until the returned stop is called, or the test
+// ends. Its metrics go to reg, when not nil.
+func (o *Offline) StartWorker(tb testing.TB, cfg fcm.Config, reg prometheus.Registerer) (stop func()) {
+	tb.Helper()
+	deps := o.Deps
+	deps.Registerer = reg
+	w, err := fcm.New(cfg, deps)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				tb.Errorf("worker: %v", err)
+			}
+		})
+	}
+	tb.Cleanup(stop)
+	return stop
+}
+
+// Register registers tokens for user, as android devices.
+func (o *Offline) Register(tb testing.TB, user string, tokens ...string) {
+	tb.Helper()
+	for _, tok := range tokens {
+		if _, _, err := o.Devices.Register(context.Background(), user, tok, "android"); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// Notify writes a notification to the offline topic as the router does.
+func (o *Offline) Notify(tb testing.TB, user, data string, push *heraldv1.PushOptions) *heraldv1.Envelope {
+	tb.Helper()
+	now := time.Now()
+	env := &heraldv1.Envelope{
+		Id: delivery.NewID(now), UserId: user, Event: "order.filled", Data: []byte(data),
+		AcceptedAt: timestamppb.New(now), ExpiresAt: timestamppb.New(now.Add(time.Hour)),
+		EventId: "7", Push: push,
+	}
+	if err := o.Queue.Enqueue(context.Background(), env); err != nil {
+		tb.Fatal(err)
+	}
+	return env
+}
+
+// WaitPushes waits until the emulator has accepted n pushes.
+func (o *Offline) WaitPushes(tb testing.TB, n int) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := o.Emulator.WaitFor(ctx, n); err != nil {
+		tb.Fatalf("emulator recorded %d pushes, want %d: %v", o.Emulator.Count(), n, err)
+	}
+}
+
+// DeadLetters reads the dead-letter topic.
+func (o *Offline) DeadLetters(tb testing.TB) []*heraldv1.DeadLetter {
+	tb.Helper()
+	return Decode[heraldv1.DeadLetter](tb, o.Kafka.ReadAll(delivery.DefaultDeadLetterTopic))
+}
+
+// WaitDeadLetters waits until the dead-letter topic holds n records.
+func (o *Offline) WaitDeadLetters(tb testing.TB, n int) []*heraldv1.DeadLetter {
+	tb.Helper()
+	var dl []*heraldv1.DeadLetter
+	WaitFor(tb, 30*time.Second, strconv.Itoa(n)+" dead letters", func() bool {
+		dl = o.DeadLetters(tb)
+		return len(dl) >= n
+	})
+	return dl
+}
