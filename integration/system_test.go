@@ -35,7 +35,12 @@ func TestMain(m *testing.M) {
 		runChildEdge()
 		return
 	}
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m,
+		// kafka-go's shared default transport keeps its pooled broker
+		// connections for the life of the process; they are not ours.
+		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*conn).run"),
+		goleak.IgnoreTopFunction("github.com/segmentio/kafka-go.(*connPool).discover"),
+	)
 }
 
 var testSecret = []byte("integration-test-secret-0123456789")
@@ -82,6 +87,10 @@ type options struct {
 	edge     sseedge.Config // the edges' config, less the id and secret
 	redis    *redis.Client  // default: the shared redis-server
 	pages    http.Handler
+	// offline, when set, gives the router an offline path (Kafka, the
+	// device registry) on these parts, and the system their Redis and
+	// prefix.
+	offline *testenv.Offline
 }
 
 func newSystem(tb testing.TB, edges int, leaseTTL time.Duration) *system {
@@ -91,7 +100,10 @@ func newSystem(tb testing.TB, edges int, leaseTTL time.Duration) *system {
 func newSystemWith(tb testing.TB, o options) *system {
 	tb.Helper()
 	rdb, prefix := o.redis, testenv.Prefix(tb)
-	if rdb == nil {
+	switch {
+	case o.offline != nil:
+		rdb, prefix = o.offline.Redis, o.offline.Prefix
+	case rdb == nil:
 		rdb, prefix = testenv.Redis(tb)
 	}
 	if o.leaseTTL == 0 {
@@ -104,11 +116,23 @@ func newSystemWith(tb testing.TB, o options) *system {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{History: o.history})
+	pcfg := delivery.PublisherConfig{History: o.history}
+	deps := router.Deps{}
+	if o.offline != nil {
+		q, err := delivery.NewKafkaQueue(delivery.KafkaConfig{Brokers: o.offline.Kafka.Brokers, WriteTimeout: time.Second, MaxAttempts: 1},
+			delivery.DefaultOfflineTopic)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { q.Close() })
+		pcfg.Offline, deps.Devices = q, o.offline.Devices
+	}
+	pub, err := delivery.NewPublisher(rdb, reg, pcfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub})
+	deps.Publisher = pub
+	svc, err := router.New(router.Config{}, deps)
 	if err != nil {
 		tb.Fatal(err)
 	}

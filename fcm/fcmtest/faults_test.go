@@ -2,6 +2,7 @@ package fcmtest_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -95,8 +96,8 @@ func TestRemoveFault(t *testing.T) {
 	}
 }
 
-// The SDK retries a 503 itself (at once the first time); it does not retry
-// a 429 or a 500.
+// The SDK retries a 503 itself, up to four times after 0s, 1s, 2s and 4s or
+// the Retry-After if longer; it does not retry a 429 or a 500.
 func TestSDKRetries(t *testing.T) {
 	t.Parallel()
 	s, c := newTestEmulator(t, fcmtest.Config{})
@@ -109,6 +110,19 @@ func TestSDKRetries(t *testing.T) {
 	if len(att) != 2 || att[0].Status != 503 || att[0].Code != fcmtest.Unavailable || att[1].Status != 200 || att[1].Name == "" {
 		t.Errorf("attempts %+v", att)
 	}
+	// While it waits to retry (1s after the second 503), a deadline ends
+	// the send with the bare context error: no SDK helper recognises it.
+	id := s.FailFor(time.Hour, fcmtest.Unavailable, 0)
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	_, err := c.Send(short, &messaging.Message{Token: "outage"})
+	if !errors.Is(err, context.DeadlineExceeded) || messaging.IsUnavailable(err) {
+		t.Errorf("503s until the deadline: %v", err)
+	}
+	if n := len(s.Attempts("outage")); n != 2 {
+		t.Errorf("%d attempts before the deadline, want 2", n)
+	}
+	s.RemoveFault(id)
 	for _, code := range []fcmtest.ErrorCode{fcmtest.QuotaExceeded, fcmtest.Internal} {
 		tok := "once-" + string(code)
 		s.FailNext(1, code, 0)

@@ -1,0 +1,151 @@
+package integration_test
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/fcm"
+	"github.com/herald-push/herald/integration/testenv"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+)
+
+// TestOfflineUserIsPushed: through the router's gRPC API, an offline user's
+// notification takes the push route and reaches each of their devices
+// through Kafka, the worker and FCM; once the user connects, the next one
+// goes over SSE and is not pushed.
+func TestOfflineUserIsPushed(t *testing.T) {
+	o := testenv.StartOffline(t, 3)
+	s := newSystemWith(t, options{edges: 1, offline: o})
+	o.StartWorker(t, o.WorkerConfig(), nil)
+	ctx := context.Background()
+	for _, tok := range []string{"tok-mia-phone", "tok-mia-web"} {
+		if _, err := s.router.RegisterDevice(ctx, &heraldv1.RegisterDeviceRequest{
+			UserId: "mia", Token: tok, Platform: heraldv1.Platform_PLATFORM_ANDROID,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	resp := s.notify(t, &heraldv1.NotifyRequest{UserId: "mia", Event: "fill", Data: []byte(`{"px":12.5}`),
+		Push: &heraldv1.PushOptions{Title: "Filled"}})
+	if resp.GetRoute() != heraldv1.Route_ROUTE_PUSH_QUEUED {
+		t.Fatalf("offline user: route %v, want ROUTE_PUSH_QUEUED", resp.GetRoute())
+	}
+	o.WaitPushes(t, 2)
+	for _, tok := range []string{"tok-mia-phone", "tok-mia-web"} {
+		got := o.Emulator.ByToken(tok)
+		if len(got) != 1 || got[0].Data[fcm.DataID] != resp.GetNotificationId() ||
+			got[0].Data[fcm.DataPayload] != `{"px":12.5}` || got[0].Data[fcm.DataEvent] != "fill" {
+			t.Fatalf("%s: pushes %+v, want notification %s with its payload", tok, got, resp.GetNotificationId())
+		}
+	}
+
+	c := connect(t, s.edges[0].url, token(t, "mia"))
+	online := s.notify(t, &heraldv1.NotifyRequest{UserId: "mia", Event: "fill", Data: []byte("2")})
+	if online.GetRoute() != heraldv1.Route_ROUTE_ONLINE {
+		t.Fatalf("connected user: route %v, want ROUTE_ONLINE", online.GetRoute())
+	}
+	if ev := c.next(t, 5*time.Second); ev.Data != "2" {
+		t.Fatalf("SSE got %q", ev.Data)
+	}
+	// The online notification must not be pushed: once a later offline
+	// one has come through, there are three pushes, not five.
+	o.Register(t, "nia", "tok-nia")
+	s.notify(t, &heraldv1.NotifyRequest{UserId: "nia", Data: []byte("m")})
+	o.WaitPushes(t, 3)
+	if n := len(o.Emulator.ByToken("tok-mia-phone")); n != 1 {
+		t.Fatalf("mia's phone got %d pushes; the SSE-delivered notification was pushed too", n)
+	}
+
+	// Invalid device registrations are refused, naming the field.
+	for _, bad := range []*heraldv1.RegisterDeviceRequest{
+		{UserId: "mia", Token: "", Platform: heraldv1.Platform_PLATFORM_IOS},
+		{UserId: "mia", Token: "has space", Platform: heraldv1.Platform_PLATFORM_IOS},
+		{UserId: "mia", Token: "t", Platform: heraldv1.Platform_PLATFORM_UNSPECIFIED},
+		{UserId: "", Token: "t", Platform: heraldv1.Platform_PLATFORM_WEB},
+	} {
+		if _, err := s.router.RegisterDevice(ctx, bad); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("RegisterDevice(%v) = %v, want InvalidArgument", bad, err)
+		}
+	}
+}
+
+// TestKafkaDownNotifyUnavailable: while Kafka is down, Notify for offline
+// users answers Unavailable, and every OK answer has its record in Kafka.
+func TestKafkaDownNotifyUnavailable(t *testing.T) {
+	o := testenv.StartOffline(t, 2)
+	s := newSystemWith(t, options{edges: 1, offline: o})
+	ctx := context.Background()
+
+	var (
+		mu       sync.Mutex
+		accepted []string
+		refused  = map[codes.Code]int{}
+	)
+	call := func(i int) {
+		resp, err := s.router.Notify(ctx, &heraldv1.NotifyRequest{UserId: "u" + strconv.Itoa(i%7), Data: []byte(strconv.Itoa(i)),
+			IdempotencyKey: "k" + strconv.Itoa(i)})
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			refused[status.Code(err)]++
+			return
+		}
+		if resp.GetRoute() != heraldv1.Route_ROUTE_PUSH_QUEUED {
+			t.Errorf("call %d: route %v, want ROUTE_PUSH_QUEUED", i, resp.GetRoute())
+		}
+		accepted = append(accepted, resp.GetNotificationId())
+	}
+	var wg sync.WaitGroup
+	for i := range 300 {
+		if i == 100 {
+			o.Kafka.Stop()
+		}
+		if i == 200 {
+			o.Kafka.Start()
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); call(i) }()
+		time.Sleep(2 * time.Millisecond)
+	}
+	wg.Wait()
+	if refused[codes.Unavailable] == 0 {
+		t.Fatalf("no call was refused while Kafka was down: %v", refused)
+	}
+	for code, n := range refused {
+		if code != codes.Unavailable {
+			t.Fatalf("%d calls refused with %v; want Unavailable only", n, code)
+		}
+	}
+	stored := map[string]bool{}
+	testenv.WaitFor(t, 10*time.Second, "Kafka to answer again", func() bool {
+		msgs, err := delivery.ReadTopic(ctx, o.Kafka.Brokers, delivery.DefaultOfflineTopic)
+		if err != nil {
+			return false
+		}
+		for _, m := range msgs {
+			env, err := delivery.Unmarshal(m.Value)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored[env.GetId()] = true
+		}
+		return true
+	})
+	for _, id := range accepted {
+		if !stored[id] {
+			t.Fatalf("notification %s was answered OK but is not in Kafka", id)
+		}
+	}
+	t.Logf("accepted %d (all in Kafka), refused %v", len(accepted), refused)
+	if len(accepted) < 150 {
+		t.Fatalf("only %d of 300 accepted; the calls before and after the outage should be", len(accepted))
+	}
+}
