@@ -63,6 +63,9 @@ func TestOfflineUserIsPushed(t *testing.T) {
 	if n := len(o.Emulator.ByToken("tok-mia-phone")); n != 1 {
 		t.Fatalf("mia's phone got %d pushes; the SSE-delivered notification was pushed too", n)
 	}
+	if n := len(o.Kafka.ReadAll(delivery.DefaultOfflineTopic)); n != 2 {
+		t.Fatalf("the offline topic holds %d records, want 2: the SSE-delivered one must not be queued", n)
+	}
 
 	// Invalid device registrations are refused, naming the field.
 	for _, bad := range []*heraldv1.RegisterDeviceRequest{

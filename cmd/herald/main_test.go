@@ -24,7 +24,7 @@ func TestAllInOne(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0",
-			"-admin-addr", "127.0.0.1:0", "-redis-addr="}, w)
+			"-admin-addr", "127.0.0.1:0", "-redis-addr=", "-fcm-emulator-addr", "127.0.0.1:0"}, w)
 		w.Close()
 	}()
 	t.Cleanup(func() {
@@ -89,4 +89,34 @@ func TestAllInOne(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the notification did not arrive on the stream")
 	}
+
+	// The offline path, as the banner shows it: register bob's device,
+	// notify him, and find the push at the emulator.
+	register := regexp.MustCompile(`heraldctl device register -addr \S+ -user (\S+) -token (\S+)`).FindStringSubmatch(text)
+	offline := regexp.MustCompile(`heraldctl notify -addr \S+ -user (\S+) -title "([^"]+)" -body "([^"]+)" -data '([^']*)'`).FindStringSubmatch(text)
+	pushes := regexp.MustCompile(`curl -s (\S+/emulator/messages)`).FindStringSubmatch(text)
+	if register == nil || offline == nil || pushes == nil {
+		t.Fatalf("banner lacks the offline path's commands:\n%s", text)
+	}
+	if _, err := client.RegisterDevice(ctx, &heraldv1.RegisterDeviceRequest{UserId: register[1], Token: register[2],
+		Platform: heraldv1.Platform_PLATFORM_ANDROID}); err != nil {
+		t.Fatal(err)
+	}
+	queued, err := client.Notify(ctx, &heraldv1.NotifyRequest{UserId: offline[1], Data: []byte(offline[4]),
+		Push: &heraldv1.PushOptions{Title: offline[2], Body: offline[3]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if queued.GetRoute() != heraldv1.Route_ROUTE_PUSH_QUEUED {
+		t.Fatalf("offline user: %v, want ROUTE_PUSH_QUEUED", queued)
+	}
+	testenv.WaitFor(t, 20*time.Second, "the push at the emulator", func() bool {
+		resp, err := http.Get(pushes[1])
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(body), queued.GetNotificationId()) && strings.Contains(string(body), register[2])
+	})
 }

@@ -157,10 +157,10 @@ func (s *Server) Start() error {
 		return fmt.Errorf("fcmtest: %w", err)
 	}
 	s.mu.Lock()
-	if s.hs != nil {
+	if s.hs != nil || s.isClosing() {
 		s.mu.Unlock()
 		lis.Close()
-		return errors.New("fcmtest: already started")
+		return errors.New("fcmtest: already started, or closed")
 	}
 	s.idle = make(map[net.Conn]bool)
 	s.hs = &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second, ConnState: s.trackConn}
@@ -212,6 +212,15 @@ func (s *Server) Close() error {
 	return err
 }
 
+func (s *Server) isClosing() bool {
+	select {
+	case <-s.closing:
+		return true
+	default:
+		return false
+	}
+}
+
 // trackConn keeps the set of connections between requests.
 func (s *Server) trackConn(c net.Conn, st http.ConnState) {
 	s.connMu.Lock()
@@ -243,8 +252,13 @@ func (s *Server) URL() string {
 }
 
 // Endpoint is the URL to give the messaging client with
-// option.WithEndpoint: URL()+"/v1".
-func (s *Server) Endpoint() string { return s.URL() + "/v1" }
+// option.WithEndpoint: URL()+"/v1", or empty before Start.
+func (s *Server) Endpoint() string {
+	if u := s.URL(); u != "" {
+		return u + "/v1"
+	}
+	return ""
+}
 
 // handleNotFound answers a path FCM does not serve, in Google's shape. The
 // legacy batch endpoint (SendAll) lands here too: FCM has shut it down.
