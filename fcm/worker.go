@@ -65,6 +65,9 @@ type Config struct {
 	DedupeWindow time.Duration
 	// RedisPrefix namespaces the dedupe keys. Default "herald:".
 	RedisPrefix string
+	// SessionTimeout is how long the group waits for a silent member (a
+	// killed worker) before its partitions go to the others. Default 10s.
+	SessionTimeout time.Duration
 	// MaxDataBytes is the largest payload pushed as is; a larger one is
 	// left out of the push (see DataTruncated). Default 3000, below FCM's
 	// 4 KB message limit with room for the other fields.
@@ -92,6 +95,7 @@ func (c *Config) setDefaults() error {
 	defD(&c.BackoffBase, time.Second)
 	defD(&c.BackoffMax, 5*time.Minute)
 	defD(&c.DedupeWindow, 10*time.Minute)
+	defD(&c.SessionTimeout, 10*time.Second)
 	if c.BatchSize == 0 {
 		c.BatchSize = 500
 	}
@@ -105,7 +109,7 @@ func (c *Config) setDefaults() error {
 		return errors.New("fcm: kafka brokers are required")
 	}
 	if c.BatchSize < 1 || c.MaxAttempts < 1 || c.BatchWait < 0 || c.MaxRetryAge <= 0 ||
-		c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase || c.DedupeWindow < time.Second || c.MaxDataBytes < 0 {
+		c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase || c.DedupeWindow < time.Second || c.MaxDataBytes < 0 || c.SessionTimeout < 100*time.Millisecond {
 		return fmt.Errorf("fcm: invalid config %+v", *c)
 	}
 	return nil
@@ -192,6 +196,9 @@ func (w *Worker) Run(ctx context.Context) error {
 			StartOffset:           kafka.FirstOffset,
 			CommitInterval:        0, // commit synchronously, when told
 			WatchPartitionChanges: true,
+			SessionTimeout:        w.cfg.SessionTimeout,
+			HeartbeatInterval:     min(w.cfg.SessionTimeout/3, 3*time.Second),
+			RebalanceTimeout:      w.cfg.SessionTimeout,
 			ReadBackoffMin:        50 * time.Millisecond,
 			ReadBackoffMax:        time.Second,
 			ErrorLogger:           kafka.LoggerFunc(w.kafkaError),

@@ -1,6 +1,7 @@
 package integration_test
 
 import (
+	"context"
 	"os"
 	"regexp"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/fcm"
 	"github.com/herald-push/herald/integration/testenv"
 	"github.com/herald-push/herald/presence"
 	"github.com/herald-push/herald/router"
@@ -18,7 +20,7 @@ import (
 )
 
 // TestMetricsDocumented checks that docs/metrics.md lists exactly the herald_
-// metrics that the router and the edge register.
+// metrics that the router, the edge and the FCM worker register.
 func TestMetricsDocumented(t *testing.T) {
 	rdb, prefix := testenv.Redis(t)
 	reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
@@ -35,6 +37,18 @@ func TestMetricsDocumented(t *testing.T) {
 	}
 	if _, err := sseedge.New(sseedge.Config{JWTSecret: []byte("x"), Heartbeat: time.Second},
 		sseedge.Deps{Redis: rdb, Presence: reg, Registerer: metrics}); err != nil {
+		t.Fatal(err)
+	}
+	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender, err := fcm.NewClient(context.Background(), fcm.ClientConfig{Project: "p", Endpoint: "http://127.0.0.1:1/v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fcm.New(fcm.Config{Kafka: delivery.KafkaConfig{Brokers: []string{"127.0.0.1:1"}}},
+		fcm.Deps{Sender: sender, Devices: devices, Redis: rdb, Registerer: metrics}); err != nil {
 		t.Fatal(err)
 	}
 	registered := metrics.names

@@ -16,6 +16,7 @@ type WorkerFlags struct {
 	MaxRetryAge                    time.Duration
 	BackoffBase, BackoffMax        time.Duration
 	DedupeWindow                   time.Duration
+	SessionTimeout                 time.Duration
 }
 
 // Register defines the flags on fs.
@@ -29,6 +30,7 @@ func (f *WorkerFlags) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.MaxRetryAge, "max-retry-age", time.Hour, "time since the first failure after which a push is dead-lettered")
 	fs.DurationVar(&f.BackoffBase, "backoff-base", time.Second, "first retry delay, doubled at each attempt, with jitter")
 	fs.DurationVar(&f.BackoffMax, "backoff-max", 5*time.Minute, "largest retry delay")
+	fs.DurationVar(&f.SessionTimeout, "kafka-session-timeout", 10*time.Second, "how long the group waits for a silent worker before its partitions move to the others")
 	fs.DurationVar(&f.DedupeWindow, "dedupe-window", 10*time.Minute, "how long a push is remembered so that a redelivered record is not pushed twice")
 }
 
@@ -51,5 +53,6 @@ func (f *WorkerFlags) Config(k daemon.Kafka) fcm.Config {
 		BackoffBase:     f.BackoffBase,
 		BackoffMax:      f.BackoffMax,
 		DedupeWindow:    f.DedupeWindow,
+		SessionTimeout:  f.SessionTimeout,
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -121,8 +120,16 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// TB is the part of testing.TB that NewServer uses. It is declared here so
+// that binaries embedding the emulator do not link the testing package.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Cleanup(func())
+}
+
 // NewServer starts an emulator for a test and closes it when the test ends.
-func NewServer(tb testing.TB, cfg Config) *Server {
+func NewServer(tb TB, cfg Config) *Server {
 	tb.Helper()
 	s, err := New(cfg)
 	if err != nil {

@@ -62,6 +62,8 @@ func (o *Offline) WorkerConfig() fcm.Config {
 		RedisPrefix: o.Prefix,
 		BackoffBase: 100 * time.Millisecond,
 		BackoffMax:  400 * time.Millisecond,
+		// A killed worker's partitions move on quickly.
+		SessionTimeout: time.Second,
 	}
 }
 
