@@ -224,3 +224,38 @@ func TestDevices(t *testing.T) {
 		}
 	}
 }
+
+func TestTrace(t *testing.T) {
+	t.Parallel()
+	k := testenv.StartKafka(t, 1)
+	f := newOfflinePublisher(t, kafkaQueue(t, k.Brokers))
+	ctx := context.Background()
+	env := envelope("jo", "x")
+	env.CorrelationId = "req-7"
+	res, err := f.pub.Publish(ctx, env, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, user := range []string{"jo", ""} { // direct, and by scanning
+		tr, err := delivery.FindTrace(ctx, f.rdb, f.prefix, user, res.ID)
+		if err != nil {
+			t.Fatalf("FindTrace(user %q): %v", user, err)
+		}
+		if tr.Fields["user"] != "jo" || tr.Fields["route"] != "offline" || tr.Fields["event_id"] != res.EventID ||
+			tr.Fields["correlation_id"] != "req-7" || tr.Time("queued_ms").IsZero() || tr.Time("accepted_ms").IsZero() {
+			t.Fatalf("trail %v, want jo's offline, queued notification with its event and correlation ids", tr.Fields)
+		}
+		if ttl := f.rdb.PTTL(ctx, tr.Key).Val(); ttl <= 0 || ttl > delivery.DefaultTraceTTL {
+			t.Fatalf("trail TTL %v, want at most %v", ttl, delivery.DefaultTraceTTL)
+		}
+	}
+	delivery.AddTrace(ctx, f.rdb, f.prefix, "jo", res.ID, "fcm_sent_ms", 1, "fcm_devices", 2)
+	delivery.AddTrace(ctx, f.rdb, f.prefix, "jo", "no-such-id", "fcm_sent_ms", 1)
+	tr, _ := delivery.FindTrace(ctx, f.rdb, f.prefix, "jo", res.ID)
+	if tr.Fields["fcm_devices"] != "2" {
+		t.Fatalf("trail after AddTrace: %v", tr.Fields)
+	}
+	if _, err := delivery.FindTrace(ctx, f.rdb, f.prefix, "jo", "no-such-id"); !errors.Is(err, delivery.ErrNoTrace) {
+		t.Fatalf("AddTrace created a trail that was not kept, or FindTrace found one: %v", err)
+	}
+}

@@ -58,6 +58,11 @@ type PublisherConfig struct {
 	// gets ErrInFlight; after it, a retry routes the notification again.
 	// Default 30s, above the offline queue's write timeout.
 	PendingTimeout time.Duration
+	// TraceTTL is how long a notification's trail (see Trace) is kept.
+	// Default 15 minutes; negative keeps none. The trail costs no extra
+	// round trip, and about 200 bytes of Redis per notification in the
+	// window: at 1,000 notifications a second, 180 MB.
+	TraceTTL time.Duration
 }
 
 // OfflineQueue durably queues a notification for the offline path.
@@ -99,6 +104,9 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 	if cfg.PendingTimeout == 0 {
 		cfg.PendingTimeout = 30 * time.Second
 	}
+	if cfg.TraceTTL == 0 {
+		cfg.TraceTTL = DefaultTraceTTL
+	}
 	if cfg.IdempotencyWindow < time.Millisecond || cfg.PendingTimeout < time.Millisecond {
 		return nil, fmt.Errorf("delivery: idempotency window %v or pending timeout %v is too short",
 			cfg.IdempotencyWindow, cfg.PendingTimeout)
@@ -116,9 +124,11 @@ func (p *Publisher) idempotencyKey(user, key string) string {
 
 // notifyScript is the whole online path in one round trip.
 //
-//	KEYS: presence, hist, last, floor, [idempotency key]
+//	KEYS: presence, hist, last, floor, [idempotency key], [trace]
 //	ARGV: channel, envelope, idempotency record, idempotency window ms,
-//	      history length, window ms, keep ms, pending timeout ms
+//	      history length, window ms, keep ms, pending timeout ms,
+//	      has idempotency key (1 or 0), trace ttl ms (0: no trace), user,
+//	      correlation id
 //
 // With an idempotency key it first returns the stored record, if any. Then it
 // records the envelope in the user's history, counts live leases, publishes
@@ -126,10 +136,15 @@ func (p *Publisher) idempotencyKey(user, key string) string {
 // under the idempotency key. When the notification still has to be queued
 // for the offline path (ARGV[8] > 0 and it was not published to anyone), it
 // stores "pending|" .. ARGV[3] for ARGV[8] ms instead, and the caller stores
-// the final record once the queue has taken it.
+// the final record once the queue has taken it. With a trace key it starts
+// the notification's trail there.
 var notifyScript = redis.NewScript(luaCommon + `
-if KEYS[5] then
-  local prev = redis.call('GET', KEYS[5])
+local idem, trace
+local k = 5
+if ARGV[9] == '1' then idem = KEYS[k]; k = k + 1 end
+if tonumber(ARGV[10]) > 0 then trace = KEYS[k] end
+if idem then
+  local prev = redis.call('GET', idem)
   if prev then return {'dup', prev} end
 end
 local eid, payload = record(KEYS[2], KEYS[3], KEYS[4], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
@@ -140,12 +155,17 @@ if live > 0 then
   subs = redis.call('PUBLISH', ARGV[1], payload)
   if subs > 0 then route = 'online' else route = 'stale' end
 end
-if KEYS[5] then
+if idem then
   if route ~= 'online' and tonumber(ARGV[8]) > 0 then
-    redis.call('SET', KEYS[5], 'pending|' .. ARGV[3], 'PX', ARGV[8])
+    redis.call('SET', idem, 'pending|' .. ARGV[3], 'PX', ARGV[8])
   else
-    redis.call('SET', KEYS[5], route .. '|' .. subs .. '|' .. eid .. '|' .. ARGV[3], 'PX', ARGV[4])
+    redis.call('SET', idem, route .. '|' .. subs .. '|' .. eid .. '|' .. ARGV[3], 'PX', ARGV[4])
   end
+end
+if trace then
+  redis.call('HSET', trace, 'user', ARGV[11], 'accepted_ms', now, 'route', route, 'subscribers', subs, 'event_id', eid)
+  if ARGV[12] ~= '' then redis.call('HSET', trace, 'correlation_id', ARGV[12]) end
+  redis.call('PEXPIRE', trace, ARGV[10])
 end
 return {route, tostring(subs), eid}
 `)
@@ -175,8 +195,14 @@ func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempot
 	user := env.GetUserId()
 	keys := append([]string{p.presence.Key(user)}, historyKeys(p.presence.Prefix(), UserStream(user))...)
 	record := env.GetId() + "|" + strconv.FormatInt(env.GetAcceptedAt().AsTime().UnixMilli(), 10)
+	hasKey := "0"
 	if idempotencyKey != "" {
 		keys = append(keys, p.idempotencyKey(user, idempotencyKey))
+		hasKey = "1"
+	}
+	traceTTL := max(p.cfg.TraceTTL.Milliseconds(), 0)
+	if traceTTL > 0 {
+		keys = append(keys, TraceKey(p.presence.Prefix(), user, env.GetId()))
 	}
 	var pending int64
 	if p.cfg.Offline != nil {
@@ -184,7 +210,7 @@ func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempot
 	}
 	args := append([]any{Channel(p.presence.Prefix(), UserStream(user)), payload, record,
 		p.cfg.IdempotencyWindow.Milliseconds()}, p.cfg.History.args()...)
-	args = append(args, pending)
+	args = append(args, pending, hasKey, traceTTL, user, env.GetCorrelationId())
 	res, err := notifyScript.Run(ctx, p.rdb, keys, args...).StringSlice()
 	if err != nil {
 		return Result{}, fmt.Errorf("delivery: publish: %w", err)
@@ -199,36 +225,42 @@ func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempot
 	if err != nil || r.Route == RouteOnline || p.cfg.Offline == nil {
 		return r, err
 	}
-	return p.enqueue(ctx, env, r, keys, record)
+	return p.enqueue(ctx, env, r, idempotencyKey != "", keys, record)
 }
 
 // enqueue hands a notification that reached no edge to the offline queue,
 // then replaces its pending idempotency record with the final one, or, when
 // the queue failed, drops it so that the caller's retry routes it again.
-func (p *Publisher) enqueue(ctx context.Context, env *heraldv1.Envelope, r Result, keys []string, record string) (Result, error) {
+func (p *Publisher) enqueue(ctx context.Context, env *heraldv1.Envelope, r Result, hasKey bool, keys []string, record string) (Result, error) {
 	env.EventId = r.EventID
 	err := p.cfg.Offline.Enqueue(ctx, env)
-	if len(keys) < 5 {
-		if err != nil {
-			return Result{}, &OfflineError{Err: err}
-		}
-		r.Queued = true
-		return r, nil
-	}
 	// The records are written even when the caller has gone: the outcome
-	// must be remembered for its retry.
+	// must be remembered for its retry, and for the trail.
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	if err != nil {
-		_ = abandonScript.Run(bg, p.rdb, keys[4:5], "pending|"+record).Err()
+		if hasKey {
+			_ = abandonScript.Run(bg, p.rdb, keys[4:5], "pending|"+record).Err()
+		}
+		if p.cfg.TraceTTL > 0 {
+			_ = p.rdb.HSet(bg, TraceKey(p.presence.Prefix(), env.GetUserId(), env.GetId()), "queue_error", err.Error()).Err()
+		}
 		return Result{}, &OfflineError{Err: err}
 	}
 	r.Queued = true
-	final := string(r.Route) + "|" + strconv.Itoa(r.Subscribers) + "|" + r.EventID + "|" + record + "|queued"
 	// A failure here leaves the pending record to time out: the
 	// notification is queued, and a retry after the timeout would queue it
 	// once more, which at-least-once delivery allows.
-	_ = p.rdb.Set(bg, keys[4], final, p.cfg.IdempotencyWindow).Err()
+	_, _ = p.rdb.Pipelined(bg, func(pl redis.Pipeliner) error {
+		if hasKey {
+			final := string(r.Route) + "|" + strconv.Itoa(r.Subscribers) + "|" + r.EventID + "|" + record + "|queued"
+			pl.Set(bg, keys[4], final, p.cfg.IdempotencyWindow)
+		}
+		if p.cfg.TraceTTL > 0 {
+			pl.HSet(bg, TraceKey(p.presence.Prefix(), env.GetUserId(), env.GetId()), "queued_ms", time.Now().UnixMilli())
+		}
+		return nil
+	})
 	return r, nil
 }
 

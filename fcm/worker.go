@@ -368,6 +368,7 @@ func (w *Worker) handle(ctx context.Context, batch []kafka.Message) error {
 	now := w.deps.Now()
 	items := make([]item, 0, len(batch))
 	var retries, deads []kafka.Message
+	trail := &trails{prefix: w.cfg.RedisPrefix}
 	for _, m := range batch {
 		it, err := w.decode(m)
 		if err != nil {
@@ -381,12 +382,13 @@ func (w *Worker) handle(ctx context.Context, batch []kafka.Message) error {
 		if !it.env.GetExpiresAt().AsTime().After(now) {
 			w.metrics.notifications.WithLabelValues("expired").Inc()
 			w.log.Info("fcm: notification expired before its push", w.attrs(it.env)...)
+			trail.add(it.env, "fcm_expired_ms", now.UnixMilli())
 			continue
 		}
 		items = append(items, it)
 	}
 
-	pushes, err := w.targets(ctx, items, &deads, now)
+	pushes, err := w.targets(ctx, items, &deads, trail, now)
 	if err != nil {
 		return err
 	}
@@ -396,7 +398,7 @@ func (w *Worker) handle(ctx context.Context, batch []kafka.Message) error {
 	}
 	// Retry times count from the answers, not from the batch's start, so
 	// that a Retry-After is honoured in full.
-	r, d, err := w.settle(ctx, items, pushes, outcomes, w.deps.Now())
+	r, d, err := w.settle(ctx, items, pushes, outcomes, trail, w.deps.Now())
 	if err != nil {
 		return err
 	}
@@ -404,7 +406,43 @@ func (w *Worker) handle(ctx context.Context, batch []kafka.Message) error {
 	if err := w.write(ctx, w.retryW, retries); err != nil {
 		return err
 	}
-	return w.write(ctx, w.deadW, deads)
+	if err := w.write(ctx, w.deadW, deads); err != nil {
+		return err
+	}
+	// The trails are written once the outcomes are durable; they are for
+	// people, so a failure is only logged.
+	if err := trail.flush(ctx, w.deps.Redis); err != nil {
+		w.log.Warn("fcm: writing trails failed", slog.Any("err", err))
+	}
+	return nil
+}
+
+// trails collects the fields the worker adds to notifications' trails.
+type trails struct {
+	prefix string
+	adds   []trailAdd
+}
+
+type trailAdd struct {
+	env    *heraldv1.Envelope
+	fields []any
+}
+
+func (t *trails) add(env *heraldv1.Envelope, fields ...any) {
+	t.adds = append(t.adds, trailAdd{env, fields})
+}
+
+func (t *trails) flush(ctx context.Context, rdb redis.UniversalClient) error {
+	if len(t.adds) == 0 {
+		return nil
+	}
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, a := range t.adds {
+			delivery.AddTrace(ctx, p, t.prefix, a.env.GetUserId(), a.env.GetId(), a.fields...)
+		}
+		return nil
+	})
+	return err
 }
 
 func (w *Worker) decode(m kafka.Message) (item, error) {
@@ -432,7 +470,7 @@ func (w *Worker) decode(m kafka.Message) (item, error) {
 // of new notifications, the remaining tokens of retries, less those the
 // dedupe window says were pushed already. A notification whose user has no
 // device is dead-lettered as NO_DEVICE.
-func (w *Worker) targets(ctx context.Context, items []item, deads *[]kafka.Message, now time.Time) ([]push, error) {
+func (w *Worker) targets(ctx context.Context, items []item, deads *[]kafka.Message, trail *trails, now time.Time) ([]push, error) {
 	var users []string
 	for _, it := range items {
 		if it.task == nil {
@@ -456,6 +494,7 @@ func (w *Worker) targets(ctx context.Context, items []item, deads *[]kafka.Messa
 			w.metrics.notifications.WithLabelValues("no_device").Inc()
 			w.log.Info("fcm: no registered device; dead-lettered", w.attrs(it.env)...)
 			*deads = append(*deads, w.deadLetter(it, CodeNoDevice, "the user has no registered device", 0, 0, now))
+			trail.add(it.env, "fcm_dead_letter_ms", now.UnixMilli(), "fcm_code", CodeNoDevice)
 			continue
 		}
 		for _, d := range ds {
@@ -525,7 +564,7 @@ func (w *Worker) send(ctx context.Context, items []item, pushes []push, now time
 
 // settle acts on the outcomes: it records the sent ones in the dedupe
 // window, removes dead tokens, and builds the retry and dead-letter records.
-func (w *Worker) settle(ctx context.Context, items []item, pushes []push, outcomes []outcome, now time.Time) (retries, deads []kafka.Message, err error) {
+func (w *Worker) settle(ctx context.Context, items []item, pushes []push, outcomes []outcome, trail *trails, now time.Time) (retries, deads []kafka.Message, err error) {
 	type tally struct {
 		sent, dead  int
 		retryTokens []string
@@ -594,19 +633,26 @@ func (w *Worker) settle(ctx context.Context, items []item, pushes []push, outcom
 				w.log.Warn("fcm: retry budget spent; dead-lettered", append(w.attrs(it.env),
 					slog.String("code", t.retryCode), slog.Int("attempts", attempts))...)
 				deads = append(deads, w.deadLetter(it, t.retryCode, t.retryMsg, attempts, len(t.retryTokens), now))
+				trail.add(it.env, "fcm_dead_letter_ms", now.UnixMilli(), "fcm_code", t.retryCode, "fcm_attempts", attempts)
 			} else {
 				w.metrics.notifications.WithLabelValues("retry_queued").Inc()
 				at := now.Add(max(t.retryAfter, w.backoff(attempts)))
 				retries = append(retries, w.retryRecord(it, t.retryTokens, attempts, first, at, t.retryCode, now))
+				trail.add(it.env, "fcm_retry_ms", at.UnixMilli(), "fcm_code", t.retryCode, "fcm_attempts", attempts)
 			}
 		}
 		if t.permTokens > 0 {
 			w.metrics.notifications.WithLabelValues("dead_lettered").Inc()
 			w.log.Warn("fcm: permanent failure; dead-lettered", append(w.attrs(it.env), slog.String("code", t.permCode))...)
 			deads = append(deads, w.deadLetter(it, t.permCode, t.permMsg, attempts+1, t.permTokens, now))
+			trail.add(it.env, "fcm_dead_letter_ms", now.UnixMilli(), "fcm_code", t.permCode, "fcm_attempts", attempts+1)
+		}
+		if t.dead > 0 {
+			trail.add(it.env, "fcm_tokens_removed", t.dead)
 		}
 		if t.sent > 0 {
 			w.metrics.notifications.WithLabelValues("sent").Inc()
+			trail.add(it.env, "fcm_sent_ms", now.UnixMilli(), "fcm_devices", t.sent)
 			if w.log.Enabled(ctx, slog.LevelDebug) {
 				w.log.Debug("fcm: pushed", append(w.attrs(it.env), slog.Int("devices", t.sent))...)
 			}
@@ -615,6 +661,7 @@ func (w *Worker) settle(ctx context.Context, items []item, pushes []push, outcom
 			// Every token the user had is dead: nothing reached them.
 			w.metrics.notifications.WithLabelValues("dead_lettered").Inc()
 			deads = append(deads, w.deadLetter(it, t.deadCode, "every device token of the user is dead; the tokens were removed", attempts+1, t.dead, now))
+			trail.add(it.env, "fcm_dead_letter_ms", now.UnixMilli(), "fcm_code", t.deadCode)
 		}
 	}
 	return retries, deads, nil

@@ -49,6 +49,7 @@ func run(args []string) error {
 		histWindow = fs.Duration("history-window", 10*time.Minute, "how long events are kept for recovery; must match the edges'")
 		offline    = fs.Bool("offline", true, "queue offline users' notifications to Kafka for FCM; false only records them in history")
 		maxDevices = fs.Int("max-devices-per-user", 10, "device tokens kept per user; the oldest go first")
+		traceTTL   = fs.Duration("trace-ttl", delivery.DefaultTraceTTL, "how long each notification's trail is kept for heraldctl trace; 0 keeps none")
 	)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
@@ -70,6 +71,10 @@ func run(args []string) error {
 	pcfg := delivery.PublisherConfig{
 		IdempotencyWindow: *idemWindow,
 		History:           delivery.HistoryConfig{Length: *histLen, Window: *histWindow},
+		TraceTTL:          *traceTTL,
+	}
+	if *traceTTL == 0 {
+		pcfg.TraceTTL = -1
 	}
 	ready := []func(context.Context) error{daemon.RedisReady(rdb)}
 	if *offline {
