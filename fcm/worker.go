@@ -721,14 +721,17 @@ func (w *Worker) deadLetter(it item, code, msg string, attempts, devices int, no
 		dl.FirstFailureAt = ff
 	}
 	w.metrics.deadLetters.WithLabelValues(code).Inc()
-	value, _ := proto.Marshal(dl)
+	return record(it.env, dl, kafka.Header{Key: HeaderErrorCode, Value: []byte(code)})
+}
+
+// record is a retry or dead-letter record of env: keyed by user, like the
+// offline topic's, with the notification id and extra in its headers.
+func record(env *heraldv1.Envelope, value proto.Message, extra kafka.Header) kafka.Message {
+	b, _ := proto.Marshal(value)
 	return kafka.Message{
-		Key:   []byte(it.env.GetUserId()),
-		Value: value,
-		Headers: []kafka.Header{
-			{Key: delivery.HeaderNotificationID, Value: []byte(it.env.GetId())},
-			{Key: HeaderErrorCode, Value: []byte(code)},
-		},
+		Key:     []byte(env.GetUserId()),
+		Value:   b,
+		Headers: []kafka.Header{{Key: delivery.HeaderNotificationID, Value: []byte(env.GetId())}, extra},
 	}
 }
 
@@ -743,15 +746,7 @@ func (w *Worker) retryRecord(it item, tokens []string, attempts int, first, at t
 		LastErrorCode:  code,
 	}
 	w.metrics.retries.WithLabelValues(code).Inc()
-	value, _ := proto.Marshal(t)
-	return kafka.Message{
-		Key:   []byte(it.env.GetUserId()),
-		Value: value,
-		Headers: []kafka.Header{
-			{Key: delivery.HeaderNotificationID, Value: []byte(it.env.GetId())},
-			{Key: headerNotBefore, Value: []byte(strconv.FormatInt(at.UnixMilli(), 10))},
-		},
-	}
+	return record(it.env, t, kafka.Header{Key: headerNotBefore, Value: []byte(strconv.FormatInt(at.UnixMilli(), 10))})
 }
 
 // write writes records durably, retrying until it works or ctx ends: the

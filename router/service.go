@@ -225,11 +225,7 @@ func (s *Service) RegisterDevice(ctx context.Context, req *heraldv1.RegisterDevi
 	if s.devices == nil {
 		return nil, status.Error(codes.Unimplemented, "router: this router has no offline path, so no device registry")
 	}
-	var vs []violation
-	vs = checkText(vs, "user_id", req.GetUserId(), delivery.MaxUserIDBytes, true)
-	if err := delivery.CheckToken(req.GetToken()); err != nil {
-		vs = append(vs, violation{"token", err.Error()})
-	}
+	vs := checkDevice(req.GetUserId(), req.GetToken())
 	platform, ok := platformNames[req.GetPlatform()]
 	if !ok {
 		vs = append(vs, violation{"platform", "must be PLATFORM_ANDROID, PLATFORM_IOS or PLATFORM_WEB"})
@@ -247,6 +243,15 @@ func (s *Service) RegisterDevice(ctx context.Context, req *heraldv1.RegisterDevi
 	return &heraldv1.RegisterDeviceResponse{Devices: int32(n), Evicted: int32(evicted)}, nil
 }
 
+// checkDevice validates the user and token of a device call.
+func checkDevice(user, token string) []violation {
+	vs := checkText(nil, "user_id", user, delivery.MaxUserIDBytes, true)
+	if err := delivery.CheckToken(token); err != nil {
+		vs = append(vs, violation{"token", err.Error()})
+	}
+	return vs
+}
+
 // platformNames are the registry's names of the proto's platforms.
 var platformNames = map[heraldv1.Platform]string{
 	heraldv1.Platform_PLATFORM_ANDROID: "android",
@@ -259,12 +264,7 @@ func (s *Service) UnregisterDevice(ctx context.Context, req *heraldv1.Unregister
 	if s.devices == nil {
 		return nil, status.Error(codes.Unimplemented, "router: this router has no offline path, so no device registry")
 	}
-	var vs []violation
-	vs = checkText(vs, "user_id", req.GetUserId(), delivery.MaxUserIDBytes, true)
-	if err := delivery.CheckToken(req.GetToken()); err != nil {
-		vs = append(vs, violation{"token", err.Error()})
-	}
-	if len(vs) > 0 {
+	if vs := checkDevice(req.GetUserId(), req.GetToken()); len(vs) > 0 {
 		return nil, invalidArgument(vs)
 	}
 	n, err := s.devices.Unregister(ctx, req.GetUserId(), req.GetToken())
