@@ -52,8 +52,10 @@ type system struct {
 	rdb    *redis.Client
 	reg    *presence.Registry
 	router heraldv1.RouterServiceClient
-	edges  []*testEdge
-	opts   options
+	// routerAddr is the router's gRPC address.
+	routerAddr string
+	edges      []*testEdge
+	opts       options
 }
 
 // testEdge is an edge serving in the test process.
@@ -138,7 +140,7 @@ func newSystemWith(tb testing.TB, o options) *system {
 	}
 	srv := testenv.Serve(tb, func(ctx context.Context, lis net.Listener) error { return svc.Serve(ctx, lis) })
 	conn := testenv.GRPCClient(tb, srv.Addr)
-	s := &system{prefix: prefix, rdb: rdb, reg: reg, router: heraldv1.NewRouterServiceClient(conn), opts: o}
+	s := &system{prefix: prefix, rdb: rdb, reg: reg, router: heraldv1.NewRouterServiceClient(conn), routerAddr: srv.Addr, opts: o}
 	for i := range o.edges {
 		s.edges = append(s.edges, s.startEdge(tb, fmt.Sprintf("edge-%d", i), "127.0.0.1:0"))
 	}
