@@ -65,6 +65,8 @@ type Config struct {
 	DedupeWindow time.Duration
 	// RedisPrefix namespaces the dedupe keys. Default "herald:".
 	RedisPrefix string
+	// UserIDs says whether logs show user ids or their hashes (the default).
+	UserIDs delivery.UserIDs
 	// SessionTimeout is how long the group waits for a silent member (a
 	// killed worker) before its partitions go to the others. Default 10s.
 	SessionTimeout time.Duration
@@ -768,10 +770,9 @@ func (w *Worker) write(ctx context.Context, wr *kafka.Writer, msgs []kafka.Messa
 	}
 }
 
-// attrs are the log attributes of a notification. The user id is not among
-// them: the notification id leads to it through heraldctl.
+// attrs are the log attributes of a notification.
 func (w *Worker) attrs(env *heraldv1.Envelope) []any {
-	a := []any{slog.String("notification_id", env.GetId()), slog.String("route", "push")}
+	a := []any{slog.String("notification_id", env.GetId()), slog.String("route", "push"), w.cfg.UserIDs.Attr(env.GetUserId())}
 	if c := env.GetCorrelationId(); c != "" {
 		a = append(a, slog.String("correlation_id", c))
 	}

@@ -1,8 +1,12 @@
 package router_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
+	"sync"
 	"net"
 	"testing"
 	"time"
@@ -17,6 +21,24 @@ import (
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/router"
 )
+
+// syncBuffer is a log sink safe for the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
 
 // queueFunc is an offline queue whose answer the test chooses.
 type queueFunc func(*heraldv1.Envelope) error
@@ -47,7 +69,9 @@ func TestNotifyOfflineQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewPedanticRegistry()
-	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub, Registerer: reg})
+	var logs syncBuffer
+	log := slog.New(slog.NewJSONHandler(&logs, nil))
+	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub, Registerer: reg, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,6 +96,12 @@ func TestNotifyOfflineQueue(t *testing.T) {
 	_, err = client.Notify(ctx, &heraldv1.NotifyRequest{UserId: "olga", Data: []byte("y"), IdempotencyKey: "b"})
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("queue down: %v, want Unavailable", err)
+	}
+	line := logs.String()
+	if !strings.Contains(line, `"msg":"notify failed"`) || !strings.Contains(line, `"route":"none"`) ||
+		!strings.Contains(line, `"notification_id":"`) || !strings.Contains(line, delivery.HashUser("olga")) ||
+		strings.Contains(line, `"olga"`) {
+		t.Fatalf("failure log %q: want the notification id, the route and the user's hash, not the user id", line)
 	}
 	fail = false
 	resp, err = client.Notify(ctx, &heraldv1.NotifyRequest{UserId: "olga", Data: []byte("y"), IdempotencyKey: "b"})

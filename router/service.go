@@ -39,6 +39,8 @@ type Config struct {
 	// ShutdownTimeout bounds GracefulStop before Serve falls back to Stop.
 	// Default 10s, below the usual 30s termination grace period.
 	ShutdownTimeout time.Duration
+	// UserIDs says whether logs show user ids or their hashes (the default).
+	UserIDs delivery.UserIDs
 }
 
 // Publisher routes envelopes. *delivery.Publisher implements it.
@@ -148,7 +150,8 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 	if err != nil {
 		s.metrics.countError(err)
 		s.log.LogAttrs(ctx, slog.LevelWarn, "notify failed",
-			slog.String("notification_id", env.Id), slog.Any("err", err))
+			slog.String("notification_id", env.Id), slog.String("route", "none"), s.cfg.UserIDs.Attr(env.UserId),
+			slog.String("correlation_id", env.CorrelationId), slog.Any("err", err))
 		return nil, toStatus(ctx, err)
 	}
 	resp = &heraldv1.NotifyResponse{
@@ -171,6 +174,7 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 		s.log.LogAttrs(ctx, slog.LevelDebug, "notify",
 			slog.String("notification_id", res.ID),
 			slog.String("route", routeLabel(resp)),
+			s.cfg.UserIDs.Attr(env.UserId),
 			slog.Int("subscribers", res.Subscribers),
 			slog.Bool("duplicate", res.Duplicate),
 			slog.String("correlation_id", env.CorrelationId))

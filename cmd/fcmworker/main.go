@@ -67,6 +67,7 @@ func run(args []string) error {
 	}
 	cfg := wf.Config(kafka)
 	cfg.RedisPrefix = common.RedisPrefix
+	cfg.UserIDs = common.UserIDs()
 	w, err := fcm.New(cfg, fcm.Deps{Sender: sender, Devices: devices, Redis: rdb, Logger: log, Registerer: reg})
 	if err != nil {
 		return err

@@ -103,6 +103,7 @@ func run(args []string) error {
 		MaxPayloadBytes: *maxPayload,
 		DefaultTTL:      *defaultTTL,
 		ShutdownTimeout: *shutdown,
+		UserIDs:         common.UserIDs(),
 	}, router.Deps{Publisher: pub, Devices: devices, Logger: log, Registerer: reg})
 	if err != nil {
 		return err

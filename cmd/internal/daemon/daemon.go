@@ -21,6 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/herald-push/herald/delivery"
 )
 
 // ParseFlags parses args into fs. A flag not given on the command line takes
@@ -184,6 +186,7 @@ type Common struct {
 	RedisPrefix   string
 	LogFormat     string
 	LogLevel      string
+	LogUserIDs    bool
 }
 
 // Register defines the common flags on fs, with adminAddr as the admin
@@ -195,7 +198,11 @@ func (c *Common) Register(fs *flag.FlagSet, adminAddr string) {
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "herald:", "prefix of every Redis key and channel; the same on routers and edges")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&c.LogUserIDs, "log-user-ids", false, "log user ids in clear; by default logs name users by a hash of their id")
 }
+
+// UserIDs says how logs show user ids.
+func (c *Common) UserIDs() delivery.UserIDs { return delivery.UserIDs{Clear: c.LogUserIDs} }
 
 // Logger returns the logger the flags ask for, writing to standard error.
 func (c *Common) Logger() (*slog.Logger, *slog.LevelVar, error) {
