@@ -263,6 +263,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	hubDone.Go(func() { _ = h.run(hubCtx) })
 
 	g, gctx := errgroup.WithContext(ctx)
+	// The edge's record outlives serving, like the hub: it shows the drain.
+	hubDone.Go(func() { s.announce(gctx, hubCtx, h, lis.Addr()) })
 	g.Go(func() error {
 		if err := hs.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("sseedge: serve: %w", err)

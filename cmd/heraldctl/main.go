@@ -4,6 +4,10 @@
 //	heraldctl device register -user alice -token $FCM_TOKEN -platform android
 //	heraldctl dlq ls -since 1h -code QUOTA_EXCEEDED
 //	heraldctl replay -since 1h -code QUOTA_EXCEEDED -dry-run
+//	heraldctl trace 01M8B0NDX1AXY4XAG8SXZD1CC6
+//	heraldctl presence alice
+//	heraldctl edges
+//	heraldctl stats -router 127.0.0.1:9090 -edge 127.0.0.1:9091 -worker 127.0.0.1:9093
 package main
 
 import (
@@ -37,6 +41,10 @@ commands:
   dlq ls             list dead letters (pushes that failed for good)
   dlq show ID        show one notification's dead letters in full
   replay             put selected dead letters back on the offline topic
+  presence USER      show a user's live connections and registered devices
+  edges              list the live SSE edges: version, address, connections
+  stats              rates, errors and readiness from the admin /metrics endpoints
+  trace ID           what is known of one notification: route, SSE, FCM, dead letters
 
 Run "heraldctl <command> -h" for the command's flags. Every flag can also be
 set through the environment, for example HERALD_ADDR for -addr.
@@ -61,6 +69,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = dlqCmd(args[1:], stdout)
 	case "replay":
 		err = replayCmd(args[1:], stdout)
+	case "presence":
+		err = presenceCmd(args[1:], stdout)
+	case "edges":
+		err = edgesCmd(args[1:], stdout)
+	case "stats":
+		err = statsCmd(args[1:], stdout)
+	case "trace":
+		err = traceCmd(args[1:], stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
