@@ -17,15 +17,19 @@ unit:
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 ## deps: install missing Debian packages (needs root, as CI has): redis-server,
-## and chromium for the browser tests.
+## chromium for the browser tests, and prometheus for promtool, which checks
+## docs/alerts.yml. Debian starts a Prometheus server on :9090 when it installs
+## the package, where Herald's admin listener goes: deps stops and disables it.
 deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+		case "$$missing" in *prometheus*) { $$SUDO systemctl disable --now prometheus || { $$SUDO service prometheus stop; $$SUDO update-rc.d prometheus disable; }; } >/dev/null 2>&1 || true;; esac; \
 	fi
 
 ## services: start the shared redis-server the tests use, if none answers.
