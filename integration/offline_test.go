@@ -55,6 +55,11 @@ func TestOfflineUserIsPushed(t *testing.T) {
 	if ev := c.next(t, 5*time.Second); ev.Data != "2" {
 		t.Fatalf("SSE got %q", ev.Data)
 	}
+	// The edge counts its write in the notification's trail.
+	testenv.WaitFor(t, 5*time.Second, "the SSE write in the trail", func() bool {
+		tr, err := delivery.FindTrace(ctx, o.Redis, o.Prefix, "mia", online.GetNotificationId())
+		return err == nil && tr.Fields["sse_writes"] == "1" && !tr.Time("sse_first_ms").IsZero()
+	})
 	// The online notification must not be pushed: once a later offline
 	// one has come through, there are three pushes, not five.
 	o.Register(t, "nia", "tok-nia")

@@ -83,6 +83,12 @@ type Config struct {
 	// AllowedOrigins lists the origins browsers may connect from (CORS);
 	// "*" allows any. Default none: same-origin pages only.
 	AllowedOrigins []string
+	// UserIDs says whether logs show user ids or their hashes (the default).
+	UserIDs delivery.UserIDs
+	// NoTrail stops the edge from counting its writes in notifications'
+	// trails (heraldctl trace), which costs one pipelined Redis command per
+	// notification per flush.
+	NoTrail bool
 	// BrokerGrace is how long streams survive a lost Redis Pub/Sub
 	// connection before they are closed as broker_lost. Default 30s: a Redis
 	// restart or failover does not drop clients; they catch up from history
@@ -116,6 +122,7 @@ type Server struct {
 	cfg      Config
 	rdb      redis.UniversalClient
 	presence *presence.Registry
+	trail    *trail // nil with NoTrail
 	log      *slog.Logger
 	now      func() time.Time
 	auth     *authenticator
@@ -177,11 +184,15 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		cfg:      cfg,
 		rdb:      deps.Redis,
 		presence: deps.Presence,
+		trail:    newTrail(deps.Redis, deps.Presence.Prefix()),
 		log:      deps.Logger.With(slog.String("edge", cfg.EdgeID)),
 		now:      deps.Now,
 		auth:     newAuthenticator(cfg),
 		history:  deps.History,
 		pages:    deps.Pages,
+	}
+	if cfg.NoTrail {
+		s.trail = nil
 	}
 	m, err := newMetrics(deps.Registerer, func() float64 {
 		if h := s.currentHub(); h != nil {
@@ -272,6 +283,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		return nil
 	})
 	g.Go(func() error { s.renewLoop(gctx, h); return nil })
+	if s.trail != nil {
+		hubDone.Go(func() { s.trail.run(hubCtx) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		s.drain(context.WithoutCancel(gctx), hs)
@@ -375,12 +389,18 @@ func (s *Server) decode(channel string, payload []byte) *outEvent {
 		s.metrics.dropped.WithLabelValues("expired").Inc()
 		return nil
 	}
-	return &outEvent{
-		channel:  channel,
-		eventID:  eid,
-		body:     appendBody(nil, env.GetEvent(), string(env.GetData())),
-		accepted: env.GetAcceptedAt().AsTime(),
+	ev := &outEvent{
+		channel:     channel,
+		eventID:     eid,
+		body:        appendBody(nil, env.GetEvent(), string(env.GetData())),
+		accepted:    env.GetAcceptedAt().AsTime(),
+		id:          env.GetId(),
+		correlation: env.GetCorrelationId(),
 	}
+	if env.GetTopic() == "" {
+		ev.user = env.GetUserId()
+	}
+	return ev
 }
 
 // deliver hands one published envelope to every local stream that reads the
@@ -654,24 +674,33 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, st *stream, 
 				}
 			}
 			buf = buf[:0]
-			written := 0
+			written := batch[:0]
 			for _, ev := range batch {
 				if b, ok := st.appendLive(buf, ev); ok {
 					buf = b
-					written++
+					written = append(written, ev)
 				}
 			}
-			if written == 0 {
+			if len(written) == 0 {
 				continue
 			}
 			if reason := write(buf); reason != "" {
 				return reason
 			}
 			now := s.now()
-			for _, ev := range batch {
+			debug := s.log.Enabled(ctx, slog.LevelDebug)
+			for _, ev := range written {
 				s.metrics.latency.Observe(now.Sub(ev.accepted).Seconds())
+				if ev.user != "" && s.trail != nil {
+					s.trail.add(ev.user, ev.id, now)
+				}
+				if debug {
+					s.log.LogAttrs(ctx, slog.LevelDebug, "delivered", slog.String("notification_id", ev.id),
+						slog.String("route", "online"), slog.String("conn", st.conn.ID), s.cfg.UserIDs.Attr(st.user),
+						slog.String("correlation_id", ev.correlation), slog.Duration("latency", now.Sub(ev.accepted)))
+				}
 			}
-			s.metrics.written.Add(float64(written))
+			s.metrics.written.Add(float64(len(written)))
 			heartbeat.Reset(s.cfg.Heartbeat)
 		}
 	}

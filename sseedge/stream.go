@@ -16,6 +16,9 @@ type outEvent struct {
 	eventID  uint64
 	body     []byte // event: and data: fields and the dispatching blank line
 	accepted time.Time
+	// id is the notification id; user is set for a user's notification (not
+	// a topic's), whose trail the edge extends.
+	id, user, correlation string
 }
 
 // stream is one client connection's state. The fields below done are owned

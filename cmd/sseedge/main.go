@@ -57,6 +57,7 @@ func run(args []string) error {
 		origins    = fs.String("allowed-origins", "", "comma-separated origins allowed by CORS; * allows any")
 		grace      = fs.Duration("broker-grace", 30*time.Second, "how long streams survive a lost Redis link before closing as broker_lost")
 		histWindow = fs.Duration("history-window", 10*time.Minute, "how long events are kept for Last-Event-ID recovery; must match the router's")
+		trail      = fs.Bool("trace-writes", true, "count writes in notifications' trails for heraldctl trace (one pipelined Redis command per notification)")
 	)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
@@ -93,6 +94,7 @@ func run(args []string) error {
 		Heartbeat: *heartbeat, Retry: *retry, QueueSize: *queueSize,
 		WriteTimeout: *writeTO, DrainPeriod: *drain, MaxConnsPerUser: *perUser, MaxConns: *maxConns,
 		MaxTopics: *maxTopics, AllowedOrigins: splitList(*origins), BrokerGrace: *grace,
+		UserIDs: common.UserIDs(), NoTrail: !*trail,
 	}, sseedge.Deps{Redis: rdb, Presence: pres, Logger: log, Registerer: reg, History: hist})
 	if err != nil {
 		return err

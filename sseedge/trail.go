@@ -1,0 +1,87 @@
+package sseedge
+
+import (
+	"context"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/herald-push/herald/delivery"
+)
+
+// trail records SSE writes in notifications' trails (delivery.TraceKey),
+// off the write path: writes are counted per notification and flushed in
+// one pipeline every trailFlush. When Redis falls behind, counts are dropped
+// rather than held: the trail is for people, the delivery is what matters.
+type trail struct {
+	rdb    redis.UniversalClient
+	prefix string
+	ch     chan trailWrite
+}
+
+type trailWrite struct {
+	user, id string
+	at       time.Time
+}
+
+const (
+	trailFlush = 50 * time.Millisecond
+	trailQueue = 8192
+)
+
+// trailScript adds n writes at ms to a trail that exists.
+const trailScript = `
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'sse_writes', ARGV[1])
+  redis.call('HSETNX', KEYS[1], 'sse_first_ms', ARGV[2])
+end
+return 0`
+
+func newTrail(rdb redis.UniversalClient, prefix string) *trail {
+	return &trail{rdb: rdb, prefix: prefix, ch: make(chan trailWrite, trailQueue)}
+}
+
+// add records one write of notification id to a connection of user.
+func (t *trail) add(user, id string, at time.Time) {
+	select {
+	case t.ch <- trailWrite{user, id, at}:
+	default:
+	}
+}
+
+// run flushes until ctx is done.
+func (t *trail) run(ctx context.Context) {
+	tick := time.NewTicker(trailFlush)
+	defer tick.Stop()
+	type agg struct {
+		user  string
+		n     int
+		first time.Time
+	}
+	pending := map[string]*agg{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case w := <-t.ch:
+			if a := pending[w.id]; a != nil {
+				a.n++
+			} else {
+				pending[w.id] = &agg{user: w.user, n: 1, first: w.at}
+			}
+		case <-tick.C:
+			if len(pending) == 0 {
+				continue
+			}
+			fctx, cancel := context.WithTimeout(ctx, time.Second)
+			_, _ = t.rdb.Pipelined(fctx, func(p redis.Pipeliner) error {
+				for id, a := range pending {
+					p.Eval(fctx, trailScript, []string{delivery.TraceKey(t.prefix, a.user, id)}, a.n, a.first.UnixMilli())
+				}
+				return nil
+			})
+			cancel()
+			clear(pending)
+		}
+	}
+}
