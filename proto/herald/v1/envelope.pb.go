@@ -101,7 +101,10 @@ type Envelope struct {
 	// of the SSE id, and of Last-Event-ID recovery.
 	EventId string `protobuf:"bytes,9,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	// The broadcast topic; empty for a notification to one user.
-	Topic         string `protobuf:"bytes,10,opt,name=topic,proto3" json:"topic,omitempty"`
+	Topic string `protobuf:"bytes,10,opt,name=topic,proto3" json:"topic,omitempty"`
+	// Set for DELIVERY_MODE_ACK_OR_PUSH: unless a client acknowledges the
+	// notification by this time, it is pushed through FCM.
+	AckBy         *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=ack_by,json=ackBy,proto3" json:"ack_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -206,6 +209,13 @@ func (x *Envelope) GetTopic() string {
 	return ""
 }
 
+func (x *Envelope) GetAckBy() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AckBy
+	}
+	return nil
+}
+
 // PushOptions are the fields of a push notification for an offline user.
 type PushOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -283,7 +293,7 @@ var File_herald_v1_envelope_proto protoreflect.FileDescriptor
 
 const file_herald_v1_envelope_proto_rawDesc = "" +
 	"\n" +
-	"\x18herald/v1/envelope.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x02\n" +
+	"\x18herald/v1/envelope.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x03\n" +
 	"\bEnvelope\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x14\n" +
@@ -297,7 +307,8 @@ const file_herald_v1_envelope_proto_rawDesc = "" +
 	"\x0ecorrelation_id\x18\b \x01(\tR\rcorrelationId\x12\x19\n" +
 	"\bevent_id\x18\t \x01(\tR\aeventId\x12\x14\n" +
 	"\x05topic\x18\n" +
-	" \x01(\tR\x05topic\"\x8b\x01\n" +
+	" \x01(\tR\x05topic\x121\n" +
+	"\x06ack_by\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x05ackBy\"\x8b\x01\n" +
 	"\vPushOptions\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\tR\x04body\x12!\n" +
@@ -332,12 +343,13 @@ var file_herald_v1_envelope_proto_depIdxs = []int32{
 	3, // 0: herald.v1.Envelope.accepted_at:type_name -> google.protobuf.Timestamp
 	3, // 1: herald.v1.Envelope.expires_at:type_name -> google.protobuf.Timestamp
 	2, // 2: herald.v1.Envelope.push:type_name -> herald.v1.PushOptions
-	0, // 3: herald.v1.PushOptions.priority:type_name -> herald.v1.Priority
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	3, // 3: herald.v1.Envelope.ack_by:type_name -> google.protobuf.Timestamp
+	0, // 4: herald.v1.PushOptions.priority:type_name -> herald.v1.Priority
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_herald_v1_envelope_proto_init() }

@@ -23,6 +23,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// DeliveryMode says what Herald does after writing a notification over SSE.
+type DeliveryMode int32
+
+const (
+	DeliveryMode_DELIVERY_MODE_UNSPECIFIED DeliveryMode = 0
+	// Write it to every connection and forget it: right for "re-fetch"
+	// signals, where a lost one is repaired by the next.
+	DeliveryMode_DELIVERY_MODE_FIRE_AND_FORGET DeliveryMode = 1
+	// Write it, and push it through FCM too unless a client acknowledges it
+	// (POST /v1/ack on the edge, or a reconnect with a Last-Event-ID at or past
+	// it) within the ack deadline: a connection that died silently, or a
+	// frozen app, still gets the notification.
+	DeliveryMode_DELIVERY_MODE_ACK_OR_PUSH DeliveryMode = 2
+)
+
+// Enum value maps for DeliveryMode.
+var (
+	DeliveryMode_name = map[int32]string{
+		0: "DELIVERY_MODE_UNSPECIFIED",
+		1: "DELIVERY_MODE_FIRE_AND_FORGET",
+		2: "DELIVERY_MODE_ACK_OR_PUSH",
+	}
+	DeliveryMode_value = map[string]int32{
+		"DELIVERY_MODE_UNSPECIFIED":     0,
+		"DELIVERY_MODE_FIRE_AND_FORGET": 1,
+		"DELIVERY_MODE_ACK_OR_PUSH":     2,
+	}
+)
+
+func (x DeliveryMode) Enum() *DeliveryMode {
+	p := new(DeliveryMode)
+	*p = x
+	return p
+}
+
+func (x DeliveryMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeliveryMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_v1_router_proto_enumTypes[0].Descriptor()
+}
+
+func (DeliveryMode) Type() protoreflect.EnumType {
+	return &file_herald_v1_router_proto_enumTypes[0]
+}
+
+func (x DeliveryMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeliveryMode.Descriptor instead.
+func (DeliveryMode) EnumDescriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{0}
+}
+
 // Platform is a device's operating system.
 type Platform int32
 
@@ -63,11 +119,11 @@ func (x Platform) String() string {
 }
 
 func (Platform) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_v1_router_proto_enumTypes[0].Descriptor()
+	return file_herald_v1_router_proto_enumTypes[1].Descriptor()
 }
 
 func (Platform) Type() protoreflect.EnumType {
-	return &file_herald_v1_router_proto_enumTypes[0]
+	return &file_herald_v1_router_proto_enumTypes[1]
 }
 
 func (x Platform) Number() protoreflect.EnumNumber {
@@ -76,7 +132,7 @@ func (x Platform) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Platform.Descriptor instead.
 func (Platform) EnumDescriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{0}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{1}
 }
 
 // Route is the path a notification took.
@@ -120,11 +176,11 @@ func (x Route) String() string {
 }
 
 func (Route) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_v1_router_proto_enumTypes[1].Descriptor()
+	return file_herald_v1_router_proto_enumTypes[2].Descriptor()
 }
 
 func (Route) Type() protoreflect.EnumType {
-	return &file_herald_v1_router_proto_enumTypes[1]
+	return &file_herald_v1_router_proto_enumTypes[2]
 }
 
 func (x Route) Number() protoreflect.EnumNumber {
@@ -133,7 +189,7 @@ func (x Route) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Route.Descriptor instead.
 func (Route) EnumDescriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{1}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{2}
 }
 
 // NotifyRequest is one notification for one user.
@@ -157,7 +213,14 @@ type NotifyRequest struct {
 	// router's default (1 hour). At most 28 days, FCM's own limit.
 	Ttl *durationpb.Duration `protobuf:"bytes,5,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	// Optional fields for a push notification, used when the user is offline.
-	Push          *PushOptions `protobuf:"bytes,6,opt,name=push,proto3" json:"push,omitempty"`
+	Push *PushOptions `protobuf:"bytes,6,opt,name=push,proto3" json:"push,omitempty"`
+	// How the notification is delivered to a connected user. Unset means
+	// DELIVERY_MODE_FIRE_AND_FORGET.
+	DeliveryMode DeliveryMode `protobuf:"varint,7,opt,name=delivery_mode,json=deliveryMode,proto3,enum=herald.v1.DeliveryMode" json:"delivery_mode,omitempty"`
+	// With DELIVERY_MODE_ACK_OR_PUSH: how long the client has to acknowledge
+	// the notification before it is pushed. Unset means the router's default
+	// (5 s); at most 1 hour.
+	AckDeadline   *durationpb.Duration `protobuf:"bytes,8,opt,name=ack_deadline,json=ackDeadline,proto3" json:"ack_deadline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -234,6 +297,20 @@ func (x *NotifyRequest) GetPush() *PushOptions {
 	return nil
 }
 
+func (x *NotifyRequest) GetDeliveryMode() DeliveryMode {
+	if x != nil {
+		return x.DeliveryMode
+	}
+	return DeliveryMode_DELIVERY_MODE_UNSPECIFIED
+}
+
+func (x *NotifyRequest) GetAckDeadline() *durationpb.Duration {
+	if x != nil {
+		return x.AckDeadline
+	}
+	return nil
+}
+
 // NotifyResponse says what happened to the notification.
 type NotifyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -254,7 +331,9 @@ type NotifyResponse struct {
 	// When the router accepted the notification.
 	AcceptedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=accepted_at,json=acceptedAt,proto3" json:"accepted_at,omitempty"`
 	// The notification's position in the user's history (see Envelope.event_id).
-	EventId       string `protobuf:"bytes,7,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	EventId string `protobuf:"bytes,7,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// The delivery mode the router applied.
+	DeliveryMode  DeliveryMode `protobuf:"varint,8,opt,name=delivery_mode,json=deliveryMode,proto3,enum=herald.v1.DeliveryMode" json:"delivery_mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -336,6 +415,13 @@ func (x *NotifyResponse) GetEventId() string {
 		return x.EventId
 	}
 	return ""
+}
+
+func (x *NotifyResponse) GetDeliveryMode() DeliveryMode {
+	if x != nil {
+		return x.DeliveryMode
+	}
+	return DeliveryMode_DELIVERY_MODE_UNSPECIFIED
 }
 
 // RegisterDeviceRequest names a user's device.
@@ -710,14 +796,16 @@ var File_herald_v1_router_proto protoreflect.FileDescriptor
 
 const file_herald_v1_router_proto_rawDesc = "" +
 	"\n" +
-	"\x16herald/v1/router.proto\x12\therald.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18herald/v1/envelope.proto\"\xd4\x01\n" +
+	"\x16herald/v1/router.proto\x12\therald.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18herald/v1/envelope.proto\"\xd0\x02\n" +
 	"\rNotifyRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05event\x18\x02 \x01(\tR\x05event\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12'\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12+\n" +
 	"\x03ttl\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12*\n" +
-	"\x04push\x18\x06 \x01(\v2\x16.herald.v1.PushOptionsR\x04push\"\xa0\x02\n" +
+	"\x04push\x18\x06 \x01(\v2\x16.herald.v1.PushOptionsR\x04push\x12<\n" +
+	"\rdelivery_mode\x18\a \x01(\x0e2\x17.herald.v1.DeliveryModeR\fdeliveryMode\x12<\n" +
+	"\fack_deadline\x18\b \x01(\v2\x19.google.protobuf.DurationR\vackDeadline\"\xde\x02\n" +
 	"\x0eNotifyResponse\x12'\n" +
 	"\x0fnotification_id\x18\x01 \x01(\tR\x0enotificationId\x12&\n" +
 	"\x05route\x18\x02 \x01(\x0e2\x10.herald.v1.RouteR\x05route\x12 \n" +
@@ -726,7 +814,8 @@ const file_herald_v1_router_proto_rawDesc = "" +
 	"\x0estale_presence\x18\x05 \x01(\bR\rstalePresence\x12;\n" +
 	"\vaccepted_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"acceptedAt\x12\x19\n" +
-	"\bevent_id\x18\a \x01(\tR\aeventId\"w\n" +
+	"\bevent_id\x18\a \x01(\tR\aeventId\x12<\n" +
+	"\rdelivery_mode\x18\b \x01(\x0e2\x17.herald.v1.DeliveryModeR\fdeliveryMode\"w\n" +
 	"\x15RegisterDeviceRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12/\n" +
@@ -749,7 +838,11 @@ const file_herald_v1_router_proto_rawDesc = "" +
 	"\bevent_id\x18\x02 \x01(\tR\aeventId\x12 \n" +
 	"\vsubscribers\x18\x03 \x01(\x05R\vsubscribers\x12;\n" +
 	"\vaccepted_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"acceptedAt*^\n" +
+	"acceptedAt*o\n" +
+	"\fDeliveryMode\x12\x1d\n" +
+	"\x19DELIVERY_MODE_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dDELIVERY_MODE_FIRE_AND_FORGET\x10\x01\x12\x1d\n" +
+	"\x19DELIVERY_MODE_ACK_OR_PUSH\x10\x02*^\n" +
 	"\bPlatform\x12\x18\n" +
 	"\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10PLATFORM_ANDROID\x10\x01\x12\x10\n" +
@@ -778,44 +871,48 @@ func file_herald_v1_router_proto_rawDescGZIP() []byte {
 	return file_herald_v1_router_proto_rawDescData
 }
 
-var file_herald_v1_router_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_herald_v1_router_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_herald_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_herald_v1_router_proto_goTypes = []any{
-	(Platform)(0),                    // 0: herald.v1.Platform
-	(Route)(0),                       // 1: herald.v1.Route
-	(*NotifyRequest)(nil),            // 2: herald.v1.NotifyRequest
-	(*NotifyResponse)(nil),           // 3: herald.v1.NotifyResponse
-	(*RegisterDeviceRequest)(nil),    // 4: herald.v1.RegisterDeviceRequest
-	(*RegisterDeviceResponse)(nil),   // 5: herald.v1.RegisterDeviceResponse
-	(*UnregisterDeviceRequest)(nil),  // 6: herald.v1.UnregisterDeviceRequest
-	(*UnregisterDeviceResponse)(nil), // 7: herald.v1.UnregisterDeviceResponse
-	(*BroadcastRequest)(nil),         // 8: herald.v1.BroadcastRequest
-	(*BroadcastResponse)(nil),        // 9: herald.v1.BroadcastResponse
-	(*durationpb.Duration)(nil),      // 10: google.protobuf.Duration
-	(*PushOptions)(nil),              // 11: herald.v1.PushOptions
-	(*timestamppb.Timestamp)(nil),    // 12: google.protobuf.Timestamp
+	(DeliveryMode)(0),                // 0: herald.v1.DeliveryMode
+	(Platform)(0),                    // 1: herald.v1.Platform
+	(Route)(0),                       // 2: herald.v1.Route
+	(*NotifyRequest)(nil),            // 3: herald.v1.NotifyRequest
+	(*NotifyResponse)(nil),           // 4: herald.v1.NotifyResponse
+	(*RegisterDeviceRequest)(nil),    // 5: herald.v1.RegisterDeviceRequest
+	(*RegisterDeviceResponse)(nil),   // 6: herald.v1.RegisterDeviceResponse
+	(*UnregisterDeviceRequest)(nil),  // 7: herald.v1.UnregisterDeviceRequest
+	(*UnregisterDeviceResponse)(nil), // 8: herald.v1.UnregisterDeviceResponse
+	(*BroadcastRequest)(nil),         // 9: herald.v1.BroadcastRequest
+	(*BroadcastResponse)(nil),        // 10: herald.v1.BroadcastResponse
+	(*durationpb.Duration)(nil),      // 11: google.protobuf.Duration
+	(*PushOptions)(nil),              // 12: herald.v1.PushOptions
+	(*timestamppb.Timestamp)(nil),    // 13: google.protobuf.Timestamp
 }
 var file_herald_v1_router_proto_depIdxs = []int32{
-	10, // 0: herald.v1.NotifyRequest.ttl:type_name -> google.protobuf.Duration
-	11, // 1: herald.v1.NotifyRequest.push:type_name -> herald.v1.PushOptions
-	1,  // 2: herald.v1.NotifyResponse.route:type_name -> herald.v1.Route
-	12, // 3: herald.v1.NotifyResponse.accepted_at:type_name -> google.protobuf.Timestamp
-	0,  // 4: herald.v1.RegisterDeviceRequest.platform:type_name -> herald.v1.Platform
-	10, // 5: herald.v1.BroadcastRequest.ttl:type_name -> google.protobuf.Duration
-	12, // 6: herald.v1.BroadcastResponse.accepted_at:type_name -> google.protobuf.Timestamp
-	2,  // 7: herald.v1.RouterService.Notify:input_type -> herald.v1.NotifyRequest
-	8,  // 8: herald.v1.RouterService.Broadcast:input_type -> herald.v1.BroadcastRequest
-	4,  // 9: herald.v1.RouterService.RegisterDevice:input_type -> herald.v1.RegisterDeviceRequest
-	6,  // 10: herald.v1.RouterService.UnregisterDevice:input_type -> herald.v1.UnregisterDeviceRequest
-	3,  // 11: herald.v1.RouterService.Notify:output_type -> herald.v1.NotifyResponse
-	9,  // 12: herald.v1.RouterService.Broadcast:output_type -> herald.v1.BroadcastResponse
-	5,  // 13: herald.v1.RouterService.RegisterDevice:output_type -> herald.v1.RegisterDeviceResponse
-	7,  // 14: herald.v1.RouterService.UnregisterDevice:output_type -> herald.v1.UnregisterDeviceResponse
-	11, // [11:15] is the sub-list for method output_type
-	7,  // [7:11] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	11, // 0: herald.v1.NotifyRequest.ttl:type_name -> google.protobuf.Duration
+	12, // 1: herald.v1.NotifyRequest.push:type_name -> herald.v1.PushOptions
+	0,  // 2: herald.v1.NotifyRequest.delivery_mode:type_name -> herald.v1.DeliveryMode
+	11, // 3: herald.v1.NotifyRequest.ack_deadline:type_name -> google.protobuf.Duration
+	2,  // 4: herald.v1.NotifyResponse.route:type_name -> herald.v1.Route
+	13, // 5: herald.v1.NotifyResponse.accepted_at:type_name -> google.protobuf.Timestamp
+	0,  // 6: herald.v1.NotifyResponse.delivery_mode:type_name -> herald.v1.DeliveryMode
+	1,  // 7: herald.v1.RegisterDeviceRequest.platform:type_name -> herald.v1.Platform
+	11, // 8: herald.v1.BroadcastRequest.ttl:type_name -> google.protobuf.Duration
+	13, // 9: herald.v1.BroadcastResponse.accepted_at:type_name -> google.protobuf.Timestamp
+	3,  // 10: herald.v1.RouterService.Notify:input_type -> herald.v1.NotifyRequest
+	9,  // 11: herald.v1.RouterService.Broadcast:input_type -> herald.v1.BroadcastRequest
+	5,  // 12: herald.v1.RouterService.RegisterDevice:input_type -> herald.v1.RegisterDeviceRequest
+	7,  // 13: herald.v1.RouterService.UnregisterDevice:input_type -> herald.v1.UnregisterDeviceRequest
+	4,  // 14: herald.v1.RouterService.Notify:output_type -> herald.v1.NotifyResponse
+	10, // 15: herald.v1.RouterService.Broadcast:output_type -> herald.v1.BroadcastResponse
+	6,  // 16: herald.v1.RouterService.RegisterDevice:output_type -> herald.v1.RegisterDeviceResponse
+	8,  // 17: herald.v1.RouterService.UnregisterDevice:output_type -> herald.v1.UnregisterDeviceResponse
+	14, // [14:18] is the sub-list for method output_type
+	10, // [10:14] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_herald_v1_router_proto_init() }
@@ -829,7 +926,7 @@ func file_herald_v1_router_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_v1_router_proto_rawDesc), len(file_herald_v1_router_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
