@@ -5,9 +5,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
-	"net"
 	"testing"
 	"time"
 
@@ -124,4 +124,3 @@ func TestNotifyOfflineQueue(t *testing.T) {
 		t.Fatalf("RegisterDevice without a registry: %v, want Unimplemented", err)
 	}
 }
-
