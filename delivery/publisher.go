@@ -63,7 +63,15 @@ type PublisherConfig struct {
 	// round trip, and about 200 bytes of Redis per notification in the
 	// window: at 1,000 notifications a second, 180 MB.
 	TraceTTL time.Duration
+	// Receipts keeps the delivery receipts of ack-or-push notifications.
+	// Nil refuses them with ErrNoReceipts. It needs Offline, for the
+	// fallback.
+	Receipts *Receipts
 }
+
+// ErrNoReceipts is returned for an ack-or-push notification by a publisher
+// without receipts (or without an offline queue to fall back to).
+var ErrNoReceipts = errors.New("delivery: ack-or-push needs delivery receipts and an offline path, and this router has none")
 
 // OfflineQueue durably queues a notification for the offline path.
 // *KafkaQueue implements it.
@@ -128,7 +136,8 @@ func (p *Publisher) idempotencyKey(user, key string) string {
 //	ARGV: channel, envelope, idempotency record, idempotency window ms,
 //	      history length, window ms, keep ms, pending timeout ms,
 //	      has idempotency key (1 or 0), trace ttl ms (0: no trace), user,
-//	      correlation id
+//	      correlation id, ack deadline ms (0: fire and forget)
+//	KEYS with an ack deadline, after those: receipts, receipt envelopes
 //
 // With an idempotency key it first returns the stored record, if any. Then it
 // records the envelope in the user's history, counts live leases, publishes
@@ -142,7 +151,9 @@ var notifyScript = redis.NewScript(luaCommon + `
 local idem, trace
 local k = 5
 if ARGV[9] == '1' then idem = KEYS[k]; k = k + 1 end
-if tonumber(ARGV[10]) > 0 then trace = KEYS[k] end
+if tonumber(ARGV[10]) > 0 then trace = KEYS[k]; k = k + 1 end
+local receipts, envs
+if tonumber(ARGV[13]) > 0 then receipts = KEYS[k]; envs = KEYS[k + 1] end
 if idem then
   local prev = redis.call('GET', idem)
   if prev then return {'dup', prev} end
@@ -161,6 +172,14 @@ if idem then
   else
     redis.call('SET', idem, route .. '|' .. subs .. '|' .. eid .. '|' .. ARGV[3], 'PX', ARGV[4])
   end
+end
+if receipts and route == 'online' then
+  local rid, racc = string.match(ARGV[3], '^(.*)|(%d+)$')
+  redis.call('HSET', receipts, rid, 'pending|' .. eid .. '|' .. racc .. '|' .. ARGV[13])
+  redis.call('HSET', envs, rid, payload)
+  local keep = tonumber(ARGV[13]) - now + 3600000
+  redis.call('PEXPIRE', receipts, keep)
+  redis.call('PEXPIRE', envs, keep)
 end
 if trace then
   redis.call('HSET', trace, 'user', ARGV[11], 'accepted_ms', now, 'route', route, 'subscribers', subs, 'event_id', eid)
@@ -204,13 +223,25 @@ func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempot
 	if traceTTL > 0 {
 		keys = append(keys, TraceKey(p.presence.Prefix(), user, env.GetId()))
 	}
+	var ackBy int64
+	if env.GetAckBy() != nil {
+		if p.cfg.Receipts == nil || p.cfg.Offline == nil {
+			return Result{}, ErrNoReceipts
+		}
+		at := env.GetAckBy().AsTime()
+		ackBy = at.UnixMilli()
+		keys = append(keys, receiptKeys(p.cfg.Receipts.cfg.Prefix, user)...)
+		if err := p.cfg.Receipts.schedule(ctx, user, env.GetId(), at); err != nil {
+			return Result{}, fmt.Errorf("delivery: publish: %w", err)
+		}
+	}
 	var pending int64
 	if p.cfg.Offline != nil {
 		pending = p.cfg.PendingTimeout.Milliseconds()
 	}
 	args := append([]any{Channel(p.presence.Prefix(), UserStream(user)), payload, record,
 		p.cfg.IdempotencyWindow.Milliseconds()}, p.cfg.History.args()...)
-	args = append(args, pending, hasKey, traceTTL, user, env.GetCorrelationId())
+	args = append(args, pending, hasKey, traceTTL, user, env.GetCorrelationId(), ackBy)
 	res, err := notifyScript.Run(ctx, p.rdb, keys, args...).StringSlice()
 	if err != nil {
 		return Result{}, fmt.Errorf("delivery: publish: %w", err)

@@ -102,6 +102,7 @@ func TestDashboardGrafana(t *testing.T) {
 		"Where did notifications go?",
 		"Why are connections dropping?",
 		"Why is FCM failing, and what is stuck?",
+		"Do ack-or-push notifications reach the user?",
 	}
 	if !slices.Equal(rows, wantRows) {
 		t.Errorf("rows are %q, want the on-call questions %q", rows, wantRows)

@@ -51,6 +51,9 @@ func TestMetricsDocumented(t *testing.T) {
 		fcm.Deps{Sender: sender, Devices: devices, Redis: rdb, Registerer: metrics}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := router.NewSweeper(delivery.NewReceipts(rdb, delivery.ReceiptsConfig{Prefix: prefix}), nil, nil, metrics); err != nil {
+		t.Fatal(err)
+	}
 	registered := metrics.names
 	slices.Sort(registered)
 

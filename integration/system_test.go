@@ -93,6 +93,8 @@ type options struct {
 	// device registry) on these parts, and the system their Redis and
 	// prefix.
 	offline *testenv.Offline
+	// sweepers is how many receipt sweepers run (with offline); default 1.
+	sweepers int
 }
 
 func newSystem(tb testing.TB, edges int, leaseTTL time.Duration) *system {
@@ -128,6 +130,14 @@ func newSystemWith(tb testing.TB, o options) *system {
 		}
 		tb.Cleanup(func() { q.Close() })
 		pcfg.Offline, deps.Devices = q, o.offline.Devices
+		pcfg.Receipts = delivery.NewReceipts(rdb, delivery.ReceiptsConfig{Prefix: prefix, SweepEvery: 20 * time.Millisecond})
+		for range max(o.sweepers, 1) {
+			sw := pcfg.Receipts.NewSweeper(q, nil)
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); _ = sw.Run(ctx) }()
+			tb.Cleanup(func() { cancel(); <-done })
+		}
 	}
 	pub, err := delivery.NewPublisher(rdb, reg, pcfg)
 	if err != nil {

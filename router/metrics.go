@@ -86,7 +86,7 @@ func (m *metrics) countError(err error) {
 	switch {
 	case errors.As(err, &offline):
 		m.kafkaErrors.Inc()
-	case errors.Is(err, delivery.ErrInFlight), errors.Is(err, delivery.ErrInvalidDevice),
+	case errors.Is(err, delivery.ErrInFlight), errors.Is(err, delivery.ErrInvalidDevice), errors.Is(err, delivery.ErrNoReceipts),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 	default:
 		m.redisErrors.Inc()

@@ -41,7 +41,14 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// UserIDs says whether logs show user ids or their hashes (the default).
 	UserIDs delivery.UserIDs
+	// AckDeadline is the ack deadline of an ack-or-push notification that
+	// sets none. Default 5s: a live connection's client acks within a
+	// second; a dead one's user gets the push a few seconds late.
+	AckDeadline time.Duration
 }
+
+// maxAckDeadline bounds a Notify's ack deadline.
+const maxAckDeadline = time.Hour
 
 // Publisher routes envelopes. *delivery.Publisher implements it.
 type Publisher interface {
@@ -102,6 +109,12 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 10 * time.Second
 	}
+	if cfg.AckDeadline == 0 {
+		cfg.AckDeadline = 5 * time.Second
+	}
+	if cfg.AckDeadline < 0 || cfg.AckDeadline > maxAckDeadline {
+		return nil, fmt.Errorf("router: ack deadline %v is not within (0, %v]", cfg.AckDeadline, maxAckDeadline)
+	}
 	if cfg.MaxPayloadBytes < 0 || cfg.DefaultTTL < 0 || cfg.DefaultTTL > maxTTL || cfg.ShutdownTimeout < 0 {
 		return nil, fmt.Errorf("router: invalid config %+v", cfg)
 	}
@@ -140,6 +153,15 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 	}
 	env := s.envelope(start, req.GetEvent(), req.GetData(), req.GetTtl())
 	env.UserId, env.Push = req.GetUserId(), req.GetPush()
+	mode := heraldv1.DeliveryMode_DELIVERY_MODE_FIRE_AND_FORGET
+	if req.GetDeliveryMode() == heraldv1.DeliveryMode_DELIVERY_MODE_ACK_OR_PUSH {
+		mode = req.GetDeliveryMode()
+		d := s.cfg.AckDeadline
+		if req.GetAckDeadline() != nil {
+			d = req.GetAckDeadline().AsDuration()
+		}
+		env.AckBy = timestamppb.New(start.Add(d))
+	}
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		if v := md.Get(correlationHeader); len(v) > 0 && delivery.CheckText(v[0], maxIdempotencyKeyBytes) == nil {
 			env.CorrelationId = v[0]
@@ -160,6 +182,7 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 		Subscribers:    int32(res.Subscribers),
 		Duplicate:      res.Duplicate,
 		AcceptedAt:     timestamppb.New(res.AcceptedAt),
+		DeliveryMode:   mode,
 	}
 	switch {
 	case res.Route == delivery.RouteOnline:
@@ -290,6 +313,8 @@ func toStatus(ctx context.Context, err error) error {
 	switch {
 	case errors.Is(err, delivery.ErrInFlight):
 		return status.Error(codes.Unavailable, "router: a call with this idempotency_key is still being routed; retry in a few seconds with the same key")
+	case errors.Is(err, delivery.ErrNoReceipts):
+		return status.Error(codes.FailedPrecondition, "router: "+err.Error()+"; send fire-and-forget, or run the router with its offline path")
 	case errors.Is(err, delivery.ErrInvalidDevice):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.As(err, &offline) && ctx.Err() == nil:

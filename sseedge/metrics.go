@@ -13,6 +13,8 @@ type metrics struct {
 	presenceErrors prometheus.Counter
 	replays        *prometheus.CounterVec
 	replayed       prometheus.Counter
+	acks           *prometheus.CounterVec
+	ackLatency     prometheus.Histogram
 }
 
 // newMetrics registers the edge's metrics on reg; subscriptions reports the
@@ -66,19 +68,12 @@ func newMetrics(reg prometheus.Registerer, subscriptions func() float64) (*metri
 		Namespace: "herald", Subsystem: "sse", Name: "history_events_replayed_total",
 		Help: "Events written to clients from history rather than live.",
 	})
-	m.replays = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "herald", Subsystem: "sse", Name: "history_replays_total",
-		Help: "Streams that caught up from history (replayed) or were told to re-fetch their state (reset).",
-	}, []string{"outcome"})
-	m.replayed = prometheus.NewCounter(prometheus.CounterOpts{
-		Namespace: "herald", Subsystem: "sse", Name: "history_events_replayed_total",
-		Help: "Events written to clients from history rather than live.",
-	})
+	m.acks, m.ackLatency = ackMetrics()
 	for _, r := range closeReasons {
 		m.closed.WithLabelValues(string(r))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.replays, m.replayed, subs} {
+		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.replays, m.replayed, m.acks, m.ackLatency, subs} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

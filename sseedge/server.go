@@ -123,6 +123,7 @@ type Server struct {
 	rdb      redis.UniversalClient
 	presence *presence.Registry
 	trail    *trail // nil with NoTrail
+	receipts *delivery.Receipts
 	log      *slog.Logger
 	now      func() time.Time
 	auth     *authenticator
@@ -185,6 +186,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		rdb:      deps.Redis,
 		presence: deps.Presence,
 		trail:    newTrail(deps.Redis, deps.Presence.Prefix()),
+		receipts: delivery.NewReceipts(deps.Redis, delivery.ReceiptsConfig{Prefix: deps.Presence.Prefix()}),
 		log:      deps.Logger.With(slog.String("edge", cfg.EdgeID)),
 		now:      deps.Now,
 		auth:     newAuthenticator(cfg),
@@ -239,6 +241,7 @@ func (s *Server) EdgeID() string { return s.cfg.EdgeID }
 func (s *Server) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/events", s.handleEvents)
+	mux.HandleFunc("/v1/ack", s.handleAck)
 	if s.pages != nil {
 		mux.Handle("/", s.pages)
 	}
@@ -472,7 +475,10 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 
 	ctx := r.Context()
 	st := newStream(claims.Subject, s.cfg.EdgeID, s.now(), s.cfg.QueueSize, s.presence.Prefix(), topics)
-	if err := s.open(ctx, st, parseCursor(lastID)); err != nil {
+	cursor := parseCursor(lastID)
+	// A client that resumes past a notification had it: no push for it.
+	s.ackOnReconnect(st, cursor)
+	if err := s.open(ctx, st, cursor); err != nil {
 		s.log.Warn("stream setup failed", slog.Any("err", err))
 		s.refuse(w, http.StatusServiceUnavailable, "broker_unavailable", "the edge could not reach Redis; retry")
 		return

@@ -22,6 +22,7 @@ type trail struct {
 type trailWrite struct {
 	user, id string
 	at       time.Time
+	field    string // set for a mark: the field to set to at; empty for a write
 }
 
 const (
@@ -44,7 +45,15 @@ func newTrail(rdb redis.UniversalClient, prefix string) *trail {
 // add records one write of notification id to a connection of user.
 func (t *trail) add(user, id string, at time.Time) {
 	select {
-	case t.ch <- trailWrite{user, id, at}:
+	case t.ch <- trailWrite{user, id, at, ""}:
+	default:
+	}
+}
+
+// mark sets field of notification id's trail to at (in ms).
+func (t *trail) mark(user, id, field string, at time.Time) {
+	select {
+	case t.ch <- trailWrite{user, id, at, field}:
 	default:
 	}
 }
@@ -59,18 +68,23 @@ func (t *trail) run(ctx context.Context) {
 		first time.Time
 	}
 	pending := map[string]*agg{}
+	var marks []trailWrite
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case w := <-t.ch:
+			if w.field != "" {
+				marks = append(marks, w)
+				continue
+			}
 			if a := pending[w.id]; a != nil {
 				a.n++
 			} else {
 				pending[w.id] = &agg{user: w.user, n: 1, first: w.at}
 			}
 		case <-tick.C:
-			if len(pending) == 0 {
+			if len(pending) == 0 && len(marks) == 0 {
 				continue
 			}
 			fctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -78,10 +92,14 @@ func (t *trail) run(ctx context.Context) {
 				for id, a := range pending {
 					p.Eval(fctx, trailScript, []string{delivery.TraceKey(t.prefix, a.user, id)}, a.n, a.first.UnixMilli())
 				}
+				for _, m := range marks {
+					delivery.AddTrace(fctx, p, t.prefix, m.user, m.id, m.field, m.at.UnixMilli())
+				}
 				return nil
 			})
 			cancel()
 			clear(pending)
+			marks = marks[:0]
 		}
 	}
 }

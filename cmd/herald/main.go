@@ -122,7 +122,12 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer queue.Close()
-	pub, err := delivery.NewPublisher(rdb, pres, delivery.PublisherConfig{Offline: queue})
+	receipts := delivery.NewReceipts(rdb, delivery.ReceiptsConfig{})
+	pub, err := delivery.NewPublisher(rdb, pres, delivery.PublisherConfig{Offline: queue, Receipts: receipts})
+	if err != nil {
+		return err
+	}
+	sweeper, err := router.NewSweeper(receipts, queue, log, reg)
 	if err != nil {
 		return err
 	}
@@ -163,6 +168,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	g.Go(func() error { return svc.Serve(gctx, grpcLis) })
 	g.Go(func() error { return edge.Serve(gctx, httpLis) })
 	g.Go(func() error { return worker.Run(gctx) })
+	g.Go(func() error { return sweeper.Run(gctx) })
 	g.Go(func() error {
 		admin := daemon.Admin{Gatherer: reg, Ready: daemon.AllReady(edge.Ready, kafka.Ready), Level: level}
 		return daemon.Serve(gctx, adminLis, admin.Handler(), time.Second)

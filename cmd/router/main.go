@@ -49,6 +49,7 @@ func run(args []string) error {
 		histWindow = fs.Duration("history-window", 10*time.Minute, "how long events are kept for recovery; must match the edges'")
 		offline    = fs.Bool("offline", true, "queue offline users' notifications to Kafka for FCM; false only records them in history")
 		maxDevices = fs.Int("max-devices-per-user", 10, "device tokens kept per user; the oldest go first")
+		ackDefault = fs.Duration("ack-deadline", 5*time.Second, "ack deadline of ack-or-push notifications that set none")
 		traceTTL   = fs.Duration("trace-ttl", delivery.DefaultTraceTTL, "how long each notification's trail is kept for heraldctl trace; 0 keeps none")
 	)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
@@ -77,6 +78,7 @@ func run(args []string) error {
 		pcfg.TraceTTL = -1
 	}
 	ready := []func(context.Context) error{daemon.RedisReady(rdb)}
+	var sweeper *delivery.Sweeper
 	if *offline {
 		if err := kafka.Ensure(ctx); err != nil {
 			return err
@@ -87,6 +89,10 @@ func run(args []string) error {
 		}
 		defer q.Close()
 		pcfg.Offline = q
+		pcfg.Receipts = delivery.NewReceipts(rdb, delivery.ReceiptsConfig{Prefix: common.RedisPrefix})
+		if sweeper, err = router.NewSweeper(pcfg.Receipts, q, log, reg); err != nil {
+			return err
+		}
 		ready = append(ready, kafka.Ready)
 	} else {
 		log.Warn("offline path disabled: notifications for users who are not connected are only kept in history")
@@ -104,6 +110,7 @@ func run(args []string) error {
 		DefaultTTL:      *defaultTTL,
 		ShutdownTimeout: *shutdown,
 		UserIDs:         common.UserIDs(),
+		AckDeadline:     *ackDefault,
 	}, router.Deps{Publisher: pub, Devices: devices, Logger: log, Registerer: reg})
 	if err != nil {
 		return err
@@ -116,6 +123,9 @@ func run(args []string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return svc.Serve(gctx, lis) })
+	if sweeper != nil {
+		g.Go(func() error { return sweeper.Run(gctx) })
+	}
 	g.Go(func() error {
 		admin := daemon.Admin{Gatherer: reg, Ready: daemon.AllReady(ready...), Level: level}
 		return daemon.ServeHTTP(gctx, common.AdminAddr, admin.Handler(), *shutdown)
