@@ -22,7 +22,8 @@ const DefaultTraceTTL = 15 * time.Minute
 // tag, so that the script writes it in the same round trip.
 //
 // Fields: user, accepted_ms, route, subscribers, event_id, correlation_id,
-// queued_ms, queue_error (router); sse_writes, sse_first_ms (edges);
+// queued_ms, queue_error, fell_back_ms (router); sse_writes, sse_first_ms,
+// acked_ms, late_ack_ms (edges);
 // fcm_sent_ms, fcm_devices, fcm_retry_ms, fcm_attempts, fcm_code,
 // fcm_dead_letter_ms, fcm_expired_ms, fcm_tokens_removed (worker).
 func TraceKey(prefix, user, id string) string {

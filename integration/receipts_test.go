@@ -160,6 +160,10 @@ func TestHalfOpenConnectionGetsPushedOnce(t *testing.T) {
 		all, _ := s.rdb.HGetAll(context.Background(), s.prefix+"{u:tia}:receipts").Result()
 		t.Fatalf("late ack of %q: %d %v, want late 1; receipts %v", id, code, out, all)
 	}
+	testenv.WaitFor(t, 5*time.Second, "the fallback and the late ack in the trail", func() bool {
+		tr, err := delivery.FindTrace(context.Background(), s.rdb, s.prefix, "tia", n.GetNotificationId())
+		return err == nil && !tr.Time("fell_back_ms").IsZero() && !tr.Time("late_ack_ms").IsZero()
+	})
 }
 
 func TestReconnectPastIDAcknowledges(t *testing.T) {

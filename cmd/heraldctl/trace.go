@@ -119,6 +119,15 @@ func printTrace(w io.Writer, id string, tr delivery.Trace, dls []deadLetter) err
 		if n := f["sse_writes"]; n != "" {
 			fmt.Fprintf(tw, "sse\twritten to %s connection(s), first at %s\n", n, at("sse_first_ms"))
 		}
+		if f["acked_ms"] != "" {
+			fmt.Fprintf(tw, "ack\tacknowledged by the client at %s (no push)\n", at("acked_ms"))
+		}
+		if f["fell_back_ms"] != "" {
+			fmt.Fprintf(tw, "ack\tnot acknowledged in time: fell back to a push at %s\n", at("fell_back_ms"))
+		}
+		if f["late_ack_ms"] != "" {
+			fmt.Fprintf(tw, "ack\tacknowledged late, after the fallback, at %s\n", at("late_ack_ms"))
+		}
 		if f["fcm_sent_ms"] != "" {
 			fmt.Fprintf(tw, "fcm\tpushed to %s device(s) at %s\n", f["fcm_devices"], at("fcm_sent_ms"))
 		}
