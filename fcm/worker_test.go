@@ -2,9 +2,7 @@ package fcm_test
 
 import (
 	"context"
-	"encoding/json"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"syscall"
@@ -12,7 +10,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/herald-push/herald/delivery"
@@ -211,48 +208,11 @@ func TestWorkerPermanentErrorDeadLetters(t *testing.T) {
 	}
 }
 
-// childWorkerEnv makes the test binary a worker process, configured by the
-// variable's JSON value, so that a test can kill it with SIGKILL.
-const childWorkerEnv = "HERALD_TEST_CHILD_WORKER"
-
-type childSpec struct {
-	Brokers  []string
-	Redis    string
-	Prefix   string
-	Endpoint string
-}
-
 func TestMain(m *testing.M) {
-	if spec := os.Getenv(childWorkerEnv); spec != "" {
-		runChildWorker(spec)
+	if testenv.RunChildWorker() {
 		return
 	}
 	os.Exit(m.Run())
-}
-
-func runChildWorker(spec string) {
-	var c childSpec
-	if err := json.Unmarshal([]byte(spec), &c); err != nil {
-		panic(err)
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: c.Redis})
-	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: c.Prefix})
-	if err != nil {
-		panic(err)
-	}
-	sender, err := fcm.NewClient(context.Background(), fcm.ClientConfig{Project: "herald-test", Endpoint: c.Endpoint})
-	if err != nil {
-		panic(err)
-	}
-	w, err := fcm.New(fcm.Config{Kafka: delivery.KafkaConfig{Brokers: c.Brokers}, RedisPrefix: c.Prefix, BatchSize: 7,
-		SessionTimeout: time.Second},
-		fcm.Deps{Sender: sender, Devices: devices, Redis: rdb})
-	if err != nil {
-		panic(err)
-	}
-	if err := w.Run(context.Background()); err != nil {
-		panic(err)
-	}
 }
 
 // TestWorkerCrashLosesNothing kills a worker process with SIGKILL in the
@@ -266,14 +226,7 @@ func TestWorkerCrashLosesNothing(t *testing.T) {
 		r.Register(t, "u"+strconv.Itoa(u), "tok-"+strconv.Itoa(u))
 	}
 	r.Emulator.SetLatency(3*time.Millisecond, 2*time.Millisecond)
-	spec, _ := json.Marshal(childSpec{Brokers: r.Kafka.Brokers, Redis: testenv.RedisAddr(), Prefix: r.Prefix, Endpoint: r.Emulator.Endpoint()})
-	child := exec.Command(os.Args[0], "-test.run=^$")
-	child.Env = append(os.Environ(), childWorkerEnv+"="+string(spec))
-	child.Stderr = os.Stderr
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
+	child := r.StartChildWorker(t)
 
 	var ids []string
 	for i := range total {

@@ -35,6 +35,9 @@ func TestMain(m *testing.M) {
 		runChildEdge()
 		return
 	}
+	if testenv.RunChildWorker() {
+		return
+	}
 	goleak.VerifyTestMain(m,
 		// kafka-go's shared default transport keeps its pooled broker
 		// connections for the life of the process; they are not ours.
@@ -54,8 +57,11 @@ type system struct {
 	router heraldv1.RouterServiceClient
 	// routerAddr is the router's gRPC address.
 	routerAddr string
-	edges      []*testEdge
-	opts       options
+	// routerSrv serves the router; restartRouter replaces it.
+	routerSrv   *testenv.Server
+	serveRouter func(ctx context.Context, lis net.Listener) error
+	edges       []*testEdge
+	opts        options
 }
 
 // testEdge is an edge serving in the test process.
@@ -144,17 +150,32 @@ func newSystemWith(tb testing.TB, o options) *system {
 		tb.Fatal(err)
 	}
 	deps.Publisher = pub
-	svc, err := router.New(router.Config{}, deps)
-	if err != nil {
-		tb.Fatal(err)
+	serve := func(ctx context.Context, lis net.Listener) error {
+		// A new Service each time: a stopped one's health server stays down.
+		svc, err := router.New(router.Config{}, deps)
+		if err != nil {
+			return err
+		}
+		return svc.Serve(ctx, lis)
 	}
-	srv := testenv.Serve(tb, func(ctx context.Context, lis net.Listener) error { return svc.Serve(ctx, lis) })
+	srv := testenv.Serve(tb, serve)
 	conn := testenv.GRPCClient(tb, srv.Addr)
-	s := &system{prefix: prefix, rdb: rdb, reg: reg, router: heraldv1.NewRouterServiceClient(conn), routerAddr: srv.Addr, opts: o}
+	s := &system{prefix: prefix, rdb: rdb, reg: reg, router: heraldv1.NewRouterServiceClient(conn), routerAddr: srv.Addr, opts: o,
+		routerSrv: srv, serveRouter: serve}
 	for i := range o.edges {
 		s.edges = append(s.edges, s.startEdge(tb, fmt.Sprintf("edge-%d", i), "127.0.0.1:0"))
 	}
 	return s
+}
+
+// restartRouter stops the router (gracefully, as on SIGTERM) and starts a
+// new one on the same address; clients reconnect by themselves.
+func (s *system) restartRouter(tb testing.TB) {
+	tb.Helper()
+	if err := s.routerSrv.Stop(); err != nil {
+		tb.Fatal(err)
+	}
+	s.routerSrv = testenv.ServeOn(tb, s.routerAddr, s.serveRouter)
 }
 
 // startEdge runs an in-process edge on addr with a Redis client of its own.

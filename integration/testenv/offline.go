@@ -2,6 +2,9 @@ package testenv
 
 import (
 	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
 	"strconv"
 	"sync"
 	"testing"
@@ -31,11 +34,18 @@ type Offline struct {
 	Deps fcm.Deps
 }
 
-// StartOffline starts the parts, with topics of partitions partitions.
+// StartOffline starts the parts, with topics of partitions partitions, on
+// the shared redis-server.
 func StartOffline(tb testing.TB, partitions int) *Offline {
 	tb.Helper()
-	k := StartKafka(tb, partitions)
 	rdb, prefix := Redis(tb)
+	return StartOfflineOn(tb, partitions, rdb, prefix)
+}
+
+// StartOfflineOn starts the parts on rdb under prefix.
+func StartOfflineOn(tb testing.TB, partitions int, rdb *redis.Client, prefix string) *Offline {
+	tb.Helper()
+	k := StartKafka(tb, partitions)
 	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: prefix})
 	if err != nil {
 		tb.Fatal(err)
@@ -143,4 +153,65 @@ func (o *Offline) WaitDeadLetters(tb testing.TB, n int) []*heraldv1.DeadLetter {
 		return len(dl) >= n
 	})
 	return dl
+}
+
+// ChildWorkerEnv makes a test binary a worker process (see RunChildWorker),
+// configured by the variable's JSON value, so that a test can kill it with
+// SIGKILL.
+const ChildWorkerEnv = "HERALD_TEST_CHILD_WORKER"
+
+type childWorker struct {
+	Brokers  []string
+	Redis    string
+	Prefix   string
+	Endpoint string
+}
+
+// RunChildWorker runs a worker until the process is killed, when the
+// environment asks for one; it reports whether it did. Call it first in
+// TestMain.
+func RunChildWorker() bool {
+	spec := os.Getenv(ChildWorkerEnv)
+	if spec == "" {
+		return false
+	}
+	var c childWorker
+	if err := json.Unmarshal([]byte(spec), &c); err != nil {
+		panic(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: c.Redis})
+	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: c.Prefix})
+	if err != nil {
+		panic(err)
+	}
+	sender, err := fcm.NewClient(context.Background(), fcm.ClientConfig{Project: "herald-test", Endpoint: c.Endpoint})
+	if err != nil {
+		panic(err)
+	}
+	w, err := fcm.New(fcm.Config{Kafka: delivery.KafkaConfig{Brokers: c.Brokers}, RedisPrefix: c.Prefix, BatchSize: 7,
+		SessionTimeout: time.Second, BackoffBase: 100 * time.Millisecond, BackoffMax: 400 * time.Millisecond},
+		fcm.Deps{Sender: sender, Devices: devices, Redis: rdb})
+	if err != nil {
+		panic(err)
+	}
+	if err := w.Run(context.Background()); err != nil {
+		panic(err)
+	}
+	return true
+}
+
+// StartChildWorker starts a worker in a child process (the test binary,
+// whose TestMain calls RunChildWorker), killed at cleanup if still running.
+func (o *Offline) StartChildWorker(tb testing.TB) *exec.Cmd {
+	tb.Helper()
+	spec, _ := json.Marshal(childWorker{Brokers: o.Kafka.Brokers, Redis: o.Redis.Options().Addr, Prefix: o.Prefix,
+		Endpoint: o.Emulator.Endpoint()})
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), ChildWorkerEnv+"="+string(spec))
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd
 }
