@@ -49,6 +49,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Records not yet handled, per topic and partition, as of this worker's last commit there.",
 		}, []string{"topic", "partition"}),
 	}
+	// The outcomes start at zero, so that increase() sees the first one.
+	for _, o := range []string{"sent", "retry_queued", "dead_lettered", "expired", "no_device", "undecodable"} {
+		m.notifications.WithLabelValues(o)
+	}
+	for _, o := range []string{"sent", "duplicate", "unregistered", "invalid_token", "sender_id_mismatch",
+		"invalid_argument", "quota_exceeded", "unavailable", "internal", "other"} {
+		m.messages.WithLabelValues(o)
+	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.notifications, m.messages, m.sendSeconds, m.retries, m.deadLetters, m.tokensRemoved, m.lag} {
 			if err := reg.Register(c); err != nil {
