@@ -119,17 +119,6 @@ func (s *Service) validate(req *heraldv1.NotifyRequest) error {
 			vs = append(vs, violation{"ack_deadline", fmt.Sprintf("must be above 0 and at most %v", maxAckDeadline)})
 		}
 	}
-	if _, ok := heraldv1.DeliveryMode_name[int32(req.GetDeliveryMode())]; !ok {
-		vs = append(vs, violation{"delivery_mode", "is not a known delivery mode"})
-	}
-	if d := req.GetAckDeadline(); d != nil {
-		switch {
-		case req.GetDeliveryMode() != heraldv1.DeliveryMode_DELIVERY_MODE_ACK_OR_PUSH:
-			vs = append(vs, violation{"ack_deadline", "is only for DELIVERY_MODE_ACK_OR_PUSH"})
-		case d.CheckValid() != nil || d.AsDuration() <= 0 || d.AsDuration() > maxAckDeadline:
-			vs = append(vs, violation{"ack_deadline", fmt.Sprintf("must be above 0 and at most %v", maxAckDeadline)})
-		}
-	}
 	if len(vs) > 0 {
 		return invalidArgument(vs)
 	}
