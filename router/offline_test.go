@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/integration/testenv"
@@ -117,6 +118,23 @@ func TestNotifyOfflineQueue(t *testing.T) {
 	}
 	if kafkaErrors != 1 {
 		t.Fatalf("herald_router_kafka_errors_total = %v, want 1", kafkaErrors)
+	}
+
+	// Ack-or-push needs receipts, which this publisher lacks; bad ack
+	// settings are the caller's error.
+	ackOrPush := heraldv1.DeliveryMode_DELIVERY_MODE_ACK_OR_PUSH
+	if _, err := client.Notify(ctx, &heraldv1.NotifyRequest{UserId: "olga", DeliveryMode: ackOrPush}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("ack-or-push without receipts: %v, want FailedPrecondition", err)
+	}
+	for _, bad := range []*heraldv1.NotifyRequest{
+		{UserId: "olga", AckDeadline: durationpb.New(time.Second)},
+		{UserId: "olga", DeliveryMode: ackOrPush, AckDeadline: durationpb.New(2 * time.Hour)},
+		{UserId: "olga", DeliveryMode: ackOrPush, AckDeadline: durationpb.New(-time.Second)},
+		{UserId: "olga", DeliveryMode: heraldv1.DeliveryMode(9)},
+	} {
+		if _, err := client.Notify(ctx, bad); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("Notify(%v) = %v, want InvalidArgument", bad, err)
+		}
 	}
 
 	_, err = client.RegisterDevice(ctx, &heraldv1.RegisterDeviceRequest{UserId: "olga", Token: "t", Platform: heraldv1.Platform_PLATFORM_IOS})
