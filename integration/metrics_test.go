@@ -54,6 +54,9 @@ func TestMetricsDocumented(t *testing.T) {
 	if _, err := router.NewSweeper(delivery.NewReceipts(rdb, delivery.ReceiptsConfig{Prefix: prefix}), nil, nil, metrics); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := router.NewCallers(router.AuthConfig{}, router.AuthDeps{Registerer: metrics}); err != nil {
+		t.Fatal(err)
+	}
 	registered := metrics.names
 	slices.Sort(registered)
 

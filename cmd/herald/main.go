@@ -202,7 +202,7 @@ connected, notify him, and see the push the FCM emulator received:
 Pushes that fail for good land in the dead-letter topic:
   go run ./cmd/heraldctl dlq ls -kafka-brokers %[10]s
 
-gRPC (with reflection):  %[5]s
+gRPC (with reflection):  %[5]s  (no authentication: development only)
 Metrics and health:      http://%[6]s/metrics  /healthz  /readyz
 Stop with Ctrl-C.
 

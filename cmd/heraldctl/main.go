@@ -12,6 +12,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +23,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -45,6 +48,7 @@ commands:
   edges              list the live SSE edges: version, address, connections
   stats              rates, errors and readiness from the admin /metrics endpoints
   trace ID           what is known of one notification: route, SSE, FCM, dead letters
+  hash-key KEY|-     print an API key's SHA-256, the key_sha256 of a router callers file entry
 
 Run "heraldctl <command> -h" for the command's flags. Every flag can also be
 set through the environment, for example HERALD_ADDR for -addr.
@@ -77,6 +81,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = statsCmd(args[1:], stdout)
 	case "trace":
 		err = traceCmd(args[1:], stdout)
+	case "hash-key":
+		err = hashKeyCmd(args[1:], os.Stdin, stdout)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -101,7 +107,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 func notify(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("notify", flag.ContinueOnError)
 	var (
-		addr        = fs.String("addr", "127.0.0.1:7070", "router gRPC address")
+		rc          = routerFlags(fs)
 		user        = fs.String("user", "", "user id (required)")
 		event       = fs.String("event", "", "SSE event name (default: message)")
 		data        = fs.String("data", "", "payload; - reads it from standard input")
@@ -112,7 +118,6 @@ func notify(args []string, stdout io.Writer) error {
 		collapseKey = fs.String("collapse-key", "", "push collapse key")
 		high        = fs.Bool("high-priority", false, "send the push with high priority")
 		correlation = fs.String("correlation-id", "", "your correlation id, carried with the notification")
-		timeout     = fs.Duration("timeout", 5*time.Second, "call timeout")
 	)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
@@ -136,23 +141,77 @@ func notify(args []string, stdout io.Writer) error {
 			req.Push.Priority = heraldv1.Priority_PRIORITY_HIGH
 		}
 	}
-	return call(*addr, *timeout, *correlation, stdout, func(ctx context.Context, c heraldv1.RouterServiceClient) (proto.Message, error) {
+	return call(rc, *correlation, stdout, func(ctx context.Context, c heraldv1.RouterServiceClient) (proto.Message, error) {
 		return c.Notify(ctx, req)
 	})
 }
 
+// routerConn holds the flags of the commands that call the router: where it
+// is, how long to wait, and the credentials.
+type routerConn struct {
+	addr, apiKey, tlsCA, tlsCert, tlsKey string
+	tls                                  bool
+	timeout                              time.Duration
+}
+
+// routerFlags defines the router connection's flags on fs.
+func routerFlags(fs *flag.FlagSet) *routerConn {
+	rc := new(routerConn)
+	fs.StringVar(&rc.addr, "addr", "127.0.0.1:7070", "router gRPC address")
+	fs.DurationVar(&rc.timeout, "timeout", 5*time.Second, "call timeout")
+	fs.StringVar(&rc.apiKey, "api-key", "", "API key, sent as \"authorization: Bearer\"; prefer HERALD_API_KEY: flags show in ps")
+	fs.BoolVar(&rc.tls, "tls", false, "connect with TLS (implied by -tls-ca and -tls-cert); the system's roots verify the router unless -tls-ca is set")
+	fs.StringVar(&rc.tlsCA, "tls-ca", "", "CA (PEM) that verifies the router's certificate")
+	fs.StringVar(&rc.tlsCert, "tls-cert", "", "client certificate (PEM) for mTLS: its CN names the caller")
+	fs.StringVar(&rc.tlsKey, "tls-key", "", "client certificate's private key (PEM)")
+	return rc
+}
+
+// transport is the connection's transport credentials: TLS when a TLS flag is set.
+func (rc *routerConn) transport() (credentials.TransportCredentials, error) {
+	if !rc.tls && rc.tlsCA == "" && rc.tlsCert == "" && rc.tlsKey == "" {
+		return insecure.NewCredentials(), nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if rc.tlsCA != "" {
+		pem, err := os.ReadFile(rc.tlsCA)
+		if err != nil {
+			return nil, err
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("-tls-ca %s holds no PEM certificate", rc.tlsCA)
+		}
+	}
+	if rc.tlsCert != "" || rc.tlsKey != "" {
+		cert, err := tls.LoadX509KeyPair(rc.tlsCert, rc.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate (-tls-cert, -tls-key): %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return credentials.NewTLS(cfg), nil
+}
+
 // call makes one router call and prints its response as JSON.
-func call(addr string, timeout time.Duration, correlation string, stdout io.Writer,
+func call(rc *routerConn, correlation string, stdout io.Writer,
 	fn func(context.Context, heraldv1.RouterServiceClient) (proto.Message, error)) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds, err := rc.transport()
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(rc.addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), rc.timeout)
 	defer cancel()
 	if correlation != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "x-correlation-id", correlation)
+	}
+	if rc.apiKey != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+rc.apiKey)
 	}
 	resp, err := fn(ctx, heraldv1.NewRouterServiceClient(conn))
 	if err != nil {
@@ -173,22 +232,21 @@ func deviceCmd(args []string, stdout io.Writer) error {
 	}
 	fs := flag.NewFlagSet("device "+args[0], flag.ContinueOnError)
 	var (
-		addr     = fs.String("addr", "127.0.0.1:7070", "router gRPC address")
+		rc       = routerFlags(fs)
 		user     = fs.String("user", "", "user id (required)")
 		token    = fs.String("token", "", "the device's FCM registration token (required)")
 		platform = fs.String("platform", "android", "android, ios or web")
-		timeout  = fs.Duration("timeout", 5*time.Second, "call timeout")
 	)
 	if err := daemon.ParseFlags(fs, args[1:], "HERALD_"); err != nil {
 		return err
 	}
 	if args[0] == "unregister" {
-		return call(*addr, *timeout, "", stdout, func(ctx context.Context, c heraldv1.RouterServiceClient) (proto.Message, error) {
+		return call(rc, "", stdout, func(ctx context.Context, c heraldv1.RouterServiceClient) (proto.Message, error) {
 			return c.UnregisterDevice(ctx, &heraldv1.UnregisterDeviceRequest{UserId: *user, Token: *token})
 		})
 	}
 	p := heraldv1.Platform(heraldv1.Platform_value["PLATFORM_"+strings.ToUpper(*platform)])
-	return call(*addr, *timeout, "", stdout, func(ctx context.Context, c heraldv1.RouterServiceClient) (proto.Message, error) {
+	return call(rc, "", stdout, func(ctx context.Context, c heraldv1.RouterServiceClient) (proto.Message, error) {
 		return c.RegisterDevice(ctx, &heraldv1.RegisterDeviceRequest{UserId: *user, Token: *token, Platform: p})
 	})
 }

@@ -1,5 +1,7 @@
 // Command router serves Herald's gRPC API: Notify routes each notification
 // to the user's SSE edges when they are online, or to the offline path.
+// Callers authenticate with an API key or a client certificate, listed in a
+// callers file (docs/security-publishers.md).
 //
 // Every flag can also be set through the environment: -redis-addr as
 // HERALD_REDIS_ADDR, and so on. See docs/configuration.md.
@@ -51,11 +53,19 @@ func run(args []string) error {
 		maxDevices = fs.Int("max-devices-per-user", 10, "device tokens kept per user; the oldest go first")
 		ackDefault = fs.Duration("ack-deadline", 5*time.Second, "ack deadline of ack-or-push notifications that set none")
 		traceTTL   = fs.Duration("trace-ttl", delivery.DefaultTraceTTL, "how long each notification's trail is kept for heraldctl trace; 0 keeps none")
+		sec        security
 	)
+	sec.register(fs)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
 	}
 	log, level, err := common.Logger()
+	if err != nil {
+		return err
+	}
+	log = slog.New(router.CallerLogHandler(log.Handler()))
+	reg := daemon.NewRegistry()
+	grpcOpts, err := sec.serverOptions(log, reg, common.UserIDs())
 	if err != nil {
 		return err
 	}
@@ -64,7 +74,6 @@ func run(args []string) error {
 
 	rdb := common.Redis()
 	defer rdb.Close()
-	reg := daemon.NewRegistry()
 	pres, err := presence.New(rdb, presence.Config{Prefix: common.RedisPrefix})
 	if err != nil {
 		return err
@@ -122,7 +131,7 @@ func run(args []string) error {
 	log.Info("router listening", slog.String("grpc", lis.Addr().String()), slog.String("admin", common.AdminAddr))
 
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return svc.Serve(gctx, lis) })
+	g.Go(func() error { return svc.Serve(gctx, lis, grpcOpts...) })
 	if sweeper != nil {
 		g.Go(func() error { return sweeper.Run(gctx) })
 	}
