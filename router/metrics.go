@@ -20,6 +20,7 @@ type metrics struct {
 	duplicates  prometheus.Counter
 	broadcasts  *prometheus.CounterVec
 	devices     *prometheus.CounterVec
+	lookups     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,6 +42,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "herald", Subsystem: "router", Name: "kafka_errors_total",
 			Help: "Notify calls that failed because Kafka did not acknowledge the offline write.",
 		}),
+		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "herald", Subsystem: "router", Name: "presence_lookups_total",
+			Help: "Presence lookups made by Notify (one per routed call, inside the notify script), by result: online, offline, stale.",
+		}, []string{"result"}),
 		devices: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "herald", Subsystem: "router", Name: "devices_total",
 			Help: "Device registry changes through the API: registered, evicted (over the per-user bound), unregistered.",
@@ -55,7 +60,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"code"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.kafkaErrors, m.duplicates, m.broadcasts, m.devices} {
+		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.kafkaErrors, m.duplicates, m.broadcasts, m.devices, m.lookups} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -98,5 +103,14 @@ func (m *metrics) observe(resp *heraldv1.NotifyResponse, err error, d time.Durat
 	m.latency.Observe(d.Seconds())
 	if resp.GetDuplicate() {
 		m.duplicates.Inc()
+	} else if resp != nil {
+		switch {
+		case resp.GetStalePresence():
+			m.lookups.WithLabelValues("stale").Inc()
+		case resp.GetRoute() == heraldv1.Route_ROUTE_ONLINE:
+			m.lookups.WithLabelValues("online").Inc()
+		default:
+			m.lookups.WithLabelValues("offline").Inc()
+		}
 	}
 }

@@ -110,14 +110,26 @@ func TestNotifyOfflineQueue(t *testing.T) {
 		t.Fatalf("retry once the queue is back: %v, %v; want it queued, not a duplicate", resp, err)
 	}
 	mfs, _ := reg.Gather()
-	var kafkaErrors float64
+	var kafkaErrors, offlineLookups float64
 	for _, mf := range mfs {
-		if mf.GetName() == "herald_router_kafka_errors_total" {
+		switch mf.GetName() {
+		case "herald_router_kafka_errors_total":
 			kafkaErrors = mf.GetMetric()[0].GetCounter().GetValue()
+		case "herald_router_presence_lookups_total":
+			for _, m := range mf.GetMetric() {
+				if m.GetLabel()[0].GetValue() == "offline" {
+					offlineLookups = m.GetCounter().GetValue()
+				}
+			}
 		}
 	}
 	if kafkaErrors != 1 {
 		t.Fatalf("herald_router_kafka_errors_total = %v, want 1", kafkaErrors)
+	}
+	// Two calls were routed and answered; the duplicate and the refused one
+	// are not counted.
+	if offlineLookups != 2 {
+		t.Fatalf("herald_router_presence_lookups_total{result=offline} = %v, want 2", offlineLookups)
 	}
 
 	// Ack-or-push needs receipts, which this publisher lacks; bad ack
