@@ -1,0 +1,456 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+)
+
+// bench is one run: the system under test, the clients, the baselines and
+// the report being filled.
+type bench struct {
+	cfg    config
+	log    io.Writer
+	sys    *system // with -self
+	conn   *grpc.ClientConn
+	client heraldv1.RouterServiceClient
+	tag    string // names this run's users and topic
+	rep    *report
+
+	procs []namedPID
+	// Baselines.
+	publishRate  float64
+	noop         loadResult
+	noopCPU      float64 // µs of this process's CPU per no-op call
+	fcm          loadResult
+	noopOpenLoop map[float64]*hist
+}
+
+func newBench(ctx context.Context, cfg config, log io.Writer) (*bench, error) {
+	b := &bench{cfg: cfg, log: log, noopOpenLoop: map[float64]*hist{}}
+	tag := make([]byte, 3)
+	_, _ = rand.Read(tag)
+	b.tag = "hb" + hex.EncodeToString(tag)
+	host, _ := os.Hostname()
+	b.rep = &report{Date: time.Now().Format("2006-01-02 15:04"), Host: host, CPUs: runtime.NumCPU(),
+		Settings: map[string]string{}}
+	if cfg.self {
+		maxConns := max(cfg.idleConns, cfg.conns, cfg.broadcastConns) + 100
+		sys, err := startSystem(ctx, cfg.redisAddr, maxConns)
+		if err != nil {
+			return nil, err
+		}
+		b.sys = sys
+		b.cfg.grpcAddr, b.cfg.edgeURL, b.cfg.secret, b.cfg.redisAddr = sys.grpcAddr, sys.edgeURL, sys.secret, sys.redisAddr
+		b.procs = append(b.procs, namedPID{"herald (self)", os.Getpid()})
+	}
+	b.procs = append(b.procs, cfg.pids...)
+	if pid := redisPID(ctx, b.cfg.redisAddr); pid > 0 {
+		b.procs = append(b.procs, namedPID{"redis-server", pid})
+	}
+	conn, err := grpc.NewClient(b.cfg.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.close()
+		return nil, err
+	}
+	b.conn, b.client = conn, heraldv1.NewRouterServiceClient(conn)
+	// Connect before anything is timed.
+	if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		b.close()
+		return nil, fmt.Errorf("router %s: %w", b.cfg.grpcAddr, err)
+	}
+	for k, v := range map[string]string{
+		"self": strconv.FormatBool(cfg.self), "grpc": b.cfg.grpcAddr, "http": b.cfg.edgeURL, "redis": b.cfg.redisAddr,
+		"scenarios": strings.Join(cfg.scenarios, ","), "duration": cfg.duration.String(), "callers": strconv.Itoa(cfg.callers),
+		"workers": strconv.Itoa(cfg.workers), "pipeline": strconv.Itoa(cfg.pipeline),
+	} {
+		b.rep.Settings[k] = v
+	}
+	return b, nil
+}
+
+func (b *bench) close() error {
+	if b.conn != nil {
+		b.conn.Close()
+	}
+	if b.sys != nil {
+		return b.sys.stop()
+	}
+	return nil
+}
+
+func (b *bench) progress(format string, args ...any) {
+	fmt.Fprintf(b.log, "heraldbench: "+format+"\n", args...)
+}
+
+// redisPID asks a Redis on this machine for its process id, so that its CPU
+// time can be read too. It returns 0 for a remote or embedded Redis.
+func redisPID(ctx context.Context, addr string) int {
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		return 0
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	info, err := rdb.Info(ctx, "server").Result()
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "process_id:"); ok {
+			pid, _ := strconv.Atoi(v)
+			if _, err := readProc(pid); err == nil && pid != os.Getpid() {
+				return pid
+			}
+		}
+	}
+	return 0
+}
+
+// proc finds the process a scenario measures: the one named name, or this
+// process with -self, or the only one given.
+func (b *bench) proc(name string) (namedPID, bool) {
+	for _, p := range b.procs {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	if b.sys != nil {
+		return b.procs[0], true
+	}
+	if len(b.cfg.pids) == 1 {
+		return b.cfg.pids[0], true
+	}
+	return namedPID{}, false
+}
+
+func (b *bench) run(ctx context.Context) (*report, error) {
+	if err := b.baselines(ctx); err != nil {
+		return b.rep, err
+	}
+	for _, s := range b.cfg.scenarios {
+		var err error
+		switch s {
+		case "idle":
+			err = b.idle(ctx)
+		case "unicast":
+			err = b.unicast(ctx)
+		case "router":
+			err = b.router(ctx)
+		case "broadcast":
+			err = b.broadcast(ctx)
+		}
+		if err != nil {
+			return b.rep, fmt.Errorf("%s: %w", s, err)
+		}
+	}
+	for _, p := range b.procs {
+		if s, err := readProc(p.PID); err == nil {
+			b.rep.add("process", p.Name+" RSS at end", float64(s.RSS)/(1<<20), "MiB")
+			b.rep.add("process", p.Name+" CPU time", s.CPU.Seconds(), "s")
+		}
+	}
+	return b.rep, nil
+}
+
+func (b *bench) baselines(ctx context.Context) error {
+	d := b.cfg.baseDuration
+	b.progress("baseline: pipelined PUBLISH for %s", d)
+	rate, err := baselinePublish(ctx, b.cfg.redisAddr, 4, b.cfg.pipeline, d)
+	if err != nil {
+		return fmt.Errorf("PUBLISH baseline: %w", err)
+	}
+	b.publishRate = rate
+	b.rep.add("baseline", fmt.Sprintf("Redis PUBLISH, pipelines of %d, 4 clients", b.cfg.pipeline), rate, "msg/s")
+
+	b.progress("baseline: no-op gRPC for %s", d)
+	noop, err := startNoopGRPC()
+	if err != nil {
+		return err
+	}
+	defer noop.close()
+	if err := noop.call(ctx, 0, time.Now()); err != nil {
+		return fmt.Errorf("no-op gRPC baseline: %w", err)
+	}
+	self0, _ := readProc(os.Getpid())
+	b.noop = closedLoop(ctx, b.cfg.callers, d, noop.call)
+	self1, _ := readProc(os.Getpid())
+	if b.noop.Failed > 0 {
+		return fmt.Errorf("no-op gRPC baseline: %d failed: %s", b.noop.Failed, b.noop.FirstErr)
+	}
+	b.noopCPU = float64((self1.CPU - self0.CPU).Microseconds()) / float64(b.noop.Sent)
+	b.rep.add("baseline", fmt.Sprintf("no-op gRPC unary, closed loop, %d callers", b.cfg.callers), b.noop.Rate, "call/s")
+	b.rep.add("baseline", "no-op gRPC CPU per call (client and server)", b.noopCPU, "µs")
+	b.rep.add("baseline", "no-op gRPC round trip p50", ms(b.noop.Latency.quantile(0.5)), "ms")
+	b.rep.add("baseline", "no-op gRPC round trip p99", ms(b.noop.Latency.quantile(0.99)), "ms")
+	if slices.Contains(b.cfg.scenarios, "unicast") {
+		for _, r := range b.cfg.rates {
+			b.progress("baseline: no-op gRPC open loop at %.0f/s", r)
+			res := openLoop(ctx, r, min(d, b.cfg.duration), b.cfg.workers, noop.call)
+			b.noopOpenLoop[r] = &res.Latency
+		}
+	}
+
+	b.progress("baseline: FCM emulator sends for %s", d)
+	fb, err := startFCMBaseline(ctx)
+	if err != nil {
+		return err
+	}
+	defer fb.close()
+	if err := fb.call(ctx, 0, time.Now()); err != nil {
+		return fmt.Errorf("FCM baseline: %w", err)
+	}
+	b.fcm = closedLoop(ctx, min(b.cfg.callers, 16), d, fb.call)
+	if b.fcm.Failed > 0 {
+		return fmt.Errorf("FCM baseline: %d failed: %s", b.fcm.Failed, b.fcm.FirstErr)
+	}
+	b.rep.add("baseline", fmt.Sprintf("FCM emulator Send, closed loop, %d callers", min(b.cfg.callers, 16)), b.fcm.Rate, "send/s")
+	return nil
+}
+
+func (b *bench) fleetConfig(prefix string, count int, topic string) fleetConfig {
+	loopback := false
+	if u, err := url.Parse(b.cfg.edgeURL); err == nil {
+		ip := net.ParseIP(u.Hostname())
+		loopback = ip != nil && ip.IsLoopback() || u.Hostname() == "localhost"
+	}
+	return fleetConfig{edge: b.cfg.edgeURL, secret: b.cfg.secret, prefix: prefix, count: count, topic: topic,
+		perAddr: b.cfg.perAddr, loopback: loopback, perChild: b.cfg.perChild, dials: b.cfg.dials}
+}
+
+// fileRoom is how many more files this process may open, keeping a reserve
+// for Redis, gRPC and the children's pipes.
+func fileRoom() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 1 << 30
+	}
+	return int(lim.Cur) - openFiles() - 300
+}
+
+// freeMemory collects garbage and returns it to the kernel, so that RSS
+// readings taken around a step differ by what the step keeps.
+func freeMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
+func (b *bench) idle(ctx context.Context) error {
+	n := b.cfg.idleConns
+	if b.sys != nil {
+		if room := fileRoom(); n > room {
+			b.rep.note("idle: %d connections asked, %d held: the edge runs in this process, which may have %d more open files", n, room, room)
+			n = room
+		}
+	}
+	edge, haveEdge := b.proc("edge")
+	if haveEdge && b.sys != nil {
+		freeMemory()
+	}
+	before, _ := readProc(edge.PID)
+	k0 := readKernel()
+	b.progress("idle: opening %d connections", n)
+	start := time.Now()
+	f, err := openFleet(ctx, b.fleetConfig(b.tag+"-idle-", n, ""))
+	if err != nil {
+		return err
+	}
+	defer f.close()
+	took := time.Since(start)
+	time.Sleep(2 * time.Second) // leases written, buffers settled
+	if haveEdge && b.sys != nil {
+		freeMemory()
+	}
+	after, _ := readProc(edge.PID)
+	k1 := readKernel()
+	b.rep.add("idle", "connections held", float64(f.conns), "conns")
+	b.rep.add("idle", "connections opened a second", float64(f.conns)/took.Seconds(), "conn/s")
+	b.rep.add("idle", "child processes", float64(len(f.children)), "procs")
+	if haveEdge {
+		b.rep.add("idle", "edge RSS growth per connection", float64(after.RSS-before.RSS)/float64(f.conns)/1024, "KiB")
+		b.rep.add("idle", "edge RSS with the connections", float64(after.RSS)/(1<<20), "MiB")
+	} else {
+		b.rep.note("idle: no edge process to read (-pids edge=PID)")
+	}
+	kern := float64(k1.SUnreclaim-k0.SUnreclaim+k1.TCPMem-k0.TCPMem) / float64(f.conns) / 1024
+	b.rep.add("idle", "kernel memory per connection, both ends (est.)", kern, "KiB")
+	if b.sys != nil {
+		// 2 processes' worth of fds, 2 sockets a connection on one machine.
+		b.rep.note("idle: kernel memory is the growth of SUnreclaim (/proc/meminfo) plus TCP buffer pages (/proc/net/sockstat), machine-wide, over the connections opened; both ends are on this machine, so about half is the edge's")
+	}
+	return nil
+}
+
+func notifyData(sched time.Time, i int) []byte {
+	b := make([]byte, 0, 48)
+	b = append(b, `{"t":`...)
+	b = strconv.AppendInt(b, sched.UnixNano(), 10)
+	b = append(b, `,"n":`...)
+	b = strconv.AppendInt(b, int64(i), 10)
+	return append(b, '}')
+}
+
+func (b *bench) notifier(prefix string, users int) callFunc {
+	return func(ctx context.Context, i int, sched time.Time) error {
+		resp, err := b.client.Notify(ctx, &heraldv1.NotifyRequest{
+			UserId: prefix + strconv.Itoa(i%users), Event: "bench", Data: notifyData(sched, i)})
+		if err == nil && resp.GetRoute() != heraldv1.Route_ROUTE_ONLINE {
+			err = fmt.Errorf("route %s, want online", resp.GetRoute())
+		}
+		return err
+	}
+}
+
+func (b *bench) unicast(ctx context.Context) error {
+	prefix := b.tag + "-uni-"
+	b.progress("unicast: opening %d connections", b.cfg.conns)
+	f, err := openFleet(ctx, b.fleetConfig(prefix, b.cfg.conns, ""))
+	if err != nil {
+		return err
+	}
+	defer f.close()
+	b.rep.add("unicast", "connections held", float64(f.conns), "conns")
+	for _, rate := range b.cfg.rates {
+		if err := f.reset(); err != nil {
+			return err
+		}
+		b.progress("unicast: %.0f/s for %s", rate, b.cfg.duration)
+		res := openLoop(ctx, rate, b.cfg.duration, b.cfg.workers, b.notifier(prefix, f.conns))
+		got, err := f.waitReceived(uint64(res.Sent-res.Failed), 5*time.Second)
+		if err != nil {
+			return err
+		}
+		sc := fmt.Sprintf("unicast %s/s", formatValue(rate))
+		b.rep.addVs(sc, "sent a second (at send time)", res.Rate, "/s", rate, "target rate")
+		b.rep.add(sc, "sent", float64(res.Sent), "calls")
+		b.rep.add(sc, "failed", float64(res.Failed), "calls")
+		b.rep.add(sc, "abandoned (never sent: the run overran)", float64(res.Abandoned), "calls")
+		b.rep.addVs(sc, "delivered", float64(got.Received), "events", float64(res.Sent), "sent")
+		if res.FirstErr != "" {
+			b.rep.note("%s: first failure: %s", sc, res.FirstErr)
+		}
+		base := b.noopOpenLoop[rate]
+		b.rep.addLatency(sc, "Notify→receive", got.Latency, base, "no-op gRPC same rate")
+		b.rep.addVs(sc, "Notify call p99 (from schedule)", ms(res.Latency.quantile(0.99)), "ms",
+			ms(base.quantile(0.99)), "no-op gRPC same rate")
+	}
+	return nil
+}
+
+func (b *bench) router(ctx context.Context) error {
+	prefix := b.tag + "-rt-"
+	b.progress("router: opening %d connections", b.cfg.conns)
+	f, err := openFleet(ctx, b.fleetConfig(prefix, b.cfg.conns, ""))
+	if err != nil {
+		return err
+	}
+	defer f.close()
+	rt, haveRouter := b.proc("router")
+	var redis0 procSample
+	rpid, haveRedis := b.proc("redis-server")
+	haveRedis = haveRedis && rpid.Name == "redis-server"
+	if haveRedis {
+		redis0, _ = readProc(rpid.PID)
+	}
+	cpu0, _ := readProc(rt.PID)
+	b.progress("router: %d callers for %s", b.cfg.callers, b.cfg.duration)
+	res := closedLoop(ctx, b.cfg.callers, b.cfg.duration, b.notifier(prefix, f.conns))
+	cpu1, _ := readProc(rt.PID)
+	got, err := f.waitReceived(uint64(res.Sent-res.Failed), 5*time.Second)
+	if err != nil {
+		return err
+	}
+	sc := "router"
+	b.rep.addVs(sc, fmt.Sprintf("Notify a second, closed loop, %d callers", b.cfg.callers), res.Rate, "/s", b.publishRate, "pipelined PUBLISH")
+	b.rep.addVs(sc, "Notify a second, against the no-op call", res.Rate, "/s", b.noop.Rate, "no-op gRPC")
+	b.rep.add(sc, "failed", float64(res.Failed), "calls")
+	b.rep.addVs(sc, "delivered", float64(got.Received), "events", float64(res.Sent), "sent")
+	if res.FirstErr != "" {
+		b.rep.note("router: first failure: %s", res.FirstErr)
+	}
+	b.rep.addVs(sc, "Notify round trip p50", ms(res.Latency.quantile(0.5)), "ms", ms(b.noop.Latency.quantile(0.5)), "no-op gRPC")
+	b.rep.addVs(sc, "Notify round trip p99", ms(res.Latency.quantile(0.99)), "ms", ms(b.noop.Latency.quantile(0.99)), "no-op gRPC")
+	if haveRouter {
+		cpu := float64((cpu1.CPU - cpu0.CPU).Microseconds()) / float64(res.Sent)
+		what := "router CPU per notification"
+		if b.sys != nil {
+			what = "process CPU per notification (router, edge, client)"
+		}
+		b.rep.addVs(sc, what, cpu, "µs", b.noopCPU, "no-op gRPC")
+	}
+	if haveRedis {
+		redis1, _ := readProc(rpid.PID)
+		b.rep.add(sc, "redis-server CPU per notification", float64((redis1.CPU-redis0.CPU).Microseconds())/float64(res.Sent), "µs")
+	}
+	return nil
+}
+
+func (b *bench) broadcast(ctx context.Context) error {
+	topic := b.tag + ".bcast"
+	b.progress("broadcast: opening %d connections on topic %s", b.cfg.broadcastConns, topic)
+	f, err := openFleet(ctx, b.fleetConfig(b.tag+"-bc-", b.cfg.broadcastConns, topic))
+	if err != nil {
+		return err
+	}
+	defer f.close()
+	edge, haveEdge := b.proc("edge")
+	var all hist
+	var toAll []time.Duration
+	var cpu time.Duration
+	var delivered uint64
+	for k := range b.cfg.broadcasts {
+		if err := f.reset(); err != nil {
+			return err
+		}
+		c0, _ := readProc(edge.PID)
+		now := time.Now()
+		if _, err := b.client.Broadcast(ctx, &heraldv1.BroadcastRequest{Topic: topic, Event: "bench", Data: notifyData(now, k)}); err != nil {
+			return err
+		}
+		// The edge's work is done when the last connection has its event;
+		// the CPU it spent is read as soon as that is seen.
+		got, err := f.waitReceived(uint64(f.conns), 10*time.Second)
+		if err != nil {
+			return err
+		}
+		c1, _ := readProc(edge.PID)
+		cpu += c1.CPU - c0.CPU
+		delivered += got.Received
+		all.merge(got.Latency)
+		toAll = append(toAll, time.Duration(got.Latency.Max))
+		time.Sleep(200 * time.Millisecond)
+	}
+	slices.Sort(toAll)
+	sc := "broadcast"
+	b.rep.add(sc, "connections on the topic", float64(f.conns), "conns")
+	b.rep.addVs(sc, "delivered", float64(delivered), "events", float64(f.conns*b.cfg.broadcasts), "expected")
+	b.rep.add(sc, "time to deliver one broadcast to all, median", ms(toAll[len(toAll)/2]), "ms")
+	b.rep.add(sc, "time to deliver one broadcast to all, worst", ms(toAll[len(toAll)-1]), "ms")
+	b.rep.add(sc, "per-connection delivery p50", ms(all.quantile(0.5)), "ms")
+	b.rep.add(sc, "per-connection delivery p99", ms(all.quantile(0.99)), "ms")
+	if haveEdge && cpu > 0 {
+		b.rep.addVs(sc, "deliveries per edge core-second", float64(delivered)/cpu.Seconds(), "/core-s", b.publishRate, "pipelined PUBLISH msg/s")
+	} else if haveEdge {
+		b.rep.note("broadcast: edge CPU time did not move (10 ms ticks); use more connections or broadcasts")
+	}
+	return nil
+}

@@ -1,0 +1,310 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/herald-push/herald/sseedge"
+)
+
+// childFlag, as the first argument, makes heraldbench a connection holder:
+// a child process that opens SSE connections as its parent tells it on
+// standard input and reports what they received as JSON lines on standard
+// output. Connections are spread over children because one process may hold
+// only so many open files.
+const childFlag = "-heraldbench-child"
+
+// command is what the parent sends a child, one JSON object a line.
+type command struct {
+	Op string `json:"op"` // open, reset, report, close
+	// open: connect users Prefix+First .. Prefix+First+Count-1, one
+	// connection each, to Edge, reading Topic too when set.
+	Edge   string   `json:"edge,omitempty"`
+	Secret []byte   `json:"secret,omitempty"`
+	Prefix string   `json:"prefix,omitempty"`
+	First  int      `json:"first,omitempty"`
+	Count  int      `json:"count,omitempty"`
+	Topic  string   `json:"topic,omitempty"`
+	Addrs  []string `json:"addrs,omitempty"` // source addresses, one per connection; empty lets the kernel choose
+	Dials  int      `json:"dials,omitempty"` // connections being opened at once
+}
+
+// reply is a child's answer to a command.
+type reply struct {
+	Op       string `json:"op"`
+	Opened   int    `json:"opened,omitempty"`
+	Failed   int    `json:"failed,omitempty"`
+	Error    string `json:"error,omitempty"`    // the first failure
+	Received uint64 `json:"received,omitempty"` // events since the last reset
+	Bad      uint64 `json:"bad,omitempty"`      // events without a bench payload
+	Closed   int    `json:"closed,omitempty"`   // connections the edge ended
+	Latency  *hist  `json:"latency,omitempty"`  // receive time minus the payload's t
+}
+
+// payload is the data of every notification heraldbench sends.
+type payload struct {
+	T int64 `json:"t"` // scheduled send time, unix nanoseconds
+	N int64 `json:"n"` // sequence number
+}
+
+// holder holds SSE connections and measures what arrives on them.
+type holder struct {
+	mu       sync.Mutex
+	lat      hist
+	received uint64
+	bad      uint64
+	closed   atomic.Int64
+	conns    []net.Conn
+	wg       sync.WaitGroup
+}
+
+// runChild is a child's main loop: commands on in, replies on out.
+func runChild(in io.Reader, out io.Writer) error {
+	h := &holder{}
+	defer h.closeAll()
+	dec := json.NewDecoder(in)
+	enc := json.NewEncoder(out)
+	for {
+		var c command
+		if err := dec.Decode(&c); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		var r reply
+		switch c.Op {
+		case "open":
+			r = h.open(c)
+		case "reset":
+			h.mu.Lock()
+			h.lat, h.received, h.bad = hist{}, 0, 0
+			h.mu.Unlock()
+		case "report":
+			h.mu.Lock()
+			lat := h.lat // the readers go on recording: copy the buckets
+			lat.Counts = maps.Clone(h.lat.Counts)
+			r = reply{Received: h.received, Bad: h.bad, Latency: &lat}
+			h.mu.Unlock()
+			r.Closed = int(h.closed.Load())
+		case "close":
+			h.closeAll()
+		default:
+			r.Error = "unknown op " + c.Op
+		}
+		r.Op = c.Op
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+		if c.Op == "close" {
+			return nil
+		}
+	}
+}
+
+func (h *holder) open(c command) reply {
+	type result struct {
+		conn net.Conn
+		err  error
+	}
+	dials := max(c.Dials, 1)
+	sem := make(chan struct{}, dials)
+	results := make(chan result, c.Count)
+	now := time.Now()
+	for i := range c.Count {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			var src string
+			if len(c.Addrs) > 0 {
+				src = c.Addrs[i%len(c.Addrs)]
+			}
+			conn, body, err := dialSSE(c, c.Prefix+strconv.Itoa(c.First+i), src, now)
+			if err == nil {
+				h.wg.Add(1)
+				go h.read(body)
+			}
+			results <- result{conn, err}
+		}()
+	}
+	var r reply
+	for range c.Count {
+		res := <-results
+		if res.err != nil {
+			if r.Failed == 0 {
+				r.Error = res.err.Error()
+			}
+			r.Failed++
+			continue
+		}
+		r.Opened++
+		h.mu.Lock()
+		h.conns = append(h.conns, res.conn)
+		h.mu.Unlock()
+	}
+	return r
+}
+
+// dialSSE opens one stream over a bare HTTP/1.1 connection: a net/http
+// Transport would spend two goroutines and two buffers per connection.
+func dialSSE(c command, user, src string, now time.Time) (net.Conn, *bufio.Reader, error) {
+	var topics []string
+	if c.Topic != "" {
+		topics = []string{c.Topic}
+	}
+	tok, err := sseedge.IssueToken(c.Secret, user, 24*time.Hour, now, topics...)
+	if err != nil {
+		return nil, nil, err
+	}
+	u, err := url.Parse(c.Edge)
+	if err != nil {
+		return nil, nil, err
+	}
+	q := url.Values{"access_token": {tok}}
+	if c.Topic != "" {
+		q.Set("topic", c.Topic)
+	}
+	u.Path, u.RawQuery = "/v1/events", q.Encode()
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if src != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
+	conn, err := d.Dial("tcp", u.Host)
+	if err != nil {
+		return nil, nil, err
+	}
+	req, _ := http.NewRequest(http.MethodGet, u.String(), nil)
+	req.Header.Set("Accept", "text/event-stream")
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := req.Write(conn); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	br := bufio.NewReaderSize(conn, 2048)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		conn.Close()
+		return nil, nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return conn, bufio.NewReaderSize(resp.Body, 1024), nil
+}
+
+// read decodes one stream's events until it ends.
+func (h *holder) read(body *bufio.Reader) {
+	defer h.wg.Done()
+	dec := sseedge.NewDecoder(body)
+	for {
+		ev, err := dec.Next()
+		if err != nil {
+			h.closed.Add(1)
+			return
+		}
+		if ev.Data == "" {
+			continue
+		}
+		at := time.Now()
+		var p payload
+		ok := json.Unmarshal([]byte(ev.Data), &p) == nil && p.T > 0
+		h.mu.Lock()
+		if ok {
+			h.received++
+			h.lat.record(at.Sub(time.Unix(0, p.T)))
+		} else {
+			h.bad++
+		}
+		h.mu.Unlock()
+	}
+}
+
+func (h *holder) closeAll() {
+	h.mu.Lock()
+	conns := h.conns
+	h.conns = nil
+	h.mu.Unlock()
+	// Close at about 5,000 a second: a few thousand disconnects in the same
+	// millisecond are a storm of presence removals no real edge sees.
+	for i, c := range conns {
+		c.Close()
+		if i%100 == 99 {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	h.wg.Wait()
+	h.closed.Store(0)
+}
+
+// child is the parent's handle on a connection holder process.
+type child struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	enc *json.Encoder
+	dec *json.Decoder
+	pid int
+	mu  sync.Mutex
+}
+
+// startChild re-executes this program as a connection holder.
+func startChild(ctx context.Context) (*child, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.CommandContext(ctx, exe, childFlag)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start child: %w", err)
+	}
+	return &child{cmd: cmd, in: in, enc: json.NewEncoder(in), dec: json.NewDecoder(bufio.NewReader(out)), pid: cmd.Process.Pid}, nil
+}
+
+func (c *child) call(cmd command) (reply, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.enc.Encode(cmd); err != nil {
+		return reply{}, fmt.Errorf("child %d: %w", c.pid, err)
+	}
+	var r reply
+	if err := c.dec.Decode(&r); err != nil {
+		return reply{}, fmt.Errorf("child %d: %w", c.pid, err)
+	}
+	if r.Op != cmd.Op {
+		return r, fmt.Errorf("child %d answered %q to %q", c.pid, r.Op, cmd.Op)
+	}
+	return r, nil
+}
+
+// stop ends the child: closing its standard input makes it close its
+// connections and exit.
+func (c *child) stop() error {
+	c.in.Close()
+	return c.cmd.Wait()
+}

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTicks is the kernel's USER_HZ, the unit of /proc/<pid>/stat times:
+// 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// procSample is one reading of a process's memory and CPU time.
+type procSample struct {
+	RSS int64         // resident set size, bytes (VmRSS)
+	CPU time.Duration // user + system time
+}
+
+func readProc(pid int) (procSample, error) {
+	var s procSample
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return s, err
+	}
+	for line := range strings.Lines(string(status)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) > 0 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				s.RSS = kb << 10
+			}
+		}
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return s, err
+	}
+	// The command name, field 2, is in parentheses and may hold spaces:
+	// count the fields from the last ')'.
+	rest := string(stat)
+	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+		rest = rest[i+1:]
+	}
+	f := strings.Fields(rest) // f[0] is field 3, state
+	if len(f) < 13 {
+		return s, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64) // field 14
+	stime, _ := strconv.ParseInt(f[12], 10, 64) // field 15
+	s.CPU = time.Duration(utime+stime) * time.Second / clockTicks
+	return s, nil
+}
+
+// kernelSample is the kernel memory that grows with sockets: the
+// unreclaimable slab (socket, inode, dentry, epoll and TCP objects) and the
+// pages TCP buffers hold (/proc/net/sockstat "TCP: mem", in pages).
+type kernelSample struct {
+	SUnreclaim int64 // bytes
+	TCPMem     int64 // bytes
+	TCPInUse   int64
+}
+
+func readKernel() kernelSample {
+	var k kernelSample
+	if f, err := os.Open("/proc/meminfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "SUnreclaim:"); ok {
+				if fs := strings.Fields(v); len(fs) > 0 {
+					kb, _ := strconv.ParseInt(fs[0], 10, 64)
+					k.SUnreclaim = kb << 10
+				}
+			}
+		}
+		f.Close()
+	}
+	if b, err := os.ReadFile("/proc/net/sockstat"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			rest, ok := strings.CutPrefix(line, "TCP:")
+			if !ok {
+				continue
+			}
+			f := strings.Fields(rest)
+			for i := 0; i+1 < len(f); i += 2 {
+				v, _ := strconv.ParseInt(f[i+1], 10, 64)
+				switch f[i] {
+				case "mem":
+					k.TCPMem = v * int64(os.Getpagesize())
+				case "inuse":
+					k.TCPInUse = v
+				}
+			}
+		}
+	}
+	return k
+}
+
+// openFiles is how many files this process has open.
+func openFiles() int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return 0
+	}
+	return len(ents)
+}
