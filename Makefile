@@ -75,15 +75,23 @@ lint: tools
 	$(GO) vet ./...
 	staticcheck ./...
 
-## bench: the benchmarks, with the Redis PUBLISH baseline they are compared to.
+## bench: the benchmarks, with the Redis PUBLISH baseline they are compared to,
+## then the load tool's scenarios against Herald in-process (docs/benchmarks.md).
 bench: services
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./...
+	$(GO) run ./cmd/heraldbench -self -redis $(REDIS_ADDR)
 
 ## fuzz: run each fuzzer for a while (FUZZTIME, default 30s).
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzFrame -fuzztime $(FUZZTIME) ./sseedge/
-	$(GO) test -run '^$$' -fuzz FuzzDecoder -fuzztime $(FUZZTIME) ./sseedge/
+	$(GO) test -run '^$$' -fuzz '^FuzzFrame$$' -fuzztime $(FUZZTIME) ./sseedge/
+	$(GO) test -run '^$$' -fuzz '^FuzzFrameBody$$' -fuzztime $(FUZZTIME) ./sseedge/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecoder$$' -fuzztime $(FUZZTIME) ./sseedge/
+	$(GO) test -run '^$$' -fuzz '^FuzzCursor$$' -fuzztime $(FUZZTIME) ./sseedge/
+	$(GO) test -run '^$$' -fuzz '^FuzzToken$$' -fuzztime $(FUZZTIME) ./sseedge/
+	$(GO) test -run '^$$' -fuzz '^FuzzEnvelope$$' -fuzztime $(FUZZTIME) ./delivery/
+	$(GO) test -run '^$$' -fuzz '^FuzzDeadLetter$$' -fuzztime $(FUZZTIME) ./cmd/heraldctl/
+	$(GO) test -run '^$$' -fuzz '^FuzzSend$$' -fuzztime $(FUZZTIME) ./fcm/fcmtest/
 
 clean:
 	rm -rf $(BIN)

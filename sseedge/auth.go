@@ -1,10 +1,14 @@
 package sseedge
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -44,17 +48,53 @@ func (c *Claims) topics(claim string) []string {
 // ErrUnauthorized wraps every authentication failure.
 var ErrUnauthorized = errors.New("unauthorized")
 
-// authenticator checks client tokens.
+// authenticator checks client tokens. The algorithms it accepts are exactly
+// those it has keys for: HS256 with the shared secret, RS256 with RSA public
+// keys, ES256 with P-256 public keys. Each algorithm is only ever given keys
+// of its own type, which closes alg "none" and algorithm confusion (an HS256
+// token "signed" with an RSA public key's bytes as the secret).
 type authenticator struct {
-	secret []byte
+	secret []byte // HS256; empty when not configured
+	static keySet // from the PEM file; they carry no kid
+	jwks   *jwks  // nil when not configured
 	parser *jwt.Parser
 }
 
-func newAuthenticator(cfg Config) *authenticator {
+// newAuthenticator reads the PEM file, if any. A JWKS is read by loadKeys.
+func newAuthenticator(cfg Config, client *http.Client, now func() time.Time, log *slog.Logger) (*authenticator, error) {
+	a := &authenticator{secret: cfg.JWTSecret}
+	var algs []string
+	if len(a.secret) > 0 {
+		algs = append(algs, jwt.SigningMethodHS256.Alg())
+	}
+	if cfg.JWTPublicKeyFile != "" {
+		data, err := os.ReadFile(cfg.JWTPublicKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("sseedge: public keys: %w", err)
+		}
+		if a.static, err = parsePEMKeys(data); err != nil {
+			return nil, fmt.Errorf("sseedge: public keys in %s: %w", cfg.JWTPublicKeyFile, err)
+		}
+		algs = append(algs, a.static.algs()...)
+	}
+	if cfg.JWTJWKS != "" {
+		a.jwks = newJWKS(cfg.JWTJWKS, client, cfg.JWKSRefresh, now, log)
+		if !a.jwks.isURL() && strings.Contains(cfg.JWTJWKS, "://") {
+			return nil, fmt.Errorf("sseedge: jwks %q: want a file path or an http(s) URL", cfg.JWTJWKS)
+		}
+		if strings.HasPrefix(cfg.JWTJWKS, "http://") {
+			log.Warn("the JWKS is fetched over plain HTTP: whoever can change it in transit can mint tokens", slog.String("jwks", cfg.JWTJWKS))
+		}
+		// Which of them the set has keys for is checked per token, as the
+		// set changes.
+		algs = append(algs, algRS256, algES256)
+	}
+	if len(algs) == 0 {
+		return nil, errors.New("sseedge: no key for client tokens: set a JWT secret, a public key file or a JWKS")
+	}
+	slices.Sort(algs)
 	opts := []jwt.ParserOption{
-		// Only HS256 is accepted: this closes alg "none" and any
-		// algorithm-confusion attack.
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithValidMethods(slices.Compact(algs)),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
 		jwt.WithLeeway(cfg.ClockSkew),
@@ -65,7 +105,27 @@ func newAuthenticator(cfg Config) *authenticator {
 	if cfg.JWTAudience != "" {
 		opts = append(opts, jwt.WithAudience(cfg.JWTAudience))
 	}
-	return &authenticator{secret: cfg.JWTSecret, parser: jwt.NewParser(opts...)}
+	a.parser = jwt.NewParser(opts...)
+	return a, nil
+}
+
+// loadKeys reads the JWKS, if one is configured. One that cannot be read
+// at start is an error: the edge would refuse every client.
+func (a *authenticator) loadKeys(ctx context.Context) error {
+	if a.jwks == nil {
+		return nil
+	}
+	if err := a.jwks.load(ctx); err != nil {
+		return fmt.Errorf("sseedge: %w", err)
+	}
+	return nil
+}
+
+// refreshKeys keeps the JWKS, if any, fresh until ctx is done.
+func (a *authenticator) refreshKeys(ctx context.Context) {
+	if a.jwks != nil {
+		a.jwks.run(ctx)
+	}
 }
 
 // tokenFromRequest takes the bearer token from the Authorization header or,
@@ -87,8 +147,9 @@ func (a *authenticator) authenticate(r *http.Request) (*Claims, error) {
 	if raw == "" {
 		return nil, fmt.Errorf("%w: no bearer token in the Authorization header or access_token parameter", ErrUnauthorized)
 	}
+	ctx := r.Context()
 	claims := new(Claims)
-	_, err := a.parser.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) { return a.secret, nil })
+	_, err := a.parser.ParseWithClaims(raw, claims, func(t *jwt.Token) (any, error) { return a.key(ctx, t) })
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnauthorized, err)
 	}
@@ -98,10 +159,64 @@ func (a *authenticator) authenticate(r *http.Request) (*Claims, error) {
 	return claims, nil
 }
 
+// key returns the keys that may verify t: for HS256 the secret, for RS256
+// and ES256 the public keys of that type (by kid, when t names one). Keys
+// named in the token itself (jku, jwk, x5u, x5c) are never used.
+func (a *authenticator) key(ctx context.Context, t *jwt.Token) (any, error) {
+	if _, ok := t.Header["crit"]; ok {
+		// RFC 7515 section 4.1.11: extensions the edge does not know.
+		return nil, errors.New("unsupported crit header")
+	}
+	alg := t.Method.Alg()
+	switch t.Method.(type) {
+	case *jwt.SigningMethodHMAC:
+		if alg == jwt.SigningMethodHS256.Alg() && len(a.secret) > 0 {
+			return a.secret, nil
+		}
+	case *jwt.SigningMethodRSA:
+		if alg == algRS256 {
+			return a.publicKeys(ctx, alg, t)
+		}
+	case *jwt.SigningMethodECDSA:
+		if alg == algES256 {
+			return a.publicKeys(ctx, alg, t)
+		}
+	}
+	return nil, fmt.Errorf("no key for algorithm %s", alg)
+}
+
+// publicKeys returns the public keys for alg that may verify t: every key of
+// the PEM file, which names none, and the JWKS keys with t's kid (all of
+// them when t names none).
+func (a *authenticator) publicKeys(ctx context.Context, alg string, t *jwt.Token) (any, error) {
+	var kid string
+	if v, ok := t.Header["kid"]; ok {
+		if kid, ok = v.(string); !ok || kid == "" {
+			return nil, errors.New("kid is not a non-empty string")
+		}
+	}
+	keys := a.static.match(alg, "")
+	if a.jwks != nil {
+		keys = append(keys, a.jwks.lookup(ctx, alg, kid)...)
+	}
+	if len(keys) == 0 {
+		if kid != "" {
+			return nil, fmt.Errorf("no %s key with the token's kid", alg)
+		}
+		return nil, fmt.Errorf("no %s key", alg)
+	}
+	set := jwt.VerificationKeySet{Keys: make([]jwt.VerificationKey, len(keys))}
+	for i, k := range keys {
+		set.Keys[i] = k
+	}
+	return set, nil
+}
+
 // IssueToken returns an HS256 token for user, valid for ttl, that may read
 // the given topic patterns. The all-in-one
 // uses it for its demo user, and tests for their clients; in production the
-// application's own auth service issues tokens with the shared secret.
+// application's own auth service issues tokens, with the shared secret or
+// a private key whose public key the edges have.
 func IssueToken(secret []byte, user string, ttl time.Duration, now time.Time, topics ...string) (string, error) {
 	claims := jwt.MapClaims{
 		"sub": user,

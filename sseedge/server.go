@@ -15,9 +15,11 @@ import (
 	mathrand "math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,13 +33,30 @@ import (
 )
 
 // Config configures a Server. The zero value of each field means the
-// documented default, except JWTSecret, which is required.
+// documented default; at least one token key (JWTSecret, JWTPublicKeyFile or
+// JWTJWKS) is required.
 type Config struct {
 	// EdgeID names this edge in presence entries and logs. Default: the host
 	// name and a random suffix, so that a restarted edge is a new edge.
 	EdgeID string
-	// JWTSecret is the HS256 key that client tokens are signed with. Required.
+	// JWTSecret is the HS256 key that client tokens are signed with. HS256
+	// tokens are accepted only when it is set.
 	JWTSecret []byte
+	// JWTPublicKeyFile names a PEM file of public keys (PUBLIC KEY, RSA
+	// PUBLIC KEY or CERTIFICATE blocks), read once by New: RSA keys of 2048
+	// bits or more verify RS256 tokens, P-256 keys ES256 tokens, whatever
+	// their kid.
+	JWTPublicKeyFile string
+	// JWTJWKS is a JSON Web Key Set (RFC 7517) of RSA and P-256 keys: a file
+	// path or an http(s) URL. A token's kid selects the key. It is read when
+	// Serve starts (failing it, if it cannot be), every JWKSRefresh after,
+	// and at most once a minute when a token names a kid it lacks; a failed
+	// read keeps the last good set.
+	JWTJWKS string
+	// JWKSRefresh is how often the JWKS is read again. Default 5m: a new key
+	// is usually found through its unknown kid anyway, and a removed one
+	// stops working within this.
+	JWKSRefresh time.Duration
 	// JWTIssuer and JWTAudience, when set, must match the token's iss and aud.
 	JWTIssuer   string
 	JWTAudience string
@@ -74,6 +93,19 @@ type Config struct {
 	// 503 so the load balancer tries another edge. Default 10000, within a
 	// process's usual file limit.
 	MaxConns int
+	// MaxConnsPerIP is the most streams (counting requests being
+	// authenticated) one client address may hold on this edge; beyond it,
+	// requests get 429 too_many_connections. IPv6 addresses count by /64,
+	// what one host usually gets. Default 1000: an office or carrier NAT
+	// puts hundreds of users, each with a few tabs, behind one address;
+	// one host alone still cannot take the edge's MaxConns. Negative
+	// disables the limit.
+	MaxConnsPerIP int
+	// TrustedProxies are the addresses of the proxies or load balancers in
+	// front of the edge. A request from one of them is counted against the
+	// client address in its X-Forwarded-For header (the rightmost address
+	// not itself a trusted proxy). Default none: the peer address counts.
+	TrustedProxies []netip.Prefix
 	// MaxTopics is the most topics one stream may read. Default 16.
 	MaxTopics int
 	// TopicsClaim is the token claim listing the topics a client may read:
@@ -115,6 +147,9 @@ type Deps struct {
 	// Pages, if set, serves every path other than /v1/events (for example a
 	// demo page at /).
 	Pages http.Handler
+	// HTTPClient fetches an http(s) JWTJWKS. Default http.DefaultClient;
+	// each fetch is bounded to 10s.
+	HTTPClient *http.Client
 }
 
 // Server is an SSE edge.
@@ -135,13 +170,13 @@ type Server struct {
 	hub      *hub // set by Serve
 	draining atomic.Bool
 	handlers sync.WaitGroup
+
+	ipMu  sync.Mutex
+	perIP map[netip.Prefix]int // streams and requests in flight by client address
 }
 
 // New returns a Server.
 func New(cfg Config, deps Deps) (*Server, error) {
-	if len(cfg.JWTSecret) == 0 {
-		return nil, errors.New("sseedge: a JWT secret is required")
-	}
 	if deps.Redis == nil || deps.Presence == nil {
 		return nil, errors.New("sseedge: a redis client and a presence registry are required")
 	}
@@ -156,6 +191,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	setDefault(&cfg.ReadHeaderTimeout, 5*time.Second)
 	setDefault(&cfg.DrainPeriod, 30*time.Second)
 	setDefault(&cfg.BrokerGrace, 30*time.Second)
+	setDefault(&cfg.JWKSRefresh, 5*time.Minute)
+	setDefaultInt(&cfg.MaxConnsPerIP, 1000)
 	setDefaultInt(&cfg.QueueSize, 64)
 	setDefaultInt(&cfg.MaxConnsPerUser, 10)
 	setDefaultInt(&cfg.MaxConns, 10000)
@@ -165,7 +202,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	if cfg.QueueSize < 0 || cfg.Heartbeat < 0 || cfg.Retry < 0 || cfg.WriteTimeout < 0 ||
 		cfg.SubscribeTimeout < 0 || cfg.ReadHeaderTimeout < 0 || cfg.DrainPeriod < 0 ||
-		cfg.MaxConnsPerUser < 0 || cfg.MaxConns < 0 || cfg.MaxTopics < 0 || cfg.BrokerGrace < 0 {
+		cfg.MaxConnsPerUser < 0 || cfg.MaxConns < 0 || cfg.MaxTopics < 0 || cfg.BrokerGrace < 0 ||
+		cfg.JWKSRefresh < 0 {
 		return nil, fmt.Errorf("sseedge: negative value in config")
 	}
 	if deps.History == nil {
@@ -181,6 +219,13 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Now == nil {
 		deps.Now = time.Now
 	}
+	if deps.HTTPClient == nil {
+		deps.HTTPClient = http.DefaultClient
+	}
+	auth, err := newAuthenticator(cfg, deps.HTTPClient, deps.Now, deps.Logger)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:      cfg,
 		rdb:      deps.Redis,
@@ -189,9 +234,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		receipts: delivery.NewReceipts(deps.Redis, delivery.ReceiptsConfig{Prefix: deps.Presence.Prefix()}),
 		log:      deps.Logger.With(slog.String("edge", cfg.EdgeID)),
 		now:      deps.Now,
-		auth:     newAuthenticator(cfg),
+		auth:     auth,
 		history:  deps.History,
 		pages:    deps.Pages,
+		perIP:    make(map[netip.Prefix]int),
 	}
 	if cfg.NoTrail {
 		s.trail = nil
@@ -245,8 +291,26 @@ func (s *Server) handler() http.Handler {
 	if s.pages != nil {
 		mux.Handle("/", s.pages)
 	}
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.RequestURI) > maxRequestURI {
+			s.refuse(w, http.StatusRequestURITooLong, "uri_too_long", fmt.Sprintf("the URL is over %d bytes", maxRequestURI))
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
+
+// maxRequestURI bounds a request's URL, as common proxies do: a token, 16
+// topics and a cursor fit in it. Longer request lines, or headers over
+// maxHeaderBytes, get 431 from the HTTP server itself.
+const maxRequestURI = 8 << 10
+
+// maxHeaderBytes bounds a request's line and headers: room for a token, a
+// cursor and the usual cookies.
+const maxHeaderBytes = 16 << 10
+
+// idleTimeout closes keep-alive connections that carry no request.
+const idleTimeout = 2 * time.Minute
 
 // Serve serves the edge on lis until ctx is done, then drains: it refuses new
 // streams and closes the open ones spread over DrainPeriod with reason
@@ -261,6 +325,12 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	s.hub = h
 	s.hubMu.Unlock()
+	if err := s.auth.loadKeys(ctx); err != nil {
+		_ = h.ps.Close()
+		return err
+	}
+	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHub()
 
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -268,13 +338,14 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	hs := &http.Server{
 		Handler:           s.handler(),
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		IdleTimeout:       idleTimeout,
 		Protocols:         protocols,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopHub()
 	var hubDone sync.WaitGroup
 	hubDone.Go(func() { _ = h.run(hubCtx) })
+	hubDone.Go(func() { s.auth.refreshKeys(hubCtx) })
 
 	g, gctx := errgroup.WithContext(ctx)
 	// The edge's record outlives serving, like the hub: it shows the drain.
@@ -457,6 +528,15 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusServiceUnavailable, "edge_full", fmt.Sprintf("this edge holds its limit of %d streams; retry", s.cfg.MaxConns))
 		return
 	}
+	if client, ok := s.clientPrefix(r); ok && s.cfg.MaxConnsPerIP > 0 {
+		if !s.acquireIP(client) {
+			w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.Retry.Seconds())+1))
+			s.refuse(w, http.StatusTooManyRequests, "too_many_connections",
+				fmt.Sprintf("this client address holds its limit of %d streams on this edge", s.cfg.MaxConnsPerIP))
+			return
+		}
+		defer s.releaseIP(client)
+	}
 	claims, err := s.auth.authenticate(r)
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
@@ -475,7 +555,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 
 	ctx := r.Context()
 	st := newStream(claims.Subject, s.cfg.EdgeID, s.now(), s.cfg.QueueSize, s.presence.Prefix(), topics)
-	cursor := parseCursor(lastID)
+	cursor := s.checkCursor(lastID, parseCursor(lastID))
 	// A client that resumes past a notification had it: no push for it.
 	s.ackOnReconnect(st, cursor)
 	if err := s.open(ctx, st, cursor); err != nil {
@@ -559,6 +639,29 @@ func (s *Server) open(ctx context.Context, st *stream, cursor map[string]uint64)
 	return nil
 }
 
+// cursorAhead is how far past this edge's clock a position may be. Event ids
+// are Redis' clock in ms × 1000 (delivery's history), so a position further
+// ahead was never sent: it comes from a corrupt or forged Last-Event-ID.
+const cursorAhead = time.Hour
+
+// checkCursor turns the user's position in a Last-Event-ID that the edge
+// cannot have sent (unparsable, or in the future) into position 1, long
+// gone from history: the client, whose state is unknown, gets a herald.reset
+// and re-fetches it. Left alone, a future position would hide every event
+// until the stream reached it, and acknowledge them all on reconnect.
+func (s *Server) checkCursor(lastID string, cursor map[string]uint64) map[string]uint64 {
+	if _, ok := cursor[""]; !ok && lastID != "" {
+		cursor[""] = 1
+	}
+	limit := uint64(s.now().Add(cursorAhead).UnixMilli()) * 1000
+	for name, pos := range cursor {
+		if pos == 0 || pos > limit {
+			cursor[name] = 1
+		}
+	}
+	return cursor
+}
+
 // enforceUserLimit closes the user's oldest local streams beyond the limit
 // with reason replaced.
 func (s *Server) enforceUserLimit(st *stream) {
@@ -571,6 +674,78 @@ func (s *Server) enforceUserLimit(st *stream) {
 		if old != st {
 			old.close(CloseReplaced)
 		}
+	}
+}
+
+// clientPrefix returns the address r counts against for MaxConnsPerIP: the
+// peer's or, from a trusted proxy, the rightmost untrusted address in
+// X-Forwarded-For (what the client sent itself is further left, and cannot
+// be trusted). An IPv6 address counts as its /64. It reports false for a peer
+// with no IP address.
+func (s *Server) clientPrefix(r *http.Request) (netip.Prefix, bool) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Prefix{}, false
+	}
+	addr := ap.Addr().Unmap()
+	if s.trustedProxy(addr) {
+		hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+		for _, h := range slices.Backward(hops) {
+			hop, err := parseHop(strings.TrimSpace(h))
+			if err != nil {
+				// Not written by a trusted proxy: the last good hop is the
+				// client.
+				break
+			}
+			addr = hop.Unmap()
+			if !s.trustedProxy(addr) {
+				break
+			}
+		}
+	}
+	bits := 32
+	if addr.Is6() {
+		bits = 64
+	}
+	p, err := addr.WithZone("").Prefix(bits)
+	return p, err == nil
+}
+
+// parseHop reads an X-Forwarded-For entry: an address, or an address and
+// port as some load balancers write it.
+func parseHop(h string) (netip.Addr, error) {
+	if a, err := netip.ParseAddr(h); err == nil {
+		return a, nil
+	}
+	ap, err := netip.ParseAddrPort(h)
+	return ap.Addr(), err
+}
+
+func (s *Server) trustedProxy(addr netip.Addr) bool {
+	for _, p := range s.cfg.TrustedProxies {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// acquireIP counts one more stream for client, unless it holds its limit.
+func (s *Server) acquireIP(client netip.Prefix) bool {
+	s.ipMu.Lock()
+	defer s.ipMu.Unlock()
+	if s.perIP[client] >= s.cfg.MaxConnsPerIP {
+		return false
+	}
+	s.perIP[client]++
+	return true
+}
+
+func (s *Server) releaseIP(client netip.Prefix) {
+	s.ipMu.Lock()
+	defer s.ipMu.Unlock()
+	if s.perIP[client]--; s.perIP[client] <= 0 {
+		delete(s.perIP, client)
 	}
 }
 

@@ -1,7 +1,7 @@
 // Command router serves Herald's gRPC API: Notify routes each notification
 // to the user's SSE edges when they are online, or to the offline path.
 // Callers authenticate with an API key or a client certificate, listed in a
-// callers file (docs/security-publishers.md).
+// callers file (docs/security.md).
 //
 // Every flag can also be set through the environment: -redis-addr as
 // HERALD_REDIS_ADDR, and so on. See docs/configuration.md.

@@ -21,7 +21,7 @@ type security struct {
 }
 
 func (s *security) register(fs *flag.FlagSet) {
-	fs.StringVar(&s.callersFile, "callers-file", "", "JSON file of the callers allowed to use the API: names, key hashes, rate limits, users, topics (docs/security-publishers.md)")
+	fs.StringVar(&s.callersFile, "callers-file", "", "JSON file of the callers allowed to use the API: names, key hashes, rate limits, users, topics (docs/security.md)")
 	fs.StringVar(&s.tlsCert, "tls-cert", "", "TLS certificate (PEM) of the gRPC listener; empty serves plaintext")
 	fs.StringVar(&s.tlsKey, "tls-key", "", "TLS private key (PEM) of the gRPC listener")
 	fs.StringVar(&s.tlsClientCA, "tls-client-ca", "", "CA (PEM) of client certificates: mTLS, the certificate's CN naming a caller of the callers file")
@@ -50,7 +50,7 @@ func (s security) serverOptions(log *slog.Logger, reg prometheus.Registerer, ids
 	}
 	if s.callersFile == "" {
 		return nil, errors.New("no authentication configured: set -callers-file (HERALD_CALLERS_FILE) to a JSON file of " +
-			"the callers allowed to use the API (see docs/security-publishers.md), or -insecure-no-auth for development")
+			"the callers allowed to use the API (see docs/security.md), or -insecure-no-auth for development")
 	}
 	cfgs, err := router.ReadCallersFile(s.callersFile)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -42,6 +43,9 @@ func run(args []string) error {
 		httpAddr   = fs.String("http-addr", ":8080", "SSE listen address")
 		secret     = fs.String("jwt-secret", "", "HS256 secret of client tokens (prefer the environment variable)")
 		secretFile = fs.String("jwt-secret-file", "", "file holding the HS256 secret")
+		pubKeys    = fs.String("jwt-public-key-file", "", "PEM file of public keys for RS256 (RSA) and ES256 (P-256) client tokens")
+		jwksSource = fs.String("jwt-jwks", "", "JWKS of public keys for RS256 and ES256 client tokens: a file or an http(s) URL")
+		jwksEvery  = fs.Duration("jwks-refresh", 5*time.Minute, "how often the JWKS is read again")
 		issuer     = fs.String("jwt-issuer", "", "required token issuer (iss), if set")
 		audience   = fs.String("jwt-audience", "", "required token audience (aud), if set")
 		edgeID     = fs.String("edge-id", "", "this edge's id (default: host name and a random suffix)")
@@ -53,6 +57,8 @@ func run(args []string) error {
 		drain      = fs.Duration("drain-period", 30*time.Second, "time over which open streams are closed on shutdown")
 		perUser    = fs.Int("max-conns-per-user", 10, "streams per user on this edge; the oldest is closed (replaced) beyond it")
 		maxConns   = fs.Int("max-conns", 10000, "streams on this edge; more get 503")
+		perIP      = fs.Int("max-conns-per-ip", 1000, "streams per client address (IPv6: per /64) on this edge; more get 429; -1 disables")
+		proxies    = fs.String("trusted-proxies", "", "comma-separated addresses or CIDRs of proxies whose X-Forwarded-For names the client")
 		maxTopics  = fs.Int("max-topics", 16, "topics per stream")
 		origins    = fs.String("allowed-origins", "", "comma-separated origins allowed by CORS; * allows any")
 		grace      = fs.Duration("broker-grace", 30*time.Second, "how long streams survive a lost Redis link before closing as broker_lost")
@@ -72,8 +78,12 @@ func run(args []string) error {
 			return err
 		}
 	}
-	if len(key) == 0 {
-		return errors.New("a JWT secret is required: set HERALD_JWT_SECRET or -jwt-secret-file")
+	if len(key) == 0 && *pubKeys == "" && *jwksSource == "" {
+		return errors.New("a token key is required: set HERALD_JWT_SECRET, -jwt-secret-file, -jwt-public-key-file or -jwt-jwks")
+	}
+	trusted, err := parsePrefixes(splitList(*proxies))
+	if err != nil {
+		return fmt.Errorf("-trusted-proxies: %w", err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -91,8 +101,10 @@ func run(args []string) error {
 	}
 	edge, err := sseedge.New(sseedge.Config{
 		EdgeID: *edgeID, JWTSecret: key, JWTIssuer: *issuer, JWTAudience: *audience,
+		JWTPublicKeyFile: *pubKeys, JWTJWKS: *jwksSource, JWKSRefresh: *jwksEvery,
 		Heartbeat: *heartbeat, Retry: *retry, QueueSize: *queueSize,
 		WriteTimeout: *writeTO, DrainPeriod: *drain, MaxConnsPerUser: *perUser, MaxConns: *maxConns,
+		MaxConnsPerIP: *perIP, TrustedProxies: trusted,
 		MaxTopics: *maxTopics, AllowedOrigins: splitList(*origins), BrokerGrace: *grace,
 		UserIDs: common.UserIDs(), NoTrail: !*trail,
 	}, sseedge.Deps{Redis: rdb, Presence: pres, Logger: log, Registerer: reg, History: hist})
@@ -119,6 +131,23 @@ func run(args []string) error {
 	err = g.Wait()
 	log.Info("edge stopped")
 	return err
+}
+
+// parsePrefixes reads addresses ("10.0.0.1") and CIDRs ("10.0.0.0/8").
+func parsePrefixes(list []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(list))
+	for _, v := range list {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			a, aerr := netip.ParseAddr(v)
+			if aerr != nil {
+				return nil, err
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // splitList splits a comma-separated flag value, dropping empty items.
