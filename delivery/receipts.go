@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
@@ -288,19 +290,47 @@ func (s *Sweeper) sweep(ctx context.Context, n int) (bool, error) {
 	if err != nil || len(due) == 0 {
 		return false, err
 	}
-	var errs []error
+	// The fallbacks run side by side, so that the offline queue's writer
+	// batches them into a few produce requests.
+	var (
+		mu   sync.Mutex
+		errs []error
+		g    errgroup.Group
+	)
+	g.SetLimit(64)
 	for _, member := range due {
 		id, user, ok := strings.Cut(member, "|")
 		if !ok {
 			r.rdb.ZRem(ctx, r.dueKey(n), member)
 			continue
 		}
-		if err := s.fallBack(ctx, n, member, user, id, now); err != nil {
-			errs = append(errs, err)
-		}
+		g.Go(func() error {
+			if err := s.fallBack(ctx, n, member, user, id, now); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+			return nil
+		})
 	}
+	_ = g.Wait()
 	return len(due) == r.cfg.Batch, errors.Join(errs...)
 }
+
+// releaseScript puts a receipt this sweeper claimed back to pending, when
+// its fallback could not be queued, so that the next sweep tries again
+// instead of waiting for the claim to end. KEYS: receipts; ARGV: id, the
+// claim's end ms.
+var releaseScript = redis.NewScript(`
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return 0 end
+local st, eid, acc, ms = string.match(v, '^(%a+)|(%d+)|(%d+)|(%d+)$')
+if st == 'claimed' and ms == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], 'pending|' .. eid .. '|' .. acc .. '|' .. ms)
+  return 1
+end
+return 0
+`)
 
 func (s *Sweeper) fallBack(ctx context.Context, n int, member, user, id string, now time.Time) error {
 	r := s.r
@@ -330,8 +360,9 @@ func (s *Sweeper) fallBack(ctx context.Context, n int, member, user, id string, 
 		env.Push.CollapseKey = env.GetId()
 	}
 	if err := s.queue.Enqueue(ctx, env); err != nil {
-		// Look again when the claim ends.
-		_ = r.rdb.ZAddXX(ctx, r.dueKey(n), redis.Z{Score: float64(until.UnixMilli()), Member: member}).Err()
+		// Release the claim and look again in a second.
+		_ = releaseScript.Run(ctx, r.rdb, keys[:1], id, until.UnixMilli()).Err()
+		_ = r.rdb.ZAddXX(ctx, r.dueKey(n), redis.Z{Score: float64(now.Add(time.Second).UnixMilli()), Member: member}).Err()
 		return &OfflineError{Err: err}
 	}
 	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {

@@ -279,3 +279,21 @@ func TestAckSecurity(t *testing.T) {
 		}
 	}
 }
+
+// TestFallbackWaitsForKafka: a fallback that cannot be queued (Kafka down)
+// is tried again, and queued once, when Kafka is back.
+func TestFallbackWaitsForKafka(t *testing.T) {
+	o := testenv.StartOffline(t, 1)
+	s := newSystemWith(t, options{edges: 1, offline: o})
+	resp, cancel := get(t, s.edges[0].url+"/v1/events?access_token="+token(t, "wes"), nil)
+	defer cancel()
+	defer resp.Body.Close()
+	o.Kafka.Stop()
+	n := s.ackOrPush(t, "wes", "x", 100*time.Millisecond)
+	time.Sleep(time.Second) // several sweeps fail meanwhile
+	o.Kafka.Start()
+	s.waitSwept(t)
+	if ids := offlineIDs(t, o); ids[n.GetNotificationId()] != 1 {
+		t.Fatalf("queued %d times once Kafka was back, want 1", ids[n.GetNotificationId()])
+	}
+}
