@@ -159,6 +159,7 @@ type Server struct {
 	presence *presence.Registry
 	trail    *trail // nil with NoTrail
 	receipts *delivery.Receipts
+	remover  *remover
 	log      *slog.Logger
 	now      func() time.Time
 	auth     *authenticator
@@ -231,6 +232,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		rdb:      deps.Redis,
 		presence: deps.Presence,
 		trail:    newTrail(deps.Redis, deps.Presence.Prefix()),
+		remover:  newRemover(deps.Presence),
 		receipts: delivery.NewReceipts(deps.Redis, delivery.ReceiptsConfig{Prefix: deps.Presence.Prefix()}),
 		log:      deps.Logger.With(slog.String("edge", cfg.EdgeID)),
 		now:      deps.Now,
@@ -360,6 +362,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	if s.trail != nil {
 		hubDone.Go(func() { s.trail.run(hubCtx) })
 	}
+	hubDone.Go(func() { s.remover.run(hubCtx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		s.drain(context.WithoutCancel(gctx), hs)
@@ -577,7 +580,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	s.hub.leave(cleanupCtx, st)
 	rmCtx, cancel := context.WithTimeout(cleanupCtx, 2*time.Second)
 	defer cancel()
-	if err := s.presence.Remove(rmCtx, st.conn); err != nil {
+	if err := s.remover.remove(rmCtx, st.conn); err != nil {
 		// The lease expires by itself within its TTL.
 		s.metrics.presenceErrors.Inc()
 		s.log.Warn("presence remove failed", slog.Any("err", err))
