@@ -139,16 +139,7 @@ func (r *authRouter) refused(tb testing.TB, reason string) float64 {
 // an edge would.
 func (r *authRouter) online(tb testing.TB, user string) *redis.PubSub {
 	tb.Helper()
-	ctx := context.Background()
-	ps := r.rdb.Subscribe(ctx, delivery.Channel(r.prefix, delivery.UserStream(user)))
-	if _, err := ps.Receive(ctx); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { ps.Close() })
-	if err := r.pres.Lease(ctx, presence.Conn{User: user, ID: "c1", Edge: "e1", Since: time.Now()}); err != nil {
-		tb.Fatal(err)
-	}
-	return ps
+	return testenv.Online(tb, r.rdb, r.pres, user)
 }
 
 func withKey(key string) context.Context {

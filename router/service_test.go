@@ -51,16 +51,7 @@ func newTestRouter(tb testing.TB, rdb *redis.Client) *testRouter {
 
 func (r *testRouter) online(tb testing.TB, user string) *redis.PubSub {
 	tb.Helper()
-	ctx := context.Background()
-	ps := r.rdb.Subscribe(ctx, delivery.Channel(r.prefix, delivery.UserStream(user)))
-	if _, err := ps.Receive(ctx); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { ps.Close() })
-	if err := r.reg.Lease(ctx, presence.Conn{User: user, ID: "c1", Edge: "e1", Since: time.Now()}); err != nil {
-		tb.Fatal(err)
-	}
-	return ps
+	return testenv.Online(tb, r.rdb, r.reg, user)
 }
 
 func TestNotifyInvalidArgument(t *testing.T) {

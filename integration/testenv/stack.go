@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -23,4 +24,21 @@ func Publisher(tb testing.TB, rdb redis.UniversalClient, prefix string, ttl time
 		tb.Fatal(err)
 	}
 	return reg, pub
+}
+
+// Online makes user online the way an edge does: it subscribes user's
+// channel (and waits for Redis to confirm) and leases a connection in reg.
+// The subscription is closed at cleanup.
+func Online(tb testing.TB, rdb *redis.Client, reg *presence.Registry, user string) *redis.PubSub {
+	tb.Helper()
+	ctx := context.Background()
+	ps := rdb.Subscribe(ctx, delivery.Channel(reg.Prefix(), delivery.UserStream(user)))
+	if _, err := ps.Receive(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ps.Close() })
+	if err := reg.Lease(ctx, presence.Conn{User: user, ID: "c1", Edge: "e1", Since: time.Now()}); err != nil {
+		tb.Fatal(err)
+	}
+	return ps
 }
