@@ -1,9 +1,9 @@
 // Command heraldbench is Herald's load tool. It runs scenarios (idle
-// connections, unicast at fixed rates, the router's highest rate, broadcast)
-// against a running deployment or against Herald started in its own process
-// (-self), and measures, in the same run, the baselines the figures are
-// compared to: pipelined Redis PUBLISH, a no-op gRPC call and an FCM
-// emulator round trip. See docs/benchmarks.md.
+// connections, unicast at fixed rates, the router's highest rate, broadcast,
+// and a soak run by hand) against a running deployment or against Herald
+// started in its own process (-self), and measures, in the same run, the
+// baselines the figures are compared to: pipelined Redis PUBLISH, a no-op
+// gRPC call and an FCM emulator round trip. See docs/benchmarks.md.
 package main
 
 import (
@@ -61,6 +61,7 @@ type config struct {
 	perAddr        int
 	perChild       int
 	dials          int
+	soak           soakConfig
 }
 
 type namedPID struct {
@@ -77,9 +78,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		c         config
 		secret    = fs.String("jwt-secret", "", "HS256 secret of the edge's client tokens (not with -self)")
 		pids      = fs.String("pids", "", "Herald processes to read RSS and CPU of: name=pid,... (names edge and router are used by the scenarios)")
-		scenarios = fs.String("scenario", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", "))
+		scenarios = fs.String("scenario", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", ")+"; or soak, run by hand")
 		rates     = fs.String("rates", "1000,10000", "unicast Notify rates, calls a second, comma-separated")
 		quick     = fs.Bool("quick", false, "small numbers: a run of about a minute")
+		admin     string
 	)
 	fs.BoolVar(&c.self, "self", false, "start the router and an edge in this process instead of using -grpc and -http")
 	fs.StringVar(&c.grpcAddr, "grpc", "127.0.0.1:7070", "router address")
@@ -98,6 +100,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.perAddr, "per-addr", 100, "connections per 127.0.0.x source address (the edge's default per-address limit); 0 lets the kernel choose")
 	fs.IntVar(&c.perChild, "per-child", 19000, "connections per child process, below the 20,000 open files a process may have")
 	fs.IntVar(&c.dials, "dials", 64, "connections being opened at once, per child")
+	soakFlags(fs, &c.soak, &admin)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -128,12 +131,16 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		if s == "" {
 			continue
 		}
+		if s == "soak" {
+			c.soak.on = true
+			continue
+		}
 		found := false
 		for _, a := range allScenarios {
 			found = found || a == s
 		}
 		if !found {
-			return c, fmt.Errorf("unknown scenario %q (have %s)", s, strings.Join(allScenarios, ", "))
+			return c, fmt.Errorf("unknown scenario %q (have %s, soak)", s, strings.Join(allScenarios, ", "))
 		}
 		c.scenarios = append(c.scenarios, s)
 	}
@@ -160,7 +167,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if c.perChild < 1 || c.conns < 1 || c.idleConns < 1 || c.broadcastConns < 1 || c.duration <= 0 || c.baseDuration <= 0 {
 		return c, errors.New("counts and durations must be positive")
 	}
-	return c, nil
+	return c, c.soak.validate(admin)
 }
 
 // run runs the benchmark: the table goes to stdout, progress to stderr.
@@ -173,14 +180,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	rep, err := b.run(ctx)
+	// The soak runs alone when it is the only scenario: without the
+	// baselines, which it does not compare to.
+	var rep *report
+	if len(cfg.scenarios) > 0 {
+		rep, err = b.run(ctx)
+	}
+	var soak *soakResult
+	if cfg.soak.on && err == nil {
+		soak, err = b.soak(ctx)
+		rep = b.rep
+	}
 	if cerr := b.close(); err == nil {
 		err = cerr
 	}
 	if rep != nil {
 		rep.print(stdout)
+		soak.print(stdout)
 		if cfg.jsonPath != "" {
-			if werr := rep.writeJSON(cfg.jsonPath); err == nil {
+			if werr := writeReport(cfg.jsonPath, rep, soak); err == nil {
 				err = werr
 			}
 		}
