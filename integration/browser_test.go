@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/herald-push/herald/integration/browser"
+	"github.com/herald-push/herald/integration/testenv"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/sseedge"
 	"github.com/herald-push/herald/sseedge/demopage"
@@ -61,5 +62,21 @@ func TestBrowserSurvivesEdgeRestart(t *testing.T) {
 	}
 	if resets := browser.Eval[int](t, p, "window.herald.resets"); resets != 0 {
 		t.Errorf("page got %d resets, want none", resets)
+	}
+}
+
+// A real browser acknowledges an ack-or-push notification it showed (the
+// demo page acks what it shows), so it is not pushed.
+func TestBrowserAcknowledges(t *testing.T) {
+	o := testenv.StartOffline(t, 1)
+	s := newSystemWith(t, options{edges: 1, offline: o, pages: demopage.Handler()})
+	b := browser.Start(t)
+	p := b.Open(t, s.edges[0].url+"/?access_token="+token(t, "cai"))
+	browser.WaitFor(t, p, "window.herald.state === 'open'", 10*time.Second)
+	n := s.ackOrPush(t, "cai", "order 42 filled", 3*time.Second)
+	browser.WaitFor(t, p, "window.herald.events.length === 1 && window.herald.acked === 1", 10*time.Second)
+	s.waitSwept(t)
+	if ids := offlineIDs(t, o); ids[n.GetNotificationId()] != 0 {
+		t.Fatalf("a notification the browser acknowledged was queued for a push")
 	}
 }
