@@ -215,8 +215,9 @@ return {'gone'}
 `)
 
 // fellBackScript marks a claimed receipt as fallen back, keeping it so that
-// a late ack can be told from an unknown one. KEYS: receipts, envelopes;
-// ARGV: id, now ms.
+// a late ack can be told from an unknown one, and notes the fallback in the
+// notification's trail if it is kept. KEYS: receipts, envelopes, trail (all
+// in the user's slot); ARGV: id, now ms.
 var fellBackScript = redis.NewScript(`
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v then
@@ -224,6 +225,7 @@ if v then
   redis.call('HSET', KEYS[1], ARGV[1], 'fellback|' .. eid .. '|' .. acc .. '|' .. ARGV[2])
 end
 redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HSET', KEYS[3], 'fell_back_ms', ARGV[2]) end
 return 0
 `)
 
@@ -365,17 +367,9 @@ func (s *Sweeper) fallBack(ctx context.Context, n int, member, user, id string, 
 		_ = r.rdb.ZAddXX(ctx, r.dueKey(n), redis.Z{Score: float64(now.Add(time.Second).UnixMilli()), Member: member}).Err()
 		return &OfflineError{Err: err}
 	}
-	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.EvalSha(ctx, fellBackScript.Hash(), keys, id, now.UnixMilli())
-		p.ZRem(ctx, r.dueKey(n), member)
-		AddTrace(ctx, p, r.cfg.Prefix, user, id, "fell_back_ms", now.UnixMilli())
-		return nil
-	})
-	if err != nil && strings.Contains(err.Error(), "NOSCRIPT") {
-		err = fellBackScript.Run(ctx, r.rdb, keys, id, now.UnixMilli()).Err()
-		if err == nil {
-			err = r.rdb.ZRem(ctx, r.dueKey(n), member).Err()
-		}
+	err = fellBackScript.Run(ctx, r.rdb, append(keys, TraceKey(r.cfg.Prefix, user, id)), id, now.UnixMilli()).Err()
+	if err == nil {
+		err = r.rdb.ZRem(ctx, r.dueKey(n), member).Err()
 	}
 	if s.OnFallback != nil {
 		s.OnFallback(env)

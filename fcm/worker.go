@@ -266,10 +266,9 @@ func (w *Worker) consume(ctx context.Context, r *kafka.Reader, retry bool) error
 func (w *Worker) finish(ctx context.Context, r *kafka.Reader, batch []kafka.Message) bool {
 	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() {
-		t := time.AfterFunc(drainTimeout, cancel)
-		context.AfterFunc(dctx, func() { t.Stop() })
-	})
+	// Once ctx ends, the batch has drainTimeout left; a late cancel of a
+	// finished batch's context does nothing.
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(drainTimeout, cancel) })
 	defer stop()
 	topic := r.Config().Topic
 	handled := false
@@ -671,14 +670,14 @@ func (w *Worker) settle(ctx context.Context, items []item, pushes []push, outcom
 
 // messageLabel is the metric label of one message's outcome.
 func messageLabel(o outcome) string {
-	if o.class == sent {
+	switch {
+	case o.class == sent:
 		return "sent"
+	case o.class == deadToken && o.code == "INVALID_ARGUMENT":
+		return "invalid_token"
 	}
 	switch o.code {
 	case "UNREGISTERED", "SENDER_ID_MISMATCH", "INVALID_ARGUMENT", "QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL":
-		if o.code == "INVALID_ARGUMENT" && o.class == deadToken {
-			return "invalid_token"
-		}
 		return strings.ToLower(o.code)
 	}
 	return "other"
