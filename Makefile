@@ -9,7 +9,7 @@ export PATH := $(BIN):$(PATH)
 
 REDIS_ADDR ?= 127.0.0.1:6379
 
-.PHONY: test deps services tools proto check-proto lint unit bench fuzz clean
+.PHONY: test deps services tools proto check-proto lint unit bench bench-cluster fuzz clean
 
 test: deps services tools check-proto lint unit
 
@@ -80,6 +80,24 @@ lint: tools
 bench: services
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./...
 	$(GO) run ./cmd/heraldbench -self -redis $(REDIS_ADDR)
+
+## bench-cluster: the router and unicast scenarios on a single redis-server,
+## then on a local 3-primary Redis Cluster (sharded Pub/Sub), in one run, so
+## the two can be compared (docs/benchmarks.md). CLUSTER_PORT is the first
+## of its three ports.
+CLUSTER_PORT ?= 7301
+BENCH_CLUSTER_ARGS ?= -scenario router,unicast -rates 1000,3000
+bench-cluster: services
+	$(GO) run ./cmd/heraldbench -self -redis $(REDIS_ADDR) $(BENCH_CLUSTER_ARGS)
+	@dir=$$(mktemp -d); ports="$(CLUSTER_PORT) $$(($(CLUSTER_PORT)+1)) $$(($(CLUSTER_PORT)+2))"; \
+	trap 'for p in '"$$ports"'; do redis-cli -p $$p shutdown nosave >/dev/null 2>&1; done; rm -rf $$dir' EXIT; \
+	for p in $$ports; do mkdir -p $$dir/$$p; \
+		redis-server --port $$p --bind 127.0.0.1 --daemonize yes --save "" --appendonly no --dir $$dir/$$p \
+			--cluster-enabled yes --cluster-config-file nodes.conf --logfile $$dir/$$p/redis.log || exit 1; done; \
+	for p in $$ports; do for i in $$(seq 50); do redis-cli -p $$p ping >/dev/null 2>&1 && break; sleep 0.1; done; done; \
+	redis-cli --cluster create $$(for p in $$ports; do echo 127.0.0.1:$$p; done) --cluster-replicas 0 --cluster-yes >/dev/null || exit 1; \
+	for i in $$(seq 100); do redis-cli -p $(CLUSTER_PORT) cluster info | grep -q cluster_state:ok && break; sleep 0.1; done; \
+	$(GO) run ./cmd/heraldbench -self -redis 127.0.0.1:$(CLUSTER_PORT) $(BENCH_CLUSTER_ARGS)
 
 ## fuzz: run each fuzzer for a while (FUZZTIME, default 30s).
 FUZZTIME ?= 30s

@@ -98,6 +98,9 @@ type Publisher struct {
 	rdb      redis.Cmdable
 	presence *presence.Registry
 	cfg      PublisherConfig
+	// notify and broadcast are the scripts for rdb: with SPUBLISH on a
+	// Redis Cluster, PUBLISH otherwise.
+	notify, broadcast *redis.Script
 }
 
 // NewPublisher returns a Publisher that looks presence up in reg and publishes
@@ -122,7 +125,11 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 	if err := cfg.History.setDefaults(); err != nil {
 		return nil, err
 	}
-	return &Publisher{rdb: rdb, presence: reg, cfg: cfg}, nil
+	p := &Publisher{rdb: rdb, presence: reg, cfg: cfg, notify: notifyScript, broadcast: broadcastScript}
+	if Sharded(rdb) {
+		p.notify, p.broadcast = shardedNotifyScript, shardedBroadcastScript
+	}
+	return p, nil
 }
 
 // idempotencyKey is the key that remembers user's idempotency key.
@@ -147,7 +154,7 @@ func (p *Publisher) idempotencyKey(user, key string) string {
 // stores "pending|" .. ARGV[3] for ARGV[8] ms instead, and the caller stores
 // the final record once the queue has taken it. With a trace key it starts
 // the notification's trail there.
-var notifyScript = redis.NewScript(luaCommon + `
+var notifyScript, shardedNotifyScript = publishScripts(luaCommon + `
 local idem, trace
 local k = 5
 if ARGV[9] == '1' then idem = KEYS[k]; k = k + 1 end
@@ -163,7 +170,7 @@ local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 local route = 'offline'
 local subs = 0
 if live > 0 then
-  subs = redis.call('PUBLISH', ARGV[1], payload)
+  subs = redis.call('$PUBLISH', ARGV[1], payload)
   if subs > 0 then route = 'online' else route = 'stale' end
 end
 if idem then
@@ -193,11 +200,28 @@ return {route, tostring(subs), eid}
 //
 //	KEYS: hist, last, floor
 //	ARGV: channel, envelope, history length, window ms, keep ms
-var broadcastScript = redis.NewScript(luaCommon + `
+var broadcastScript, shardedBroadcastScript = publishScripts(luaCommon + `
 local eid, payload = record(KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
-local subs = redis.call('PUBLISH', ARGV[1], payload)
+local subs = redis.call('$PUBLISH', ARGV[1], payload)
 return {'online', tostring(subs), eid}
 `)
+
+// publishScripts returns src with $PUBLISH replaced by PUBLISH, and by
+// SPUBLISH. On a Redis Cluster, PUBLISH reaches every node of the cluster;
+// SPUBLISH reaches only the shard that owns the channel's slot, which is the
+// slot of the stream's keys (they share its hash tag), so the script stays
+// single-slot.
+func publishScripts(src string) (classic, sharded *redis.Script) {
+	return redis.NewScript(strings.ReplaceAll(src, "$PUBLISH", "PUBLISH")),
+		redis.NewScript(strings.ReplaceAll(src, "$PUBLISH", "SPUBLISH"))
+}
+
+// Sharded reports whether rdb is a Redis Cluster client, on which streams
+// use sharded pub/sub (SPUBLISH and SSUBSCRIBE).
+func Sharded(rdb redis.Cmdable) bool {
+	_, ok := rdb.(*redis.ClusterClient)
+	return ok
+}
 
 // Publish routes env to its user. In one Redis round trip it records env in
 // the user's history and, when presence says the user is online, publishes
@@ -242,7 +266,7 @@ func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempot
 	args := append([]any{Channel(p.presence.Prefix(), UserStream(user)), payload, record,
 		p.cfg.IdempotencyWindow.Milliseconds()}, p.cfg.History.args()...)
 	args = append(args, pending, hasKey, traceTTL, user, env.GetCorrelationId(), ackBy)
-	res, err := notifyScript.Run(ctx, p.rdb, keys, args...).StringSlice()
+	res, err := p.notify.Run(ctx, p.rdb, keys, args...).StringSlice()
 	if err != nil {
 		return Result{}, fmt.Errorf("delivery: publish: %w", err)
 	}
@@ -310,7 +334,7 @@ func (p *Publisher) Broadcast(ctx context.Context, env *heraldv1.Envelope) (Resu
 	}
 	s := TopicStream(env.GetTopic())
 	args := append([]any{Channel(p.presence.Prefix(), s), payload}, p.cfg.History.args()...)
-	res, err := broadcastScript.Run(ctx, p.rdb, historyKeys(p.presence.Prefix(), s), args...).StringSlice()
+	res, err := p.broadcast.Run(ctx, p.rdb, historyKeys(p.presence.Prefix(), s), args...).StringSlice()
 	if err != nil {
 		return Result{}, fmt.Errorf("delivery: broadcast: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -58,11 +59,16 @@ func FindTrace(ctx context.Context, rdb redis.UniversalClient, prefix, user, id 
 		return readTrace(ctx, rdb, id, TraceKey(prefix, user, id))
 	}
 	pattern := escapeGlob(prefix) + "{u:*}:trace:" + escapeGlob(id)
-	var found []string
+	var (
+		mu    sync.Mutex // ForEachMaster scans the primaries concurrently
+		found []string
+	)
 	scan := func(ctx context.Context, c *redis.Client) error {
 		it := c.Scan(ctx, 0, pattern, 10000).Iterator()
 		for it.Next(ctx) {
+			mu.Lock()
 			found = append(found, it.Val())
+			mu.Unlock()
 		}
 		return it.Err()
 	}

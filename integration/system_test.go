@@ -52,9 +52,12 @@ var testSecret = []byte("integration-test-secret-0123456789")
 // redis-server under a key prefix of the test's own.
 type system struct {
 	prefix string
-	rdb    *redis.Client
+	rdb    redis.UniversalClient
 	reg    *presence.Registry
 	router heraldv1.RouterServiceClient
+	// routers are a client of each router (options.routers); the first is
+	// router.
+	routers []heraldv1.RouterServiceClient
 	// routerAddr is the router's gRPC address.
 	routerAddr string
 	// routerSrv serves the router; restartRouter replaces it.
@@ -94,7 +97,12 @@ type options struct {
 	history  delivery.HistoryConfig
 	edge     sseedge.Config // the edges' config, less the id and secret
 	redis    *redis.Client  // default: the shared redis-server
-	pages    http.Handler
+	// cluster, when set, is the Redis the system runs on: every router and
+	// edge has a cluster client of its own.
+	cluster *testenv.Cluster
+	// routers is how many routers serve; default 1.
+	routers int
+	pages   http.Handler
 	// offline, when set, gives the router an offline path (Kafka, the
 	// device registry) on these parts, and the system their Redis and
 	// prefix.
@@ -110,19 +118,23 @@ func newSystem(tb testing.TB, edges int, leaseTTL time.Duration) *system {
 func newSystemWith(tb testing.TB, o options) *system {
 	tb.Helper()
 	rdb, prefix := o.redis, testenv.Prefix(tb)
+	var client redis.UniversalClient = rdb
 	switch {
 	case o.offline != nil:
-		rdb, prefix = o.offline.Redis, o.offline.Prefix
+		client, prefix = o.offline.Redis, o.offline.Prefix
+	case o.cluster != nil:
+		client = o.cluster.Client()
 	case rdb == nil:
-		rdb, prefix = testenv.Redis(tb)
+		client, prefix = testenv.Redis(tb)
 	}
+	rdb = nil
 	if o.leaseTTL == 0 {
 		o.leaseTTL = 5 * time.Second
 	}
 	if o.edge.DrainPeriod == 0 {
 		o.edge.DrainPeriod = 100 * time.Millisecond
 	}
-	reg, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: o.leaseTTL})
+	reg, err := presence.New(client, presence.Config{Prefix: prefix, LeaseTTL: o.leaseTTL})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -136,7 +148,7 @@ func newSystemWith(tb testing.TB, o options) *system {
 		}
 		tb.Cleanup(func() { q.Close() })
 		pcfg.Offline, deps.Devices = q, o.offline.Devices
-		pcfg.Receipts = delivery.NewReceipts(rdb, delivery.ReceiptsConfig{Prefix: prefix, SweepEvery: 20 * time.Millisecond})
+		pcfg.Receipts = delivery.NewReceipts(client, delivery.ReceiptsConfig{Prefix: prefix, SweepEvery: 20 * time.Millisecond})
 		for range max(o.sweepers, 1) {
 			sw := pcfg.Receipts.NewSweeper(q, nil)
 			ctx, cancel := context.WithCancel(context.Background())
@@ -145,7 +157,7 @@ func newSystemWith(tb testing.TB, o options) *system {
 			tb.Cleanup(func() { cancel(); <-done })
 		}
 	}
-	pub, err := delivery.NewPublisher(rdb, reg, pcfg)
+	pub, err := delivery.NewPublisher(client, reg, pcfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -160,8 +172,25 @@ func newSystemWith(tb testing.TB, o options) *system {
 	}
 	srv := testenv.Serve(tb, serve)
 	conn := testenv.GRPCClient(tb, srv.Addr)
-	s := &system{prefix: prefix, rdb: rdb, reg: reg, router: heraldv1.NewRouterServiceClient(conn), routerAddr: srv.Addr, opts: o,
+	s := &system{prefix: prefix, rdb: client, reg: reg, router: heraldv1.NewRouterServiceClient(conn), routerAddr: srv.Addr, opts: o,
 		routerSrv: srv, serveRouter: serve}
+	s.routers = append(s.routers, s.router)
+	for range max(o.routers, 1) - 1 {
+		// Another router: a publisher on a Redis client of its own.
+		deps := deps
+		deps.Publisher, err = delivery.NewPublisher(s.newClient(tb), reg, pcfg)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		srv := testenv.Serve(tb, func(ctx context.Context, lis net.Listener) error {
+			svc, err := router.New(router.Config{}, deps)
+			if err != nil {
+				return err
+			}
+			return svc.Serve(ctx, lis)
+		})
+		s.routers = append(s.routers, heraldv1.NewRouterServiceClient(testenv.GRPCClient(tb, srv.Addr)))
+	}
 	for i := range o.edges {
 		s.edges = append(s.edges, s.startEdge(tb, fmt.Sprintf("edge-%d", i), "127.0.0.1:0"))
 	}
@@ -178,11 +207,22 @@ func (s *system) restartRouter(tb testing.TB) {
 	s.routerSrv = testenv.ServeOn(tb, s.routerAddr, s.serveRouter)
 }
 
+// newClient returns a Redis client of its own to the system's Redis,
+// closed at cleanup.
+func (s *system) newClient(tb testing.TB) redis.UniversalClient {
+	if s.opts.cluster != nil {
+		return s.opts.cluster.Client()
+	}
+	opts := *s.rdb.(*redis.Client).Options()
+	rdb := redis.NewClient(&opts)
+	tb.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
 // startEdge runs an in-process edge on addr with a Redis client of its own.
 func (s *system) startEdge(tb testing.TB, id, addr string) *testEdge {
 	tb.Helper()
-	opts := *s.rdb.Options()
-	rdb := redis.NewClient(&opts)
+	rdb := s.newClient(tb)
 	reg, err := presence.New(rdb, presence.Config{Prefix: s.prefix, LeaseTTL: s.opts.leaseTTL})
 	if err != nil {
 		tb.Fatal(err)
@@ -194,7 +234,6 @@ func (s *system) startEdge(tb testing.TB, id, addr string) *testEdge {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { rdb.Close() })
 	srv := testenv.ServeOn(tb, addr, edge.Serve)
 	return &testEdge{Server: srv, url: "http://" + srv.Addr, metrics: metrics}
 }

@@ -69,6 +69,11 @@ func New(rdb redis.UniversalClient, cfg Config) (*Registry, error) {
 	if cfg.LeaseTTL < 10*time.Millisecond {
 		return nil, fmt.Errorf("presence: lease TTL %v is below 10ms", cfg.LeaseTTL)
 	}
+	if strings.ContainsAny(cfg.Prefix, "{}") {
+		// A brace in the prefix would become the keys' hash tag on a Redis
+		// Cluster, and put every user in one slot, or split a user's keys.
+		return nil, fmt.Errorf("presence: key prefix %q must not contain { or }", cfg.Prefix)
+	}
 	return &Registry{rdb: rdb, cfg: cfg}, nil
 }
 

@@ -123,6 +123,9 @@ func TestNewValidates(t *testing.T) {
 	if _, err := presence.New(rdb, presence.Config{LeaseTTL: time.Millisecond}); err == nil {
 		t.Error("New with 1ms TTL succeeded")
 	}
+	if _, err := presence.New(rdb, presence.Config{Prefix: "app{1}:"}); err == nil {
+		t.Error("New with a brace in the prefix succeeded")
+	}
 	reg, err := presence.New(rdb, presence.Config{})
 	if err != nil {
 		t.Fatal(err)

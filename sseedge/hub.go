@@ -10,26 +10,36 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// hub multiplexes one Redis Pub/Sub connection over every local stream. It
-// subscribes to a channel (a user's, or a topic's) when the first local
-// stream needs it, and unsubscribes when the last one leaves, so an edge
-// holds one subscription per channel however many clients share it.
+// hub multiplexes Redis Pub/Sub over every local stream. It subscribes to a
+// channel (a user's, or a topic's) when the first local stream needs it, and
+// unsubscribes when the last one leaves, so an edge holds one subscription
+// per channel however many clients share it.
 type hub struct {
-	ps  *redis.PubSub
+	// ps is the link to Redis: one Pub/Sub connection on a single Redis, one
+	// sharded connection per primary on a Redis Cluster.
+	ps  subscriber
 	log *slog.Logger
 	// deliver is called for each message, with the hub's lock not held.
 	deliver func(channel string, payload []byte)
-	// brokerLost is called when the Pub/Sub connection has been down for
-	// longer than grace.
-	brokerLost func()
-	grace      time.Duration
 	// relinked receives a signal when a channel is subscribed again after
-	// the connection to Redis was lost and restored.
+	// the connection to Redis was lost and restored, or moved to another
+	// shard.
 	relinked chan struct{}
 
 	mu       sync.Mutex
 	channels map[string]*channelEntry
 	streams  map[*stream]struct{}
+}
+
+// subscriber is the hub's link to Redis Pub/Sub. It reports confirmed
+// subscriptions through hub.confirmed and messages through hub.deliver.
+type subscriber interface {
+	subscribe(ctx context.Context, channels ...string) error
+	unsubscribe(ctx context.Context, channels ...string) error
+	// run keeps the link up until ctx is done.
+	run(ctx context.Context)
+	// Close ends the link, and a receive blocked on the network.
+	Close() error
 }
 
 // channelEntry is the hub's record of one subscribed channel.
@@ -46,16 +56,20 @@ func (e *channelEntry) markReady() (first bool) {
 
 func newHub(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger, grace time.Duration,
 	deliver func(string, []byte), brokerLost func()) *hub {
-	return &hub{
-		ps:         rdb.Subscribe(ctx),
-		log:        log,
-		deliver:    deliver,
-		brokerLost: brokerLost,
-		grace:      grace,
-		relinked:   make(chan struct{}, 1),
-		channels:   make(map[string]*channelEntry),
-		streams:    make(map[*stream]struct{}),
+	h := &hub{
+		log:      log,
+		deliver:  deliver,
+		relinked: make(chan struct{}, 1),
+		channels: make(map[string]*channelEntry),
+		streams:  make(map[*stream]struct{}),
 	}
+	out := &outage{log: log, grace: grace, lost: brokerLost}
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		h.ps = newShardedSubscriber(ctx, cc, h, out)
+	} else {
+		h.ps = &classicSubscriber{ps: rdb.Subscribe(ctx), hub: h, out: out}
+	}
+	return h
 }
 
 // errSubscribe is returned when Redis did not confirm a subscription.
@@ -81,7 +95,7 @@ func (h *hub) join(ctx context.Context, st *stream) error {
 	h.streams[st] = struct{}{}
 	var err error
 	if len(fresh) > 0 {
-		err = h.ps.Subscribe(ctx, fresh...)
+		err = h.ps.subscribe(ctx, fresh...)
 	}
 	h.mu.Unlock()
 	if err != nil {
@@ -122,9 +136,9 @@ func (h *hub) leave(ctx context.Context, st *stream) {
 	if len(gone) == 0 {
 		return
 	}
-	// Best effort: if the connection is broken, go-redis resubscribes only
-	// to the channels still wanted.
-	if err := h.ps.Unsubscribe(ctx, gone...); err != nil {
+	// Best effort: if the connection is broken, the subscriber resubscribes
+	// only to the channels still wanted.
+	if err := h.ps.unsubscribe(ctx, gone...); err != nil {
 		h.log.Debug("unsubscribe failed", slog.Any("err", err))
 	}
 }
@@ -169,75 +183,120 @@ func (h *hub) subscriptions() int {
 	return len(h.channels)
 }
 
-// pingEvery is how long the receive loop waits for a message before it pings
+// confirmed is told that Redis confirmed the subscription to channel. A
+// confirmation for a channel that was ready means the channel was
+// subscribed again, after a lost connection or on another shard: messages
+// published in between are in history, so its streams catch up from there.
+func (h *hub) confirmed(channel string) {
+	h.mu.Lock()
+	e, ok := h.channels[channel]
+	var again []*stream
+	if ok && !e.markReady() {
+		for st := range e.streams {
+			again = append(again, st)
+		}
+	}
+	h.mu.Unlock()
+	for _, st := range again {
+		st.signalResync()
+	}
+	if len(again) > 0 {
+		select {
+		case h.relinked <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// run keeps the link to Redis up until ctx is done.
+func (h *hub) run(ctx context.Context) error {
+	h.ps.run(ctx)
+	return nil
+}
+
+// pingEvery is how long a receive loop waits for a message before it pings
 // Redis, so that a dead connection is found and replaced.
 const pingEvery = 2 * time.Second
 
-// run reads the Pub/Sub connection until ctx is done. go-redis reconnects a
-// broken connection and resubscribes to every channel on it; when that
-// happens, the streams of each resubscribed channel are told to catch up
-// from history.
-func (h *hub) run(ctx context.Context) error {
-	defer h.ps.Close()
-	var downSince time.Time
+// outage tracks how long the link to Redis Pub/Sub has been down, and calls
+// lost each time it has been down for longer than grace.
+type outage struct {
+	log   *slog.Logger
+	grace time.Duration
+	lost  func()
+	since time.Time // zero while up
+}
+
+// down records that the link is down (still, or again).
+func (o *outage) down(err error) {
+	switch {
+	case o.since.IsZero():
+		o.since = time.Now()
+		o.log.Warn("redis pub/sub connection lost; reconnecting", slog.Any("err", err))
+	case o.grace > 0 && time.Since(o.since) > o.grace:
+		o.lost()
+		o.since = time.Now()
+	}
+}
+
+// up records that the link works.
+func (o *outage) up() {
+	if !o.since.IsZero() {
+		o.log.Info("redis pub/sub connection restored", slog.Duration("down", time.Since(o.since)))
+		o.since = time.Time{}
+	}
+}
+
+// classicSubscriber is the link to a single Redis: one Pub/Sub connection.
+// go-redis reconnects it when it breaks and resubscribes to every channel
+// on it; the confirmations that follow make the hub resync their streams.
+type classicSubscriber struct {
+	ps  *redis.PubSub
+	hub *hub
+	out *outage
+}
+
+var _ subscriber = (*classicSubscriber)(nil)
+
+func (c *classicSubscriber) subscribe(ctx context.Context, channels ...string) error {
+	return c.ps.Subscribe(ctx, channels...)
+}
+
+func (c *classicSubscriber) unsubscribe(ctx context.Context, channels ...string) error {
+	return c.ps.Unsubscribe(ctx, channels...)
+}
+
+func (c *classicSubscriber) Close() error { return c.ps.Close() }
+
+func (c *classicSubscriber) run(ctx context.Context) {
+	defer c.ps.Close()
 	for ctx.Err() == nil {
-		msg, err := h.ps.ReceiveTimeout(ctx, pingEvery)
+		msg, err := c.ps.ReceiveTimeout(ctx, pingEvery)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
 			var netErr interface{ Timeout() bool }
 			if errors.As(err, &netErr) && netErr.Timeout() {
-				if err := h.ps.Ping(ctx); err == nil {
+				if err := c.ps.Ping(ctx); err == nil {
 					continue
 				}
 			}
-			if downSince.IsZero() {
-				downSince = time.Now()
-				h.log.Warn("redis pub/sub connection lost; reconnecting", slog.Any("err", err))
-			} else if h.grace > 0 && time.Since(downSince) > h.grace {
-				h.brokerLost()
-				downSince = time.Now()
-			}
+			c.out.down(err)
 			select {
 			case <-time.After(100 * time.Millisecond):
 			case <-ctx.Done():
 			}
 			continue
 		}
-		if !downSince.IsZero() {
-			h.log.Info("redis pub/sub connection restored", slog.Duration("down", time.Since(downSince)))
-			downSince = time.Time{}
-		}
+		c.out.up()
 		switch m := msg.(type) {
 		case *redis.Subscription:
-			if m.Kind != "subscribe" {
-				continue
-			}
-			h.mu.Lock()
-			e, ok := h.channels[m.Channel]
-			var again []*stream
-			if ok && !e.markReady() {
-				// A confirmation for a channel that was ready: go-redis
-				// resubscribed after a reconnect. Messages published in
-				// between are in history.
-				for st := range e.streams {
-					again = append(again, st)
-				}
-			}
-			h.mu.Unlock()
-			for _, st := range again {
-				st.signalResync()
-			}
-			if len(again) > 0 {
-				select {
-				case h.relinked <- struct{}{}:
-				default:
-				}
+			if m.Kind == "subscribe" {
+				c.hub.confirmed(m.Channel)
 			}
 		case *redis.Message:
-			h.deliver(m.Channel, []byte(m.Payload))
+			c.hub.deliver(m.Channel, []byte(m.Payload))
 		}
 	}
-	return nil
 }

@@ -25,7 +25,7 @@ import (
 // firebase client, and a writer to the offline topic like the router's.
 type Offline struct {
 	Kafka    *Kafka
-	Redis    *redis.Client
+	Redis    redis.UniversalClient
 	Prefix   string
 	Devices  *delivery.Devices
 	Emulator *fcmtest.Server
@@ -43,7 +43,7 @@ func StartOffline(tb testing.TB, partitions int) *Offline {
 }
 
 // StartOfflineOn starts the parts on rdb under prefix.
-func StartOfflineOn(tb testing.TB, partitions int, rdb *redis.Client, prefix string) *Offline {
+func StartOfflineOn(tb testing.TB, partitions int, rdb redis.UniversalClient, prefix string) *Offline {
 	tb.Helper()
 	k := StartKafka(tb, partitions)
 	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: prefix})
@@ -204,7 +204,11 @@ func RunChildWorker() bool {
 // whose TestMain calls RunChildWorker), killed at cleanup if still running.
 func (o *Offline) StartChildWorker(tb testing.TB) *exec.Cmd {
 	tb.Helper()
-	spec, _ := json.Marshal(childWorker{Brokers: o.Kafka.Brokers, Redis: o.Redis.Options().Addr, Prefix: o.Prefix,
+	single, ok := o.Redis.(*redis.Client)
+	if !ok {
+		tb.Fatal("testenv: a child worker runs against a single Redis only")
+	}
+	spec, _ := json.Marshal(childWorker{Brokers: o.Kafka.Brokers, Redis: single.Options().Addr, Prefix: o.Prefix,
 		Endpoint: o.Emulator.Endpoint()})
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), ChildWorkerEnv+"="+string(spec))

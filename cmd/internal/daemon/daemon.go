@@ -72,13 +72,27 @@ func NewLogger(w io.Writer, format, level string) (*slog.Logger, *slog.LevelVar,
 	return nil, nil, fmt.Errorf("log format %q: want json or text", format)
 }
 
-// NewRedis returns a client for addrs: one address for a single Redis, or a
-// comma-separated list of cluster seed addresses.
+// NewRedis returns a client for addrs: one address, or a comma-separated
+// list of Redis Cluster seed addresses. Several addresses always mean a
+// cluster. One address means a cluster when the node there says so
+// (cluster_enabled:1 in INFO cluster), asked once, within a few seconds: a
+// node that does not answer then is taken for a single Redis.
 func NewRedis(addrs, password string) redis.UniversalClient {
-	return redis.NewUniversalClient(&redis.UniversalOptions{
-		Addrs:    strings.Split(addrs, ","),
-		Password: password,
-	})
+	seeds := strings.Split(addrs, ",")
+	if len(seeds) == 1 && isClusterNode(seeds[0], password) {
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: seeds, Password: password})
+	}
+	return redis.NewUniversalClient(&redis.UniversalOptions{Addrs: seeds, Password: password})
+}
+
+// isClusterNode reports whether the Redis at addr runs in cluster mode.
+func isClusterNode(addr, password string) bool {
+	rdb := redis.NewClient(&redis.Options{Addr: addr, Password: password, MaxRetries: -1})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	text, err := rdb.Info(ctx, "cluster").Result()
+	return err == nil && strings.Contains(text, "cluster_enabled:1")
 }
 
 // NewRegistry returns a Prometheus registry with the Go runtime and process

@@ -1,0 +1,252 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Cluster is a Redis Cluster of the test's own: redis-server processes on
+// free ports, joined with `redis-cli --cluster create`, and stopped at
+// cleanup.
+type Cluster struct {
+	// Nodes are every node, primaries and replicas, in start order; which
+	// is which changes with a failover (see Primaries).
+	Nodes []*RedisServer
+	tb    testing.TB
+}
+
+// StartCluster starts primaries × (1 + replicas) redis-servers in cluster
+// mode and joins them into a cluster whose primaries each have replicas
+// replicas, then waits until every node sees every slot served.
+func StartCluster(tb testing.TB, primaries, replicas int) *Cluster {
+	tb.Helper()
+	cli := RequireBinary(tb, "redis-cli", "apt-get install -y redis-server")
+	c := &Cluster{tb: tb}
+	addrs := make([]string, 0, primaries*(1+replicas))
+	for range primaries * (1 + replicas) {
+		// A short node timeout makes a failed primary's replica take over
+		// within a couple of seconds.
+		s := StartRedisServer(tb, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0")
+		c.Nodes = append(c.Nodes, s)
+		addrs = append(addrs, s.Addr)
+	}
+	args := append([]string{"--cluster", "create"}, addrs...)
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
+	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
+		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	c.WaitHealthy(primaries, replicas)
+	return c
+}
+
+// Seeds are the addresses a client is given: every node's.
+func (c *Cluster) Seeds() []string {
+	out := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		out[i] = n.Addr
+	}
+	return out
+}
+
+// Client returns a cluster client seeded with every node, closed at cleanup.
+func (c *Cluster) Client() *redis.ClusterClient {
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Seeds()})
+	c.tb.Cleanup(func() { _ = cc.Close() })
+	return cc
+}
+
+// node returns a plain client of one node, closed at cleanup.
+func (c *Cluster) node(addr string) *redis.Client {
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	c.tb.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
+
+// info returns one node's INFO section as fields.
+func info(ctx context.Context, rdb *redis.Client, section string) (map[string]string, error) {
+	text, err := rdb.Info(ctx, section).Result()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string)
+	for _, line := range strings.Split(text, "\r\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			out[k] = v
+		}
+	}
+	return out, nil
+}
+
+// Role returns "master" or "slave" for the node at addr.
+func (c *Cluster) Role(addr string) string {
+	c.tb.Helper()
+	f, err := info(context.Background(), c.node(addr), "replication")
+	if err != nil {
+		c.tb.Fatalf("INFO replication of %s: %v", addr, err)
+	}
+	return f["role"]
+}
+
+// Primaries returns the addresses of the nodes that are primaries now.
+func (c *Cluster) Primaries() []string {
+	c.tb.Helper()
+	var out []string
+	for _, n := range c.Nodes {
+		if c.Role(n.Addr) == "master" {
+			out = append(out, n.Addr)
+		}
+	}
+	return out
+}
+
+// WaitHealthy waits until every node reports cluster_state:ok and sees the
+// expected numbers of primaries and replicas.
+func (c *Cluster) WaitHealthy(primaries, replicas int) {
+	c.tb.Helper()
+	ctx := context.Background()
+	WaitFor(c.tb, 30*time.Second, "the cluster to be healthy on every node", func() bool {
+		for _, n := range c.Nodes {
+			rdb := redis.NewClient(&redis.Options{Addr: n.Addr})
+			text, err := rdb.ClusterInfo(ctx).Result()
+			shards, err2 := rdb.ClusterShards(ctx).Result()
+			_ = rdb.Close()
+			if err != nil || err2 != nil || !strings.Contains(text, "cluster_state:ok") || len(shards) != primaries {
+				return false
+			}
+			for _, s := range shards {
+				healthy := 0
+				for _, node := range s.Nodes {
+					if node.Health == "online" {
+						healthy++
+					}
+				}
+				if healthy != 1+replicas {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
+
+// Failover makes a replica of the primary at addr take over its slots with
+// CLUSTER FAILOVER (the coordinated kind: the replica first catches up with
+// the primary, so no acknowledged write is lost), and waits until both
+// agree. It returns the new primary's address. Unlike the other methods it
+// reports failure as an error, so that it may run beside the test's
+// goroutine.
+func (c *Cluster) Failover(primary string) (string, error) {
+	ctx := context.Background()
+	var replica string
+	for _, n := range c.Nodes {
+		if n.Addr == primary {
+			continue
+		}
+		rdb := redis.NewClient(&redis.Options{Addr: n.Addr})
+		f, err := info(ctx, rdb, "replication")
+		_ = rdb.Close()
+		// A replica names its primary by address in INFO replication.
+		if err == nil && f["role"] == "slave" && f["master_host"]+":"+f["master_port"] == primary {
+			replica = n.Addr
+			break
+		}
+	}
+	if replica == "" {
+		return "", fmt.Errorf("primary %s has no replica", primary)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: replica})
+	defer rdb.Close()
+	if err := rdb.Do(ctx, "CLUSTER", "FAILOVER").Err(); err != nil {
+		return "", fmt.Errorf("CLUSTER FAILOVER on %s: %w", replica, err)
+	}
+	old := redis.NewClient(&redis.Options{Addr: primary})
+	defer old.Close()
+	role := func(rdb *redis.Client) string {
+		f, _ := info(ctx, rdb, "replication")
+		return f["role"]
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if role(rdb) == "master" && role(old) == "slave" {
+			return replica, nil
+		}
+	}
+	return "", fmt.Errorf("replica %s did not take over from %s within 30s", replica, primary)
+}
+
+// Stats returns one node's pub/sub figures: the calls of each pub/sub
+// command (INFO commandstats, which counts commands a script runs too) and
+// the cluster bus messages it sent for classic and for sharded publishes.
+func (c *Cluster) Stats(addr string) PubSubStats {
+	c.tb.Helper()
+	ctx := context.Background()
+	rdb := c.node(addr)
+	cmds, err := info(ctx, rdb, "commandstats")
+	if err != nil {
+		c.tb.Fatalf("INFO commandstats of %s: %v", addr, err)
+	}
+	text, err := rdb.ClusterInfo(ctx).Result()
+	if err != nil {
+		c.tb.Fatalf("CLUSTER INFO of %s: %v", addr, err)
+	}
+	bus := make(map[string]string)
+	for _, line := range strings.Split(text, "\r\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			bus[k] = v
+		}
+	}
+	calls := func(cmd string) int64 {
+		// cmdstat_spublish:calls=12,usec=...
+		v := cmds["cmdstat_"+cmd]
+		v, _, _ = strings.Cut(strings.TrimPrefix(v, "calls="), ",")
+		n, _ := strconv.ParseInt(v, 10, 64)
+		return n
+	}
+	num := func(k string) int64 {
+		n, _ := strconv.ParseInt(bus[k], 10, 64)
+		return n
+	}
+	return PubSubStats{
+		Publish:         calls("publish"),
+		SPublish:        calls("spublish"),
+		BusPublishSent:  num("cluster_stats_messages_publish_sent"),
+		BusShardPubSent: num("cluster_stats_messages_publishshard_sent"),
+		BusPublishRecv:  num("cluster_stats_messages_publish_received"),
+		BusShardPubRecv: num("cluster_stats_messages_publishshard_received"),
+	}
+}
+
+// PubSubStats are one node's pub/sub figures; see Cluster.Stats.
+type PubSubStats struct {
+	Publish, SPublish               int64
+	BusPublishSent, BusShardPubSent int64
+	BusPublishRecv, BusShardPubRecv int64
+}
+
+// ShardSubscribers returns, for each client of the node at addr that holds
+// shard channel subscriptions, how many it holds (CLIENT LIST's ssub).
+func (c *Cluster) ShardSubscribers(addr string) []int {
+	c.tb.Helper()
+	text, err := c.node(addr).ClientList(context.Background()).Result()
+	if err != nil {
+		c.tb.Fatalf("CLIENT LIST of %s: %v", addr, err)
+	}
+	var out []int
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		for _, field := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(field, "ssub="); ok {
+				if n, _ := strconv.Atoi(v); n > 0 {
+					out = append(out, n)
+				}
+			}
+		}
+	}
+	return out
+}

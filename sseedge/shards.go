@@ -1,0 +1,410 @@
+package sseedge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// shardedSubscriber is the link to a Redis Cluster. Channels are shard
+// channels (SSUBSCRIBE): a message published with SPUBLISH reaches only the
+// shard that owns the channel's slot, so the edge keeps one connection per
+// primary and subscribes each channel on the primary that owns it.
+//
+// go-redis reconnects a broken Pub/Sub connection by sending one SSUBSCRIBE
+// with all of its channels, which a cluster refuses when they span slots, so
+// this subscriber never lets a connection reconnect: when one breaks, or a
+// node answers with an error, it closes it, reads the slot map again, and
+// subscribes the connection's channels afresh on their owners. A slot that
+// moves (a failover, or resharding) shows as an unrequested SUNSUBSCRIBE,
+// and is checked every auditEvery as well. When a channel is confirmed on its
+// new connection, the hub has its streams catch up from history.
+type shardedSubscriber struct {
+	cc  *redis.ClusterClient
+	hub *hub
+	out *outage
+	log *slog.Logger
+	// ctx bounds the connections' readers; cancel ends them.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	// wake asks run to resubscribe the orphans now.
+	wake chan struct{}
+
+	mu      sync.Mutex
+	slots   slotMap
+	links   map[string]*shardLink // by primary address
+	where   map[string]*shardLink // subscribed channel → its connection
+	orphans map[string]struct{}   // wanted channels subscribed nowhere
+	closed  bool
+}
+
+// shardLink is one sharded Pub/Sub connection, to one primary.
+type shardLink struct {
+	addr string
+	rdb  *redis.Client
+	ps   *redis.PubSub
+}
+
+var _ subscriber = (*shardedSubscriber)(nil)
+
+// auditEvery is how often the subscriber reads the slot map to find
+// channels whose slot moved without the old owner saying so.
+const auditEvery = 15 * time.Second
+
+func newShardedSubscriber(ctx context.Context, cc *redis.ClusterClient, h *hub, out *outage) *shardedSubscriber {
+	s := &shardedSubscriber{
+		cc: cc, hub: h, out: out, log: h.log,
+		wake:    make(chan struct{}, 1),
+		links:   make(map[string]*shardLink),
+		where:   make(map[string]*shardLink),
+		orphans: make(map[string]struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	return s
+}
+
+// subscribe subscribes channels on the primaries that own them, reading the
+// slot map first if it has not been read yet. A channel it cannot subscribe
+// now (its primary is failing over, say) is left to run, which retries
+// while the hub waits for the confirmation.
+func (s *shardedSubscriber) subscribe(ctx context.Context, channels ...string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("sseedge: subscriber closed")
+	}
+	var err error
+	if s.slots.empty() {
+		err = s.reloadLocked(ctx)
+	}
+	if err == nil {
+		err = s.placeLocked(ctx, channels)
+	} else {
+		s.orphanLocked(channels...)
+	}
+	if err != nil {
+		s.log.Warn("shard subscription deferred", slog.Int("channels", len(channels)), slog.Any("err", err))
+		s.kick()
+	}
+	return nil
+}
+
+// placeLocked subscribes channels on their owners, one SSUBSCRIBE per slot
+// (a cluster refuses one that spans slots). A channel whose SSUBSCRIBE could
+// not be sent is left an orphan, for run to retry.
+func (s *shardedSubscriber) placeLocked(ctx context.Context, channels []string) error {
+	bySlot := make(map[uint16][]string)
+	for _, ch := range channels {
+		bySlot[keySlot(ch)] = append(bySlot[keySlot(ch)], ch)
+	}
+	var errs []error
+	for slot, chans := range bySlot {
+		addr := s.slots.owner(slot)
+		if addr == "" {
+			errs = append(errs, fmt.Errorf("no primary serves slot %d", slot))
+			s.orphanLocked(chans...)
+			continue
+		}
+		l := s.linkLocked(addr)
+		if err := l.ps.SSubscribe(ctx, chans...); err != nil {
+			errs = append(errs, err)
+			s.orphanLocked(chans...)
+			continue
+		}
+		for _, ch := range chans {
+			s.where[ch] = l
+			delete(s.orphans, ch)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// orphanLocked records channels as wanted but subscribed nowhere.
+func (s *shardedSubscriber) orphanLocked(channels ...string) {
+	for _, ch := range channels {
+		delete(s.where, ch)
+		s.orphans[ch] = struct{}{}
+	}
+}
+
+// linkLocked returns the connection to the primary at addr, opening it.
+func (s *shardedSubscriber) linkLocked(addr string) *shardLink {
+	if l, ok := s.links[addr]; ok {
+		return l
+	}
+	opt := s.cc.Options()
+	rdb := redis.NewClient(&redis.Options{
+		Addr: addr, Username: opt.Username, Password: opt.Password, TLSConfig: opt.TLSConfig,
+		Dialer: opt.Dialer, DialTimeout: opt.DialTimeout, ReadTimeout: opt.ReadTimeout,
+		WriteTimeout: opt.WriteTimeout, PoolSize: 1,
+	})
+	l := &shardLink{addr: addr, rdb: rdb, ps: rdb.SSubscribe(s.ctx)}
+	s.links[addr] = l
+	s.wg.Go(func() { s.read(l) })
+	return l
+}
+
+// unsubscribe drops channels. Best effort: a channel whose SUNSUBSCRIBE
+// is lost stays subscribed until its connection is next replaced.
+func (s *shardedSubscriber) unsubscribe(ctx context.Context, channels ...string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	byLink := make(map[*shardLink][]string)
+	for _, ch := range channels {
+		delete(s.orphans, ch)
+		if l, ok := s.where[ch]; ok {
+			delete(s.where, ch)
+			byLink[l] = append(byLink[l], ch)
+		}
+	}
+	var errs []error
+	for l, chans := range byLink {
+		bySlot := make(map[uint16][]string)
+		for _, ch := range chans {
+			bySlot[keySlot(ch)] = append(bySlot[keySlot(ch)], ch)
+		}
+		for _, group := range bySlot {
+			if err := l.ps.SUnsubscribe(ctx, group...); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// read hands the connection's messages to the hub until it breaks.
+func (s *shardedSubscriber) read(l *shardLink) {
+	for {
+		msg, err := l.ps.ReceiveTimeout(s.ctx, pingEvery)
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return
+			}
+			var netErr interface{ Timeout() bool }
+			if errors.As(err, &netErr) && netErr.Timeout() {
+				if err := l.ps.Ping(s.ctx); err == nil {
+					continue
+				}
+			}
+			s.lose(l, err)
+			return
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			s.mu.Lock()
+			mine := s.where[m.Channel] == l
+			if mine && m.Kind == "sunsubscribe" {
+				// Not asked for: the node no longer serves the slot.
+				s.orphanLocked(m.Channel)
+			}
+			s.mu.Unlock()
+			switch {
+			case mine && m.Kind == "ssubscribe":
+				s.hub.confirmed(m.Channel)
+			case mine && m.Kind == "sunsubscribe":
+				s.kick()
+			}
+		case *redis.Message:
+			s.hub.deliver(m.Channel, []byte(m.Payload))
+		}
+	}
+}
+
+// lose drops a broken connection and makes its channels orphans.
+func (s *shardedSubscriber) lose(l *shardLink, err error) {
+	s.mu.Lock()
+	if s.links[l.addr] == l {
+		delete(s.links, l.addr)
+	}
+	n := 0
+	for ch, at := range s.where {
+		if at == l {
+			s.orphanLocked(ch)
+			n++
+		}
+	}
+	s.mu.Unlock()
+	_ = l.ps.Close()
+	_ = l.rdb.Close()
+	s.log.Warn("redis shard pub/sub connection lost; resubscribing its channels elsewhere",
+		slog.String("node", l.addr), slog.Int("channels", n), slog.Any("err", err))
+	s.kick()
+}
+
+func (s *shardedSubscriber) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run resubscribes orphans, at once when asked and every 200ms while some
+// remain, and audits the slot map every auditEvery.
+func (s *shardedSubscriber) run(ctx context.Context) {
+	audit := time.NewTicker(auditEvery)
+	defer audit.Stop()
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-retry:
+		case <-audit.C:
+			if err := s.audit(ctx); err != nil {
+				s.log.Warn("reading the cluster's slot map failed", slog.Any("err", err))
+			}
+		}
+		retry = nil
+		left, err := s.replace(ctx)
+		if left == 0 {
+			s.out.up()
+			continue
+		}
+		s.out.down(err)
+		retry = time.After(200 * time.Millisecond)
+	}
+}
+
+// replace reads the slot map and subscribes every orphan on its owner. It
+// returns how many are left.
+func (s *shardedSubscriber) replace(ctx context.Context) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || len(s.orphans) == 0 {
+		return 0, nil
+	}
+	if err := s.reloadLocked(ctx); err != nil {
+		return len(s.orphans), err
+	}
+	orphans := make([]string, 0, len(s.orphans))
+	for ch := range s.orphans {
+		orphans = append(orphans, ch)
+	}
+	err := s.placeLocked(ctx, orphans)
+	s.log.Info("resubscribed shard channels on their primaries",
+		slog.Int("channels", len(orphans)-len(s.orphans)), slog.Int("left", len(s.orphans)))
+	return len(s.orphans), err
+}
+
+// audit reads the slot map and makes orphans of the channels subscribed on
+// a node that no longer owns their slot.
+func (s *shardedSubscriber) audit(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.reloadLocked(ctx); err != nil {
+		return err
+	}
+	for ch, l := range s.where {
+		if s.slots.owner(keySlot(ch)) != l.addr {
+			s.orphanLocked(ch)
+		}
+	}
+	if len(s.orphans) > 0 {
+		s.kick()
+	}
+	return nil
+}
+
+// reloadLocked reads the slot map from the cluster (CLUSTER SHARDS).
+func (s *shardedSubscriber) reloadLocked(ctx context.Context) error {
+	shards, err := s.cc.ClusterShards(ctx).Result()
+	if err != nil {
+		return fmt.Errorf("sseedge: CLUSTER SHARDS: %w", err)
+	}
+	tls := s.cc.Options().TLSConfig != nil
+	var m slotMap
+	for _, sh := range shards {
+		addr := ""
+		for _, n := range sh.Nodes {
+			if n.Role != "master" || n.Health != "online" {
+				continue
+			}
+			host, port := n.Endpoint, n.Port
+			if host == "" || host == "?" {
+				host = n.IP
+			}
+			if tls && n.TLSPort != 0 {
+				port = n.TLSPort
+			}
+			addr = net.JoinHostPort(host, strconv.FormatInt(port, 10))
+		}
+		if addr == "" {
+			continue
+		}
+		for _, r := range sh.Slots {
+			m = append(m, slotRange{start: uint16(r.Start), end: uint16(r.End), addr: addr})
+		}
+	}
+	sort.Slice(m, func(i, j int) bool { return m[i].start < m[j].start })
+	s.slots = m
+	return nil
+}
+
+// Close ends every connection and waits for their readers.
+func (s *shardedSubscriber) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	links := s.links
+	s.links = make(map[string]*shardLink)
+	s.mu.Unlock()
+	s.cancel()
+	for _, l := range links {
+		_ = l.ps.Close()
+		_ = l.rdb.Close()
+	}
+	s.wg.Wait()
+	return nil
+}
+
+// slotMap is the cluster's slot ranges and their primaries, sorted.
+type slotMap []slotRange
+
+type slotRange struct {
+	start, end uint16
+	addr       string
+}
+
+func (m slotMap) empty() bool { return len(m) == 0 }
+
+// owner returns the address of the primary that serves slot, or "".
+func (m slotMap) owner(slot uint16) string {
+	i := sort.Search(len(m), func(i int) bool { return m[i].end >= slot })
+	if i < len(m) && m[i].start <= slot {
+		return m[i].addr
+	}
+	return ""
+}
+
+// keySlot is the Redis Cluster slot of a key or shard channel: CRC16
+// (XMODEM) of its hash tag, the part between the first { and the next },
+// when that part is not empty, else of the whole key, modulo 16384.
+func keySlot(key string) uint16 {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	var crc uint16
+	for k := 0; k < len(key); k++ {
+		crc ^= uint16(key[k]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc % 16384
+}
