@@ -54,7 +54,7 @@ func newBench(ctx context.Context, cfg config, log io.Writer) (*bench, error) {
 	b.rep = &report{Date: time.Now().Format("2006-01-02 15:04"), Host: host, CPUs: runtime.NumCPU(),
 		Settings: map[string]string{}}
 	if cfg.self {
-		maxConns := max(cfg.idleConns, cfg.conns, cfg.broadcastConns, cfg.soak.conns) + 100
+		maxConns := max(cfg.idleConns, cfg.conns, cfg.broadcastConns, cfg.soak.conns, cfg.pollClients) + 100
 		sys, err := startSystem(ctx, cfg.redisAddr, maxConns)
 		if err != nil {
 			return nil, err
@@ -158,6 +158,8 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 			err = b.router(ctx)
 		case "broadcast":
 			err = b.broadcast(ctx)
+		case "pollpush":
+			err = b.pollPush(ctx)
 		}
 		if err != nil {
 			return b.rep, fmt.Errorf("%s: %w", s, err)

@@ -42,6 +42,10 @@ type command struct {
 	Topic  string   `json:"topic,omitempty"`
 	Addrs  []string `json:"addrs,omitempty"` // source addresses, one per connection; empty lets the kernel choose
 	Dials  int      `json:"dials,omitempty"` // connections being opened at once
+	// poll: Count clients, users Prefix+First..., each GETting Edge+user
+	// every Every, for For (see poll).
+	Every time.Duration `json:"every,omitempty"`
+	For   time.Duration `json:"for,omitempty"`
 }
 
 // reply is a child's answer to a command.
@@ -91,6 +95,8 @@ func runChild(in io.Reader, out io.Writer) error {
 		switch c.Op {
 		case "open":
 			r = h.open(c)
+		case "poll":
+			r = poll(c)
 		case "reset":
 			h.mu.Lock()
 			h.lat, h.received, h.bad = hist{}, 0, 0

@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -61,6 +62,9 @@ type config struct {
 	perAddr        int
 	perChild       int
 	dials          int
+	pollClients    int
+	pollDuration   time.Duration
+	cpuProfile     string
 	soak           soakConfig
 }
 
@@ -69,7 +73,7 @@ type namedPID struct {
 	PID  int
 }
 
-var allScenarios = []string{"idle", "unicast", "router", "broadcast"}
+var allScenarios = []string{"idle", "unicast", "router", "broadcast", "pollpush"}
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("heraldbench", flag.ContinueOnError)
@@ -88,6 +92,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.edgeURL, "http", "http://127.0.0.1:8080", "edge base URL")
 	fs.StringVar(&c.redisAddr, "redis", "127.0.0.1:6379", "Redis of the PUBLISH baseline, and of the system with -self (\"mini\": an embedded miniredis)")
 	fs.StringVar(&c.jsonPath, "json", "", "also write the results to this JSON file")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write this process's CPU profile (with -self: the router's and the edge's) to this file, for go tool pprof")
 	fs.IntVar(&c.idleConns, "idle-conns", 19900, "idle scenario: connections held on the edge")
 	fs.IntVar(&c.conns, "conns", 2000, "unicast and router scenarios: connections (users) held")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "length of each measured run")
@@ -100,6 +105,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.perAddr, "per-addr", 100, "connections per 127.0.0.x source address (the edge's default per-address limit); 0 lets the kernel choose")
 	fs.IntVar(&c.perChild, "per-child", 19000, "connections per child process, below the 20,000 open files a process may have")
 	fs.IntVar(&c.dials, "dials", 64, "connections being opened at once, per child")
+	fs.IntVar(&c.pollClients, "poll-clients", 10000, "pollpush scenario: clients polling, then clients holding a stream")
+	fs.DurationVar(&c.pollDuration, "poll-duration", 60*time.Second, "pollpush scenario: length of each phase")
 	soakFlags(fs, &c.soak, &admin)
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -115,6 +122,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			"broadcast-conns": func() { c.broadcastConns = 1000 },
 			"broadcasts":      func() { c.broadcasts = 3 },
 			"rates":           func() { *rates = "200,1000" },
+			"poll-clients":    func() { c.pollClients = 2000 },
+			"poll-duration":   func() { c.pollDuration = 15 * time.Second },
 		}
 		for name, apply := range quickDefaults {
 			if !set[name] {
@@ -164,7 +173,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			c.pids = append(c.pids, namedPID{strings.TrimSpace(name), pid})
 		}
 	}
-	if c.perChild < 1 || c.conns < 1 || c.idleConns < 1 || c.broadcastConns < 1 || c.duration <= 0 || c.baseDuration <= 0 {
+	if c.perChild < 1 || c.conns < 1 || c.idleConns < 1 || c.broadcastConns < 1 || c.pollClients < 1 ||
+		c.duration <= 0 || c.baseDuration <= 0 || c.pollDuration <= 0 {
 		return c, errors.New("counts and durations must be positive")
 	}
 	return c, c.soak.validate(admin)
@@ -175,6 +185,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
+	}
+	if cfg.cpuProfile != "" {
+		f, err := os.Create(cfg.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	b, err := newBench(ctx, cfg, stderr)
 	if err != nil {

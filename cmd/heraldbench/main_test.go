@@ -95,7 +95,8 @@ func TestRunSelfQuick(t *testing.T) {
 	var out, log bytes.Buffer
 	args := []string{"-self", "-quick", "-redis", testRedis(t), "-json", jsonPath,
 		"-idle-conns", "150", "-conns", "60", "-rates", "100", "-duration", "1s", "-base-duration", "300ms",
-		"-callers", "8", "-workers", "16", "-broadcast-conns", "120", "-broadcasts", "2", "-per-addr", "50", "-per-child", "100"}
+		"-callers", "8", "-workers", "16", "-broadcast-conns", "120", "-broadcasts", "2", "-per-addr", "50", "-per-child", "100",
+		"-poll-clients", "80", "-poll-duration", "3s"}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := run(ctx, args, &out, &log); err != nil {
@@ -162,6 +163,15 @@ func TestRunSelfQuick(t *testing.T) {
 	}
 	if r := get("broadcast|delivered"); r.Value != 240 {
 		t.Errorf("broadcast delivered %v, want 240", r.Value)
+	}
+	if r := get("poll vs push, 80 clients|push every 30s: events delivered"); r.Value <= 0 || r.Ratio != 1 {
+		t.Errorf("poll vs push: %v events delivered, ratio to sent %v; want some, all delivered", r.Value, r.Ratio)
+	}
+	if r := get("poll vs push, 80 clients|poll every 3s: requests answered"); r.Value <= 0 {
+		t.Errorf("poll vs push: %v polls answered", r.Value)
+	}
+	if v := get("poll vs push, 80 clients|poll: requests failed").Value; v != 0 {
+		t.Errorf("poll vs push: %v polls failed", v)
 	}
 	p50, worst := get("broadcast|per-connection delivery p50").Value, get("broadcast|time to deliver one broadcast to all, worst").Value
 	if p50 <= 0 || p50 > worst {
