@@ -197,6 +197,51 @@ func TestClusterFailover(t *testing.T) {
 	})
 }
 
+// TestClusterSlotMove: when the slot of a connected user moves to another
+// primary (resharding), the router follows the redirect and the edge
+// resubscribes the user's channel on the new owner: events sent after the
+// move still arrive, in order.
+func TestClusterSlotMove(t *testing.T) {
+	c := testenv.StartCluster(t, 3, 0)
+	s := newSystemWith(t, options{cluster: c, edges: 1})
+	const u = "mover"
+	client := connect(t, s.edges[0].url, token(t, u))
+	s.notify(t, &heraldv1.NotifyRequest{UserId: u, Data: []byte("before")})
+	if got := client.next(t, 5*time.Second).Data; got != "before" {
+		t.Fatalf("got %q before the move", got)
+	}
+	from := owners(t, s, []string{u})[u]
+	var to string
+	for _, p := range c.Primaries() {
+		if p != from {
+			to = p
+			break
+		}
+	}
+	slot := c.KeySlot(s.reg.Key(u))
+	if err := c.MoveSlot(slot, to); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("moved slot %d of %s from %s to %s", slot, u, from, to)
+	testenv.WaitFor(t, auditWait, "the edge to subscribe the user's channel on the new owner", func() bool {
+		return len(c.ShardSubscribers(to)) > 0
+	})
+	for i := range 3 {
+		resp := s.notify(t, &heraldv1.NotifyRequest{UserId: u, Data: []byte("after-" + strconv.Itoa(i))})
+		if resp.GetRoute() != heraldv1.Route_ROUTE_ONLINE {
+			t.Errorf("after the move: route %v, want online", resp.GetRoute())
+		}
+	}
+	for i := range 3 {
+		if got, want := client.next(t, 5*time.Second).Data, "after-"+strconv.Itoa(i); got != want {
+			t.Errorf("after the move: got %q, want %q", got, want)
+		}
+	}
+	if subs := c.ShardSubscribers(from); len(subs) != 0 {
+		t.Errorf("the old owner %s still has shard subscribers %v", from, subs)
+	}
+}
+
 // auditWait bounds how long an edge takes to notice a slot that moved
 // without a word from its old owner: its slot-map audit period and a bit.
 const auditWait = 20 * time.Second

@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"net"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -249,4 +250,95 @@ func (c *Cluster) ShardSubscribers(addr string) []int {
 		}
 	}
 	return out
+}
+
+// MoveSlot migrates slot, with its keys, from the primary that serves it
+// to the primary at to, as redis-cli --cluster reshard does for each slot:
+// IMPORTING on the target, MIGRATING on the source, MIGRATE of the keys,
+// then SETSLOT NODE on every primary.
+func (c *Cluster) MoveSlot(slot int, to string) error {
+	ctx := context.Background()
+	clients := map[string]*redis.Client{}
+	ids := map[string]string{}
+	for _, addr := range c.Primaries() {
+		rdb := redis.NewClient(&redis.Options{Addr: addr})
+		defer rdb.Close()
+		id, err := rdb.ClusterMyID(ctx).Result()
+		if err != nil {
+			return err
+		}
+		clients[addr], ids[addr] = rdb, id
+	}
+	var from string
+	shards, err := clients[to].ClusterShards(ctx).Result()
+	if err != nil {
+		return err
+	}
+	for _, sh := range shards {
+		for _, r := range sh.Slots {
+			if int64(slot) < r.Start || int64(slot) > r.End {
+				continue
+			}
+			for _, n := range sh.Nodes {
+				if n.Role == "master" {
+					from = net.JoinHostPort(n.IP, strconv.FormatInt(n.Port, 10))
+				}
+			}
+		}
+	}
+	if from == "" || clients[to] == nil {
+		return fmt.Errorf("slot %d: no owner found, or %s is not a primary", slot, to)
+	}
+	if from == to {
+		return nil
+	}
+	src, dst := clients[from], clients[to]
+	steps := []func() error{
+		func() error { return dst.Do(ctx, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[from]).Err() },
+		func() error { return src.Do(ctx, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to]).Err() },
+		func() error {
+			host, port, _ := strings.Cut(to, ":")
+			for {
+				keys, err := src.ClusterGetKeysInSlot(ctx, slot, 100).Result()
+				if err != nil || len(keys) == 0 {
+					return err
+				}
+				args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
+				for _, k := range keys {
+					args = append(args, k)
+				}
+				if err := src.Do(ctx, args...).Err(); err != nil {
+					return err
+				}
+			}
+		},
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return fmt.Errorf("move slot %d from %s to %s: %w", slot, from, to, err)
+		}
+	}
+	// The target first, then the source, then the others, as redis-cli does.
+	order := []string{to, from}
+	for addr := range clients {
+		if addr != to && addr != from {
+			order = append(order, addr)
+		}
+	}
+	for _, addr := range order {
+		if err := clients[addr].Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", ids[to]).Err(); err != nil {
+			return fmt.Errorf("move slot %d: SETSLOT NODE on %s: %w", slot, addr, err)
+		}
+	}
+	return nil
+}
+
+// KeySlot returns the slot of key, as the cluster computes it.
+func (c *Cluster) KeySlot(key string) int {
+	c.tb.Helper()
+	n, err := c.node(c.Nodes[0].Addr).ClusterKeySlot(context.Background(), key).Result()
+	if err != nil {
+		c.tb.Fatalf("CLUSTER KEYSLOT: %v", err)
+	}
+	return int(n)
 }
