@@ -166,35 +166,51 @@ func TestClusterShardedPubSub(t *testing.T) {
 	}
 }
 
-// TestClusterFailover: a primary fails over (CLUSTER FAILOVER) while
-// notifications flow through two routers to users on two edges; the edges
-// resubscribe on the new primary, clients recover any gap through
-// Last-Event-ID, and the accounting harness finds nothing lost.
+// TestClusterFailover: a primary fails over while notifications flow
+// through two routers to users on two edges, either on command (CLUSTER
+// FAILOVER, as for maintenance) or because it died (SIGKILL, and its
+// replica takes over after the node timeout). The edges resubscribe on the
+// new primary, clients recover any gap through history, and the accounting
+// harness finds nothing lost.
 func TestClusterFailover(t *testing.T) {
-	c := testenv.StartCluster(t, 3, 1)
-	o := testenv.StartOfflineOn(t, 2, c.Client(), testenv.Prefix(t))
-	s, h := setup(t, o, options{cluster: c, edges: 2, routers: 2}, 40, 20)
-	o.StartWorker(t, o.WorkerConfig(), nil)
-	h.connectOnline(s.edges[0].url, s.edges[1].url)
-	victim := c.Primaries()[0]
-	var (
-		wg         sync.WaitGroup
-		newPrimary string
-		failErr    error
-	)
-	h.drive(faultLoad, func() {
-		wg.Go(func() { newPrimary, failErr = c.Failover(victim) })
-	})
-	wg.Wait()
-	if failErr != nil {
-		t.Fatal(failErr)
+	for _, tc := range []struct {
+		name   string
+		fail   func(c *testenv.Cluster, victim string) (string, error)
+		revive bool // start the victim again at the end
+	}{
+		{"CLUSTER FAILOVER", func(c *testenv.Cluster, victim string) (string, error) { return c.Failover(victim) }, false},
+		{"primary killed", func(c *testenv.Cluster, victim string) (string, error) { return c.Kill(victim) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := testenv.StartCluster(t, 3, 1)
+			o := testenv.StartOfflineOn(t, 2, c.Client(), testenv.Prefix(t))
+			s, h := setup(t, o, options{cluster: c, edges: 2, routers: 2}, 40, 20)
+			o.StartWorker(t, o.WorkerConfig(), nil)
+			h.connectOnline(s.edges[0].url, s.edges[1].url)
+			victim := c.Primaries()[0]
+			var (
+				wg         sync.WaitGroup
+				newPrimary string
+				failErr    error
+			)
+			h.drive(faultLoad, func() {
+				wg.Go(func() { newPrimary, failErr = tc.fail(c, victim) })
+			})
+			wg.Wait()
+			if failErr != nil {
+				t.Fatal(failErr)
+			}
+			t.Logf("primary %s: %s; %s took over", victim, tc.name, newPrimary)
+			h.report("redis cluster: "+tc.name, h.settle())
+			// The edges follow: the new primary holds shard subscriptions.
+			testenv.WaitFor(t, auditWait, "an edge to subscribe on the new primary", func() bool {
+				return len(c.ShardSubscribers(newPrimary)) > 0
+			})
+			if tc.revive {
+				c.Revive(victim)
+			}
+		})
 	}
-	t.Logf("primary %s failed over to %s", victim, newPrimary)
-	h.report("redis cluster primary failed over", h.settle())
-	// The edges follow: the new primary holds shard subscriptions.
-	testenv.WaitFor(t, 2*auditWait, "an edge to subscribe on the new primary", func() bool {
-		return len(c.ShardSubscribers(newPrimary)) > 0
-	})
 }
 
 // TestClusterSlotMove: when the slot of a connected user moves to another

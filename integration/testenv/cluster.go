@@ -59,7 +59,9 @@ func (c *Cluster) Seeds() []string {
 
 // Client returns a cluster client seeded with every node, closed at cleanup.
 func (c *Cluster) Client() *redis.ClusterClient {
-	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Seeds()})
+	// As cmd/internal/daemon's NewRedis: the slot map is reread every 2 s,
+	// so that a dead primary's replica is found soon after it takes over.
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Seeds(), ClusterStateReloadInterval: 2 * time.Second})
 	c.tb.Cleanup(func() { _ = cc.Close() })
 	return cc
 }
@@ -180,6 +182,60 @@ func (c *Cluster) Failover(primary string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("replica %s did not take over from %s within 30s", replica, primary)
+}
+
+// Kill stops the primary at addr with SIGKILL and waits until one of its
+// replicas has taken over (after the cluster's node timeout). It returns
+// the new primary's address. Writes the primary acknowledged but had not
+// yet replicated are lost, as Redis replication is asynchronous. The node
+// stays down until Revive.
+func (c *Cluster) Kill(primary string) (string, error) {
+	ctx := context.Background()
+	var replicas []string
+	for _, n := range c.Nodes {
+		if n.Addr == primary {
+			continue
+		}
+		rdb := redis.NewClient(&redis.Options{Addr: n.Addr})
+		f, err := info(ctx, rdb, "replication")
+		_ = rdb.Close()
+		if err == nil && f["role"] == "slave" && f["master_host"]+":"+f["master_port"] == primary {
+			replicas = append(replicas, n.Addr)
+		}
+	}
+	if len(replicas) == 0 {
+		return "", fmt.Errorf("primary %s has no replica", primary)
+	}
+	for _, n := range c.Nodes {
+		if n.Addr == primary {
+			n.Stop()
+		}
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, r := range replicas {
+			rdb := redis.NewClient(&redis.Options{Addr: r})
+			f, err := info(ctx, rdb, "replication")
+			_ = rdb.Close()
+			if err == nil && f["role"] == "master" {
+				return r, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no replica of %s took over within 30s", primary)
+}
+
+// Revive starts the node at addr again, after Kill: it rejoins the cluster
+// as a replica of the primary that took its slots.
+func (c *Cluster) Revive(addr string) {
+	c.tb.Helper()
+	for _, n := range c.Nodes {
+		if n.Addr == addr {
+			n.Start()
+		}
+	}
+	WaitFor(c.tb, 30*time.Second, addr+" to rejoin as a replica", func() bool {
+		return c.Role(addr) == "slave"
+	})
 }
 
 // Stats returns one node's pub/sub figures: the calls of each pub/sub

@@ -79,11 +79,19 @@ func NewLogger(w io.Writer, format, level string) (*slog.Logger, *slog.LevelVar,
 // node that does not answer then is taken for a single Redis.
 func NewRedis(addrs, password string) redis.UniversalClient {
 	seeds := strings.Split(addrs, ",")
-	if len(seeds) == 1 && isClusterNode(seeds[0], password) {
-		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: seeds, Password: password})
+	if len(seeds) > 1 || isClusterNode(seeds[0], password) {
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: seeds, Password: password,
+			ClusterStateReloadInterval: ClusterStateReload})
 	}
-	return redis.NewUniversalClient(&redis.UniversalOptions{Addrs: seeds, Password: password})
+	return redis.NewClient(&redis.Options{Addr: seeds[0], Password: password})
 }
+
+// ClusterStateReload is how often a cluster client reads the slot map while
+// it has traffic. go-redis rereads it at once on a MOVED redirect, but not
+// when a primary stops answering: with its default of a minute, a dead
+// primary's slots would stay unreachable for up to a minute after a replica
+// took them over. One CLUSTER SLOTS every 2 s per process is cheap.
+const ClusterStateReload = 2 * time.Second
 
 // isClusterNode reports whether the Redis at addr runs in cluster mode.
 func isClusterNode(addr, password string) bool {
