@@ -167,8 +167,11 @@ type Server struct {
 	history  *delivery.History
 	pages    http.Handler
 
-	hubMu    sync.Mutex
-	hub      *hub // set by Serve
+	hubMu sync.Mutex
+	hub   *hub // set by Serve
+	// writers serve the HTTP/1.1 streams taken over from net/http; set by
+	// Serve, nil where streams stay on their handler goroutines.
+	writers  *writers
 	draining atomic.Bool
 	handlers sync.WaitGroup
 
@@ -317,22 +320,33 @@ const idleTimeout = 2 * time.Minute
 // Serve serves the edge on lis until ctx is done, then drains: it refuses new
 // streams and closes the open ones spread over DrainPeriod with reason
 // server_drain. It speaks HTTP/1.1 and, without TLS, HTTP/2 (h2c), so that a
-// browser is not held to six streams per origin.
+// browser is not held to six streams per origin. On Linux, with a TCP
+// listener, an HTTP/1.1 stream is taken over from net/http once open, so
+// that an idle one costs no goroutine (see writers).
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	if err := s.auth.loadKeys(ctx); err != nil {
+		return err
+	}
 	h := newHub(ctx, s.rdb, s.log, s.cfg.BrokerGrace, s.deliver, s.brokerLost)
+	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopHub()
 	s.hubMu.Lock()
 	if s.hub != nil {
 		s.hubMu.Unlock()
+		_ = h.ps.Close()
 		return errors.New("sseedge: Serve called twice")
 	}
 	s.hub = h
-	s.hubMu.Unlock()
-	if err := s.auth.loadKeys(ctx); err != nil {
-		_ = h.ps.Close()
-		return err
+	// Connections from a TCP listener are taken over; TLS connections, or
+	// those of another listener, cannot be written to directly.
+	if _, ok := lis.(*net.TCPListener); ok {
+		if p, err := newPoller(s.log); err == nil {
+			s.writers = newWriters(hubCtx, s, p)
+		} else {
+			s.log.Info("streams are served one goroutine each", slog.Any("err", err))
+		}
 	}
-	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopHub()
+	s.hubMu.Unlock()
 
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -347,6 +361,10 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	var hubDone sync.WaitGroup
 	hubDone.Go(func() { _ = h.run(hubCtx) })
+	if s.writers != nil {
+		// The writers stop after the drain, which ends their streams.
+		hubDone.Go(s.writers.run)
+	}
 	hubDone.Go(func() { s.auth.refreshKeys(hubCtx) })
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -531,14 +549,22 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusServiceUnavailable, "edge_full", fmt.Sprintf("this edge holds its limit of %d streams; retry", s.cfg.MaxConns))
 		return
 	}
-	if client, ok := s.clientPrefix(r); ok && s.cfg.MaxConnsPerIP > 0 {
-		if !s.acquireIP(client) {
+	// client is counted against MaxConnsPerIP until the request ends, or
+	// its stream does.
+	var client netip.Prefix
+	if p, ok := s.clientPrefix(r); ok && s.cfg.MaxConnsPerIP > 0 {
+		if !s.acquireIP(p) {
 			w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.Retry.Seconds())+1))
 			s.refuse(w, http.StatusTooManyRequests, "too_many_connections",
 				fmt.Sprintf("this client address holds its limit of %d streams on this edge", s.cfg.MaxConnsPerIP))
 			return
 		}
-		defer s.releaseIP(client)
+		client = p
+		defer func() {
+			if client.IsValid() {
+				s.releaseIP(client)
+			}
+		}()
 	}
 	claims, err := s.auth.authenticate(r)
 	if err != nil {
@@ -558,6 +584,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 
 	ctx := r.Context()
 	st := newStream(claims.Subject, s.cfg.EdgeID, s.now(), s.cfg.QueueSize, s.presence.Prefix(), topics)
+	st.expires = claims.ExpiresAt.Time
 	cursor := s.checkCursor(lastID, parseCursor(lastID))
 	// A client that resumes past a notification had it: no push for it.
 	s.ackOnReconnect(st, cursor)
@@ -568,10 +595,23 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 
 	s.metrics.open.Inc()
+	// The stream holds the client's place from here: finish gives it back.
+	st.client, client = client, netip.Prefix{}
+	reason, adopted := s.stream(ctx, w, r, st)
+	if adopted {
+		// The writers serve the stream from here, and finish it.
+		return
+	}
 	// The first reason wins: a stream closed as slow_consumer whose blocked
 	// write then times out is counted as slow_consumer, once.
-	st.close(s.stream(ctx, w, st, claims.ExpiresAt.Time))
-	reason := st.reason
+	st.close(reason)
+	s.finish(ctx, st)
+}
+
+// finish cleans up after a stream that ended: it counts it, leaves the hub,
+// and removes the stream's lease and its place in MaxConnsPerIP.
+func (s *Server) finish(ctx context.Context, st *stream) {
+	reason := st.closed()
 	s.metrics.open.Dec()
 	s.metrics.closed.WithLabelValues(string(reason)).Inc()
 	s.metrics.duration.Observe(s.now().Sub(st.conn.Since).Seconds())
@@ -584,6 +624,9 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		// The lease expires by itself within its TTL.
 		s.metrics.presenceErrors.Inc()
 		s.log.Warn("presence remove failed", slog.Any("err", err))
+	}
+	if st.client.IsValid() {
+		s.releaseIP(st.client)
 	}
 	if s.log.Enabled(ctx, slog.LevelDebug) {
 		s.log.LogAttrs(ctx, slog.LevelDebug, "stream closed",
@@ -774,14 +817,23 @@ func (s *Server) checkTopics(topics, allowed []string) (status int, code, msg st
 	return 0, "", ""
 }
 
-// stream writes st's events to w until the stream ends, and says why. It is
-// the only writer of w.
-func (s *Server) stream(ctx context.Context, w http.ResponseWriter, st *stream, expires time.Time) CloseReason {
+// stream writes the response headers and st's first bytes to w. It then
+// hands an HTTP/1.1 stream over to the writers, and reports adopted; it
+// serves any other (HTTP/2) itself, as the only writer of w, until the
+// stream ends, and says why.
+func (s *Server) stream(ctx context.Context, w http.ResponseWriter, r *http.Request, st *stream) (_ CloseReason, adopted bool) {
 	rc := http.NewResponseController(w)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream; charset=utf-8")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
+	// An HTTP/1.1 response is chunked, which the writers go on with; an
+	// HTTP/1.0 one is not, and stays with this goroutine, like HTTP/2.
+	takeOver := s.writers != nil && r.ProtoMajor == 1 && r.ProtoMinor >= 1
+	if takeOver {
+		// The writers close the connection when the stream ends.
+		h.Set("Connection", "close")
+	}
 	w.WriteHeader(http.StatusOK)
 
 	write := func(b []byte) CloseReason {
@@ -806,96 +858,133 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, st *stream, 
 	buf = s.appendReplay(buf, st, st.pending)
 	st.pending = nil
 	if reason := write(buf); reason != "" {
-		return reason
+		return reason, false
 	}
 	if s.draining.Load() {
 		// The drain began while this stream was opening.
-		return s.closeDrained(write)
+		return s.closeDrained(write), false
+	}
+	if takeOver {
+		// What the client sent after its request (nothing, from an SSE
+		// client) is dropped with the buffers Hijack returns.
+		nc, _, err := rc.Hijack()
+		if err == nil {
+			if !s.writers.adopt(st, nc) {
+				// Never for a TCP connection; the client reconnects.
+				_ = nc.Close()
+				return CloseWriteError, false
+			}
+			return "", true
+		}
 	}
 
 	heartbeat := time.NewTicker(s.cfg.Heartbeat)
 	defer heartbeat.Stop()
-	expiry := time.NewTimer(expires.Sub(s.now()))
+	expiry := time.NewTimer(st.expires.Sub(s.now()))
 	defer expiry.Stop()
 	var batch []*outEvent
 	for {
 		select {
 		case <-ctx.Done():
-			return CloseClientClosed
-		case <-st.done:
-			if st.reason == CloseServerDrain {
-				return s.closeDrained(write)
-			}
-			return st.reason
+			return CloseClientClosed, false
 		case <-expiry.C:
-			return CloseTokenExpired
+			return CloseTokenExpired, false
 		case <-heartbeat.C:
 			if reason := write(appendComment(buf[:0], "hb")); reason != "" {
-				return reason
+				return reason, false
 			}
-		case <-st.resync:
-			// The Redis link came back: catch up on what was published
-			// while it was down.
-			replays, err := s.history.Since(ctx, st.streams, st.positions())
-			if err != nil {
-				return CloseBrokerLost
-			}
-			if buf = s.appendReplay(buf[:0], st, replays); len(buf) > 0 {
-				if reason := write(buf); reason != "" {
-					return reason
+		case <-st.wake:
+			var (
+				resync bool
+				reason CloseReason
+			)
+			batch, resync, _, reason, _ = st.take(batch[:0])
+			switch {
+			case reason == CloseServerDrain:
+				return s.closeDrained(write), false
+			case reason != "":
+				return reason, false
+			case resync:
+				// The Redis link came back: catch up on what was published
+				// while it was down.
+				if buf, reason = s.appendResync(ctx, buf[:0], st); reason != "" {
+					return reason, false
 				}
-			}
-		case ev := <-st.queue:
-			// Write whatever else is already queued in the same flush.
-			batch = append(batch[:0], ev)
-		more:
-			for len(batch) < 32 {
-				select {
-				case ev := <-st.queue:
-					batch = append(batch, ev)
-				default:
-					break more
+				if len(buf) > 0 {
+					if reason := write(buf); reason != "" {
+						return reason, false
+					}
 				}
+				continue
 			}
-			buf = buf[:0]
-			written := batch[:0]
-			for _, ev := range batch {
-				if b, ok := st.appendLive(buf, ev); ok {
-					buf = b
-					written = append(written, ev)
-				}
-			}
-			if len(written) == 0 {
+			var written []*outEvent
+			if buf, written = s.appendEvents(buf[:0], st, batch); len(written) == 0 {
 				continue
 			}
 			if reason := write(buf); reason != "" {
-				return reason
+				return reason, false
 			}
-			now := s.now()
-			debug := s.log.Enabled(ctx, slog.LevelDebug)
-			for _, ev := range written {
-				s.metrics.latency.Observe(now.Sub(ev.accepted).Seconds())
-				if ev.user != "" && s.trail != nil {
-					s.trail.add(ev.user, ev.id, now)
-				}
-				if debug {
-					s.log.LogAttrs(ctx, slog.LevelDebug, "delivered", slog.String("notification_id", ev.id),
-						slog.String("route", "online"), slog.String("conn", st.conn.ID), s.cfg.UserIDs.Attr(st.user),
-						slog.String("correlation_id", ev.correlation), slog.Duration("latency", now.Sub(ev.accepted)))
-				}
-			}
-			s.metrics.written.Add(float64(len(written)))
+			s.delivered(ctx, st, written)
 			heartbeat.Reset(s.cfg.Heartbeat)
 		}
 	}
 }
 
+// appendResync appends what was published while the Redis link was down,
+// read from history, or says why the stream must end.
+func (s *Server) appendResync(ctx context.Context, b []byte, st *stream) ([]byte, CloseReason) {
+	replays, err := s.history.Since(ctx, st.streams, st.positions())
+	if err != nil {
+		return b, CloseBrokerLost
+	}
+	return s.appendReplay(b, st, replays), ""
+}
+
+// appendEvents appends the events of batch that the client does not have
+// yet, and returns them too (in batch's array).
+func (s *Server) appendEvents(b []byte, st *stream, batch []*outEvent) ([]byte, []*outEvent) {
+	written := batch[:0]
+	for _, ev := range batch {
+		if next, ok := st.appendLive(b, ev); ok {
+			b = next
+			written = append(written, ev)
+		}
+	}
+	return b, written
+}
+
+// delivered counts and traces the events just written to st.
+func (s *Server) delivered(ctx context.Context, st *stream, written []*outEvent) {
+	if len(written) == 0 {
+		return
+	}
+	now := s.now()
+	debug := s.log.Enabled(ctx, slog.LevelDebug)
+	for _, ev := range written {
+		s.metrics.latency.Observe(now.Sub(ev.accepted).Seconds())
+		if ev.user != "" && s.trail != nil {
+			s.trail.add(ev.user, ev.id, now)
+		}
+		if debug {
+			s.log.LogAttrs(ctx, slog.LevelDebug, "delivered", slog.String("notification_id", ev.id),
+				slog.String("route", "online"), slog.String("conn", st.conn.ID), s.cfg.UserIDs.Attr(st.user),
+				slog.String("correlation_id", ev.correlation), slog.Duration("latency", now.Sub(ev.accepted)))
+		}
+	}
+	s.metrics.written.Add(float64(len(written)))
+}
+
 // closeDrained ends a drained stream with a jittered retry: field, so that
 // the clients of a draining edge come back spread out.
 func (s *Server) closeDrained(write func([]byte) CloseReason) CloseReason {
-	jitter := time.Duration(mathrand.Int64N(int64(2*s.cfg.Retry) + 1))
-	_ = write(appendRetry(nil, s.cfg.Retry+jitter))
+	_ = write(appendRetry(nil, s.drainRetry()))
 	return CloseServerDrain
+}
+
+// drainRetry is the reconnection delay a drained client is given: Retry,
+// plus up to twice Retry of jitter.
+func (s *Server) drainRetry() time.Duration {
+	return s.cfg.Retry + time.Duration(mathrand.Int64N(int64(2*s.cfg.Retry)+1))
 }
 
 // appendReplay appends the events of replays (one per stream of st) in event

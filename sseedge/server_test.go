@@ -33,6 +33,7 @@ var secret = []byte("edge-test-secret")
 
 type testEdge struct {
 	url     string
+	srv     *testenv.Server
 	rdb     *redis.Client
 	reg     *presence.Registry
 	pub     *delivery.Publisher
@@ -60,7 +61,7 @@ func newTestEdgeOn(tb testing.TB, rdb *redis.Client, prefix string, cfg sseedge.
 		tb.Fatal(err)
 	}
 	srv := testenv.Serve(tb, edge.Serve)
-	return &testEdge{url: "http://" + srv.Addr, rdb: rdb, reg: reg, pub: pub, metrics: metrics}
+	return &testEdge{url: "http://" + srv.Addr, srv: srv, rdb: rdb, reg: reg, pub: pub, metrics: metrics}
 }
 
 func (e *testEdge) open(tb testing.TB, tok string) *http.Response {
@@ -104,11 +105,16 @@ func (e *testEdge) publish(tb testing.TB, user string, data []byte) string {
 // closed reads herald_sse_connections_closed_total{reason} from the edge's
 // /metrics page, as Prometheus would.
 func (e *testEdge) closed(reason sseedge.CloseReason) float64 {
+	return e.metric(`herald_sse_connections_closed_total{reason="` + string(reason) + `"}`)
+}
+
+// metric reads the sample named name (with its labels) from the edge's
+// /metrics page, or -1 if there is none.
+func (e *testEdge) metric(name string) float64 {
 	rec := httptest.NewRecorder()
 	promhttp.HandlerFor(e.metrics, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
-	prefix := `herald_sse_connections_closed_total{reason="` + string(reason) + `"} `
 	for _, line := range strings.Split(rec.Body.String(), "\n") {
-		if v, ok := strings.CutPrefix(line, prefix); ok {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
 			f, _ := strconv.ParseFloat(v, 64)
 			return f
 		}

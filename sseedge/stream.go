@@ -1,6 +1,7 @@
 package sseedge
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 
@@ -21,20 +22,44 @@ type outEvent struct {
 	id, user, correlation string
 }
 
-// stream is one client connection's state. The fields below done are owned
-// by the connection's handler goroutine.
+// maxBatch is the most queued events one write carries.
+const maxBatch = 32
+
+// stream is one client connection's state. What waits for the connection
+// (queue, resync, heartbeat, reason) is guarded by mu. The positions and the
+// replay belong to the stream's writer: the handler goroutine or, once the
+// connection is taken over from net/http (out is set), whoever holds busy.
 type stream struct {
 	user     string
 	conn     presence.Conn
 	streams  []delivery.Stream // the user's stream, then one per topic
 	names    []string          // cursor names: "" for the user, then the topics
 	channels []string          // the streams' channels
-	queue    chan *outEvent
-	resync   chan struct{}
-	done     chan struct{}
-	once     sync.Once
-	// reason is written once, before done is closed.
+	// queueSize bounds queue; a stream whose queue is full is too slow.
+	queueSize int
+	// expires is when the client's token expires.
+	expires time.Time
+	// client is the address counted against MaxConnsPerIP for the stream,
+	// if it is counted.
+	client netip.Prefix
+
+	mu sync.Mutex
+	// queue holds the events waiting to be written. It is allocated on
+	// demand, and a backlog's array is let go once written.
+	queue  []*outEvent
+	resync bool // catch up from history before writing anything else
+	// reason is why the stream ends: set once, by close.
 	reason CloseReason
+	// wake is signalled when there is something to do, for the handler
+	// goroutine.
+	wake chan struct{}
+	// out is the connection once taken over; with it, busy says a writer
+	// holds the stream, heartbeat that a heartbeat is due, and lastWrite
+	// when the client was last written to.
+	out       *wire
+	busy      bool
+	heartbeat bool
+	lastWrite time.Time
 
 	pos     []uint64          // the client's position in each stream
 	pending []delivery.Replay // what to replay when the stream starts
@@ -42,11 +67,10 @@ type stream struct {
 
 func newStream(user, edge string, now time.Time, queueSize int, prefix string, topics []string) *stream {
 	st := &stream{
-		user:   user,
-		conn:   presence.Conn{User: user, ID: randomHex(8), Edge: edge, Since: now},
-		queue:  make(chan *outEvent, queueSize),
-		resync: make(chan struct{}, 1),
-		done:   make(chan struct{}),
+		user:      user,
+		conn:      presence.Conn{User: user, ID: randomHex(8), Edge: edge, Since: now},
+		queueSize: queueSize,
+		wake:      make(chan struct{}, 1),
 	}
 	st.add("", delivery.UserStream(user), prefix)
 	for _, t := range topics {
@@ -105,28 +129,103 @@ func (st *stream) appendID(b []byte) []byte {
 	return append(b, '\n')
 }
 
-// offer queues ev without blocking; false means the queue is full.
+// offer queues ev without blocking; false means the queue is full. Events
+// offered to a closing stream are dropped.
 func (st *stream) offer(ev *outEvent) bool {
-	select {
-	case st.queue <- ev:
+	st.mu.Lock()
+	if st.reason != "" {
+		st.mu.Unlock()
 		return true
-	default:
+	}
+	if len(st.queue) >= st.queueSize {
+		st.mu.Unlock()
 		return false
 	}
+	st.queue = append(st.queue, ev)
+	st.notifyLocked()
+	return true
 }
 
-// signalResync asks the handler to catch up from history.
+// signalResync asks the stream's writer to catch up from history.
 func (st *stream) signalResync() {
-	select {
-	case st.resync <- struct{}{}:
-	default:
-	}
+	st.mu.Lock()
+	st.resync = true
+	st.notifyLocked()
 }
 
 // close ends the stream with reason; only the first call counts.
 func (st *stream) close(reason CloseReason) {
-	st.once.Do(func() {
-		st.reason = reason
-		close(st.done)
-	})
+	st.mu.Lock()
+	if st.reason != "" {
+		st.mu.Unlock()
+		return
+	}
+	st.reason = reason
+	st.notifyLocked()
+}
+
+// closed returns the reason the stream ended, or "" while it is open.
+func (st *stream) closed() CloseReason {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.reason
+}
+
+// notifyLocked tells the stream's writer there is something to do, and
+// unlocks st.mu. A taken-over stream that no writer holds is handed to the
+// writers, after the unlock: handing over may wait for a free writer.
+func (st *stream) notifyLocked() {
+	out := st.out
+	if out == nil {
+		st.mu.Unlock()
+		select {
+		case st.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	idle := !st.busy
+	st.busy = true
+	st.mu.Unlock()
+	if idle {
+		out.writers.schedule(st)
+	}
+}
+
+// take returns what the writer should do next, in order: end the stream
+// (reason), catch up from history (resync), or write the events moved from
+// the queue into batch (at most maxBatch), or a heartbeat. With nothing to
+// do, a taken-over stream is released (busy is cleared) and ok is false.
+func (st *stream) take(batch []*outEvent) (_ []*outEvent, resync, heartbeat bool, reason CloseReason, ok bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	switch {
+	case st.reason != "":
+		return batch, false, false, st.reason, true
+	case st.resync:
+		st.resync = false
+		return batch, true, false, "", true
+	}
+	n := min(len(st.queue), maxBatch)
+	batch = append(batch, st.queue[:n]...)
+	left := copy(st.queue, st.queue[n:])
+	clear(st.queue[left:])
+	st.queue = st.queue[:left]
+	if left == 0 && cap(st.queue) > maxBatch {
+		// A burst is over: let its queue go.
+		st.queue = nil
+	}
+	if left > 0 && st.out == nil {
+		// The handler goroutine takes the rest on its next turn.
+		select {
+		case st.wake <- struct{}{}:
+		default:
+		}
+	}
+	heartbeat, st.heartbeat = st.heartbeat, false
+	if n == 0 && !heartbeat {
+		st.busy = false
+		return batch, false, false, "", false
+	}
+	return batch, false, heartbeat, "", true
 }

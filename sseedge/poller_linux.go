@@ -1,0 +1,183 @@
+//go:build linux
+
+package sseedge
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"syscall"
+)
+
+// poller watches taken-over connections with epoll, edge-triggered, and
+// closes the stream of a client that hung up (client_closed). It reads and
+// drops what a client sends: an SSE client sends nothing after its request.
+type poller struct {
+	log  *slog.Logger
+	epfd int
+	wake [2]int // a pipe whose read end, token 0, ends run
+
+	mu     sync.Mutex
+	closed bool
+	conns  map[int32]*wire // by token
+	next   int32
+}
+
+// pollEvents are the events a connection is watched for: the client sent
+// something, or hung up.
+const pollEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLET&0xffffffff
+
+func newPoller(log *slog.Logger) (*poller, error) {
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	p := &poller{log: log, epfd: epfd, conns: make(map[int32]*wire)}
+	if err := syscall.Pipe2(p.wake[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
+		_ = syscall.Close(epfd)
+		return nil, err
+	}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
+	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, p.wake[0], &ev); err != nil {
+		p.release()
+		return nil, err
+	}
+	return p, nil
+}
+
+// errPollerClosed is returned by add after the poller stopped.
+var errPollerClosed = errors.New("sseedge: poller closed")
+
+// add watches w.
+func (p *poller) add(w *wire) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errPollerClosed
+	}
+	// Tokens are not reused while in use, so an event read just before
+	// a connection was removed cannot reach the stream of another.
+	for {
+		if p.next++; p.next <= 0 {
+			p.next = 1
+		}
+		if _, used := p.conns[p.next]; !used {
+			break
+		}
+	}
+	var err error
+	cerr := w.rc.Control(func(fd uintptr) {
+		err = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(fd), &syscall.EpollEvent{Events: pollEvents, Fd: p.next})
+	})
+	if err = errors.Join(cerr, err); err != nil {
+		return err
+	}
+	w.token = p.next
+	p.conns[w.token] = w
+	return nil
+}
+
+// remove stops watching w. It must be called before w is closed.
+func (p *poller) remove(w *wire) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.conns, w.token)
+	if p.closed {
+		return
+	}
+	_ = w.rc.Control(func(fd uintptr) {
+		_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
+	})
+}
+
+// run waits for events until ctx is done.
+func (p *poller) run(ctx context.Context) {
+	defer p.release()
+	stop := context.AfterFunc(ctx, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if !p.closed {
+			_, _ = syscall.Write(p.wake[1], []byte{0})
+		}
+	})
+	defer stop()
+	events := make([]syscall.EpollEvent, 256)
+	buf := make([]byte, 512)
+	for {
+		n, err := syscall.EpollWait(p.epfd, events, -1)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if err != nil {
+			p.log.Error("epoll wait failed: closed clients are found by their next write", slog.Any("err", err))
+			return
+		}
+		for _, ev := range events[:n] {
+			if ev.Fd == 0 {
+				return
+			}
+			p.mu.Lock()
+			w := p.conns[ev.Fd]
+			p.mu.Unlock()
+			if w == nil {
+				continue
+			}
+			if ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 || !discard(w, buf) {
+				w.st.close(CloseClientClosed)
+			}
+		}
+	}
+}
+
+// discard reads and drops what w's client sent, up to a bound per call,
+// and reports false when the client has closed the connection.
+func discard(w *wire, buf []byte) bool {
+	open := true
+	_ = w.rc.Control(func(fd uintptr) {
+		for range 16 {
+			n, err := syscall.Read(int(fd), buf)
+			switch {
+			case n > 0 || errors.Is(err, syscall.EINTR):
+				continue
+			case n == 0 && err == nil:
+				open = false // end of file
+			default:
+				open = errors.Is(err, syscall.EAGAIN)
+			}
+			return
+		}
+	})
+	return open
+}
+
+// release closes the poller's descriptors.
+func (p *poller) release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	_ = syscall.Close(p.epfd)
+	_ = syscall.Close(p.wake[0])
+	_ = syscall.Close(p.wake[1])
+}
+
+// writeNow writes what of b the socket fd takes without waiting, and
+// returns how much that was. Its error is syscall.EAGAIN when the socket
+// filled before b was written.
+func writeNow(fd int, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := syscall.Write(fd, b[n:])
+		switch {
+		case m > 0:
+			n += m
+		case errors.Is(err, syscall.EINTR):
+		case err != nil:
+			return n, err
+		default:
+			return n, io.ErrShortWrite
+		}
+	}
+	return n, nil
+}

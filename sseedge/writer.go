@@ -1,0 +1,354 @@
+package sseedge
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	mathrand "math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// The writers serve the HTTP/1.1 streams taken over from net/http, so that
+// an idle stream costs no goroutine and no buffers: once the response
+// headers and the first bytes are written, the handler hijacks the
+// connection and returns. From then on
+//
+//   - a poller (epoll) watches every connection, and closes a stream whose
+//     client has gone (client_closed);
+//   - a stream with something to write (events, a heartbeat, a catch-up from
+//     history, its end) is handed to a small pool of writer goroutines, with
+//     buffers of their own, which write to the socket without blocking;
+//   - a stream whose socket is full, or that must read history, is handed to
+//     a goroutine of its own until it has written everything it has, with a
+//     jittered write deadline (write_timeout);
+//   - one ticker finds the streams due a heartbeat, and those whose token
+//     has expired.
+//
+// The body is written with the chunked transfer coding net/http began.
+// HTTP/2 and HTTP/1.0 streams, and connections the edge cannot take over
+// (TLS, a listener other than TCP, a platform without epoll), stay on
+// net/http's goroutine per stream.
+type writers struct {
+	s   *Server
+	ctx context.Context // for history reads and logs; ends after the drain
+	// poller watches the connections for clients that went away.
+	poller *poller
+	// work carries the streams that have something to write to the pool.
+	work chan *stream
+	// alone counts the goroutines serving one stream each, and the ends.
+	alone sync.WaitGroup
+
+	mu      sync.Mutex
+	streams map[*stream]struct{} // for heartbeats and token expiry
+}
+
+// wire is a stream's connection once taken over.
+type wire struct {
+	writers *writers
+	st      *stream
+	nc      net.Conn
+	rc      syscall.RawConn
+	// fd is nc's socket, which the pool writes to directly. It stays valid
+	// while the stream has a writer: only end closes nc, after the last.
+	fd    int
+	token int32 // the poller's registration
+	// broken is set, by the stream's writer, when a write failed: the
+	// connection may hold part of a chunk, so the stream ends without its
+	// last chunk.
+	broken bool
+}
+
+func newWriters(ctx context.Context, s *Server, p *poller) *writers {
+	return &writers{
+		s:      s,
+		ctx:    ctx,
+		poller: p,
+		// A stream waits in work at most once: with room for every
+		// stream, handing one over does not wait.
+		work:    make(chan *stream, s.cfg.MaxConns),
+		streams: make(map[*stream]struct{}),
+	}
+}
+
+// run serves until ws.ctx is done: the poller, the pool and the ticker. The
+// streams must have ended by then (the drain ends them).
+func (ws *writers) run() {
+	ctx := ws.ctx
+	var wg sync.WaitGroup
+	wg.Go(func() { ws.poller.run(ctx) })
+	wg.Go(func() { ws.tick(ctx) })
+	for range max(2, runtime.GOMAXPROCS(0)) {
+		wg.Go(func() { ws.write(ctx) })
+	}
+	wg.Wait()
+	ws.alone.Wait()
+}
+
+// adopt takes st over on nc, a hijacked connection whose response headers
+// and first bytes are written. It reports false when nc cannot be watched:
+// the caller then ends the stream.
+func (ws *writers) adopt(st *stream, nc net.Conn) bool {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	w := &wire{writers: ws, st: st, nc: nc, rc: rc}
+	if err := rc.Control(func(fd uintptr) { w.fd = int(fd) }); err != nil {
+		return false
+	}
+	if err := ws.poller.add(w); err != nil {
+		ws.s.log.Warn("cannot watch a connection", slog.Any("err", err))
+		return false
+	}
+	ws.s.handlers.Add(1) // until finish
+	ws.mu.Lock()
+	ws.streams[st] = struct{}{}
+	ws.mu.Unlock()
+	// Whatever arrived while the stream was opening is written now.
+	st.mu.Lock()
+	st.out = w
+	st.lastWrite = time.Now()
+	st.busy = true
+	st.mu.Unlock()
+	ws.schedule(st)
+	return true
+}
+
+// schedule hands st, which has something to do, to the pool.
+func (ws *writers) schedule(st *stream) {
+	select {
+	case ws.work <- st:
+	case <-ws.ctx.Done():
+	}
+}
+
+// write is one of the pool's goroutines.
+func (ws *writers) write(ctx context.Context) {
+	var (
+		buf   []byte
+		batch []*outEvent
+	)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case st := <-ws.work:
+			buf, batch = ws.pump(st, false, buf, batch)
+			if cap(buf) > 64<<10 {
+				buf = nil // after a burst of large events
+			}
+		}
+	}
+}
+
+// chunkRoom is the room left before a chunk's data for its size line: up to
+// 8 hex digits and CRLF.
+const chunkRoom = 10
+
+// pump writes what st has to write until it has nothing more, then releases
+// it. Unless block is set it never blocks: a stream whose socket is full, or
+// that must read history, goes on in a goroutine of its own. It returns its
+// buffers for reuse.
+func (ws *writers) pump(st *stream, block bool, buf []byte, batch []*outEvent) ([]byte, []*outEvent) {
+	s := ws.s
+	w := st.out
+	for {
+		var (
+			resync, heartbeat, ok bool
+			reason                CloseReason
+		)
+		batch, resync, heartbeat, reason, ok = st.take(batch[:0])
+		switch {
+		case !ok:
+			return buf, batch
+		case reason != "":
+			ws.end(st, reason)
+			return buf, batch
+		case resync && !block:
+			// Reading history may block: a goroutine of its own does it.
+			st.mu.Lock()
+			st.resync = true
+			st.mu.Unlock()
+			ws.goAlone(st, nil, nil)
+			return buf, batch
+		}
+		buf = append(buf[:0], make([]byte, chunkRoom)...)
+		var written []*outEvent
+		if resync {
+			var r CloseReason
+			if buf, r = s.appendResync(ws.ctx, buf, st); r != "" {
+				st.close(r)
+				continue
+			}
+		} else {
+			buf, written = s.appendEvents(buf, st, batch)
+		}
+		if len(buf) == chunkRoom && heartbeat {
+			buf = appendComment(buf, "hb")
+		}
+		if len(buf) == chunkRoom {
+			continue
+		}
+		b := chunk(buf)
+		if block {
+			if r := w.writeBlocking(b, s.cfg.WriteTimeout); r != "" {
+				st.close(r)
+				continue
+			}
+		} else {
+			n, err := writeNow(w.fd, b)
+			switch {
+			case errors.Is(err, syscall.EAGAIN):
+				// The socket is full: a goroutine of its own waits for it,
+				// with the rest of the chunk and what it carries.
+				ws.goAlone(st, b[n:], written)
+				return buf, batch
+			case err != nil:
+				w.broken = true
+				st.close(writeFailed(err))
+				continue
+			}
+		}
+		ws.wrote(st, written)
+	}
+}
+
+// goAlone serves st in a goroutine of its own, which may block: it writes
+// rest (and counts written) first.
+func (ws *writers) goAlone(st *stream, rest []byte, written []*outEvent) {
+	rest = append([]byte(nil), rest...)
+	written = append([]*outEvent(nil), written...)
+	ws.alone.Go(func() {
+		if len(rest) > 0 {
+			if r := st.out.writeBlocking(rest, ws.s.cfg.WriteTimeout); r != "" {
+				st.close(r)
+			} else {
+				ws.wrote(st, written)
+			}
+		}
+		ws.pump(st, true, nil, nil)
+	})
+}
+
+// wrote records a write: the events it carried, and when.
+func (ws *writers) wrote(st *stream, written []*outEvent) {
+	ws.s.delivered(ws.ctx, st, written)
+	now := time.Now()
+	st.mu.Lock()
+	st.lastWrite = now
+	st.mu.Unlock()
+}
+
+// writeBlocking writes b, waiting for the socket up to timeout, jittered by
+// up to a tenth so that stalled clients are not all cut off at once.
+func (w *wire) writeBlocking(b []byte, timeout time.Duration) CloseReason {
+	timeout += time.Duration(mathrand.Int64N(int64(timeout)/10 + 1))
+	_ = w.nc.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := w.nc.Write(b)
+	_ = w.nc.SetWriteDeadline(time.Time{})
+	if err == nil {
+		return ""
+	}
+	w.broken = true
+	return writeFailed(err)
+}
+
+// writeFailed says why a stream whose write failed with err ends.
+func writeFailed(err error) CloseReason {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return CloseWriteTimeout
+	case errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNRESET):
+		// The client hung up before the poller saw it.
+		return CloseClientClosed
+	default:
+		return CloseWriteError
+	}
+}
+
+// end ends st, which its caller holds: the stream stays busy, so no writer
+// takes it again. The last chunk (after a jittered retry: field, for a
+// drain) is written and the connection closed in a goroutine, which then
+// cleans up as a handler would.
+func (ws *writers) end(st *stream, reason CloseReason) {
+	ws.mu.Lock()
+	delete(ws.streams, st)
+	ws.mu.Unlock()
+	w := st.out
+	ws.poller.remove(w)
+	ws.alone.Go(func() {
+		if !w.broken && reason != CloseClientClosed {
+			var b []byte
+			if reason == CloseServerDrain {
+				b = chunk(appendRetry(make([]byte, chunkRoom), ws.s.drainRetry()))
+			}
+			_ = w.writeBlocking(append(b, "0\r\n\r\n"...), ws.s.cfg.WriteTimeout)
+		}
+		_ = w.nc.Close()
+		ws.s.finish(ws.ctx, st)
+		ws.s.handlers.Done()
+	})
+}
+
+// chunk turns b[chunkRoom:] into a chunk of the chunked transfer coding,
+// and returns it. The data must not be empty: an empty chunk ends the body.
+func chunk(b []byte) []byte {
+	var size [chunkRoom]byte
+	line := strconv.AppendInt(size[:0], int64(len(b)-chunkRoom), 16)
+	line = append(line, '\r', '\n')
+	start := chunkRoom - len(line)
+	copy(b[start:], line)
+	return append(b, '\r', '\n')[start:]
+}
+
+// tick marks the streams due a heartbeat, and closes those whose token has
+// expired, until ctx is done. One ticker serves every stream: a heartbeat
+// comes between Heartbeat and Heartbeat plus a tick after the last write.
+func (ws *writers) tick(ctx context.Context) {
+	every := min(max(ws.s.cfg.Heartbeat/4, 10*time.Millisecond), time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var due, expired []*stream
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		// Tokens expire by the edge's clock; heartbeats, like the
+		// handler's ticker, go by the real one.
+		now, clock := time.Now(), ws.s.now()
+		due, expired = due[:0], expired[:0]
+		ws.mu.Lock()
+		for st := range ws.streams {
+			st.mu.Lock()
+			switch {
+			case !clock.Before(st.expires):
+				expired = append(expired, st)
+			case !st.busy && now.Sub(st.lastWrite) >= ws.s.cfg.Heartbeat:
+				st.heartbeat, st.busy = true, true
+				due = append(due, st)
+			}
+			st.mu.Unlock()
+		}
+		ws.mu.Unlock()
+		for _, st := range expired {
+			st.close(CloseTokenExpired)
+		}
+		for _, st := range due {
+			ws.schedule(st)
+		}
+		clear(due)
+		clear(expired)
+	}
+}
