@@ -140,9 +140,10 @@ local function record(hist, lastk, floork, envelope, maxlen, window, keep)
   end
   local extra = redis.call('ZCARD', hist) - maxlen
   if extra > 0 then
-    local gone = redis.call('ZRANGE', hist, extra - 1, extra - 1, 'WITHSCORES')
-    redis.call('ZREMRANGEBYRANK', hist, 0, extra - 1)
-    raise(floork, tonumber(gone[2]), keep)
+    -- The oldest extra events go; the last one popped is the newest of
+    -- them.
+    local gone = redis.call('ZPOPMIN', hist, extra)
+    raise(floork, tonumber(gone[#gone]), keep)
   end
   redis.call('PEXPIRE', hist, window)
   return sid, payload

@@ -67,6 +67,11 @@ type PublisherConfig struct {
 	// Nil refuses them with ErrNoReceipts. It needs Offline, for the
 	// fallback.
 	Receipts *Receipts
+	// MaxPipeline is the most concurrent Publish calls whose scripts go to
+	// Redis in one pipeline. Default 128: enough to carry a busy router's
+	// calls in a few round trips, few enough that one pipeline does not
+	// hold Redis for long. 1 sends every call in a round trip of its own.
+	MaxPipeline int
 }
 
 // ErrNoReceipts is returned for an ack-or-push notification by a publisher
@@ -101,6 +106,7 @@ type Publisher struct {
 	// notify and broadcast are the scripts for rdb: with SPUBLISH on a
 	// Redis Cluster, PUBLISH otherwise.
 	notify, broadcast *redis.Script
+	pipe              *autoPipeline
 }
 
 // NewPublisher returns a Publisher that looks presence up in reg and publishes
@@ -118,6 +124,12 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 	if cfg.TraceTTL == 0 {
 		cfg.TraceTTL = DefaultTraceTTL
 	}
+	if cfg.MaxPipeline == 0 {
+		cfg.MaxPipeline = 128
+	}
+	if cfg.MaxPipeline < 0 {
+		return nil, fmt.Errorf("delivery: max pipeline %d is negative", cfg.MaxPipeline)
+	}
 	if cfg.IdempotencyWindow < time.Millisecond || cfg.PendingTimeout < time.Millisecond {
 		return nil, fmt.Errorf("delivery: idempotency window %v or pending timeout %v is too short",
 			cfg.IdempotencyWindow, cfg.PendingTimeout)
@@ -129,6 +141,7 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 	if Sharded(rdb) {
 		p.notify, p.broadcast = shardedNotifyScript, shardedBroadcastScript
 	}
+	p.pipe = &autoPipeline{max: cfg.MaxPipeline, run: p.runScripts}
 	return p, nil
 }
 
@@ -189,8 +202,12 @@ if receipts and route == 'online' then
   redis.call('PEXPIRE', envs, keep)
 end
 if trace then
-  redis.call('HSET', trace, 'user', ARGV[11], 'accepted_ms', now, 'route', route, 'subscribers', subs, 'event_id', eid)
-  if ARGV[12] ~= '' then redis.call('HSET', trace, 'correlation_id', ARGV[12]) end
+  if ARGV[12] ~= '' then
+    redis.call('HSET', trace, 'user', ARGV[11], 'accepted_ms', now, 'route', route, 'subscribers', subs, 'event_id', eid,
+      'correlation_id', ARGV[12])
+  else
+    redis.call('HSET', trace, 'user', ARGV[11], 'accepted_ms', now, 'route', route, 'subscribers', subs, 'event_id', eid)
+  end
   redis.call('PEXPIRE', trace, ARGV[10])
 end
 return {route, tostring(subs), eid}
@@ -230,13 +247,57 @@ func Sharded(rdb redis.Cmdable) bool {
 // acknowledged it; an error of the queue is an *OfflineError. With a
 // non-empty idempotencyKey, a key seen within the window returns the first
 // call's result with Duplicate set, and records and publishes nothing.
+//
+// Concurrent calls share round trips: while a call's script is on its way to
+// Redis, the calls that arrive wait and go together in the next pipeline
+// (see PublisherConfig.MaxPipeline). A call alone goes at once.
 func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempotencyKey string) (Result, error) {
-	payload, err := Marshal(env)
+	c, err := p.prepare(ctx, env, idempotencyKey)
 	if err != nil {
 		return Result{}, err
 	}
+	if at := env.GetAckBy(); at != nil {
+		if err := p.cfg.Receipts.schedule(ctx, env.GetUserId(), env.GetId(), at.AsTime()); err != nil {
+			return Result{}, fmt.Errorf("delivery: publish: %w", err)
+		}
+	}
+	p.pipe.do(c)
+	r, queue, err := p.outcome(c)
+	if !queue {
+		return r, err
+	}
+	env.EventId = r.EventID
+	q := &queued{call: c, res: r, err: p.cfg.Offline.Enqueue(ctx, env)}
+	p.settle(ctx, []*queued{q})
+	return q.res, q.err
+}
+
+// notifyCall is one notification on its way through the notify script.
+type notifyCall struct {
+	ctx    context.Context
+	env    *heraldv1.Envelope
+	hasKey bool
+	keys   []string
+	args   []any
+	record string // the idempotency record's "id|accepted ms"
+	// reply and err are the script's.
+	reply []string
+	err   error
+	// wake is signalled when the auto-pipeliner has run the call, or has
+	// made it lead the pipeline batch.
+	wake  chan struct{}
+	batch []*notifyCall
+}
+
+// prepare builds env's notify script call; it does no I/O.
+func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempotencyKey string) (*notifyCall, error) {
+	payload, err := Marshal(env)
+	if err != nil {
+		return nil, err
+	}
 	user := env.GetUserId()
-	keys := append([]string{p.presence.Key(user)}, historyKeys(p.presence.Prefix(), UserStream(user))...)
+	keys := append(make([]string, 0, 8), p.presence.Key(user))
+	keys = append(keys, historyKeys(p.presence.Prefix(), UserStream(user))...)
 	record := env.GetId() + "|" + strconv.FormatInt(env.GetAcceptedAt().AsTime().UnixMilli(), 10)
 	hasKey := "0"
 	if idempotencyKey != "" {
@@ -250,73 +311,138 @@ func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempot
 	var ackBy int64
 	if env.GetAckBy() != nil {
 		if p.cfg.Receipts == nil || p.cfg.Offline == nil {
-			return Result{}, ErrNoReceipts
+			return nil, ErrNoReceipts
 		}
-		at := env.GetAckBy().AsTime()
-		ackBy = at.UnixMilli()
+		ackBy = env.GetAckBy().AsTime().UnixMilli()
 		keys = append(keys, receiptKeys(p.cfg.Receipts.cfg.Prefix, user)...)
-		if err := p.cfg.Receipts.schedule(ctx, user, env.GetId(), at); err != nil {
-			return Result{}, fmt.Errorf("delivery: publish: %w", err)
-		}
 	}
 	var pending int64
 	if p.cfg.Offline != nil {
 		pending = p.cfg.PendingTimeout.Milliseconds()
 	}
-	args := append([]any{Channel(p.presence.Prefix(), UserStream(user)), payload, record,
-		p.cfg.IdempotencyWindow.Milliseconds()}, p.cfg.History.args()...)
+	args := append(make([]any, 0, 13), Channel(p.presence.Prefix(), UserStream(user)), payload, record,
+		p.cfg.IdempotencyWindow.Milliseconds())
+	args = append(args, p.cfg.History.args()...)
 	args = append(args, pending, hasKey, traceTTL, user, env.GetCorrelationId(), ackBy)
-	res, err := p.notify.Run(ctx, p.rdb, keys, args...).StringSlice()
-	if err != nil {
-		return Result{}, fmt.Errorf("delivery: publish: %w", err)
-	}
-	if len(res) == 2 && res[0] == "dup" {
-		if strings.HasPrefix(res[1], "pending|") {
-			return Result{}, ErrInFlight
-		}
-		return parseRecord(res[1])
-	}
-	r, err := p.result(env, res)
-	if err != nil || r.Route == RouteOnline || p.cfg.Offline == nil {
-		return r, err
-	}
-	return p.enqueue(ctx, env, r, idempotencyKey != "", keys, record)
+	return &notifyCall{ctx: ctx, env: env, hasKey: idempotencyKey != "", keys: keys, args: args, record: record}, nil
 }
 
-// enqueue hands a notification that reached no edge to the offline queue,
-// then replaces its pending idempotency record with the final one, or, when
-// the queue failed, drops it so that the caller's retry routes it again.
-func (p *Publisher) enqueue(ctx context.Context, env *heraldv1.Envelope, r Result, hasKey bool, keys []string, record string) (Result, error) {
-	env.EventId = r.EventID
-	err := p.cfg.Offline.Enqueue(ctx, env)
+// runScripts runs the calls' notify scripts in one pipeline (on a Redis
+// Cluster, one per node), and sets each call's reply or error. The scripts
+// Redis did not have cached are loaded and run again; only those, since
+// the others have run. A call whose context is done is not run.
+func (p *Publisher) runScripts(ctx context.Context, calls []*notifyCall) {
+	cmds := make([]*redis.Cmd, len(calls))
+	run := func(which []int, sha bool) {
+		_, _ = p.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+			for _, i := range which {
+				if sha {
+					cmds[i] = p.notify.EvalSha(ctx, pl, calls[i].keys, calls[i].args...)
+				} else {
+					cmds[i] = p.notify.Eval(ctx, pl, calls[i].keys, calls[i].args...)
+				}
+			}
+			return nil
+		})
+	}
+	todo := make([]int, 0, len(calls))
+	for i, c := range calls {
+		if err := c.ctx.Err(); err != nil {
+			c.err = err
+			continue
+		}
+		todo = append(todo, i)
+	}
+	if len(todo) == 0 {
+		return
+	}
+	run(todo, true)
+	again := todo[:0]
+	for _, i := range todo {
+		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		// EVAL caches the script on the node that runs it, so that the
+		// next pipeline finds it.
+		run(again, false)
+	}
+	for i, c := range calls {
+		if cmds[i] != nil {
+			c.reply, c.err = cmds[i].StringSlice()
+		}
+	}
+}
+
+// outcome decodes a call's reply. queue says that the notification reached
+// no edge and must still go to the offline queue.
+func (p *Publisher) outcome(c *notifyCall) (r Result, queue bool, err error) {
+	if c.err != nil {
+		return Result{}, false, fmt.Errorf("delivery: publish: %w", c.err)
+	}
+	res := c.reply
+	if len(res) == 2 && res[0] == "dup" {
+		if strings.HasPrefix(res[1], "pending|") {
+			return Result{}, false, ErrInFlight
+		}
+		r, err := parseRecord(res[1])
+		return r, false, err
+	}
+	r, err = p.result(c.env, res)
+	if err != nil || r.Route == RouteOnline || p.cfg.Offline == nil {
+		return r, false, err
+	}
+	return r, true, nil
+}
+
+// queued is a notification handed to the offline queue, with the queue's
+// answer.
+type queued struct {
+	call *notifyCall
+	res  Result
+	err  error // the queue's
+}
+
+// settle records, in one pipeline, what the offline queue did with
+// notifications that reached no edge: it replaces each one's pending
+// idempotency record with the final one or, when the queue failed, drops it
+// so that the caller's retry routes it again. It sets each one's Queued, or
+// its error to an *OfflineError.
+func (p *Publisher) settle(ctx context.Context, qs []*queued) {
 	// The records are written even when the caller has gone: the outcome
 	// must be remembered for its retry, and for the trail.
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	if err != nil {
-		if hasKey {
-			_ = abandonScript.Run(bg, p.rdb, keys[4:5], "pending|"+record).Err()
-		}
-		if p.cfg.TraceTTL > 0 {
-			_ = p.rdb.HSet(bg, TraceKey(p.presence.Prefix(), env.GetUserId(), env.GetId()), "queue_error", err.Error()).Err()
-		}
-		return Result{}, &OfflineError{Err: err}
-	}
-	r.Queued = true
-	// A failure here leaves the pending record to time out: the
+	// A failure here leaves a pending record to time out: the
 	// notification is queued, and a retry after the timeout would queue it
 	// once more, which at-least-once delivery allows.
 	_, _ = p.rdb.Pipelined(bg, func(pl redis.Pipeliner) error {
-		if hasKey {
-			final := string(r.Route) + "|" + strconv.Itoa(r.Subscribers) + "|" + r.EventID + "|" + record + "|queued"
-			pl.Set(bg, keys[4], final, p.cfg.IdempotencyWindow)
-		}
-		if p.cfg.TraceTTL > 0 {
-			pl.HSet(bg, TraceKey(p.presence.Prefix(), env.GetUserId(), env.GetId()), "queued_ms", time.Now().UnixMilli())
+		for _, q := range qs {
+			c, env := q.call, q.call.env
+			trace := TraceKey(p.presence.Prefix(), env.GetUserId(), env.GetId())
+			if q.err != nil {
+				if c.hasKey {
+					abandonScript.Eval(bg, pl, c.keys[4:5], "pending|"+c.record)
+				}
+				if p.cfg.TraceTTL > 0 {
+					pl.HSet(bg, trace, "queue_error", q.err.Error())
+				}
+				q.res, q.err = Result{}, &OfflineError{Err: q.err}
+				continue
+			}
+			q.res.Queued = true
+			if c.hasKey {
+				r := q.res
+				final := string(r.Route) + "|" + strconv.Itoa(r.Subscribers) + "|" + r.EventID + "|" + c.record + "|queued"
+				pl.Set(bg, c.keys[4], final, p.cfg.IdempotencyWindow)
+			}
+			if p.cfg.TraceTTL > 0 {
+				pl.HSet(bg, trace, "queued_ms", time.Now().UnixMilli())
+			}
 		}
 		return nil
 	})
-	return r, nil
 }
 
 // abandonScript deletes a pending idempotency record if it is still ours.

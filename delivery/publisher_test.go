@@ -239,3 +239,45 @@ func TestHistorySince(t *testing.T) {
 		t.Fatalf("from before the trimmed event: %+v, want a reset", got)
 	}
 }
+
+// TestHistoryShrunk: a history longer than its length (the length was
+// lowered) is trimmed at the next event, and its floor rises to the newest
+// event trimmed: a client there missed nothing, one before it is reset.
+func TestHistoryShrunk(t *testing.T) {
+	t.Parallel()
+	rdb, prefix := testenv.Redis(t)
+	reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publisher := func(length int) *delivery.Publisher {
+		pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{History: delivery.HistoryConfig{Length: length}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pub
+	}
+	hist, err := delivery.NewHistory(rdb, prefix, delivery.HistoryConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var ids []uint64
+	for i, pub := range []*delivery.Publisher{publisher(5), publisher(5), publisher(5), publisher(5), publisher(5), publisher(2)} {
+		res, err := pub.Publish(ctx, envelope("ivy", strconv.Itoa(i)), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := delivery.ParseEventID(res.EventID)
+		ids = append(ids, id)
+	}
+	// Events 0 to 3 were trimmed; 4 and 5 are kept.
+	s := []delivery.Stream{delivery.UserStream("ivy")}
+	got, err := hist.Since(ctx, s, []*uint64{&ids[3]})
+	if err != nil || got[0].Reset || len(got[0].Events) != 2 {
+		t.Fatalf("after the newest trimmed event: %+v, %v; want events 4 and 5", got, err)
+	}
+	if got, _ = hist.Since(ctx, s, []*uint64{&ids[2]}); !got[0].Reset {
+		t.Fatalf("before the newest trimmed event: %+v, want a reset", got)
+	}
+}

@@ -281,19 +281,61 @@ func (c *Callers) UnaryInterceptor() grpc.UnaryServerInterceptor {
 		if publicMethod(info.FullMethod) {
 			return handler(ctx, req)
 		}
-		cl, err := c.admit(ctx, info.FullMethod)
+		batch, isBatch := req.(*heraldv1.NotifyBatchRequest)
+		cost := 1
+		if isBatch && len(batch.GetNotifications()) <= maxBatch {
+			// A batch spends a call per notification; one over the limit
+			// spends one, and the handler refuses it.
+			cost = max(1, len(batch.GetNotifications()))
+		}
+		cl, err := c.admit(ctx, info.FullMethod, cost)
 		if err != nil {
 			return nil, err
 		}
-		if err := c.authorize(ctx, cl, info.FullMethod, req); err != nil {
+		if isBatch {
+			if len(batch.GetNotifications()) <= maxBatch {
+				ctx = c.authorizeBatch(ctx, cl, info.FullMethod, batch)
+			}
+		} else if err := c.authorize(ctx, cl, info.FullMethod, req); err != nil {
 			return nil, err
 		}
-		if r, ok := req.(*heraldv1.NotifyRequest); ok && cl.ackDeadline > 0 && r.AckDeadline == nil &&
-			r.GetDeliveryMode() == heraldv1.DeliveryMode_DELIVERY_MODE_ACK_OR_PUSH {
-			r.AckDeadline = durationpb.New(cl.ackDeadline)
+		switch r := req.(type) {
+		case *heraldv1.NotifyRequest:
+			cl.fillAckDeadline(r)
+		case *heraldv1.NotifyBatchRequest:
+			for _, n := range r.GetNotifications() {
+				cl.fillAckDeadline(n)
+			}
 		}
 		return handler(context.WithValue(ctx, callerKey{}, cl.name), req)
 	}
+}
+
+// fillAckDeadline gives an ack-or-push notification that sets no ack
+// deadline the caller's, if it has one.
+func (cl *caller) fillAckDeadline(r *heraldv1.NotifyRequest) {
+	if cl.ackDeadline > 0 && r.AckDeadline == nil && r.GetDeliveryMode() == heraldv1.DeliveryMode_DELIVERY_MODE_ACK_OR_PUSH {
+		r.AckDeadline = durationpb.New(cl.ackDeadline)
+	}
+}
+
+// authorizeBatch checks each notification of a batch as authorize checks a
+// Notify. The refused ones are refused alone, in their own results: it
+// returns ctx carrying their refusals for NotifyBatch.
+func (c *Callers) authorizeBatch(ctx context.Context, cl *caller, method string, req *heraldv1.NotifyBatchRequest) context.Context {
+	var denied []error
+	for i, n := range req.GetNotifications() {
+		if err := c.authorize(ctx, cl, method, n); err != nil {
+			if denied == nil {
+				denied = make([]error, len(req.GetNotifications()))
+			}
+			denied[i] = err
+		}
+	}
+	if denied == nil {
+		return ctx
+	}
+	return withDenied(ctx, denied)
 }
 
 // StreamInterceptor authenticates streaming calls other than health and
@@ -304,7 +346,7 @@ func (c *Callers) StreamInterceptor() grpc.StreamServerInterceptor {
 		if publicMethod(info.FullMethod) {
 			return handler(srv, ss)
 		}
-		cl, err := c.admit(ss.Context(), info.FullMethod)
+		cl, err := c.admit(ss.Context(), info.FullMethod, 1)
 		if err != nil {
 			return err
 		}
@@ -312,15 +354,22 @@ func (c *Callers) StreamInterceptor() grpc.StreamServerInterceptor {
 	}
 }
 
-// admit authenticates a call and spends one token of its caller's rate
-// limit.
-func (c *Callers) admit(ctx context.Context, method string) (*caller, error) {
+// admit authenticates a call and spends n tokens of its caller's rate
+// limit: one for a call, one per notification for a batch.
+func (c *Callers) admit(ctx context.Context, method string, n int) (*caller, error) {
 	cl, msg := c.authenticate(ctx)
 	if cl == nil {
 		return nil, c.refuse(ctx, refusedUnauthenticated, "", method, status.New(codes.Unauthenticated, msg))
 	}
 	now := c.now()
-	r := cl.limiter.ReserveN(now, 1)
+	if n > cl.limiter.Burst() && cl.limiter.Limit() != rate.Inf {
+		// No wait would ever let it through.
+		st := status.New(codes.ResourceExhausted, fmt.Sprintf(
+			"router: a batch of %d notifications is more than caller %q's burst of %d on this router; send batches of at most %d",
+			n, cl.name, cl.limiter.Burst(), cl.limiter.Burst()))
+		return nil, c.refuse(ctx, refusedRateLimited, cl.name, method, st)
+	}
+	r := cl.limiter.ReserveN(now, n)
 	if d := r.DelayFrom(now); d > 0 || !r.OK() {
 		r.CancelAt(now)
 		d = (d + time.Millisecond - 1).Truncate(time.Millisecond) // never hint too early

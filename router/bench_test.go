@@ -103,3 +103,29 @@ func BenchmarkNotifyOffline(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkNotifyBatch100: an op is one notification, sent in NotifyBatch
+// calls of 100 to one online user; compare with BenchmarkNotifyOnline and
+// BenchmarkBaselineRedisPublish.
+func BenchmarkNotifyBatch100(b *testing.B) {
+	r := newTestRouter(b, nil)
+	drain(b, r, "bench")
+	ctx := context.Background()
+	req := &heraldv1.NotifyBatchRequest{}
+	for range 100 {
+		req.Notifications = append(req.Notifications, &heraldv1.NotifyRequest{UserId: "bench", Event: "update", Data: payload})
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i += 100 {
+		req.Notifications = req.Notifications[:min(100, b.N-i)]
+		resp, err := r.client.NotifyBatch(ctx, req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, res := range resp.GetResults() {
+			if res.GetCode() != 0 {
+				b.Fatal(res.GetMessage())
+			}
+		}
+	}
+}

@@ -27,11 +27,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		notifies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "herald", Subsystem: "router", Name: "notify_total",
-			Help: "Notify calls by route taken (online, push_queued, offline, stale, none) and gRPC status code.",
+			Help: "Notify calls, and notifications of NotifyBatch calls, by route taken (online, push_queued, offline, stale, none) and gRPC status code.",
 		}, []string{"route", "code"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "herald", Subsystem: "router", Name: "notify_duration_seconds",
-			Help:    "Time to handle a Notify call, from receipt to response.",
+			Help:    "Time to handle a Notify call, or a NotifyBatch call once per notification, from receipt to response.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 		}),
 		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{

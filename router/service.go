@@ -151,8 +151,30 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 	if err := s.validate(req); err != nil {
 		return nil, err
 	}
+	env, mode := s.notifyEnvelope(start, req, correlationID(ctx))
+	res, err := s.pub.Publish(ctx, env, req.GetIdempotencyKey())
+	if err != nil {
+		return nil, s.notifyFailed(ctx, env, err)
+	}
+	return s.notifyResponse(ctx, env, mode, res), nil
+}
+
+// correlationID is the caller's correlation id from the call's metadata,
+// or "" when it sent none or an invalid one.
+func correlationID(ctx context.Context) string {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(correlationHeader); len(v) > 0 && delivery.CheckText(v[0], maxIdempotencyKeyBytes) == nil {
+			return v[0]
+		}
+	}
+	return ""
+}
+
+// notifyEnvelope is the envelope of a valid NotifyRequest accepted at
+// start, with the delivery mode the router applies.
+func (s *Service) notifyEnvelope(start time.Time, req *heraldv1.NotifyRequest, correlation string) (*heraldv1.Envelope, heraldv1.DeliveryMode) {
 	env := s.envelope(start, req.GetEvent(), req.GetData(), req.GetTtl())
-	env.UserId, env.Push = req.GetUserId(), req.GetPush()
+	env.UserId, env.Push, env.CorrelationId = req.GetUserId(), req.GetPush(), correlation
 	mode := heraldv1.DeliveryMode_DELIVERY_MODE_FIRE_AND_FORGET
 	if req.GetDeliveryMode() == heraldv1.DeliveryMode_DELIVERY_MODE_ACK_OR_PUSH {
 		mode = req.GetDeliveryMode()
@@ -162,21 +184,22 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 		}
 		env.AckBy = timestamppb.New(start.Add(d))
 	}
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(correlationHeader); len(v) > 0 && delivery.CheckText(v[0], maxIdempotencyKeyBytes) == nil {
-			env.CorrelationId = v[0]
-		}
-	}
+	return env, mode
+}
 
-	res, err := s.pub.Publish(ctx, env, req.GetIdempotencyKey())
-	if err != nil {
-		s.metrics.countError(err)
-		s.log.LogAttrs(ctx, slog.LevelWarn, "notify failed",
-			slog.String("notification_id", env.Id), slog.String("route", "none"), s.cfg.UserIDs.Attr(env.UserId),
-			slog.String("correlation_id", env.CorrelationId), slog.Any("err", err))
-		return nil, toStatus(ctx, err)
-	}
-	resp = &heraldv1.NotifyResponse{
+// notifyFailed counts and logs a notification the publisher failed to
+// route, and returns the status its caller gets.
+func (s *Service) notifyFailed(ctx context.Context, env *heraldv1.Envelope, err error) error {
+	s.metrics.countError(err)
+	s.log.LogAttrs(ctx, slog.LevelWarn, "notify failed",
+		slog.String("notification_id", env.Id), slog.String("route", "none"), s.cfg.UserIDs.Attr(env.UserId),
+		slog.String("correlation_id", env.CorrelationId), slog.Any("err", err))
+	return toStatus(ctx, err)
+}
+
+// notifyResponse is the response for a routed notification.
+func (s *Service) notifyResponse(ctx context.Context, env *heraldv1.Envelope, mode heraldv1.DeliveryMode, res delivery.Result) *heraldv1.NotifyResponse {
+	resp := &heraldv1.NotifyResponse{
 		NotificationId: res.ID,
 		EventId:        res.EventID,
 		Subscribers:    int32(res.Subscribers),
@@ -202,7 +225,7 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 			slog.Bool("duplicate", res.Duplicate),
 			slog.String("correlation_id", env.CorrelationId))
 	}
-	return resp, nil
+	return resp
 }
 
 // envelope starts the envelope of a call accepted at start.

@@ -39,6 +39,7 @@ const usage = `usage: heraldctl <command> [flags]
 
 commands:
   notify             send one notification to one user through the router
+  notify-batch       send many notifications in one call, from JSON
   device register    register a device's FCM token for a user
   device unregister  forget a device's FCM token
   dlq ls             list dead letters (pushes that failed for good)
@@ -67,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "notify":
 		err = notify(args[1:], stdout)
+	case "notify-batch":
+		err = notifyBatch(args[1:], os.Stdin, stdout)
 	case "device":
 		err = deviceCmd(args[1:], stdout)
 	case "dlq":

@@ -424,6 +424,166 @@ func (x *NotifyResponse) GetDeliveryMode() DeliveryMode {
 	return DeliveryMode_DELIVERY_MODE_UNSPECIFIED
 }
 
+// NotifyBatchRequest is many notifications, each for one user.
+type NotifyBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The notifications: at most 1000. Two with the same user and
+	// idempotency key are one notification: the second gets the first's
+	// result, with duplicate set.
+	Notifications []*NotifyRequest `protobuf:"bytes,1,rep,name=notifications,proto3" json:"notifications,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NotifyBatchRequest) Reset() {
+	*x = NotifyBatchRequest{}
+	mi := &file_herald_v1_router_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NotifyBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NotifyBatchRequest) ProtoMessage() {}
+
+func (x *NotifyBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_router_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NotifyBatchRequest.ProtoReflect.Descriptor instead.
+func (*NotifyBatchRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *NotifyBatchRequest) GetNotifications() []*NotifyRequest {
+	if x != nil {
+		return x.Notifications
+	}
+	return nil
+}
+
+// NotifyBatchResponse has one result per notification, in the request's
+// order.
+type NotifyBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The results: results[i] is notifications[i]'s.
+	Results       []*NotifyBatchResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NotifyBatchResponse) Reset() {
+	*x = NotifyBatchResponse{}
+	mi := &file_herald_v1_router_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NotifyBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NotifyBatchResponse) ProtoMessage() {}
+
+func (x *NotifyBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_router_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NotifyBatchResponse.ProtoReflect.Descriptor instead.
+func (*NotifyBatchResponse) Descriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *NotifyBatchResponse) GetResults() []*NotifyBatchResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// NotifyBatchResult is what happened to one notification of a batch.
+type NotifyBatchResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code (google.rpc.Code) the notification would have got
+	// from Notify: 0 (OK) when it was routed, and then response is set.
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// The error message, when code is not OK.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// What Notify would have returned, when code is OK.
+	Response      *NotifyResponse `protobuf:"bytes,3,opt,name=response,proto3" json:"response,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NotifyBatchResult) Reset() {
+	*x = NotifyBatchResult{}
+	mi := &file_herald_v1_router_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NotifyBatchResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NotifyBatchResult) ProtoMessage() {}
+
+func (x *NotifyBatchResult) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_router_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NotifyBatchResult.ProtoReflect.Descriptor instead.
+func (*NotifyBatchResult) Descriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *NotifyBatchResult) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *NotifyBatchResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *NotifyBatchResult) GetResponse() *NotifyResponse {
+	if x != nil {
+		return x.Response
+	}
+	return nil
+}
+
 // RegisterDeviceRequest names a user's device.
 type RegisterDeviceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -440,7 +600,7 @@ type RegisterDeviceRequest struct {
 
 func (x *RegisterDeviceRequest) Reset() {
 	*x = RegisterDeviceRequest{}
-	mi := &file_herald_v1_router_proto_msgTypes[2]
+	mi := &file_herald_v1_router_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +612,7 @@ func (x *RegisterDeviceRequest) String() string {
 func (*RegisterDeviceRequest) ProtoMessage() {}
 
 func (x *RegisterDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[2]
+	mi := &file_herald_v1_router_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +625,7 @@ func (x *RegisterDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RegisterDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{2}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RegisterDeviceRequest) GetUserId() string {
@@ -502,7 +662,7 @@ type RegisterDeviceResponse struct {
 
 func (x *RegisterDeviceResponse) Reset() {
 	*x = RegisterDeviceResponse{}
-	mi := &file_herald_v1_router_proto_msgTypes[3]
+	mi := &file_herald_v1_router_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +674,7 @@ func (x *RegisterDeviceResponse) String() string {
 func (*RegisterDeviceResponse) ProtoMessage() {}
 
 func (x *RegisterDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[3]
+	mi := &file_herald_v1_router_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +687,7 @@ func (x *RegisterDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RegisterDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{3}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RegisterDeviceResponse) GetDevices() int32 {
@@ -557,7 +717,7 @@ type UnregisterDeviceRequest struct {
 
 func (x *UnregisterDeviceRequest) Reset() {
 	*x = UnregisterDeviceRequest{}
-	mi := &file_herald_v1_router_proto_msgTypes[4]
+	mi := &file_herald_v1_router_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +729,7 @@ func (x *UnregisterDeviceRequest) String() string {
 func (*UnregisterDeviceRequest) ProtoMessage() {}
 
 func (x *UnregisterDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[4]
+	mi := &file_herald_v1_router_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +742,7 @@ func (x *UnregisterDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterDeviceRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{4}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UnregisterDeviceRequest) GetUserId() string {
@@ -610,7 +770,7 @@ type UnregisterDeviceResponse struct {
 
 func (x *UnregisterDeviceResponse) Reset() {
 	*x = UnregisterDeviceResponse{}
-	mi := &file_herald_v1_router_proto_msgTypes[5]
+	mi := &file_herald_v1_router_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +782,7 @@ func (x *UnregisterDeviceResponse) String() string {
 func (*UnregisterDeviceResponse) ProtoMessage() {}
 
 func (x *UnregisterDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[5]
+	mi := &file_herald_v1_router_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +795,7 @@ func (x *UnregisterDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterDeviceResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{5}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *UnregisterDeviceResponse) GetRemoved() bool {
@@ -663,7 +823,7 @@ type BroadcastRequest struct {
 
 func (x *BroadcastRequest) Reset() {
 	*x = BroadcastRequest{}
-	mi := &file_herald_v1_router_proto_msgTypes[6]
+	mi := &file_herald_v1_router_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +835,7 @@ func (x *BroadcastRequest) String() string {
 func (*BroadcastRequest) ProtoMessage() {}
 
 func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[6]
+	mi := &file_herald_v1_router_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +848,7 @@ func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastRequest.ProtoReflect.Descriptor instead.
 func (*BroadcastRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{6}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *BroadcastRequest) GetTopic() string {
@@ -736,7 +896,7 @@ type BroadcastResponse struct {
 
 func (x *BroadcastResponse) Reset() {
 	*x = BroadcastResponse{}
-	mi := &file_herald_v1_router_proto_msgTypes[7]
+	mi := &file_herald_v1_router_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +908,7 @@ func (x *BroadcastResponse) String() string {
 func (*BroadcastResponse) ProtoMessage() {}
 
 func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[7]
+	mi := &file_herald_v1_router_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +921,7 @@ func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastResponse.ProtoReflect.Descriptor instead.
 func (*BroadcastResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{7}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BroadcastResponse) GetNotificationId() string {
@@ -815,7 +975,15 @@ const file_herald_v1_router_proto_rawDesc = "" +
 	"\vaccepted_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"acceptedAt\x12\x19\n" +
 	"\bevent_id\x18\a \x01(\tR\aeventId\x12<\n" +
-	"\rdelivery_mode\x18\b \x01(\x0e2\x17.herald.v1.DeliveryModeR\fdeliveryMode\"w\n" +
+	"\rdelivery_mode\x18\b \x01(\x0e2\x17.herald.v1.DeliveryModeR\fdeliveryMode\"T\n" +
+	"\x12NotifyBatchRequest\x12>\n" +
+	"\rnotifications\x18\x01 \x03(\v2\x18.herald.v1.NotifyRequestR\rnotifications\"M\n" +
+	"\x13NotifyBatchResponse\x126\n" +
+	"\aresults\x18\x01 \x03(\v2\x1c.herald.v1.NotifyBatchResultR\aresults\"x\n" +
+	"\x11NotifyBatchResult\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x125\n" +
+	"\bresponse\x18\x03 \x01(\v2\x19.herald.v1.NotifyResponseR\bresponse\"w\n" +
 	"\x15RegisterDeviceRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12/\n" +
@@ -852,9 +1020,10 @@ const file_herald_v1_router_proto_rawDesc = "" +
 	"\x11ROUTE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fROUTE_ONLINE\x10\x01\x12\x11\n" +
 	"\rROUTE_OFFLINE\x10\x02\x12\x15\n" +
-	"\x11ROUTE_PUSH_QUEUED\x10\x032\xca\x02\n" +
+	"\x11ROUTE_PUSH_QUEUED\x10\x032\x98\x03\n" +
 	"\rRouterService\x12=\n" +
-	"\x06Notify\x12\x18.herald.v1.NotifyRequest\x1a\x19.herald.v1.NotifyResponse\x12F\n" +
+	"\x06Notify\x12\x18.herald.v1.NotifyRequest\x1a\x19.herald.v1.NotifyResponse\x12L\n" +
+	"\vNotifyBatch\x12\x1d.herald.v1.NotifyBatchRequest\x1a\x1e.herald.v1.NotifyBatchResponse\x12F\n" +
 	"\tBroadcast\x12\x1b.herald.v1.BroadcastRequest\x1a\x1c.herald.v1.BroadcastResponse\x12U\n" +
 	"\x0eRegisterDevice\x12 .herald.v1.RegisterDeviceRequest\x1a!.herald.v1.RegisterDeviceResponse\x12[\n" +
 	"\x10UnregisterDevice\x12\".herald.v1.UnregisterDeviceRequest\x1a#.herald.v1.UnregisterDeviceResponseB8Z6github.com/herald-push/herald/proto/herald/v1;heraldv1b\x06proto3"
@@ -872,47 +1041,55 @@ func file_herald_v1_router_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_v1_router_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_herald_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_herald_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_herald_v1_router_proto_goTypes = []any{
 	(DeliveryMode)(0),                // 0: herald.v1.DeliveryMode
 	(Platform)(0),                    // 1: herald.v1.Platform
 	(Route)(0),                       // 2: herald.v1.Route
 	(*NotifyRequest)(nil),            // 3: herald.v1.NotifyRequest
 	(*NotifyResponse)(nil),           // 4: herald.v1.NotifyResponse
-	(*RegisterDeviceRequest)(nil),    // 5: herald.v1.RegisterDeviceRequest
-	(*RegisterDeviceResponse)(nil),   // 6: herald.v1.RegisterDeviceResponse
-	(*UnregisterDeviceRequest)(nil),  // 7: herald.v1.UnregisterDeviceRequest
-	(*UnregisterDeviceResponse)(nil), // 8: herald.v1.UnregisterDeviceResponse
-	(*BroadcastRequest)(nil),         // 9: herald.v1.BroadcastRequest
-	(*BroadcastResponse)(nil),        // 10: herald.v1.BroadcastResponse
-	(*durationpb.Duration)(nil),      // 11: google.protobuf.Duration
-	(*PushOptions)(nil),              // 12: herald.v1.PushOptions
-	(*timestamppb.Timestamp)(nil),    // 13: google.protobuf.Timestamp
+	(*NotifyBatchRequest)(nil),       // 5: herald.v1.NotifyBatchRequest
+	(*NotifyBatchResponse)(nil),      // 6: herald.v1.NotifyBatchResponse
+	(*NotifyBatchResult)(nil),        // 7: herald.v1.NotifyBatchResult
+	(*RegisterDeviceRequest)(nil),    // 8: herald.v1.RegisterDeviceRequest
+	(*RegisterDeviceResponse)(nil),   // 9: herald.v1.RegisterDeviceResponse
+	(*UnregisterDeviceRequest)(nil),  // 10: herald.v1.UnregisterDeviceRequest
+	(*UnregisterDeviceResponse)(nil), // 11: herald.v1.UnregisterDeviceResponse
+	(*BroadcastRequest)(nil),         // 12: herald.v1.BroadcastRequest
+	(*BroadcastResponse)(nil),        // 13: herald.v1.BroadcastResponse
+	(*durationpb.Duration)(nil),      // 14: google.protobuf.Duration
+	(*PushOptions)(nil),              // 15: herald.v1.PushOptions
+	(*timestamppb.Timestamp)(nil),    // 16: google.protobuf.Timestamp
 }
 var file_herald_v1_router_proto_depIdxs = []int32{
-	11, // 0: herald.v1.NotifyRequest.ttl:type_name -> google.protobuf.Duration
-	12, // 1: herald.v1.NotifyRequest.push:type_name -> herald.v1.PushOptions
+	14, // 0: herald.v1.NotifyRequest.ttl:type_name -> google.protobuf.Duration
+	15, // 1: herald.v1.NotifyRequest.push:type_name -> herald.v1.PushOptions
 	0,  // 2: herald.v1.NotifyRequest.delivery_mode:type_name -> herald.v1.DeliveryMode
-	11, // 3: herald.v1.NotifyRequest.ack_deadline:type_name -> google.protobuf.Duration
+	14, // 3: herald.v1.NotifyRequest.ack_deadline:type_name -> google.protobuf.Duration
 	2,  // 4: herald.v1.NotifyResponse.route:type_name -> herald.v1.Route
-	13, // 5: herald.v1.NotifyResponse.accepted_at:type_name -> google.protobuf.Timestamp
+	16, // 5: herald.v1.NotifyResponse.accepted_at:type_name -> google.protobuf.Timestamp
 	0,  // 6: herald.v1.NotifyResponse.delivery_mode:type_name -> herald.v1.DeliveryMode
-	1,  // 7: herald.v1.RegisterDeviceRequest.platform:type_name -> herald.v1.Platform
-	11, // 8: herald.v1.BroadcastRequest.ttl:type_name -> google.protobuf.Duration
-	13, // 9: herald.v1.BroadcastResponse.accepted_at:type_name -> google.protobuf.Timestamp
-	3,  // 10: herald.v1.RouterService.Notify:input_type -> herald.v1.NotifyRequest
-	9,  // 11: herald.v1.RouterService.Broadcast:input_type -> herald.v1.BroadcastRequest
-	5,  // 12: herald.v1.RouterService.RegisterDevice:input_type -> herald.v1.RegisterDeviceRequest
-	7,  // 13: herald.v1.RouterService.UnregisterDevice:input_type -> herald.v1.UnregisterDeviceRequest
-	4,  // 14: herald.v1.RouterService.Notify:output_type -> herald.v1.NotifyResponse
-	10, // 15: herald.v1.RouterService.Broadcast:output_type -> herald.v1.BroadcastResponse
-	6,  // 16: herald.v1.RouterService.RegisterDevice:output_type -> herald.v1.RegisterDeviceResponse
-	8,  // 17: herald.v1.RouterService.UnregisterDevice:output_type -> herald.v1.UnregisterDeviceResponse
-	14, // [14:18] is the sub-list for method output_type
-	10, // [10:14] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	3,  // 7: herald.v1.NotifyBatchRequest.notifications:type_name -> herald.v1.NotifyRequest
+	7,  // 8: herald.v1.NotifyBatchResponse.results:type_name -> herald.v1.NotifyBatchResult
+	4,  // 9: herald.v1.NotifyBatchResult.response:type_name -> herald.v1.NotifyResponse
+	1,  // 10: herald.v1.RegisterDeviceRequest.platform:type_name -> herald.v1.Platform
+	14, // 11: herald.v1.BroadcastRequest.ttl:type_name -> google.protobuf.Duration
+	16, // 12: herald.v1.BroadcastResponse.accepted_at:type_name -> google.protobuf.Timestamp
+	3,  // 13: herald.v1.RouterService.Notify:input_type -> herald.v1.NotifyRequest
+	5,  // 14: herald.v1.RouterService.NotifyBatch:input_type -> herald.v1.NotifyBatchRequest
+	12, // 15: herald.v1.RouterService.Broadcast:input_type -> herald.v1.BroadcastRequest
+	8,  // 16: herald.v1.RouterService.RegisterDevice:input_type -> herald.v1.RegisterDeviceRequest
+	10, // 17: herald.v1.RouterService.UnregisterDevice:input_type -> herald.v1.UnregisterDeviceRequest
+	4,  // 18: herald.v1.RouterService.Notify:output_type -> herald.v1.NotifyResponse
+	6,  // 19: herald.v1.RouterService.NotifyBatch:output_type -> herald.v1.NotifyBatchResponse
+	13, // 20: herald.v1.RouterService.Broadcast:output_type -> herald.v1.BroadcastResponse
+	9,  // 21: herald.v1.RouterService.RegisterDevice:output_type -> herald.v1.RegisterDeviceResponse
+	11, // 22: herald.v1.RouterService.UnregisterDevice:output_type -> herald.v1.UnregisterDeviceResponse
+	18, // [18:23] is the sub-list for method output_type
+	13, // [13:18] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_herald_v1_router_proto_init() }
@@ -927,7 +1104,7 @@ func file_herald_v1_router_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_v1_router_proto_rawDesc), len(file_herald_v1_router_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -20,6 +20,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	RouterService_Notify_FullMethodName           = "/herald.v1.RouterService/Notify"
+	RouterService_NotifyBatch_FullMethodName      = "/herald.v1.RouterService/NotifyBatch"
 	RouterService_Broadcast_FullMethodName        = "/herald.v1.RouterService/Broadcast"
 	RouterService_RegisterDevice_FullMethodName   = "/herald.v1.RouterService/RegisterDevice"
 	RouterService_UnregisterDevice_FullMethodName = "/herald.v1.RouterService/UnregisterDevice"
@@ -36,6 +37,14 @@ type RouterServiceClient interface {
 	// takes the offline route. Invalid input is refused with INVALID_ARGUMENT
 	// and nothing is published.
 	Notify(ctx context.Context, in *NotifyRequest, opts ...grpc.CallOption) (*NotifyResponse, error)
+	// NotifyBatch routes up to 1000 notifications in one call, for callers
+	// that send many: the router routes them together, in one Redis round
+	// trip. Each is validated, authorised, rate limited (a batch of n spends
+	// n of the caller's calls), deduplicated by idempotency key and routed
+	// exactly as a Notify of its own would be, and has its own result: one
+	// invalid or refused notification does not fail the others. More than
+	// 1000 is refused with INVALID_ARGUMENT and nothing is routed.
+	NotifyBatch(ctx context.Context, in *NotifyBatchRequest, opts ...grpc.CallOption) (*NotifyBatchResponse, error)
 	// Broadcast fans one message out to every client subscribed to a topic, on
 	// every edge. Clients may read a topic only when their token allows it.
 	Broadcast(ctx context.Context, in *BroadcastRequest, opts ...grpc.CallOption) (*BroadcastResponse, error)
@@ -60,6 +69,16 @@ func (c *routerServiceClient) Notify(ctx context.Context, in *NotifyRequest, opt
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(NotifyResponse)
 	err := c.cc.Invoke(ctx, RouterService_Notify_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *routerServiceClient) NotifyBatch(ctx context.Context, in *NotifyBatchRequest, opts ...grpc.CallOption) (*NotifyBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NotifyBatchResponse)
+	err := c.cc.Invoke(ctx, RouterService_NotifyBatch_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -107,6 +126,14 @@ type RouterServiceServer interface {
 	// takes the offline route. Invalid input is refused with INVALID_ARGUMENT
 	// and nothing is published.
 	Notify(context.Context, *NotifyRequest) (*NotifyResponse, error)
+	// NotifyBatch routes up to 1000 notifications in one call, for callers
+	// that send many: the router routes them together, in one Redis round
+	// trip. Each is validated, authorised, rate limited (a batch of n spends
+	// n of the caller's calls), deduplicated by idempotency key and routed
+	// exactly as a Notify of its own would be, and has its own result: one
+	// invalid or refused notification does not fail the others. More than
+	// 1000 is refused with INVALID_ARGUMENT and nothing is routed.
+	NotifyBatch(context.Context, *NotifyBatchRequest) (*NotifyBatchResponse, error)
 	// Broadcast fans one message out to every client subscribed to a topic, on
 	// every edge. Clients may read a topic only when their token allows it.
 	Broadcast(context.Context, *BroadcastRequest) (*BroadcastResponse, error)
@@ -129,6 +156,9 @@ type UnimplementedRouterServiceServer struct{}
 
 func (UnimplementedRouterServiceServer) Notify(context.Context, *NotifyRequest) (*NotifyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Notify not implemented")
+}
+func (UnimplementedRouterServiceServer) NotifyBatch(context.Context, *NotifyBatchRequest) (*NotifyBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method NotifyBatch not implemented")
 }
 func (UnimplementedRouterServiceServer) Broadcast(context.Context, *BroadcastRequest) (*BroadcastResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Broadcast not implemented")
@@ -174,6 +204,24 @@ func _RouterService_Notify_Handler(srv interface{}, ctx context.Context, dec fun
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(RouterServiceServer).Notify(ctx, req.(*NotifyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RouterService_NotifyBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NotifyBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RouterServiceServer).NotifyBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RouterService_NotifyBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RouterServiceServer).NotifyBatch(ctx, req.(*NotifyBatchRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -242,6 +290,10 @@ var RouterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Notify",
 			Handler:    _RouterService_Notify_Handler,
+		},
+		{
+			MethodName: "NotifyBatch",
+			Handler:    _RouterService_NotifyBatch_Handler,
 		},
 		{
 			MethodName: "Broadcast",
