@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	firebase "firebase.google.com/go/v4"
@@ -27,6 +28,53 @@ type ClientConfig struct {
 	Endpoint string
 	// Timeout bounds one send. Default 10s.
 	Timeout time.Duration
+	// Conns is how many clients NewSender spreads the sends over, each with
+	// its own HTTP transport, so its own connections. FCM speaks HTTP/2, and
+	// one connection carries a bounded number of streams at once (100 at
+	// Google); a worker with several SendEach calls of 50 sends in flight
+	// needs several. Default 4.
+	Conns int
+	// H2C sends to an http:// Endpoint over HTTP/2 without TLS (prior
+	// knowledge), as FCM is reached over HTTP/2; the emulator in
+	// fcm/fcmtest serves it. Default false: HTTP/1.1, which any emulator
+	// serves.
+	H2C bool
+}
+
+// NewSender returns a Sender that spreads the sends over cfg.Conns
+// firebase-admin-go clients, round robin.
+func NewSender(ctx context.Context, cfg ClientConfig) (Sender, error) {
+	if cfg.Conns == 0 {
+		cfg.Conns = 4
+	}
+	if cfg.Conns < 1 {
+		return nil, errors.New("fcm: Conns must be positive")
+	}
+	p := &pool{}
+	for range cfg.Conns {
+		c, err := NewClient(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		p.senders = append(p.senders, c)
+	}
+	if len(p.senders) == 1 {
+		return p.senders[0], nil
+	}
+	return p, nil
+}
+
+// pool is a Sender over several, taken in turn.
+type pool struct {
+	senders []Sender
+	next    atomic.Uint32
+}
+
+var _ Sender = (*pool)(nil)
+
+func (p *pool) SendEach(ctx context.Context, messages []*messaging.Message) (*messaging.BatchResponse, error) {
+	s := p.senders[int(p.next.Add(1)%uint32(len(p.senders)))]
+	return s.SendEach(ctx, messages)
 }
 
 // NewClient returns the firebase-admin-go messaging client for cfg. Its HTTP
@@ -44,7 +92,7 @@ func NewClient(ctx context.Context, cfg ClientConfig) (*messaging.Client, error)
 		// The SDK only uses a custom HTTP client's transport as is, so the
 		// transport is tuned only where no credentials wrap it.
 		opts = append(opts, option.WithEndpoint(cfg.Endpoint), option.WithoutAuthentication(),
-			option.WithHTTPClient(&http.Client{Transport: transport(), Timeout: cfg.Timeout}))
+			option.WithHTTPClient(&http.Client{Transport: transport(cfg.H2C), Timeout: cfg.Timeout}))
 	} else if cfg.CredentialsFile != "" {
 		opts = append(opts, option.WithCredentialsFile(cfg.CredentialsFile))
 	}
@@ -63,15 +111,22 @@ func NewClient(ctx context.Context, cfg ClientConfig) (*messaging.Client, error)
 	return c, nil
 }
 
-// transport is an HTTP transport sized for SendEach's 50 concurrent sends.
-func transport() *http.Transport {
-	return &http.Transport{
+// transport is an HTTP transport that keeps the connections of a few
+// hundred concurrent sends (over HTTP/1.1, one each), over HTTP/2 without
+// TLS with h2c.
+func transport(h2c bool) *http.Transport {
+	t := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		ForceAttemptHTTP2:   true,
-		MaxIdleConns:        256,
-		MaxIdleConnsPerHost: 128,
+		MaxIdleConns:        512,
+		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 5 * time.Second,
 	}
+	if h2c {
+		t.Protocols = new(http.Protocols)
+		t.Protocols.SetUnencryptedHTTP2(true)
+	}
+	return t
 }

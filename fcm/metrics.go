@@ -11,6 +11,7 @@ type metrics struct {
 	notifications *prometheus.CounterVec
 	messages      *prometheus.CounterVec
 	sendSeconds   prometheus.Histogram
+	handoff       prometheus.Histogram
 	retries       *prometheus.CounterVec
 	deadLetters   *prometheus.CounterVec
 	tokensRemoved prometheus.Counter
@@ -29,8 +30,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"outcome"}),
 		sendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "herald", Subsystem: "fcm", Name: "send_duration_seconds",
-			Help:    "Time of one SendEach call to FCM (up to 500 messages).",
+			Help:    "Time of one SendEach call to FCM (up to 50 messages, sent at once).",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		handoff: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "herald", Subsystem: "fcm", Name: "handoff_seconds",
+			Help:    "Time from the router's acceptance of a notification to the worker's fetch of it from the offline topic: the Kafka hand-off, with any backlog.",
+			Buckets: []float64{.001, .002, .003, .005, .0075, .01, .015, .02, .05, .1, .25, 1, 5, 30},
 		}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "herald", Subsystem: "fcm", Name: "retries_total",
@@ -58,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.messages.WithLabelValues(o)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.notifications, m.messages, m.sendSeconds, m.retries, m.deadLetters, m.tokensRemoved, m.lag} {
+		for _, c := range []prometheus.Collector{m.notifications, m.messages, m.sendSeconds, m.handoff, m.retries, m.deadLetters, m.tokensRemoved, m.lag} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
@@ -17,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
+	"golang.org/x/time/rate"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -74,6 +76,24 @@ type Config struct {
 	// left out of the push (see DataTruncated). Default 3000, below FCM's
 	// 4 KB message limit with room for the other fields.
 	MaxDataBytes int
+	// Concurrency is how many batches of each topic are pushed at once.
+	// Every record goes to one of Concurrency lanes by its key (the user),
+	// and a lane pushes one batch at a time, so one user's notifications
+	// are pushed in order while the lanes' SendEach calls, 50 sends each,
+	// overlap FCM's latency. Default 8: at FCM's 20-40 ms a send, enough to
+	// reach the default quota from one worker.
+	Concurrency int
+	// QuotaPerMinute is the Firebase project's FCM quota in messages a
+	// minute. Default 600,000, FCM's default quota. Negative means no
+	// limit.
+	QuotaPerMinute int
+	// QuotaShare is the share of the quota this worker uses: it sends at
+	// most QuotaShare × QuotaPerMinute / 60 messages a second, in bursts of
+	// at most a tenth of a second's worth, so that the worker itself never
+	// causes a 429. Default 0.95, a margin for the SDK's own retries of a
+	// 503 and for clock drift; workers sharing a project split it (0.95/N
+	// each).
+	QuotaShare float64
 }
 
 func (c *Config) setDefaults() error {
@@ -107,11 +127,21 @@ func (c *Config) setDefaults() error {
 	if c.MaxDataBytes == 0 {
 		c.MaxDataBytes = 3000
 	}
+	if c.Concurrency == 0 {
+		c.Concurrency = 8
+	}
+	if c.QuotaPerMinute == 0 {
+		c.QuotaPerMinute = 600000
+	}
+	if c.QuotaShare == 0 {
+		c.QuotaShare = 0.95
+	}
 	if len(c.Kafka.Brokers) == 0 {
 		return errors.New("fcm: kafka brokers are required")
 	}
 	if c.BatchSize < 1 || c.MaxAttempts < 1 || c.BatchWait < 0 || c.MaxRetryAge <= 0 ||
-		c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase || c.DedupeWindow < time.Second || c.MaxDataBytes < 0 || c.SessionTimeout < 100*time.Millisecond {
+		c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase || c.DedupeWindow < time.Second || c.MaxDataBytes < 0 || c.SessionTimeout < 100*time.Millisecond ||
+		c.Concurrency < 1 || c.QuotaShare < 0 || c.QuotaShare > 1 {
 		return fmt.Errorf("fcm: invalid config %+v", *c)
 	}
 	return nil
@@ -139,6 +169,16 @@ type Worker struct {
 	metrics *metrics
 
 	retryW, deadW *kafka.Writer
+	// limiter keeps the sends under the quota; nil when there is none.
+	limiter *rate.Limiter
+	// chunk is the most messages of one SendEach call: maxPerCall, or less
+	// when the limiter's burst is smaller.
+	chunk int
+	// calls holds a token per SendEach call in flight, at most two per
+	// lane in all (800 sends at 8 lanes): enough for the quota at FCM's
+	// latency, few enough that a burst never opens thousands of
+	// connections at once.
+	calls chan struct{}
 }
 
 // New returns a Worker. Run starts it.
@@ -167,7 +207,19 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Worker{cfg: cfg, deps: deps, log: deps.Logger, metrics: m, retryW: retryW, deadW: deadW}, nil
+	w := &Worker{cfg: cfg, deps: deps, log: deps.Logger, metrics: m, retryW: retryW, deadW: deadW, chunk: maxPerCall,
+		calls: make(chan struct{}, 2*cfg.Concurrency)}
+	if cfg.QuotaPerMinute > 0 {
+		perSecond := cfg.QuotaShare * float64(cfg.QuotaPerMinute) / 60
+		// Bursts of a tenth of a second's worth: sends granted together may
+		// reach FCM bunched up, later than granted, and FCM is not known to
+		// allow much at once. A much smaller burst would waste the quota
+		// that goes unused while every lane waits on FCM or Redis.
+		burst := max(1, int(perSecond/10))
+		w.chunk = min(maxPerCall, burst)
+		w.limiter = rate.NewLimiter(rate.Limit(perSecond), burst)
+	}
+	return w, nil
 }
 
 // Topics are the worker's topics, for delivery.EnsureTopics.
@@ -175,11 +227,17 @@ func (w *Worker) Topics() []string {
 	return []string{w.cfg.OfflineTopic, w.cfg.RetryTopic, w.cfg.DeadLetterTopic}
 }
 
-// drainTimeout bounds finishing the batch in hand at shutdown.
+// drainTimeout bounds finishing the batches in hand at shutdown.
 const drainTimeout = 30 * time.Second
 
-// Run consumes until ctx is done, then finishes the batch in hand, commits
-// it, and leaves the consumer groups.
+// maxPerCall is the most messages of one SendEach call. The SDK sends 50
+// messages of a call at once and queues the rest behind them, so the worker
+// makes calls of 50 and runs a batch's calls at once instead; FCM's own
+// limit is 500.
+const maxPerCall = 50
+
+// Run consumes until ctx is done, then finishes the batches in hand,
+// commits them, and leaves the consumer groups.
 func (w *Worker) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
@@ -189,12 +247,17 @@ func (w *Worker) Run(ctx context.Context) error {
 			topic, group = w.cfg.RetryTopic, w.cfg.GroupID+".retry"
 		}
 		r := kafka.NewReader(kafka.ReaderConfig{
-			Brokers:               w.cfg.Kafka.Brokers,
-			GroupID:               group,
-			Topic:                 topic,
-			MinBytes:              1,
-			MaxBytes:              10 << 20,
-			MaxWait:               250 * time.Millisecond,
+			Brokers:  w.cfg.Kafka.Brokers,
+			GroupID:  group,
+			Topic:    topic,
+			MinBytes: 1,
+			MaxBytes: 10 << 20,
+			// A fetch returns as soon as a record arrives; MaxWait only
+			// bounds an idle one. kafka-go asks the broker to answer 1s
+			// before it gives up on the connection, and a late answer (a
+			// busy broker) costs a reconnection and a backoff: the margin
+			// keeps that out of the hand-off's tail.
+			MaxWait:               2 * time.Second,
 			StartOffset:           kafka.FirstOffset,
 			CommitInterval:        0, // commit synchronously, when told
 			WatchPartitionChanges: true,
@@ -230,103 +293,186 @@ type item struct {
 	task *heraldv1.PushTask // set for the retry topic's records
 }
 
-// consume runs one topic's loop: fetch a batch, handle it, make every
-// outcome durable, commit.
+// consume runs one topic's loop: it fetches records, hands each to the lane
+// of its key, and commits each partition as far as every record before is
+// handled and its outcome durable.
 func (w *Worker) consume(ctx context.Context, r *kafka.Reader, retry bool) error {
-	var carry *kafka.Message
-	for ctx.Err() == nil {
-		batch, next, err := w.fetch(ctx, r, carry, retry)
-		carry = next
+	topic := r.Config().Topic
+	offs := newOffsets()
+	// Records fetched and not yet handled, at most a full batch per lane:
+	// past that the fetch waits.
+	slots := make(chan struct{}, w.cfg.Concurrency*w.cfg.BatchSize)
+	lanes := make([]chan *entry, w.cfg.Concurrency)
+	var lanesWG sync.WaitGroup
+	for i := range lanes {
+		lanes[i] = make(chan *entry, w.cfg.BatchSize)
+		lanesWG.Add(1)
+		go func() {
+			defer lanesWG.Done()
+			w.lane(ctx, lanes[i], offs, slots)
+		}()
+	}
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		w.commitLoop(ctx, r, offs)
+	}()
+
+fetching:
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			break fetching
+		}
+		m, err := r.FetchMessage(ctx)
 		if err != nil {
+			<-slots
 			if ctx.Err() != nil {
 				break
 			}
-			w.log.Warn("fcm: fetch failed", slog.String("topic", r.Config().Topic), slog.Any("err", err))
+			w.log.Warn("fcm: fetch failed", slog.String("topic", topic), slog.Any("err", err))
 			sleep(ctx, time.Second)
 			continue
 		}
-		if len(batch) == 0 {
-			continue
+		if retry {
+			// A retry waits for its time, and holds up the records behind
+			// it in the partition, which were written later.
+			if wait := notBefore(m).Sub(w.deps.Now()); wait > 0 && !sleep(ctx, wait) {
+				<-slots
+				break
+			}
+		} else {
+			w.observeHandoff(m)
 		}
-		if !w.finish(ctx, r, batch) {
-			break
+		e := offs.track(m)
+		select {
+		case lanes[laneOf(m.Key, len(lanes))] <- e:
+		case <-ctx.Done():
+			<-slots
+			break fetching
 		}
-		w.metrics.observeLag(batch)
 	}
+	for _, l := range lanes {
+		close(l)
+	}
+	lanesWG.Wait()
+	offs.close()
+	<-committed
 	return nil
 }
 
-// finish handles a batch and commits it, trying again while either fails:
-// a later commit would cover this batch's offsets too, so the loop cannot
-// go on without it. The batch in hand is finished even when ctx ends, within
-// drainTimeout; past that, finish gives up without committing, and the
-// records come again to this worker after a restart or to another one, where
-// the dedupe window keeps the pushes already made from being made twice.
-// It reports whether the batch was committed.
-func (w *Worker) finish(ctx context.Context, r *kafka.Reader, batch []kafka.Message) bool {
+// observeHandoff records how long the record took from the router's
+// acceptance of the notification to this fetch.
+func (w *Worker) observeHandoff(m kafka.Message) {
+	env, err := delivery.Unmarshal(m.Value)
+	if err != nil || env.GetAcceptedAt() == nil {
+		return
+	}
+	w.metrics.handoff.Observe(max(w.deps.Now().Sub(env.GetAcceptedAt().AsTime()), 0).Seconds())
+}
+
+// laneOf is the lane of a record's key: one user's records always share a
+// lane, so they are pushed in order.
+func laneOf(key []byte, lanes int) int {
+	h := fnv.New32a()
+	h.Write(key)
+	return int(h.Sum32() % uint32(lanes))
+}
+
+// lane pushes the records of its channel in batches, one batch at a time,
+// until the channel is closed. Once ctx is done it finishes the batch in
+// hand and drops the rest: they are not committed, so they come again.
+func (w *Worker) lane(ctx context.Context, in <-chan *entry, offs *offsets, slots <-chan struct{}) {
+	for {
+		first, ok := <-in
+		if !ok {
+			return
+		}
+		batch := w.gather(first, in)
+		if ctx.Err() == nil && w.finish(ctx, batch) {
+			offs.done(batch)
+		}
+		for range batch {
+			<-slots
+		}
+	}
+}
+
+// gather adds to first what the lane receives within BatchWait, up to
+// BatchSize.
+func (w *Worker) gather(first *entry, in <-chan *entry) []*entry {
+	batch := []*entry{first}
+	t := time.NewTimer(w.cfg.BatchWait)
+	defer t.Stop()
+	for len(batch) < w.cfg.BatchSize {
+		select {
+		case e, ok := <-in:
+			if !ok {
+				return batch
+			}
+			batch = append(batch, e)
+		case <-t.C:
+			return batch
+		}
+	}
+	return batch
+}
+
+// finish handles a batch, trying again while it fails: the records after it
+// in their partitions cannot be committed without it. The batch in hand is
+// finished even when ctx ends, within drainTimeout; past that, finish gives
+// up, and the records come again to this worker after a restart or to
+// another one, where the dedupe window keeps the pushes already made from
+// being made twice. It reports whether the batch was handled.
+func (w *Worker) finish(ctx context.Context, batch []*entry) bool {
 	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	// Once ctx ends, the batch has drainTimeout left; a late cancel of a
 	// finished batch's context does nothing.
 	stop := context.AfterFunc(ctx, func() { time.AfterFunc(drainTimeout, cancel) })
 	defer stop()
-	topic := r.Config().Topic
-	handled := false
+	msgs := make([]kafka.Message, len(batch))
+	for i, e := range batch {
+		msgs[i] = e.msg
+	}
 	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 10*time.Second) {
-		var err error
-		if !handled {
-			err = w.handle(dctx, batch)
-			handled = err == nil
+		err := w.handle(dctx, msgs)
+		if err == nil {
+			return true
 		}
-		if handled {
-			if err = r.CommitMessages(dctx, batch...); err == nil {
-				return true
-			}
-		}
-		w.log.Error("fcm: batch not finished; trying again", slog.String("topic", topic),
-			slog.Int("records", len(batch)), slog.Bool("handled", handled), slog.Any("err", err))
+		w.log.Error("fcm: batch not handled; trying again", slog.String("topic", msgs[0].Topic),
+			slog.Int("records", len(msgs)), slog.Any("err", err))
 		if ctx.Err() != nil || !sleep(dctx, delay) {
 			return false
 		}
 	}
 }
 
-// fetch gathers a batch: it waits for one record, then takes what arrives
-// within BatchWait, up to BatchSize. On the retry topic, a record whose
-// not-before time has not come ends the batch and is carried over; when it
-// comes first, fetch waits for its time.
-func (w *Worker) fetch(ctx context.Context, r *kafka.Reader, carry *kafka.Message, retry bool) ([]kafka.Message, *kafka.Message, error) {
-	var first kafka.Message
-	if carry != nil {
-		first = *carry
-	} else {
-		m, err := r.FetchMessage(ctx)
-		if err != nil {
-			return nil, nil, err
-		}
-		first = m
-	}
-	if retry {
-		if wait := notBefore(first).Sub(w.deps.Now()); wait > 0 {
-			if !sleep(ctx, wait) {
-				return nil, &first, ctx.Err()
-			}
-		}
-	}
-	batch := []kafka.Message{first}
-	bctx, cancel := context.WithTimeout(ctx, w.cfg.BatchWait)
+// commitLoop commits the offsets that offs says are ready, until offs is
+// closed; then it commits what is left, within drainTimeout.
+func (w *Worker) commitLoop(ctx context.Context, r *kafka.Reader, offs *offsets) {
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	for len(batch) < w.cfg.BatchSize {
-		m, err := r.FetchMessage(bctx)
-		if err != nil {
-			break // the wait is over (or ctx is done: the batch is still handled)
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(drainTimeout, cancel) })
+	defer stop()
+	for {
+		msgs, closed := offs.wait()
+		if len(msgs) > 0 {
+			if err := r.CommitMessages(dctx, msgs...); err != nil {
+				w.log.Warn("fcm: commit failed; trying again", slog.String("topic", r.Config().Topic), slog.Any("err", err))
+				offs.retry(msgs)
+				if !sleep(dctx, 100*time.Millisecond) {
+					return
+				}
+				continue
+			}
+			w.metrics.observeLag(msgs)
 		}
-		if retry && notBefore(m).After(w.deps.Now()) {
-			return batch, &m, nil
+		if closed && len(msgs) == 0 {
+			return
 		}
-		batch = append(batch, m)
 	}
-	return batch, nil, nil
 }
 
 // notBefore reads a retry record's time from its header, without decoding
@@ -534,33 +680,81 @@ func tokenHash(token string) string {
 	return hex.EncodeToString(h[:8])
 }
 
-// send sends the pushes through FCM in SendEach calls of at most 500.
+// send sends the pushes through FCM, within the quota, in SendEach calls
+// of at most w.chunk messages, all of a round at once. A user's
+// notifications go in rounds, one after the other, so that they reach FCM in
+// order: the n-th notification of a user in the batch goes in round n.
 func (w *Worker) send(ctx context.Context, items []item, pushes []push, now time.Time) ([]outcome, error) {
-	const maxPerCall = 500
 	outcomes := make([]outcome, len(pushes))
-	for start := 0; start < len(pushes); start += maxPerCall {
-		end := min(start+maxPerCall, len(pushes))
-		msgs := make([]*messaging.Message, 0, end-start)
-		for _, p := range pushes[start:end] {
-			msgs = append(msgs, message(items[p.item].env, p.token, now, w.cfg.MaxDataBytes))
+	round := make([]int, len(items))
+	seen := map[string]int{}
+	for i, it := range items {
+		round[i] = seen[it.env.GetUserId()]
+		seen[it.env.GetUserId()]++
+	}
+	var rounds [][]int // push indices by round
+	for j, p := range pushes {
+		r := round[p.item]
+		for len(rounds) <= r {
+			rounds = append(rounds, nil)
 		}
-		t0 := time.Now()
-		resp, err := w.deps.Sender.SendEach(ctx, msgs)
-		w.metrics.sendSeconds.Observe(time.Since(t0).Seconds())
-		for k := range msgs {
-			switch {
-			case err != nil:
-				// The whole call failed (the SDK refused the batch, or
-				// ctx ended): every message is retried.
-				outcomes[start+k] = outcome{class: retryable, code: "SEND_FAILED", msg: err.Error()}
-			case k < len(resp.Responses) && resp.Responses[k] != nil:
-				outcomes[start+k] = classify(resp.Responses[k].Error, w.deps.Now())
-			default:
-				outcomes[start+k] = outcome{class: retryable, code: "UNKNOWN", msg: "no response for the message"}
+		rounds[r] = append(rounds[r], j)
+	}
+	for _, idx := range rounds {
+		var wg sync.WaitGroup
+		var waitErr error
+		for start := 0; start < len(idx); start += w.chunk {
+			part := idx[start:min(start+w.chunk, len(idx))]
+			msgs := make([]*messaging.Message, len(part))
+			for k, j := range part {
+				p := pushes[j]
+				msgs[k] = message(items[p.item].env, p.token, now, w.cfg.MaxDataBytes)
 			}
+			if w.limiter != nil {
+				if waitErr = w.limiter.WaitN(ctx, len(msgs)); waitErr != nil {
+					break
+				}
+			}
+			select {
+			case w.calls <- struct{}{}:
+			case <-ctx.Done():
+				waitErr = ctx.Err()
+			}
+			if waitErr != nil {
+				break
+			}
+			// Each call fills the outcomes of its own part.
+			wg.Go(func() {
+				defer func() { <-w.calls }()
+				w.sendEach(ctx, msgs, part, outcomes)
+			})
+		}
+		wg.Wait()
+		if waitErr != nil {
+			return nil, fmt.Errorf("fcm: waiting to send: %w", waitErr)
 		}
 	}
 	return outcomes, nil
+}
+
+// sendEach makes one SendEach call and sets outcomes[part[k]] from the
+// answer to msgs[k].
+func (w *Worker) sendEach(ctx context.Context, msgs []*messaging.Message, part []int, outcomes []outcome) {
+	t0 := time.Now()
+	resp, err := w.deps.Sender.SendEach(ctx, msgs)
+	w.metrics.sendSeconds.Observe(time.Since(t0).Seconds())
+	for k, j := range part {
+		switch {
+		case err != nil:
+			// The whole call failed (the SDK refused the batch, or ctx
+			// ended): every message is retried.
+			outcomes[j] = outcome{class: retryable, code: "SEND_FAILED", msg: err.Error()}
+		case k < len(resp.Responses) && resp.Responses[k] != nil:
+			outcomes[j] = classify(resp.Responses[k].Error, w.deps.Now())
+		default:
+			outcomes[j] = outcome{class: retryable, code: "UNKNOWN", msg: "no response for the message"}
+		}
+	}
 }
 
 // settle acts on the outcomes: it records the sent ones in the dedupe

@@ -17,6 +17,10 @@ type WorkerFlags struct {
 	BackoffBase, BackoffMax        time.Duration
 	DedupeWindow                   time.Duration
 	SessionTimeout                 time.Duration
+	Concurrency, Conns             int
+	H2C                            bool
+	Quota                          int
+	QuotaShare                     float64
 }
 
 // Register defines the flags on fs.
@@ -31,12 +35,17 @@ func (f *WorkerFlags) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.BackoffBase, "backoff-base", time.Second, "first retry delay, doubled at each attempt, with jitter")
 	fs.DurationVar(&f.BackoffMax, "backoff-max", 5*time.Minute, "largest retry delay")
 	fs.DurationVar(&f.SessionTimeout, "kafka-session-timeout", 10*time.Second, "how long the group waits for a silent worker before its partitions move to the others")
+	fs.IntVar(&f.Concurrency, "concurrency", 8, "batches pushed at once per topic; one user's notifications stay in order")
+	fs.IntVar(&f.Conns, "fcm-conns", 4, "FCM clients the sends are spread over, each with its own HTTP/2 connections")
+	fs.BoolVar(&f.H2C, "fcm-h2c", false, "with -fcm-endpoint http://..., speak HTTP/2 without TLS (the emulator serves it)")
+	fs.IntVar(&f.Quota, "fcm-quota", 600000, "the Firebase project's FCM quota, messages a minute; negative: no limit")
+	fs.Float64Var(&f.QuotaShare, "fcm-quota-share", 0.95, "share of -fcm-quota this worker sends at most (0.95/N each for N workers of one project)")
 	fs.DurationVar(&f.DedupeWindow, "dedupe-window", 10*time.Minute, "how long a push is remembered so that a redelivered record is not pushed twice")
 }
 
 // Client is the FCM client configuration.
 func (f *WorkerFlags) Client() fcm.ClientConfig {
-	return fcm.ClientConfig{Project: f.Project, CredentialsFile: f.Credentials, Endpoint: f.Endpoint}
+	return fcm.ClientConfig{Project: f.Project, CredentialsFile: f.Credentials, Endpoint: f.Endpoint, Conns: f.Conns, H2C: f.H2C}
 }
 
 // Config is the worker configuration.
@@ -54,5 +63,8 @@ func (f *WorkerFlags) Config(k daemon.Kafka) fcm.Config {
 		BackoffMax:      f.BackoffMax,
 		DedupeWindow:    f.DedupeWindow,
 		SessionTimeout:  f.SessionTimeout,
+		Concurrency:     f.Concurrency,
+		QuotaPerMinute:  f.Quota,
+		QuotaShare:      f.QuotaShare,
 	}
 }

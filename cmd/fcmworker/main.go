@@ -57,7 +57,7 @@ func run(args []string) error {
 	if err := kafka.Ensure(ctx); err != nil {
 		return err
 	}
-	sender, err := fcm.NewClient(ctx, wf.Client())
+	sender, err := fcm.NewSender(ctx, wf.Client())
 	if err != nil {
 		return err
 	}

@@ -341,6 +341,13 @@ func (s *Server) SetRateLimit(perSecond float64, burst int) {
 	s.log.Info("fcm rate limit set", slog.Float64("rate", perSecond), slog.Int("burst", burst))
 }
 
+// SetQuota sets the project's quota to perMinute messages a minute, kept
+// over every second as Config.QuotaPerMinute says: SetRateLimit(perMinute/60,
+// burst). Zero removes it.
+func (s *Server) SetQuota(perMinute, burst int) {
+	s.SetRateLimit(float64(max(perMinute, 0))/60, burst)
+}
+
 // RateLimit returns the rate limit: sends a second (zero: none) and burst.
 func (s *Server) RateLimit() (perSecond float64, burst int) {
 	s.mu.Lock()

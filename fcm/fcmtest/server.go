@@ -37,6 +37,14 @@ type Config struct {
 	// Burst is how many sends may come at once under Rate. Zero means one
 	// second's worth, so that a sender keeping to Rate is never refused.
 	Burst int
+	// QuotaPerMinute is the project's FCM quota in messages a minute (FCM's
+	// default is 600,000): the sends beyond it answer 429 QUOTA_EXCEEDED
+	// with a Retry-After, as FCM's do. It is Rate by another name,
+	// QuotaPerMinute/60 a second with bursts of Burst, so it is kept over
+	// every second, not only over a whole minute: a sender that stays under
+	// it that way is never refused by FCM either. Zero means no quota; Rate,
+	// when set, wins.
+	QuotaPerMinute int
 	// MaxRecords is how many messages, attempts and 429 times are kept; the
 	// oldest go first. Zero means 100000, enough for any test, while a
 	// long-running emulator stays bounded.
@@ -87,7 +95,7 @@ func New(cfg Config) (*Server, error) {
 	switch {
 	case cfg.Latency < 0 || cfg.Jitter < 0:
 		return nil, errors.New("fcmtest: negative latency")
-	case cfg.Rate < 0 || cfg.Burst < 0:
+	case cfg.Rate < 0 || cfg.Burst < 0 || cfg.QuotaPerMinute < 0:
 		return nil, errors.New("fcmtest: negative rate limit")
 	case cfg.MaxRecords < 0:
 		return nil, errors.New("fcmtest: negative MaxRecords")
@@ -97,6 +105,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxRecords == 0 {
 		cfg.MaxRecords = 100000
+	}
+	if cfg.Rate == 0 && cfg.QuotaPerMinute > 0 {
+		cfg.Rate = float64(cfg.QuotaPerMinute) / 60
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -171,6 +182,11 @@ func (s *Server) Start() error {
 	}
 	s.idle = make(map[net.Conn]bool)
 	s.hs = &http.Server{Handler: s.handler, ReadHeaderTimeout: 5 * time.Second, ConnState: s.trackConn}
+	// FCM speaks HTTP/2; without TLS here, a client that asks for HTTP/2
+	// with prior knowledge (h2c) gets it, and HTTP/1.1 clients still work.
+	s.hs.Protocols = new(http.Protocols)
+	s.hs.Protocols.SetHTTP1(true)
+	s.hs.Protocols.SetUnencryptedHTTP2(true)
 	s.url = "http://" + lis.Addr().String()
 	s.served = make(chan struct{})
 	s.mu.Unlock()
