@@ -79,7 +79,7 @@ lint: tools
 ## then the load tool's scenarios against Herald in-process (docs/benchmarks.md).
 bench: services
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./...
-	$(GO) run ./cmd/heraldbench -self -redis $(REDIS_ADDR)
+	$(GO) run ./cmd/heraldbench -self -redis $(REDIS_ADDR) -scenario idle,unicast,router,broadcast,pollpush,offline
 
 ## bench-cluster: the router and unicast scenarios on a single redis-server,
 ## then on a local 3-primary Redis Cluster (sharded Pub/Sub), in one run, so

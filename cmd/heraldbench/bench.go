@@ -160,6 +160,8 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 			err = b.broadcast(ctx)
 		case "pollpush":
 			err = b.pollPush(ctx)
+		case "offline":
+			err = b.offline(ctx)
 		}
 		if err != nil {
 			return b.rep, fmt.Errorf("%s: %w", s, err)
@@ -403,7 +405,7 @@ func (b *bench) router(ctx context.Context) error {
 		redis1, _ := readProc(rpid.PID)
 		b.rep.add(sc, "redis-server CPU per notification", float64((redis1.CPU-redis0.CPU).Microseconds())/float64(res.Sent), "µs")
 	}
-	return nil
+	return b.routerBatch(ctx, f, prefix)
 }
 
 func (b *bench) broadcast(ctx context.Context) error {

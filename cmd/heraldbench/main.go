@@ -29,6 +29,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == workerChildFlag {
+		if err := runWorkerChild(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "heraldbench worker:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
@@ -62,10 +69,13 @@ type config struct {
 	perAddr        int
 	perChild       int
 	dials          int
+	batch          int // router scenario: notifications per NotifyBatch
+	batchCallers   int
 	pollClients    int
 	pollDuration   time.Duration
 	cpuProfile     string
 	soak           soakConfig
+	offline        offlineConfig
 }
 
 type namedPID struct {
@@ -82,7 +92,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		c         config
 		secret    = fs.String("jwt-secret", "", "HS256 secret of the edge's client tokens (not with -self)")
 		pids      = fs.String("pids", "", "Herald processes to read RSS and CPU of: name=pid,... (names edge and router are used by the scenarios)")
-		scenarios = fs.String("scenario", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", ")+"; or soak, run by hand")
+		scenarios = fs.String("scenario", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", ")+"; or, when named, "+strings.Join(optionalScenarios, ", ")+" and soak")
 		rates     = fs.String("rates", "1000,10000", "unicast Notify rates, calls a second, comma-separated")
 		quick     = fs.Bool("quick", false, "small numbers: a run of about a minute")
 		admin     string
@@ -107,7 +117,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.dials, "dials", 64, "connections being opened at once, per child")
 	fs.IntVar(&c.pollClients, "poll-clients", 10000, "pollpush scenario: clients polling, then clients holding a stream")
 	fs.DurationVar(&c.pollDuration, "poll-duration", 60*time.Second, "pollpush scenario: length of each phase")
+	fs.IntVar(&c.batch, "batch", 100, "router scenario: notifications per NotifyBatch call; 0 skips the batch run")
+	fs.IntVar(&c.batchCallers, "batch-callers", 8, "router scenario: closed-loop NotifyBatch callers")
 	soakFlags(fs, &c.soak, &admin)
+	offlineFlags(fs, &c.offline)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -145,7 +158,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			continue
 		}
 		found := false
-		for _, a := range allScenarios {
+		for _, a := range append(allScenarios, optionalScenarios...) {
 			found = found || a == s
 		}
 		if !found {

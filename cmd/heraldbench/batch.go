@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+)
+
+// batcher makes the i-th NotifyBatch call of a run: -batch notifications,
+// round robin over users with prefix. want is the route every notification
+// must take.
+func (b *bench) batcher(prefix string, users int, want heraldv1.Route) callFunc {
+	size := b.cfg.batch
+	return func(ctx context.Context, i int, sched time.Time) error {
+		req := &heraldv1.NotifyBatchRequest{Notifications: make([]*heraldv1.NotifyRequest, size)}
+		for k := range size {
+			n := i*size + k
+			req.Notifications[k] = &heraldv1.NotifyRequest{
+				UserId: prefix + strconv.Itoa(n%users), Event: "bench", Data: notifyData(sched, n)}
+		}
+		resp, err := b.client.NotifyBatch(ctx, req)
+		if err != nil {
+			return err
+		}
+		if len(resp.GetResults()) != size {
+			return fmt.Errorf("%d results for %d notifications", len(resp.GetResults()), size)
+		}
+		for k, r := range resp.GetResults() {
+			if c := codes.Code(r.GetCode()); c != codes.OK {
+				return fmt.Errorf("notification %d of the batch: %v: %s", k, c, r.GetMessage())
+			}
+			if r.GetResponse().GetRoute() != want {
+				return fmt.Errorf("notification %d of the batch: route %s, want %s", k, r.GetResponse().GetRoute(), want)
+			}
+		}
+		return nil
+	}
+}
+
+// routerBatch measures NotifyBatch, closed loop: -batch-callers callers
+// each send batches of -batch notifications, one after another, to the
+// users of f (prefix). Its rate is compared to pipelined PUBLISH, which is
+// what a batch is built on. It then runs the same load to users with no
+// connection, for the CPU of the router and the client alone: with -self
+// the edge is in the process too, and it has nothing to write then.
+func (b *bench) routerBatch(ctx context.Context, f *fleet, prefix string) error {
+	size, callers := b.cfg.batch, b.cfg.batchCallers
+	if size <= 0 || callers <= 0 {
+		return nil
+	}
+	if err := f.reset(); err != nil {
+		return err
+	}
+	rt, haveRouter := b.proc("router")
+	rpid, haveRedis := b.proc("redis-server")
+	haveRedis = haveRedis && rpid.Name == "redis-server"
+	measure := func(prefix string, users int, d time.Duration, want heraldv1.Route) (res loadResult, cpu, redisCPU time.Duration) {
+		cpu0, _ := readProc(rt.PID)
+		redis0, _ := readProc(rpid.PID)
+		res = closedLoop(ctx, callers, d, b.batcher(prefix, users, want))
+		cpu1, _ := readProc(rt.PID)
+		redis1, _ := readProc(rpid.PID)
+		return res, cpu1.CPU - cpu0.CPU, redis1.CPU - redis0.CPU
+	}
+
+	b.progress("router: NotifyBatch of %d, %d callers for %s", size, callers, b.cfg.duration)
+	res, cpu, redisCPU := measure(prefix, f.conns, b.cfg.duration, heraldv1.Route_ROUTE_ONLINE)
+	sent := res.Sent * size
+	got, err := f.waitReceived(uint64((res.Sent-res.Failed)*size), 5*time.Second)
+	if err != nil {
+		return err
+	}
+	sc := "router batch"
+	rate := float64(sent) / res.Elapsed.Seconds()
+	b.rep.addVs(sc, fmt.Sprintf("notifications a second, batches of %d, closed loop, %d callers", size, callers), rate, "/s",
+		b.publishRate, "pipelined PUBLISH")
+	b.rep.addVs(sc, "notifications a second, against the no-op call", rate, "/s", b.noop.Rate, "no-op gRPC")
+	b.rep.add(sc, "failed batches", float64(res.Failed), "calls")
+	b.rep.addVs(sc, "delivered", float64(got.Received), "events", float64(sent), "sent")
+	if res.FirstErr != "" {
+		b.rep.note("router batch: first failure: %s", res.FirstErr)
+	}
+	b.rep.addVs(sc, "NotifyBatch round trip p50", ms(res.Latency.quantile(0.5)), "ms", ms(b.noop.Latency.quantile(0.5)), "no-op gRPC")
+	b.rep.addVs(sc, "NotifyBatch round trip p99", ms(res.Latency.quantile(0.99)), "ms", ms(b.noop.Latency.quantile(0.99)), "no-op gRPC")
+	what := "router CPU per notification"
+	if b.sys != nil {
+		what = "process CPU per notification (router, edge, client)"
+	}
+	if haveRouter && sent > 0 {
+		b.rep.addVs(sc, what, float64(cpu.Microseconds())/float64(sent), "µs", b.noopCPU, "no-op gRPC")
+	}
+	if haveRedis && sent > 0 {
+		b.rep.add(sc, "redis-server CPU per notification", float64(redisCPU.Microseconds())/float64(sent), "µs")
+	}
+
+	if !haveRouter || b.sys == nil {
+		return nil
+	}
+	// The same to users nobody is connected as: no edge work.
+	d := b.cfg.baseDuration
+	b.progress("router: NotifyBatch of %d to users offline, %d callers for %s", size, callers, d)
+	res, cpu, redisCPU = measure(b.tag+"-rtoff-", f.conns, d, heraldv1.Route_ROUTE_OFFLINE)
+	if sent = res.Sent * size; sent == 0 {
+		return nil
+	}
+	b.rep.addVs(sc, "notifications a second to users offline", float64(sent)/res.Elapsed.Seconds(), "/s",
+		b.publishRate, "pipelined PUBLISH")
+	b.rep.addVs(sc, "process CPU per notification to users offline (router, client)", float64(cpu.Microseconds())/float64(sent), "µs",
+		b.noopCPU, "no-op gRPC")
+	if haveRedis {
+		b.rep.add(sc, "redis-server CPU per notification to users offline", float64(redisCPU.Microseconds())/float64(sent), "µs")
+	}
+	if res.Failed > 0 {
+		b.rep.note("router batch, users offline: %d failed: %s", res.Failed, res.FirstErr)
+	}
+	return nil
+}
