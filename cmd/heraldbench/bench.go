@@ -55,7 +55,7 @@ func newBench(ctx context.Context, cfg config, log io.Writer) (*bench, error) {
 		Settings: map[string]string{}}
 	if cfg.self {
 		maxConns := max(cfg.idleConns, cfg.conns, cfg.broadcastConns, cfg.soak.conns, cfg.pollClients) + 100
-		sys, err := startSystem(ctx, cfg.redisAddr, maxConns)
+		sys, err := startSystem(ctx, cfg.redisAddr, maxConns, cfg.tune)
 		if err != nil {
 			return nil, err
 		}

@@ -74,6 +74,7 @@ type config struct {
 	pollClients    int
 	pollDuration   time.Duration
 	cpuProfile     string
+	tune           selfTuning
 	soak           soakConfig
 	offline        offlineConfig
 }
@@ -102,6 +103,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.edgeURL, "http", "http://127.0.0.1:8080", "edge base URL")
 	fs.StringVar(&c.redisAddr, "redis", "127.0.0.1:6379", "Redis of the PUBLISH baseline, and of the system with -self (\"mini\": an embedded miniredis)")
 	fs.StringVar(&c.jsonPath, "json", "", "also write the results to this JSON file")
+	fs.DurationVar(&c.tune.leaseTTL, "self-lease-ttl", 0, "with -self: the presence lease TTL, renewed every third of it (0: the default, 30s)")
+	fs.DurationVar(&c.tune.heartbeat, "self-heartbeat", 0, "with -self: the edge's heartbeat period (0: the default, 15s)")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write this process's CPU profile (with -self: the router's and the edge's) to this file, for go tool pprof")
 	fs.IntVar(&c.idleConns, "idle-conns", 19900, "idle scenario: connections held on the edge")
 	fs.IntVar(&c.conns, "conns", 2000, "unicast and router scenarios: connections (users) held")

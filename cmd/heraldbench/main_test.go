@@ -216,4 +216,8 @@ func TestParseFlags(t *testing.T) {
 	if c.conns != 7 || c.idleConns != 2000 || len(c.rates) != 2 {
 		t.Errorf("-quick with -conns 7: conns %d, idle %d, rates %v", c.conns, c.idleConns, c.rates)
 	}
+	c, _ = parseFlags([]string{"-self", "-self-lease-ttl", "2m", "-self-heartbeat", "1m"}, &bytes.Buffer{})
+	if c.tune.leaseTTL != 2*time.Minute || c.tune.heartbeat != time.Minute {
+		t.Errorf("-self-lease-ttl 2m -self-heartbeat 1m: %+v", c.tune)
+	}
 }

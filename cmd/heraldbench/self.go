@@ -31,9 +31,16 @@ type system struct {
 	stop      func() error
 }
 
+// selfTuning is the settings of the -self system that differ from the
+// defaults when asked: zero keeps a default.
+type selfTuning struct {
+	leaseTTL  time.Duration // presence lease TTL (renewed every third of it)
+	heartbeat time.Duration // the edge's heartbeat period
+}
+
 // startSystem starts the router and an edge on redisAddr ("mini" starts an
 // embedded miniredis). maxConns is the edge's stream limit.
-func startSystem(ctx context.Context, redisAddr string, maxConns int) (*system, error) {
+func startSystem(ctx context.Context, redisAddr string, maxConns int, tune selfTuning) (*system, error) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, cancel := context.WithCancel(ctx)
 	g, gctx := errgroup.WithContext(ctx)
@@ -77,7 +84,7 @@ func startSystem(ctx context.Context, redisAddr string, maxConns int) (*system, 
 	_, _ = rand.Read(tag)
 	prefix := "heraldbench:" + hex.EncodeToString(tag) + ":"
 
-	pres, err := presence.New(rdb, presence.Config{Prefix: prefix})
+	pres, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: tune.leaseTTL})
 	if err != nil {
 		return fail(err)
 	}
@@ -89,7 +96,7 @@ func startSystem(ctx context.Context, redisAddr string, maxConns int) (*system, 
 	if err != nil {
 		return fail(err)
 	}
-	edge, err := sseedge.New(sseedge.Config{JWTSecret: secret, DrainPeriod: time.Second, MaxConns: maxConns},
+	edge, err := sseedge.New(sseedge.Config{JWTSecret: secret, DrainPeriod: time.Second, MaxConns: maxConns, Heartbeat: tune.heartbeat},
 		sseedge.Deps{Redis: rdb, Presence: pres, Logger: log})
 	if err != nil {
 		return fail(err)
