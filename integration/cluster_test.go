@@ -213,6 +213,66 @@ func TestClusterFailover(t *testing.T) {
 	}
 }
 
+// TestClusterShardLost: when a primary without a replica dies, the streams
+// of the users on its slots are closed as broker_lost once the grace period
+// has passed, so that their clients reconnect; the streams of users on the
+// other shards go on, and their notifications still arrive.
+func TestClusterShardLost(t *testing.T) {
+	c := testenv.StartCluster(t, 3, 0, "--cluster-require-full-coverage", "no")
+	s := newSystemWith(t, options{cluster: c, edges: 1, edge: sseedge.Config{BrokerGrace: time.Second}})
+	var names []string
+	for i := range 12 {
+		names = append(names, "lost-"+strconv.Itoa(i))
+	}
+	owner := owners(t, s, names)
+	victim := owner[names[0]]
+	clients := map[string]*sseClient{}
+	for _, u := range names {
+		clients[u] = connect(t, s.edges[0].url, token(t, u))
+	}
+	for _, n := range c.Nodes {
+		if n.Addr == victim {
+			n.Stop()
+		}
+	}
+	var lost, kept int
+	for _, u := range names {
+		if owner[u] == victim {
+			lost++
+			select {
+			case <-clients[u].closed:
+			case <-time.After(15 * time.Second):
+				t.Errorf("%s's stream on the dead shard was not closed", u)
+			}
+			continue
+		}
+		kept++
+	}
+	if lost == 0 || kept == 0 {
+		t.Fatalf("%d users on the dead shard and %d elsewhere; want some of each", lost, kept)
+	}
+	if got := s.edges[0].closed(sseedge.CloseBrokerLost); got != float64(lost) {
+		t.Errorf("closed as broker_lost: %v, want %d", got, lost)
+	}
+	for _, u := range names {
+		if owner[u] == victim {
+			continue
+		}
+		s.notify(t, &heraldv1.NotifyRequest{UserId: u, Data: []byte("still here")})
+		if got := clients[u].next(t, 5*time.Second).Data; got != "still here" {
+			t.Errorf("%s on a live shard got %q", u, got)
+		}
+	}
+	// The shard comes back, and its users can connect again.
+	for _, n := range c.Nodes {
+		if n.Addr == victim {
+			n.Start()
+		}
+	}
+	c.WaitHealthy(3, 0)
+	connect(t, s.edges[0].url, token(t, names[0]))
+}
+
 // TestClusterSlotMove: when the slot of a connected user moves to another
 // primary (resharding), the router follows the redirect and the edge
 // resubscribes the user's channel on the new owner: events sent after the

@@ -63,10 +63,10 @@ func newHub(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger, gr
 		channels: make(map[string]*channelEntry),
 		streams:  make(map[*stream]struct{}),
 	}
-	out := &outage{log: log, grace: grace, lost: brokerLost}
 	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		h.ps = newShardedSubscriber(ctx, cc, h, out)
+		h.ps = newShardedSubscriber(ctx, cc, h, grace)
 	} else {
+		out := &outage{log: log, grace: grace, lost: brokerLost}
 		h.ps = &classicSubscriber{ps: rdb.Subscribe(ctx), hub: h, out: out}
 	}
 	return h

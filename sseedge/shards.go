@@ -61,16 +61,40 @@ var _ subscriber = (*shardedSubscriber)(nil)
 // channels whose slot moved without the old owner saying so.
 const auditEvery = 15 * time.Second
 
-func newShardedSubscriber(ctx context.Context, cc *redis.ClusterClient, h *hub, out *outage) *shardedSubscriber {
+// newShardedSubscriber returns the link to the cluster behind cc. When some
+// channels stay subscribed nowhere for longer than grace (their shard is
+// down), the streams that read them are closed as broker_lost, so that their
+// clients reconnect, possibly to another edge; the other streams go on.
+func newShardedSubscriber(ctx context.Context, cc *redis.ClusterClient, h *hub, grace time.Duration) *shardedSubscriber {
 	s := &shardedSubscriber{
-		cc: cc, hub: h, out: out, log: h.log,
+		cc: cc, hub: h, log: h.log,
 		wake:    make(chan struct{}, 1),
 		links:   make(map[string]*shardLink),
 		where:   make(map[string]*shardLink),
 		orphans: make(map[string]struct{}),
 	}
+	s.out = &outage{log: h.log, grace: grace, lost: s.dropOrphans}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	return s
+}
+
+// dropOrphans closes the streams that read a channel subscribed nowhere.
+func (s *shardedSubscriber) dropOrphans() {
+	s.mu.Lock()
+	orphans := make([]string, 0, len(s.orphans))
+	for ch := range s.orphans {
+		orphans = append(orphans, ch)
+	}
+	s.mu.Unlock()
+	closed := 0
+	for _, ch := range orphans {
+		for _, st := range s.hub.readers(ch) {
+			st.close(CloseBrokerLost)
+			closed++
+		}
+	}
+	s.log.Error("redis shard pub/sub down beyond the grace period; closing the streams that read it",
+		slog.Duration("grace", s.out.grace), slog.Int("channels", len(orphans)), slog.Int("streams", closed))
 }
 
 // subscribe subscribes channels on the primaries that own them, reading the

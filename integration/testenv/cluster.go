@@ -24,9 +24,10 @@ type Cluster struct {
 }
 
 // StartCluster starts primaries × (1 + replicas) redis-servers in cluster
-// mode and joins them into a cluster whose primaries each have replicas
-// replicas, then waits until every node sees every slot served.
-func StartCluster(tb testing.TB, primaries, replicas int) *Cluster {
+// mode, with extra arguments, and joins them into a cluster whose primaries
+// each have replicas replicas, then waits until every node sees every slot
+// served.
+func StartCluster(tb testing.TB, primaries, replicas int, extra ...string) *Cluster {
 	tb.Helper()
 	cli := RequireBinary(tb, "redis-cli", "apt-get install -y redis-server")
 	c := &Cluster{tb: tb}
@@ -34,8 +35,9 @@ func StartCluster(tb testing.TB, primaries, replicas int) *Cluster {
 	for range primaries * (1 + replicas) {
 		// A short node timeout makes a failed primary's replica take over
 		// within a couple of seconds.
-		s := StartRedisServer(tb, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0")
+		args := append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0"}, extra...)
+		s := StartRedisServer(tb, args...)
 		c.Nodes = append(c.Nodes, s)
 		addrs = append(addrs, s.Addr)
 	}
