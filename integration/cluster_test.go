@@ -230,11 +230,7 @@ func TestClusterShardLost(t *testing.T) {
 	for _, u := range names {
 		clients[u] = connect(t, s.edges[0].url, token(t, u))
 	}
-	for _, n := range c.Nodes {
-		if n.Addr == victim {
-			n.Stop()
-		}
-	}
+	c.Node(victim).Stop()
 	var lost, kept int
 	for _, u := range names {
 		if owner[u] == victim {
@@ -264,11 +260,7 @@ func TestClusterShardLost(t *testing.T) {
 		}
 	}
 	// The shard comes back, and its users can connect again.
-	for _, n := range c.Nodes {
-		if n.Addr == victim {
-			n.Start()
-		}
-	}
+	c.Node(victim).Start()
 	c.WaitHealthy(3, 0)
 	connect(t, s.edges[0].url, token(t, names[0]))
 }

@@ -127,12 +127,8 @@ func (s *shardedSubscriber) subscribe(ctx context.Context, channels ...string) e
 // (a cluster refuses one that spans slots). A channel whose SSUBSCRIBE could
 // not be sent is left an orphan, for run to retry.
 func (s *shardedSubscriber) placeLocked(ctx context.Context, channels []string) error {
-	bySlot := make(map[uint16][]string)
-	for _, ch := range channels {
-		bySlot[keySlot(ch)] = append(bySlot[keySlot(ch)], ch)
-	}
 	var errs []error
-	for slot, chans := range bySlot {
+	for slot, chans := range bySlot(channels) {
 		addr := s.slots.owner(slot)
 		if addr == "" {
 			errs = append(errs, fmt.Errorf("no primary serves slot %d", slot))
@@ -193,11 +189,7 @@ func (s *shardedSubscriber) unsubscribe(ctx context.Context, channels ...string)
 	}
 	var errs []error
 	for l, chans := range byLink {
-		bySlot := make(map[uint16][]string)
-		for _, ch := range chans {
-			bySlot[keySlot(ch)] = append(bySlot[keySlot(ch)], ch)
-		}
-		for _, group := range bySlot {
+		for _, group := range bySlot(chans) {
 			if err := l.ps.SUnsubscribe(ctx, group...); err != nil {
 				errs = append(errs, err)
 			}
@@ -408,6 +400,17 @@ func (m slotMap) owner(slot uint16) string {
 		return m[i].addr
 	}
 	return ""
+}
+
+// bySlot groups channels by their slot: a cluster refuses an SSUBSCRIBE or
+// SUNSUBSCRIBE whose channels span slots.
+func bySlot(channels []string) map[uint16][]string {
+	out := make(map[uint16][]string)
+	for _, ch := range channels {
+		slot := keySlot(ch)
+		out[slot] = append(out[slot], ch)
+	}
+	return out
 }
 
 // keySlot is the Redis Cluster slot of a key or shard channel: CRC16

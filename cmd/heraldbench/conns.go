@@ -270,24 +270,35 @@ type child struct {
 	mu  sync.Mutex
 }
 
-// startChild re-executes this program as a connection holder.
-func startChild(ctx context.Context) (*child, error) {
+// reexec starts this program again with flag as its only argument, its
+// standard input and output piped to the caller and its standard error
+// shared.
+func reexec(ctx context.Context, flag string) (*exec.Cmd, io.WriteCloser, io.ReadCloser, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	cmd := exec.CommandContext(ctx, exe, childFlag)
+	cmd := exec.CommandContext(ctx, exe, flag)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start child: %w", err)
+		return nil, nil, nil, fmt.Errorf("start %s: %w", flag, err)
+	}
+	return cmd, in, out, nil
+}
+
+// startChild re-executes this program as a connection holder.
+func startChild(ctx context.Context) (*child, error) {
+	cmd, in, out, err := reexec(ctx, childFlag)
+	if err != nil {
+		return nil, err
 	}
 	return &child{cmd: cmd, in: in, enc: json.NewEncoder(in), dec: json.NewDecoder(bufio.NewReader(out)), pid: cmd.Process.Pid}, nil
 }

@@ -97,16 +97,15 @@ func testRedis(t *testing.T) string {
 	return "mini"
 }
 
-func TestRunSelfQuick(t *testing.T) {
+// runReport runs heraldbench with args and -json, and returns the table it
+// printed and its rows by "scenario|figure".
+func runReport(t *testing.T, args ...string) (string, map[string]row) {
+	t.Helper()
 	jsonPath := filepath.Join(t.TempDir(), "bench.json")
 	var out, log bytes.Buffer
-	args := []string{"-self", "-quick", "-redis", testRedis(t), "-json", jsonPath,
-		"-idle-conns", "150", "-conns", "60", "-rates", "100", "-duration", "1s", "-base-duration", "300ms",
-		"-callers", "8", "-workers", "16", "-broadcast-conns", "120", "-broadcasts", "2", "-per-addr", "50", "-per-child", "100",
-		"-poll-clients", "80", "-poll-duration", "3s"}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := run(ctx, args, &out, &log); err != nil {
+	if err := run(ctx, append(args, "-json", jsonPath), &out, &log); err != nil {
 		t.Fatalf("run: %v\n%s\n%s", err, log.String(), out.String())
 	}
 	t.Log("\n" + out.String())
@@ -121,7 +120,17 @@ func TestRunSelfQuick(t *testing.T) {
 	fig := map[string]row{}
 	for _, r := range rep.Rows {
 		fig[r.Scenario+"|"+r.Figure] = r
-		if !strings.Contains(out.String(), r.Figure) {
+	}
+	return out.String(), fig
+}
+
+func TestRunSelfQuick(t *testing.T) {
+	table, fig := runReport(t, "-self", "-quick", "-redis", testRedis(t),
+		"-idle-conns", "150", "-conns", "60", "-rates", "100", "-duration", "1s", "-base-duration", "300ms",
+		"-callers", "8", "-workers", "16", "-broadcast-conns", "120", "-broadcasts", "2", "-per-addr", "50", "-per-child", "100",
+		"-poll-clients", "80", "-poll-duration", "3s")
+	for _, r := range fig {
+		if !strings.Contains(table, r.Figure) {
 			t.Errorf("table lacks %q", r.Figure)
 		}
 	}
@@ -170,7 +179,7 @@ func TestRunSelfQuick(t *testing.T) {
 	// So small a broadcast may cost the edge less than one 10 ms tick of CPU
 	// time: then the table says so instead of printing a rate.
 	if r, ok := fig["broadcast|deliveries per edge core-second"]; ok && r.Value <= 0 ||
-		!ok && !strings.Contains(out.String(), "edge CPU time did not move") {
+		!ok && !strings.Contains(table, "edge CPU time did not move") {
 		t.Errorf("broadcast: neither a positive delivery rate nor the note that CPU did not move")
 	}
 	if r := get("broadcast|delivered"); r.Value != 240 {

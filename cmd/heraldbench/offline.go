@@ -520,22 +520,9 @@ type workerChild struct {
 }
 
 func startWorkerChild(ctx context.Context, spec workerSpec) (*workerChild, error) {
-	exe, err := os.Executable()
+	cmd, in, out, err := reexec(ctx, workerChildFlag)
 	if err != nil {
 		return nil, err
-	}
-	cmd := exec.CommandContext(ctx, exe, workerChildFlag)
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start worker: %w", err)
 	}
 	w := &workerChild{cmd: cmd, in: in, out: bufio.NewScanner(out), pid: cmd.Process.Pid}
 	if err := json.NewEncoder(in).Encode(spec); err != nil {

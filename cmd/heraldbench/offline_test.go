@@ -1,44 +1,16 @@
 package main
 
-import (
-	"bytes"
-	"context"
-	"encoding/json"
-	"os"
-	"path/filepath"
-	"testing"
-	"time"
-)
+import "testing"
 
 func TestRunOfflineQuick(t *testing.T) {
 	redisAddr := testRedis(t)
 	if redisAddr == "mini" {
 		t.Fatal("the offline scenario's worker child needs a redis-server on 127.0.0.1:6379: run `make test`, which installs and starts it, or `apt-get install redis-server && redis-server --daemonize yes --save ''`")
 	}
-	jsonPath := filepath.Join(t.TempDir(), "bench.json")
-	var out, log bytes.Buffer
-	args := []string{"-self", "-scenario", "offline", "-redis", redisAddr, "-json", jsonPath, "-base-duration", "300ms",
+	_, fig := runReport(t, "-self", "-scenario", "offline", "-redis", redisAddr, "-base-duration", "300ms",
 		"-callers", "8", "-workers", "16", "-duration", "1s", "-offline-users", "50", "-offline-backlog", "600",
 		"-offline-rate", "100", "-offline-partitions", "3", "-offline-latency", "5ms", "-offline-jitter", "2ms",
-		"-offline-quota", "12000"}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := run(ctx, args, &out, &log); err != nil {
-		t.Fatalf("run: %v\n%s\n%s", err, log.String(), out.String())
-	}
-	t.Log("\n" + out.String())
-	b, err := os.ReadFile(jsonPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep report
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
-	fig := map[string]row{}
-	for _, r := range rep.Rows {
-		fig[r.Scenario+"|"+r.Figure] = r
-	}
+		"-offline-quota", "12000")
 	for key, want := range map[string]float64{
 		"offline|pushes accepted by FCM":           600,
 		"offline|429 QUOTA_EXCEEDED answers":       0,

@@ -2,26 +2,14 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
-
-	"github.com/herald-push/herald/integration/testenv"
-	"github.com/herald-push/herald/router"
 )
 
 func TestNotifyBatch(t *testing.T) {
-	rdb, prefix := testenv.Redis(t)
-	_, pub := testenv.Publisher(t, rdb, prefix, 5*time.Second)
-	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := testenv.Serve(t, func(ctx context.Context, lis net.Listener) error { return svc.Serve(ctx, lis) })
+	srv := serveRouter(t)
 
 	batch := filepath.Join(t.TempDir(), "batch.json")
 	if err := os.WriteFile(batch, []byte(`{"notifications": [{"userId": "zoe", "data": "aGk="}, {"userId": ""}]}`), 0o600); err != nil {

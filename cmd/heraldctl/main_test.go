@@ -13,7 +13,10 @@ import (
 	"github.com/herald-push/herald/router"
 )
 
-func TestNotify(t *testing.T) {
+// serveRouter serves a router without authentication on the shared Redis,
+// under a prefix of the test's own.
+func serveRouter(t *testing.T) *testenv.Server {
+	t.Helper()
 	rdb, prefix := testenv.Redis(t)
 	_, pub := testenv.Publisher(t, rdb, prefix, 5*time.Second)
 	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub})
@@ -21,6 +24,11 @@ func TestNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := testenv.Serve(t, func(ctx context.Context, lis net.Listener) error { return svc.Serve(ctx, lis) })
+	return srv
+}
+
+func TestNotify(t *testing.T) {
+	srv := serveRouter(t)
 
 	var stdout, stderr bytes.Buffer
 	code := run([]string{"notify", "-addr", srv.Addr, "-user", "zoe", "-event", "e", "-data", "hi",

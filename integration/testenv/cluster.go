@@ -93,11 +93,61 @@ func info(ctx context.Context, rdb *redis.Client, section string) (map[string]st
 // Role returns "master" or "slave" for the node at addr.
 func (c *Cluster) Role(addr string) string {
 	c.tb.Helper()
-	f, err := info(context.Background(), c.node(addr), "replication")
+	f, err := replication(addr)
 	if err != nil {
 		c.tb.Fatalf("INFO replication of %s: %v", addr, err)
 	}
 	return f["role"]
+}
+
+// replication returns the node at addr's INFO replication fields.
+func replication(addr string) (map[string]string, error) {
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	return info(context.Background(), rdb, "replication")
+}
+
+// Node returns the node at addr, or nil.
+func (c *Cluster) Node(addr string) *RedisServer {
+	for _, n := range c.Nodes {
+		if n.Addr == addr {
+			return n
+		}
+	}
+	return nil
+}
+
+// replicasOf returns the addresses of the replicas of the primary at addr:
+// a replica names its primary by address in INFO replication.
+func (c *Cluster) replicasOf(primary string) []string {
+	var out []string
+	for _, n := range c.Nodes {
+		if n.Addr == primary {
+			continue
+		}
+		f, err := replication(n.Addr)
+		if err == nil && f["role"] == "slave" && f["master_host"]+":"+f["master_port"] == primary {
+			out = append(out, n.Addr)
+		}
+	}
+	return out
+}
+
+// waitPrimary waits up to 30s until one of addrs is a primary (and, if old
+// is not empty, old is a replica), and returns it.
+func waitPrimary(addrs []string, old string) (string, error) {
+	role := func(addr string) string {
+		f, _ := replication(addr)
+		return f["role"]
+	}
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, a := range addrs {
+			if role(a) == "master" && (old == "" || role(old) == "slave") {
+				return a, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("none of %v took over within 30s", addrs)
 }
 
 // Primaries returns the addresses of the nodes that are primaries now.
@@ -149,41 +199,16 @@ func (c *Cluster) WaitHealthy(primaries, replicas int) {
 // reports failure as an error, so that it may run beside the test's
 // goroutine.
 func (c *Cluster) Failover(primary string) (string, error) {
-	ctx := context.Background()
-	var replica string
-	for _, n := range c.Nodes {
-		if n.Addr == primary {
-			continue
-		}
-		rdb := redis.NewClient(&redis.Options{Addr: n.Addr})
-		f, err := info(ctx, rdb, "replication")
-		_ = rdb.Close()
-		// A replica names its primary by address in INFO replication.
-		if err == nil && f["role"] == "slave" && f["master_host"]+":"+f["master_port"] == primary {
-			replica = n.Addr
-			break
-		}
-	}
-	if replica == "" {
+	replicas := c.replicasOf(primary)
+	if len(replicas) == 0 {
 		return "", fmt.Errorf("primary %s has no replica", primary)
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: replica})
+	rdb := redis.NewClient(&redis.Options{Addr: replicas[0]})
 	defer rdb.Close()
-	if err := rdb.Do(ctx, "CLUSTER", "FAILOVER").Err(); err != nil {
-		return "", fmt.Errorf("CLUSTER FAILOVER on %s: %w", replica, err)
+	if err := rdb.Do(context.Background(), "CLUSTER", "FAILOVER").Err(); err != nil {
+		return "", fmt.Errorf("CLUSTER FAILOVER on %s: %w", replicas[0], err)
 	}
-	old := redis.NewClient(&redis.Options{Addr: primary})
-	defer old.Close()
-	role := func(rdb *redis.Client) string {
-		f, _ := info(ctx, rdb, "replication")
-		return f["role"]
-	}
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if role(rdb) == "master" && role(old) == "slave" {
-			return replica, nil
-		}
-	}
-	return "", fmt.Errorf("replica %s did not take over from %s within 30s", replica, primary)
+	return waitPrimary(replicas[:1], primary)
 }
 
 // Kill stops the primary at addr with SIGKILL and waits until one of its
@@ -192,49 +217,19 @@ func (c *Cluster) Failover(primary string) (string, error) {
 // yet replicated are lost, as Redis replication is asynchronous. The node
 // stays down until Revive.
 func (c *Cluster) Kill(primary string) (string, error) {
-	ctx := context.Background()
-	var replicas []string
-	for _, n := range c.Nodes {
-		if n.Addr == primary {
-			continue
-		}
-		rdb := redis.NewClient(&redis.Options{Addr: n.Addr})
-		f, err := info(ctx, rdb, "replication")
-		_ = rdb.Close()
-		if err == nil && f["role"] == "slave" && f["master_host"]+":"+f["master_port"] == primary {
-			replicas = append(replicas, n.Addr)
-		}
-	}
+	replicas := c.replicasOf(primary)
 	if len(replicas) == 0 {
 		return "", fmt.Errorf("primary %s has no replica", primary)
 	}
-	for _, n := range c.Nodes {
-		if n.Addr == primary {
-			n.Stop()
-		}
-	}
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		for _, r := range replicas {
-			rdb := redis.NewClient(&redis.Options{Addr: r})
-			f, err := info(ctx, rdb, "replication")
-			_ = rdb.Close()
-			if err == nil && f["role"] == "master" {
-				return r, nil
-			}
-		}
-	}
-	return "", fmt.Errorf("no replica of %s took over within 30s", primary)
+	c.Node(primary).Stop()
+	return waitPrimary(replicas, "")
 }
 
 // Revive starts the node at addr again, after Kill: it rejoins the cluster
 // as a replica of the primary that took its slots.
 func (c *Cluster) Revive(addr string) {
 	c.tb.Helper()
-	for _, n := range c.Nodes {
-		if n.Addr == addr {
-			n.Start()
-		}
-	}
+	c.Node(addr).Start()
 	WaitFor(c.tb, 30*time.Second, addr+" to rejoin as a replica", func() bool {
 		return c.Role(addr) == "slave"
 	})
@@ -327,6 +322,9 @@ func (c *Cluster) MoveSlot(slot int, to string) error {
 		}
 		clients[addr], ids[addr] = rdb, id
 	}
+	if clients[to] == nil {
+		return fmt.Errorf("slot %d: %s is not a primary", slot, to)
+	}
 	var from string
 	shards, err := clients[to].ClusterShards(ctx).Result()
 	if err != nil {
@@ -344,8 +342,8 @@ func (c *Cluster) MoveSlot(slot int, to string) error {
 			}
 		}
 	}
-	if from == "" || clients[to] == nil {
-		return fmt.Errorf("slot %d: no owner found, or %s is not a primary", slot, to)
+	if from == "" {
+		return fmt.Errorf("slot %d: no owner found", slot)
 	}
 	if from == to {
 		return nil
