@@ -313,9 +313,17 @@ func notifyData(sched time.Time, i int) []byte {
 	return append(b, '}')
 }
 
+// notifier makes call i a Notify to user prefix+(i mod users) through the
+// router that the run measures.
 func (b *bench) notifier(prefix string, users int) callFunc {
+	return notifier(b.client, prefix, users)
+}
+
+// notifier makes call i a Notify to user prefix+(i mod users) through
+// client, and fails it unless it was routed online.
+func notifier(client heraldv1.RouterServiceClient, prefix string, users int) callFunc {
 	return func(ctx context.Context, i int, sched time.Time) error {
-		resp, err := b.client.Notify(ctx, &heraldv1.NotifyRequest{
+		resp, err := client.Notify(ctx, &heraldv1.NotifyRequest{
 			UserId: prefix + strconv.Itoa(i%users), Event: "bench", Data: notifyData(sched, i)})
 		if err == nil && resp.GetRoute() != heraldv1.Route_ROUTE_ONLINE {
 			err = fmt.Errorf("route %s, want online", resp.GetRoute())

@@ -31,7 +31,7 @@ const childFlag = "-heraldbench-child"
 
 // command is what the parent sends a child, one JSON object a line.
 type command struct {
-	Op string `json:"op"` // open, reset, report, close
+	Op string `json:"op"` // open, poll, notify, reset, report, close
 	// open: connect users Prefix+First .. Prefix+First+Count-1, one
 	// connection each, to Edge, reading Topic too when set.
 	Edge   string   `json:"edge,omitempty"`
@@ -46,18 +46,26 @@ type command struct {
 	// every Every, for For (see poll).
 	Every time.Duration `json:"every,omitempty"`
 	For   time.Duration `json:"for,omitempty"`
+	// notify: Rate Notify calls a second, open loop from Workers workers,
+	// for For, through the router at Grpc, round robin over users
+	// Prefix+0 .. Prefix+Count-1. A backend's calls are not the server's
+	// work: a scenario that weighs the server's CPU sends them from a child.
+	Grpc    string  `json:"grpc,omitempty"`
+	Rate    float64 `json:"rate,omitempty"`
+	Workers int     `json:"workers,omitempty"`
 }
 
 // reply is a child's answer to a command.
 type reply struct {
-	Op       string `json:"op"`
-	Opened   int    `json:"opened,omitempty"`
-	Failed   int    `json:"failed,omitempty"`
-	Error    string `json:"error,omitempty"`    // the first failure
-	Received uint64 `json:"received,omitempty"` // events since the last reset
-	Bad      uint64 `json:"bad,omitempty"`      // events without a bench payload
-	Closed   int    `json:"closed,omitempty"`   // connections the edge ended
-	Latency  *hist  `json:"latency,omitempty"`  // receive time minus the payload's t
+	Op       string      `json:"op"`
+	Opened   int         `json:"opened,omitempty"`
+	Failed   int         `json:"failed,omitempty"`
+	Error    string      `json:"error,omitempty"`    // the first failure
+	Received uint64      `json:"received,omitempty"` // events since the last reset
+	Bad      uint64      `json:"bad,omitempty"`      // events without a bench payload
+	Closed   int         `json:"closed,omitempty"`   // connections the edge ended
+	Latency  *hist       `json:"latency,omitempty"`  // receive time minus the payload's t
+	Load     *loadResult `json:"load,omitempty"`     // notify: what the calls measured
 }
 
 // payload is the data of every notification heraldbench sends.
@@ -97,6 +105,8 @@ func runChild(in io.Reader, out io.Writer) error {
 			r = h.open(c)
 		case "poll":
 			r = poll(c)
+		case "notify":
+			r = notifyLoad(c)
 		case "reset":
 			h.mu.Lock()
 			h.lat, h.received, h.bad = hist{}, 0, 0

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -14,8 +15,11 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
 // The poll-vs-push scenario compares what the servers spend to keep clients
@@ -24,8 +28,9 @@ import (
 // the same number of clients holding an SSE stream that gets one "changed"
 // event every pushEvery. Both phases count the CPU time of every server
 // process heraldbench can see: its own (the poll endpoint; with -self also
-// the edge and the router, and in both phases the gRPC client that sends
-// Notify), the -pids processes and a local redis-server.
+// the edge and the router), the -pids processes and a local redis-server.
+// The clients, and the backend that sends the Notify calls, run in child
+// processes and are not counted.
 const (
 	pollEvery = 3 * time.Second
 	pushEvery = 30 * time.Second
@@ -247,15 +252,45 @@ func (b *bench) pushPhase(ctx context.Context, n int, d time.Duration) (phaseRes
 	}
 	rate := float64(n) / pushEvery.Seconds()
 	b.progress("poll vs push: one event a stream every %s (%.0f Notify/s) for %s", pushEvery, rate, d)
+	// The backend that sends the events is not part of the server: its
+	// gRPC client runs in a child of its own, as the poll clients do.
+	sender, err := startChild(ctx)
+	if err != nil {
+		return phaseResult{}, err
+	}
+	defer sender.stop()
 	cpu0 := b.serverCPU()
-	sent := openLoop(ctx, rate, d, b.cfg.workers, b.notifier(prefix, f.conns))
+	r, err := sender.call(command{Op: "notify", Grpc: b.cfg.grpcAddr, Prefix: prefix, Count: f.conns,
+		Rate: rate, For: d, Workers: b.cfg.workers})
 	cpu, each := b.cpuSince(cpu0)
+	if err == nil && r.Error != "" {
+		err = errors.New(r.Error)
+	}
+	if err != nil {
+		return phaseResult{}, fmt.Errorf("poll vs push: sending the events: %w", err)
+	}
+	sent := r.Load
 	got, err := f.waitReceived(uint64(sent.Sent-sent.Failed), 5*time.Second)
 	if err != nil {
 		return phaseResult{}, err
 	}
 	return phaseResult{done: int(got.Received), failed: sent.Failed, sent: sent.Sent, firstErr: sent.FirstErr,
 		cpuPerMinute: cpu.Seconds() / d.Minutes(), each: perMinute(each, d)}, nil
+}
+
+// notifyLoad is a child's part of the push phase: c.Rate Notify calls a
+// second for c.For, open loop, through the router at c.Grpc.
+func notifyLoad(c command) reply {
+	if c.Count < 1 || c.Rate <= 0 || c.For <= 0 {
+		return reply{Error: fmt.Sprintf("notify: count %d, rate %v and for %v must be positive", c.Count, c.Rate, c.For)}
+	}
+	conn, err := grpc.NewClient(c.Grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return reply{Error: err.Error()}
+	}
+	defer conn.Close()
+	res := openLoop(context.Background(), c.Rate, c.For, c.Workers, notifier(heraldv1.NewRouterServiceClient(conn), c.Prefix, c.Count))
+	return reply{Load: &res}
 }
 
 // poll is a child's part of the poll phase: c.Count clients, users
