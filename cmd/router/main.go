@@ -53,11 +53,15 @@ func run(args []string) error {
 		maxDevices = fs.Int("max-devices-per-user", 10, "device tokens kept per user; the oldest go first")
 		ackDefault = fs.Duration("ack-deadline", 5*time.Second, "ack deadline of ack-or-push notifications that set none")
 		traceTTL   = fs.Duration("trace-ttl", delivery.DefaultTraceTTL, "how long each notification's trail is kept for heraldctl trace; 0 keeps none")
+		maxPipe    = fs.Int("max-pipeline", 128, "most concurrent Notify calls sent to Redis in one pipeline; 1 gives each call a round trip of its own")
 		sec        security
 	)
 	sec.register(fs)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
+	}
+	if *maxPipe < 1 {
+		return fmt.Errorf("-max-pipeline %d: must be at least 1", *maxPipe)
 	}
 	log, level, err := common.Logger()
 	if err != nil {
@@ -82,6 +86,7 @@ func run(args []string) error {
 		IdempotencyWindow: *idemWindow,
 		History:           delivery.HistoryConfig{Length: *histLen, Window: *histWindow},
 		TraceTTL:          *traceTTL,
+		MaxPipeline:       *maxPipe,
 	}
 	if *traceTTL == 0 {
 		pcfg.TraceTTL = -1
