@@ -230,7 +230,21 @@ func TestClusterShardLost(t *testing.T) {
 	for _, u := range names {
 		clients[u] = connect(t, s.edges[0].url, token(t, u))
 	}
+	// One working connection per primary that owns a user, and no orphan.
+	shards := map[string]int{}
+	for _, u := range names {
+		shards[owner[u]]++
+	}
+	edge := s.edges[0]
+	if l, o := edge.gauge("herald_sse_redis_links"), edge.gauge("herald_sse_redis_orphaned_channels"); l != float64(len(shards)) || o != 0 {
+		t.Errorf("before the loss: links %v, orphaned channels %v; want %d, 0", l, o, len(shards))
+	}
 	c.Node(victim).Stop()
+	// Within the grace, the dead shard's channels are orphans; then their
+	// streams are closed and the orphans go with them.
+	testenv.WaitFor(t, 15*time.Second, "the dead shard's channels to be orphaned", func() bool {
+		return edge.gauge("herald_sse_redis_orphaned_channels") == float64(shards[victim])
+	})
 	var lost, kept int
 	for _, u := range names {
 		if owner[u] == victim {
@@ -249,6 +263,12 @@ func TestClusterShardLost(t *testing.T) {
 	}
 	if got := s.edges[0].closed(sseedge.CloseBrokerLost); got != float64(lost) {
 		t.Errorf("closed as broker_lost: %v, want %d", got, lost)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the orphans to go with their streams", func() bool {
+		return edge.gauge("herald_sse_redis_orphaned_channels") == 0
+	})
+	if l := edge.gauge("herald_sse_redis_links"); l != float64(len(shards)-1) {
+		t.Errorf("after the loss: links %v, want %d", l, len(shards)-1)
 	}
 	for _, u := range names {
 		if owner[u] == victim {

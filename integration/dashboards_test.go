@@ -313,6 +313,17 @@ var alertCases = []alertCase{
 		}},
 	},
 	{
+		alert: "HeraldSSERedisChannelsOrphaned", at: "6m", labels: map[string]string{"instance": "edge-2"},
+		fire: [][]promSeries{{
+			{`herald_sse_redis_orphaned_channels{instance="edge-1"}`, "0+0x10"},
+			{`herald_sse_redis_orphaned_channels{instance="edge-2"}`, "0 0 40 40 38 41 41 40 40 40 40"},
+		}},
+		quiet: [][]promSeries{{ // a slot moved: a blip, resubscribed within the minute
+			{`herald_sse_redis_orphaned_channels{instance="edge-1"}`, "0 0 0 12 0 0 0 0 0 0 0"},
+			{`herald_sse_redis_orphaned_channels{instance="edge-2"}`, "0+0x10"},
+		}},
+	},
+	{
 		alert: "HeraldFCMFailureRatioHigh", at: "30m",
 		fire: [][]promSeries{{
 			{`herald_fcm_messages_total{outcome="sent"}`, "0+600x40"},

@@ -90,6 +90,17 @@ func (e *testEdge) closed(reason sseedge.CloseReason) float64 {
 	return 0
 }
 
+// gauge reads the edge's gauge name (a metric without labels), or -1.
+func (e *testEdge) gauge(name string) float64 {
+	mfs, _ := e.metrics.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
 // options shape a system; the zero value is one edge on the shared Redis.
 type options struct {
 	edges    int

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -40,6 +41,14 @@ type subscriber interface {
 	run(ctx context.Context)
 	// Close ends the link, and a receive blocked on the network.
 	Close() error
+	// state is what the link looks like now, for the metrics.
+	state() linkState
+}
+
+// linkState describes the edge's link to Redis Pub/Sub.
+type linkState struct {
+	links    int // working Pub/Sub connections
+	orphaned int // channels that local streams read and no working connection is subscribed to
 }
 
 // channelEntry is the hub's record of one subscribed channel.
@@ -221,10 +230,11 @@ const pingEvery = 2 * time.Second
 // outage tracks how long the link to Redis Pub/Sub has been down, and calls
 // lost each time it has been down for longer than grace.
 type outage struct {
-	log   *slog.Logger
-	grace time.Duration
-	lost  func()
-	since time.Time // zero while up
+	log    *slog.Logger
+	grace  time.Duration
+	lost   func()
+	since  time.Time   // zero while up
+	isDown atomic.Bool // since is not zero; read by the metrics
 }
 
 // down records that the link is down (still, or again).
@@ -232,6 +242,7 @@ func (o *outage) down(err error) {
 	switch {
 	case o.since.IsZero():
 		o.since = time.Now()
+		o.isDown.Store(true)
 		o.log.Warn("redis pub/sub connection lost; reconnecting", slog.Any("err", err))
 	case o.grace > 0 && time.Since(o.since) > o.grace:
 		o.lost()
@@ -244,6 +255,7 @@ func (o *outage) up() {
 	if !o.since.IsZero() {
 		o.log.Info("redis pub/sub connection restored", slog.Duration("down", time.Since(o.since)))
 		o.since = time.Time{}
+		o.isDown.Store(false)
 	}
 }
 
@@ -267,6 +279,15 @@ func (c *classicSubscriber) unsubscribe(ctx context.Context, channels ...string)
 }
 
 func (c *classicSubscriber) Close() error { return c.ps.Close() }
+
+// state: while the connection is down, every channel waits for go-redis to
+// reconnect and subscribe it again.
+func (c *classicSubscriber) state() linkState {
+	if c.out.isDown.Load() {
+		return linkState{orphaned: c.hub.subscriptions()}
+	}
+	return linkState{links: 1}
+}
 
 func (c *classicSubscriber) run(ctx context.Context) {
 	defer c.ps.Close()

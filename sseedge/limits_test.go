@@ -112,6 +112,31 @@ func TestCloseBrokerLost(t *testing.T) {
 	waitClosed(t, e, sseedge.CloseBrokerLost, 1)
 }
 
+// The edge's link metrics: one working connection and no orphaned channel
+// while Redis is up; while it is down, no working connection and every
+// channel an orphan; both back once go-redis has reconnected.
+func TestRedisLinkMetrics(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedisServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+	t.Cleanup(func() { rdb.Close() })
+	e := newTestEdgeOn(t, rdb, "p:", sseedge.Config{BrokerGrace: time.Minute})
+	e.open(t, tokenFor(t, "u1", time.Hour))
+	e.open(t, tokenFor(t, "u2", time.Hour))
+	links := func() float64 { return e.metric("herald_sse_redis_links") }
+	orphaned := func() float64 { return e.metric("herald_sse_redis_orphaned_channels") }
+	if l, o := links(), orphaned(); l != 1 || o != 0 {
+		t.Fatalf("with Redis up: links %v, orphaned channels %v; want 1, 0", l, o)
+	}
+	srv.Stop()
+	testenv.WaitFor(t, 10*time.Second, "the edge to see its link down", func() bool { return links() == 0 })
+	if o := orphaned(); o != 2 {
+		t.Errorf("with Redis down: %v orphaned channels, want the 2 users'", o)
+	}
+	srv.Start()
+	testenv.WaitFor(t, 10*time.Second, "the edge to relink", func() bool { return links() == 1 && orphaned() == 0 })
+}
+
 func TestLimitsAndRefusals(t *testing.T) {
 	t.Parallel()
 	e := newTestEdge(t, sseedge.Config{MaxConns: 2, MaxTopics: 2})

@@ -18,12 +18,21 @@ type metrics struct {
 }
 
 // newMetrics registers the edge's metrics on reg; subscriptions reports the
-// number of Redis channel subscriptions.
-func newMetrics(reg prometheus.Registerer, subscriptions func() float64) (*metrics, error) {
+// number of Redis channel subscriptions, and link the state of the link to
+// Redis Pub/Sub.
+func newMetrics(reg prometheus.Registerer, subscriptions func() float64, link func() linkState) (*metrics, error) {
 	subs := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "herald", Subsystem: "sse", Name: "redis_subscriptions",
 		Help: "User channels this edge is subscribed to in Redis (one per user with local connections).",
 	}, subscriptions)
+	links := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "redis_links",
+		Help: "Working Redis Pub/Sub connections: 1 on a single Redis, one per primary that owns a subscribed channel on a Redis Cluster.",
+	}, func() float64 { return float64(link().links) })
+	orphaned := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "redis_orphaned_channels",
+		Help: "Channels that local streams read but no working Redis connection is subscribed to (link down, or a moved slot not yet resubscribed).",
+	}, func() float64 { return float64(link().orphaned) })
 	m := &metrics{
 		open: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "herald", Subsystem: "sse", Name: "connections_open",
@@ -73,7 +82,7 @@ func newMetrics(reg prometheus.Registerer, subscriptions func() float64) (*metri
 		m.closed.WithLabelValues(string(r))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.replays, m.replayed, m.acks, m.ackLatency, subs} {
+		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.replays, m.replayed, m.acks, m.ackLatency, subs, links, orphaned} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

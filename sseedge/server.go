@@ -252,6 +252,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			return float64(h.subscriptions())
 		}
 		return 0
+	}, func() linkState {
+		if h := s.currentHub(); h != nil {
+			return h.ps.state()
+		}
+		return linkState{}
 	})
 	if err != nil {
 		return nil, err

@@ -367,6 +367,14 @@ func (s *shardedSubscriber) reloadLocked(ctx context.Context) error {
 	return nil
 }
 
+// state: a connection per primary that owns a subscribed channel; orphans
+// wait for their owner to be found and reached.
+func (s *shardedSubscriber) state() linkState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return linkState{links: len(s.links), orphaned: len(s.orphans)}
+}
+
 // Close ends every connection and waits for their readers.
 func (s *shardedSubscriber) Close() error {
 	s.mu.Lock()
