@@ -2,6 +2,8 @@ package sseedge
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,13 +32,14 @@ const (
 	trailQueue = 8192
 )
 
-// trailScript adds n writes at ms to a trail that exists.
-const trailScript = `
+// trailScript adds n writes at ms to a trail that exists. It is sent by
+// its SHA, and loaded again when Redis does not know it (see flush).
+var trailScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'sse_writes', ARGV[1])
   redis.call('HSETNX', KEYS[1], 'sse_first_ms', ARGV[2])
 end
-return 0`
+return 0`)
 
 func newTrail(rdb redis.UniversalClient, prefix string) *trail {
 	return &trail{rdb: rdb, prefix: prefix, ch: make(chan trailWrite, trailQueue)}
@@ -62,12 +65,7 @@ func (t *trail) mark(user, id, field string, at time.Time) {
 func (t *trail) run(ctx context.Context) {
 	tick := time.NewTicker(trailFlush)
 	defer tick.Stop()
-	type agg struct {
-		user  string
-		n     int
-		first time.Time
-	}
-	pending := map[string]*agg{}
+	pending := map[string]*trailCount{}
 	var marks []trailWrite
 	for {
 		select {
@@ -81,25 +79,56 @@ func (t *trail) run(ctx context.Context) {
 			if a := pending[w.id]; a != nil {
 				a.n++
 			} else {
-				pending[w.id] = &agg{user: w.user, n: 1, first: w.at}
+				pending[w.id] = &trailCount{user: w.user, n: 1, first: w.at}
 			}
 		case <-tick.C:
 			if len(pending) == 0 && len(marks) == 0 {
 				continue
 			}
 			fctx, cancel := context.WithTimeout(ctx, time.Second)
-			_, _ = t.rdb.Pipelined(fctx, func(p redis.Pipeliner) error {
-				for id, a := range pending {
-					p.Eval(fctx, trailScript, []string{delivery.TraceKey(t.prefix, a.user, id)}, a.n, a.first.UnixMilli())
-				}
-				for _, m := range marks {
-					delivery.AddTrace(fctx, p, t.prefix, m.user, m.id, m.field, m.at.UnixMilli())
-				}
-				return nil
-			})
+			t.flush(fctx, pending, marks)
 			cancel()
 			clear(pending)
 			marks = marks[:0]
 		}
+	}
+}
+
+// trailCount is the writes of one notification since the last flush.
+type trailCount struct {
+	user  string
+	n     int
+	first time.Time
+}
+
+// flush sends the counts (by notification id) and the marks in one
+// pipeline. A Redis that restarted, failed over or was flushed does not know
+// trailScript: it is loaded (by go-redis on every shard of a cluster) and
+// the counts it refused are sent again, and only those, so that none is
+// counted twice.
+func (t *trail) flush(ctx context.Context, pending map[string]*trailCount, marks []trailWrite) {
+	send := func(ids []string) (refused []string) {
+		cmds := make([]*redis.Cmd, len(ids))
+		_, _ = t.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range ids {
+				a := pending[id]
+				cmds[i] = trailScript.EvalSha(ctx, p, []string{delivery.TraceKey(t.prefix, a.user, id)}, a.n, a.first.UnixMilli())
+			}
+			for _, m := range marks {
+				delivery.AddTrace(ctx, p, t.prefix, m.user, m.id, m.field, m.at.UnixMilli())
+			}
+			marks = nil
+			return nil
+		})
+		for i, c := range cmds {
+			if err := c.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+				refused = append(refused, ids[i])
+			}
+		}
+		return refused
+	}
+	refused := send(slices.Collect(maps.Keys(pending)))
+	if len(refused) > 0 && trailScript.Load(ctx, t.rdb).Err() == nil {
+		send(refused)
 	}
 }
