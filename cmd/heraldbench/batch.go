@@ -2,20 +2,22 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
-// batcher makes the i-th NotifyBatch call of a run: -batch notifications,
-// round robin over users with prefix. want is the route every notification
-// must take.
-func (b *bench) batcher(prefix string, users int, want heraldv1.Route) callFunc {
-	size := b.cfg.batch
+// batcher makes the i-th NotifyBatch call of a run through client: size
+// notifications, round robin over users with prefix. want is the route
+// every notification must take.
+func batcher(client heraldv1.RouterServiceClient, size int, prefix string, users int, want heraldv1.Route) callFunc {
 	return func(ctx context.Context, i int, sched time.Time) error {
 		req := &heraldv1.NotifyBatchRequest{Notifications: make([]*heraldv1.NotifyRequest, size)}
 		for k := range size {
@@ -23,7 +25,7 @@ func (b *bench) batcher(prefix string, users int, want heraldv1.Route) callFunc 
 			req.Notifications[k] = &heraldv1.NotifyRequest{
 				UserId: prefix + strconv.Itoa(n%users), Event: "bench", Data: notifyData(sched, n)}
 		}
-		resp, err := b.client.NotifyBatch(ctx, req)
+		resp, err := client.NotifyBatch(ctx, req)
 		if err != nil {
 			return err
 		}
@@ -42,12 +44,36 @@ func (b *bench) batcher(prefix string, users int, want heraldv1.Route) callFunc 
 	}
 }
 
+// batchLoad is a child's part of the router batch run: c.Workers callers
+// each send NotifyBatch calls of c.Size notifications, one after another,
+// for c.For, through the router at c.Grpc, round robin over users
+// c.Prefix+0 .. c.Prefix+c.Count-1, every one of which must take route
+// c.Route.
+func batchLoad(c command) reply {
+	if c.Count < 1 || c.Size < 1 || c.Workers < 1 || c.For <= 0 {
+		return reply{Error: fmt.Sprintf("batch: count %d, size %d, workers %d and for %v must be positive", c.Count, c.Size, c.Workers, c.For)}
+	}
+	route, ok := heraldv1.Route_value[c.Route]
+	if !ok {
+		return reply{Error: "batch: unknown route " + c.Route}
+	}
+	conn, err := grpc.NewClient(c.Grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return reply{Error: err.Error()}
+	}
+	defer conn.Close()
+	client := heraldv1.NewRouterServiceClient(conn)
+	res := closedLoop(context.Background(), c.Workers, c.For, batcher(client, c.Size, c.Prefix, c.Count, heraldv1.Route(route)))
+	return reply{Load: &res}
+}
+
 // routerBatch measures NotifyBatch, closed loop: -batch-callers callers
 // each send batches of -batch notifications, one after another, to the
 // users of f (prefix). Its rate is compared to pipelined PUBLISH, which is
-// what a batch is built on. It then runs the same load to users with no
-// connection, for the CPU of the router and the client alone: with -self
-// the edge is in the process too, and it has nothing to write then.
+// what a batch is built on. The callers run in a child process, so that the
+// router's CPU is its own (with -self, with the edge's). It then runs the
+// same load to users with no connection, for the CPU of the router alone:
+// the edge has nothing to write then.
 func (b *bench) routerBatch(ctx context.Context, f *fleet, prefix string) error {
 	size, callers := b.cfg.batch, b.cfg.batchCallers
 	if size <= 0 || callers <= 0 {
@@ -59,17 +85,34 @@ func (b *bench) routerBatch(ctx context.Context, f *fleet, prefix string) error 
 	rt, haveRouter := b.proc("router")
 	rpid, haveRedis := b.proc("redis-server")
 	haveRedis = haveRedis && rpid.Name == "redis-server"
+	caller, err := startChild(ctx)
+	if err != nil {
+		return err
+	}
+	defer caller.stop()
+	var measureErr error
 	measure := func(prefix string, users int, d time.Duration, want heraldv1.Route) (res loadResult, cpu, redisCPU time.Duration) {
 		cpu0, _ := readProc(rt.PID)
 		redis0, _ := readProc(rpid.PID)
-		res = closedLoop(ctx, callers, d, b.batcher(prefix, users, want))
+		r, err := caller.call(command{Op: "batch", Grpc: b.cfg.grpcAddr, Prefix: prefix, Count: users,
+			Size: size, Workers: callers, For: d, Route: want.String()})
 		cpu1, _ := readProc(rt.PID)
 		redis1, _ := readProc(rpid.PID)
-		return res, cpu1.CPU - cpu0.CPU, redis1.CPU - redis0.CPU
+		if err == nil && r.Error != "" {
+			err = errors.New(r.Error)
+		}
+		if err != nil {
+			measureErr = fmt.Errorf("router batch: %w", err)
+			return loadResult{}, 0, 0
+		}
+		return *r.Load, cpu1.CPU - cpu0.CPU, redis1.CPU - redis0.CPU
 	}
 
 	b.progress("router: NotifyBatch of %d, %d callers for %s", size, callers, b.cfg.duration)
 	res, cpu, redisCPU := measure(prefix, f.conns, b.cfg.duration, heraldv1.Route_ROUTE_ONLINE)
+	if measureErr != nil {
+		return measureErr
+	}
 	sent := res.Sent * size
 	got, err := f.waitReceived(uint64((res.Sent-res.Failed)*size), 5*time.Second)
 	if err != nil {
@@ -89,7 +132,7 @@ func (b *bench) routerBatch(ctx context.Context, f *fleet, prefix string) error 
 	b.rep.addVs(sc, "NotifyBatch round trip p99", ms(res.Latency.quantile(0.99)), "ms", ms(b.noop.Latency.quantile(0.99)), "no-op gRPC")
 	what := "router CPU per notification"
 	if b.sys != nil {
-		what = "process CPU per notification (router, edge, client)"
+		what = "process CPU per notification (router, edge)"
 	}
 	if haveRouter && sent > 0 {
 		b.rep.addVs(sc, what, float64(cpu.Microseconds())/float64(sent), "µs", b.noopCPU, "no-op gRPC")
@@ -105,12 +148,15 @@ func (b *bench) routerBatch(ctx context.Context, f *fleet, prefix string) error 
 	d := b.cfg.baseDuration
 	b.progress("router: NotifyBatch of %d to users offline, %d callers for %s", size, callers, d)
 	res, cpu, redisCPU = measure(b.tag+"-rtoff-", f.conns, d, heraldv1.Route_ROUTE_OFFLINE)
+	if measureErr != nil {
+		return measureErr
+	}
 	if sent = res.Sent * size; sent == 0 {
 		return nil
 	}
 	b.rep.addVs(sc, "notifications a second to users offline", float64(sent)/res.Elapsed.Seconds(), "/s",
 		b.publishRate, "pipelined PUBLISH")
-	b.rep.addVs(sc, "process CPU per notification to users offline (router, client)", float64(cpu.Microseconds())/float64(sent), "µs",
+	b.rep.addVs(sc, "router CPU per notification to users offline", float64(cpu.Microseconds())/float64(sent), "µs",
 		b.noopCPU, "no-op gRPC")
 	if haveRedis {
 		b.rep.add(sc, "redis-server CPU per notification to users offline", float64(redisCPU.Microseconds())/float64(sent), "µs")

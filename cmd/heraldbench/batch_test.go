@@ -40,7 +40,7 @@ func TestRouterBatch(t *testing.T) {
 	for _, k := range []string{
 		"router batch|notifications a second, batches of 10, closed loop, 2 callers",
 		"router batch|notifications a second to users offline",
-		"router batch|process CPU per notification to users offline (router, client)",
+		"router batch|router CPU per notification to users offline",
 	} {
 		if _, ok := fig[k]; !ok {
 			t.Errorf("no row %q", k)

@@ -31,7 +31,7 @@ const childFlag = "-heraldbench-child"
 
 // command is what the parent sends a child, one JSON object a line.
 type command struct {
-	Op string `json:"op"` // open, poll, notify, reset, report, close
+	Op string `json:"op"` // open, poll, notify, batch, reset, report, close
 	// open: connect users Prefix+First .. Prefix+First+Count-1, one
 	// connection each, to Edge, reading Topic too when set.
 	Edge   string   `json:"edge,omitempty"`
@@ -53,6 +53,11 @@ type command struct {
 	Grpc    string  `json:"grpc,omitempty"`
 	Rate    float64 `json:"rate,omitempty"`
 	Workers int     `json:"workers,omitempty"`
+	// batch: Workers closed-loop callers of NotifyBatch calls of Size
+	// notifications, for For, through Grpc, round robin over the same
+	// users; every notification must take Route.
+	Size  int    `json:"size,omitempty"`
+	Route string `json:"route,omitempty"`
 }
 
 // reply is a child's answer to a command.
@@ -107,6 +112,8 @@ func runChild(in io.Reader, out io.Writer) error {
 			r = poll(c)
 		case "notify":
 			r = notifyLoad(c)
+		case "batch":
+			r = batchLoad(c)
 		case "reset":
 			h.mu.Lock()
 			h.lat, h.received, h.bad = hist{}, 0, 0
