@@ -110,41 +110,42 @@ local function pbstring(field, s)
   return table.concat(out)
 end
 
-local function raise(key, v, keep)
-  local cur = tonumber(redis.call('GET', key))
-  if cur == nil or v > cur then redis.call('SET', key, fmt(v), 'PX', keep) end
-end
-
 -- record adds envelope to the history in keys hist, last, floor, trims it
--- to maxlen entries and window ms, and returns the event id and the envelope
+-- to window ms and maxlen entries, and returns the event id and the envelope
 -- with its event_id field (9) set.
+--
+-- The floor is the newest id no longer in the history (trimmed, or expired
+-- with the key). Ids only grow, and trimming takes the oldest, so it only
+-- ever rises: it is set without being read. It is kept keep ms (plus a
+-- minute for ids ahead of the clock) after it was set, not refreshed on
+-- every event: by the time it expires it is below the window's own bound,
+-- which readers apply anyway (see sinceScript).
 local function record(hist, lastk, floork, envelope, maxlen, window, keep)
   local last = tonumber(redis.call('GET', lastk))
-  local id
-  if last == nil then
-    id = now * 1000
-    -- Anything older than keep is unknown: a client from before then must
-    -- reset.
-    redis.call('SET', floork, fmt((now - keep) * 1000), 'PX', keep)
-  else
-    id = math.max(last + 1, now * 1000)
-    redis.call('PEXPIRE', floork, keep)
-  end
+  local id = now * 1000
+  if last ~= nil and last >= id then id = last + 1 end
   local sid = fmt(id)
   redis.call('SET', lastk, sid, 'PX', keep)
   local payload = envelope .. pbstring(9, sid)
   redis.call('ZADD', hist, sid, payload)
+  local floor
   local cutoff = (now - window) * 1000
   if redis.call('ZREMRANGEBYSCORE', hist, '-inf', fmt(cutoff)) > 0 then
-    raise(floork, cutoff, keep)
+    floor = cutoff
   end
-  local extra = redis.call('ZCARD', hist) - maxlen
+  local n = redis.call('ZCARD', hist)
+  if n == 1 and last ~= nil then
+    -- Every earlier event is gone: trimmed, or expired with the key.
+    floor = last
+  end
+  local extra = n - maxlen
   if extra > 0 then
     -- The oldest extra events go; the last one popped is the newest of
     -- them.
     local gone = redis.call('ZPOPMIN', hist, extra)
-    raise(floork, tonumber(gone[#gone]), keep)
+    floor = tonumber(gone[#gone])
   end
+  if floor then redis.call('SET', floork, fmt(floor), 'PX', keep + 60000) end
   redis.call('PEXPIRE', hist, window)
   return sid, payload
 end

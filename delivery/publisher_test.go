@@ -240,6 +240,48 @@ func TestHistorySince(t *testing.T) {
 	}
 }
 
+// TestHistoryTimeTrimFloor: events that left the history for age (here the
+// whole key expired) raise the floor, so a reader whose window is longer
+// than the router's (a misconfigured edge) still resets a client from before
+// them instead of skipping them silently; a client after them misses
+// nothing.
+func TestHistoryTimeTrimFloor(t *testing.T) {
+	t.Parallel()
+	rdb, prefix := testenv.Redis(t)
+	reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{History: delivery.HistoryConfig{Window: 200 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hist, err := delivery.NewHistory(rdb, prefix, delivery.HistoryConfig{Window: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var ids []uint64
+	for i := range 3 {
+		if i == 2 {
+			time.Sleep(300 * time.Millisecond) // events 0 and 1 are now older than the router's window
+		}
+		res, err := pub.Publish(ctx, envelope("tia", strconv.Itoa(i)), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := delivery.ParseEventID(res.EventID)
+		ids = append(ids, id)
+	}
+	s := []delivery.Stream{delivery.UserStream("tia")}
+	if got, err := hist.Since(ctx, s, []*uint64{&ids[0]}); err != nil || !got[0].Reset {
+		t.Errorf("from event 0, before the trimmed event 1: %+v, %v; want a reset", got, err)
+	}
+	if got, err := hist.Since(ctx, s, []*uint64{&ids[1]}); err != nil || got[0].Reset || len(got[0].Events) != 1 {
+		t.Errorf("from event 1, the newest trimmed: %+v, %v; want event 2", got, err)
+	}
+}
+
 // TestHistoryShrunk: a history longer than its length (the length was
 // lowered) is trimmed at the next event, and its floor rises to the newest
 // event trimmed: a client there missed nothing, one before it is reset.
