@@ -65,15 +65,22 @@ func (p *Publisher) PublishBatch(ctx context.Context, ns []Notification) ([]Resu
 
 	var qs []*queued
 	var qi []int
+	var confirm []*heraldv1.Envelope
 	for i, c := range calls {
 		if c == nil {
 			continue
 		}
 		r, queue, err := p.outcome(c)
 		results[i], errs[i] = r, err
+		if receiptCreated(c.env, r, err) {
+			confirm = append(confirm, c.env)
+		}
 		if queue {
 			qs, qi = append(qs, &queued{call: c, res: r}), append(qi, i)
 		}
+	}
+	if len(confirm) > 0 {
+		_ = p.cfg.Receipts.confirm(ctx, confirm) // best effort: see confirm
 	}
 	if len(qs) > 0 {
 		// The offline queue batches concurrent writes (KafkaQueue's writer

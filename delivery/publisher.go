@@ -263,6 +263,9 @@ func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempot
 	}
 	p.pipe.do(c)
 	r, queue, err := p.outcome(c)
+	if receiptCreated(env, r, err) {
+		_ = p.cfg.Receipts.confirm(ctx, []*heraldv1.Envelope{env}) // best effort: see confirm
+	}
 	if !queue {
 		return r, err
 	}

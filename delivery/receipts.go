@@ -105,10 +105,61 @@ func (r *Receipts) dueKeyFor(user string) string {
 // schedule puts a notification's deadline in the index. It is written before
 // the notify script creates the receipt, so that no receipt exists without
 // its deadline; an index entry whose receipt never came (the user was
-// offline) is dropped by the sweeper.
+// offline) is dropped by the sweeper. A sweeper may also see the entry before
+// the receipt is created, when the deadline passes while the script is on
+// its way: confirm covers that.
 func (r *Receipts) schedule(ctx context.Context, user, id string, deadline time.Time) error {
 	return r.rdb.ZAdd(ctx, r.dueKeyFor(user), redis.Z{Score: float64(deadline.UnixMilli()), Member: id + "|" + user}).Err()
 }
+
+// confirmMargin is how close to its deadline a receipt must have been
+// created for confirm to put its deadline back in the index: one created
+// earlier cannot have been swept before it existed, short of clocks between
+// routers further apart than this.
+const confirmMargin = 2 * time.Second
+
+// confirm puts back in the index, in one pipeline, the deadlines of receipts
+// the notify script has just created close to (or past) their deadline: a
+// sweeper that ran between schedule and the script found no receipt and
+// dropped the entry, and the notification would never fall back. The score
+// is a millisecond past the deadline, so that such a sweeper, which drops
+// only the entry it read (dropScript), leaves the new one. It is best
+// effort: the notification was delivered, and a failure leaves only that
+// rare case without its fallback.
+func (r *Receipts) confirm(ctx context.Context, envs []*heraldv1.Envelope) error {
+	now := time.Now()
+	var late []*heraldv1.Envelope
+	for _, env := range envs {
+		if now.After(env.GetAckBy().AsTime().Add(-confirmMargin)) {
+			late = append(late, env)
+		}
+	}
+	if len(late) == 0 {
+		return nil
+	}
+	_, err := r.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+		for _, env := range late {
+			pl.ZAdd(ctx, r.dueKeyFor(env.GetUserId()), redis.Z{Score: float64(env.GetAckBy().AsTime().UnixMilli() + 1),
+				Member: env.GetId() + "|" + env.GetUserId()})
+		}
+		return nil
+	})
+	return err
+}
+
+// receiptCreated reports whether the notify script created env's receipt:
+// env is ack-or-push, and was published to an edge, not as a duplicate.
+func receiptCreated(env *heraldv1.Envelope, r Result, err error) bool {
+	return env.GetAckBy() != nil && err == nil && r.Route == RouteOnline && !r.Duplicate
+}
+
+// dropScript removes an index entry if it still has the score it was read
+// with. KEYS: the index shard; ARGV: member, score.
+var dropScript = redis.NewScript(`
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+`)
 
 // AckResult counts what an acknowledgement did.
 type AckResult struct {
@@ -285,7 +336,7 @@ func (s *Sweeper) Run(ctx context.Context) error {
 func (s *Sweeper) sweep(ctx context.Context, n int) (bool, error) {
 	r := s.r
 	now := s.now()
-	due, err := r.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
+	due, err := r.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{
 		Key: r.dueKey(n), ByScore: true, Start: "-inf", Stop: strconv.FormatInt(now.UnixMilli(), 10),
 		Count: int64(r.cfg.Batch),
 	}).Result()
@@ -300,14 +351,15 @@ func (s *Sweeper) sweep(ctx context.Context, n int) (bool, error) {
 		g    errgroup.Group
 	)
 	g.SetLimit(64)
-	for _, member := range due {
+	for _, z := range due {
+		member, _ := z.Member.(string)
 		id, user, ok := strings.Cut(member, "|")
 		if !ok {
 			r.rdb.ZRem(ctx, r.dueKey(n), member)
 			continue
 		}
 		g.Go(func() error {
-			if err := s.fallBack(ctx, n, member, user, id, now); err != nil {
+			if err := s.fallBack(ctx, n, member, z.Score, user, id, now); err != nil {
 				mu.Lock()
 				errs = append(errs, err)
 				mu.Unlock()
@@ -334,7 +386,7 @@ end
 return 0
 `)
 
-func (s *Sweeper) fallBack(ctx context.Context, n int, member, user, id string, now time.Time) error {
+func (s *Sweeper) fallBack(ctx context.Context, n int, member string, score float64, user, id string, now time.Time) error {
 	r := s.r
 	keys := receiptKeys(r.cfg.Prefix, user)
 	until := now.Add(r.cfg.Claim)
@@ -344,7 +396,7 @@ func (s *Sweeper) fallBack(ctx context.Context, n int, member, user, id string, 
 	}
 	switch res[0] {
 	case "gone":
-		return r.rdb.ZRem(ctx, r.dueKey(n), member).Err()
+		return dropScript.Run(ctx, r.rdb, []string{r.dueKey(n)}, member, strconv.FormatFloat(score, 'f', -1, 64)).Err()
 	case "busy":
 		// Another sweeper holds it: look again when its claim ends, unless
 		// it is done with it by then (XX: only if still indexed).

@@ -229,8 +229,29 @@ func TestSeveralSweepersFallBackOnce(t *testing.T) {
 		}
 	}
 	if len(ids) != total || missing != 0 || twice != 0 || len(queued) != total {
-		t.Fatalf("%d notifications: %d not fallen back, %d fallen back more than once, %d records", len(ids), missing, twice, len(queued))
+		t.Fatalf("%d notifications: %d not fallen back, %d fallen back more than once, %d records; receipts not fallen back: %v",
+			len(ids), missing, twice, len(queued), s.receiptsOf(t, users, ids, queued))
 	}
+}
+
+// receiptsOf returns the receipt, by notification id, of the ids that were
+// not queued, with the users v0 to v<users-1>: one still pending once the
+// deadline index is empty was left behind by the sweepers.
+func (s *system) receiptsOf(tb testing.TB, users int, ids []string, queued map[string]int) map[string]string {
+	tb.Helper()
+	out := map[string]string{}
+	for _, id := range ids {
+		if queued[id] != 0 {
+			continue
+		}
+		for u := range users {
+			v, err := s.rdb.HGet(context.Background(), s.prefix+"{u:v"+strconv.Itoa(u)+"}:receipts", id).Result()
+			if err == nil {
+				out[id] = "v" + strconv.Itoa(u) + ": " + v
+			}
+		}
+	}
+	return out
 }
 
 // TestAckSecurity: a user cannot acknowledge another's notification (the
