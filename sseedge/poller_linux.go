@@ -124,17 +124,25 @@ func (p *poller) run(ctx context.Context) {
 			if w == nil {
 				continue
 			}
-			if ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 || !discard(w, buf) {
+			if ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
 				w.st.close(CloseClientClosed)
+				continue
+			}
+			switch open, more := discard(w, buf); {
+			case !open:
+				w.st.close(CloseClientClosed)
+			case more:
+				p.rearm(w)
 			}
 		}
 	}
 }
 
-// discard reads and drops what w's client sent, up to a bound per call,
-// and reports false when the client has closed the connection.
-func discard(w *wire, buf []byte) bool {
-	open := true
+// discard reads and drops what w's client sent, up to a bound per call. It
+// reports whether the client is still there and, if it is, whether it left
+// more to read.
+func discard(w *wire, buf []byte) (open, more bool) {
+	open, more = true, true
 	_ = w.rc.Control(func(fd uintptr) {
 		for range 16 {
 			n, err := syscall.Read(int(fd), buf)
@@ -146,10 +154,25 @@ func discard(w *wire, buf []byte) bool {
 			default:
 				open = errors.Is(err, syscall.EAGAIN)
 			}
+			more = false
 			return
 		}
 	})
-	return open
+	return open, more
+}
+
+// rearm has epoll report w again, after the streams waiting behind it: w
+// still has bytes to read, and an edge-triggered watch reports only what
+// arrives next, which, once the socket's buffer is full, nothing does.
+func (p *poller) rearm(w *wire) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.conns[w.token] != w {
+		return
+	}
+	_ = w.rc.Control(func(fd uintptr) {
+		_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_MOD, int(fd), &syscall.EpollEvent{Events: pollEvents, Fd: w.token})
+	})
 }
 
 // release closes the poller's descriptors.

@@ -842,7 +842,8 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	w.WriteHeader(http.StatusOK)
 
 	write := func(b []byte) CloseReason {
-		_ = rc.SetWriteDeadline(s.now().Add(s.cfg.WriteTimeout))
+		// Deadlines go by the real clock, not the edge's.
+		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		_, err := w.Write(b)
 		if err == nil {
 			err = rc.Flush()
