@@ -8,7 +8,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -135,6 +137,52 @@ func TestRedisLinkMetrics(t *testing.T) {
 	}
 	srv.Start()
 	testenv.WaitFor(t, 10*time.Second, "the edge to relink", func() bool { return links() == 1 && orphaned() == 0 })
+}
+
+// A crowd of clients opening at once (a thundering herd after an edge
+// restart) does not take the edge past MaxConns: the ones beyond it get
+// edge_full, however their setups interleave.
+func TestMaxConnsUnderConcurrentOpens(t *testing.T) {
+	t.Parallel()
+	const limit, clients = 5, 40
+	e := newTestEdge(t, sseedge.Config{MaxConns: limit, MaxConnsPerUser: clients})
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		opened int
+		full   int
+		other  []int
+	)
+	start := make(chan struct{})
+	for i := range clients {
+		wg.Go(func() {
+			<-start
+			resp, err := http.Get(e.url + "/v1/events?access_token=" + tokenFor(t, "herd"+strconv.Itoa(i), time.Hour))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			t.Cleanup(func() { resp.Body.Close() })
+			mu.Lock()
+			defer mu.Unlock()
+			switch resp.StatusCode {
+			case http.StatusOK:
+				opened++
+			case http.StatusServiceUnavailable:
+				full++
+			default:
+				other = append(other, resp.StatusCode)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if opened > limit || opened+full != clients || len(other) > 0 {
+		t.Errorf("%d opened, %d refused as full, other answers %v; want at most %d opened and the rest full", opened, full, other, limit)
+	}
+	if n := e.metric("herald_sse_connections_open"); n > limit {
+		t.Errorf("%v streams open, more than MaxConns %d", n, limit)
+	}
 }
 
 func TestLimitsAndRefusals(t *testing.T) {

@@ -174,6 +174,10 @@ type Server struct {
 	writers  *writers
 	draining atomic.Bool
 	handlers sync.WaitGroup
+	// opening counts the requests that passed the MaxConns check and whose
+	// stream has not joined the hub yet, so that concurrent opens cannot all
+	// pass it on the same count.
+	opening atomic.Int64
 
 	ipMu  sync.Mutex
 	perIP map[netip.Prefix]int // streams and requests in flight by client address
@@ -549,7 +553,23 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusServiceUnavailable, "draining", "this edge is shutting down; reconnect to another")
 		return
 	}
-	if s.hub.count() >= s.cfg.MaxConns {
+	// This request holds a place from here until its stream is in the hub
+	// (and counted there) or it gave up. It takes its place before reading
+	// the hub's count, and a stream gives its place back only once it is in
+	// the hub: so of two concurrent requests, at least one counts the other.
+	// A stream in the hub whose request has not given its place back yet
+	// counts twice, which can refuse one too many at the limit, never admit
+	// one too many.
+	opening := true
+	admitted := func() {
+		if opening {
+			opening = false
+			s.opening.Add(-1)
+		}
+	}
+	defer admitted()
+	ahead := s.opening.Add(1) // before the count: see above
+	if s.hub.count()+int(ahead) > s.cfg.MaxConns {
 		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.Retry.Seconds())+1))
 		s.refuse(w, http.StatusServiceUnavailable, "edge_full", fmt.Sprintf("this edge holds its limit of %d streams; retry", s.cfg.MaxConns))
 		return
@@ -593,7 +613,9 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	cursor := s.checkCursor(lastID, parseCursor(lastID))
 	// A client that resumes past a notification had it: no push for it.
 	s.ackOnReconnect(st, cursor)
-	if err := s.open(ctx, st, cursor); err != nil {
+	err = s.open(ctx, st, cursor)
+	admitted()
+	if err != nil {
 		s.log.Warn("stream setup failed", slog.Any("err", err))
 		s.refuse(w, http.StatusServiceUnavailable, "broker_unavailable", "the edge could not reach Redis; retry")
 		return

@@ -147,6 +147,9 @@ func (ws *writers) write(ctx context.Context) {
 			if cap(buf) > 64<<10 {
 				buf = nil // after a burst of large events
 			}
+			// The events written are done with: let them go now rather
+			// than at this writer's next use.
+			clear(batch[:cap(batch)])
 		}
 	}
 }
