@@ -11,6 +11,7 @@ type metrics struct {
 	written        prometheus.Counter
 	dropped        *prometheus.CounterVec
 	presenceErrors prometheus.Counter
+	acceptErrors   prometheus.Counter
 	replays        *prometheus.CounterVec
 	replayed       prometheus.Counter
 	acks           *prometheus.CounterVec
@@ -64,6 +65,10 @@ func newMetrics(reg prometheus.Registerer, subscriptions func() float64, link fu
 			Namespace: "herald", Subsystem: "sse", Name: "events_dropped_total",
 			Help: "Published envelopes the edge did not deliver: expired (past their TTL) or malformed.",
 		}, []string{"reason"}),
+		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "herald", Subsystem: "sse", Name: "accept_errors_total",
+			Help: "Failures to accept a TCP connection, usually the process out of file descriptors; net/http retries them.",
+		}),
 		presenceErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "herald", Subsystem: "sse", Name: "presence_errors_total",
 			Help: "Failed presence lease, renewal or removal calls to Redis.",
@@ -82,7 +87,7 @@ func newMetrics(reg prometheus.Registerer, subscriptions func() float64, link fu
 		m.closed.WithLabelValues(string(r))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.replays, m.replayed, m.acks, m.ackLatency, subs, links, orphaned} {
+		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.acceptErrors, m.replays, m.replayed, m.acks, m.ackLatency, subs, links, orphaned} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -366,7 +366,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		MaxHeaderBytes:    maxHeaderBytes,
 		IdleTimeout:       idleTimeout,
 		Protocols:         protocols,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		ErrorLog:          newServerLog(s.log, s.metrics.acceptErrors),
 	}
 	var hubDone sync.WaitGroup
 	hubDone.Go(func() { _ = h.run(hubCtx) })
