@@ -178,18 +178,11 @@ func TestPublishBatch(t *testing.T) {
 // drop the deadline put back.
 func TestReceiptSweptBeforeItExists(t *testing.T) {
 	t.Parallel()
-	rdb, prefix := testenv.Redis(t)
-	reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
 	q := &recordingQueue{}
+	rdb, prefix := testenv.Redis(t)
 	receipts := delivery.NewReceipts(rdb, delivery.ReceiptsConfig{Prefix: prefix})
-	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{Offline: q, Receipts: receipts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{rdb: rdb, reg: reg, pub: pub, prefix: prefix}
+	f := newPublisherOn(t, rdb, prefix, delivery.PublisherConfig{Offline: q, Receipts: receipts})
+	pub := f.pub
 	f.subscribe(t, "ann")
 	f.online(t, "ann")
 	ctx := context.Background()

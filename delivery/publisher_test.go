@@ -31,6 +31,47 @@ func newTestPublisher(tb testing.TB) *fixture {
 	return &fixture{rdb: rdb, reg: reg, pub: pub, prefix: prefix}
 }
 
+// newPublisherWith returns a fixture whose publisher has cfg.
+func newPublisherWith(tb testing.TB, cfg delivery.PublisherConfig) *fixture {
+	tb.Helper()
+	rdb, prefix := testenv.Redis(tb)
+	return newPublisherOn(tb, rdb, prefix, cfg)
+}
+
+// newPublisherOn returns a fixture on rdb, under prefix, whose publisher has
+// cfg.
+func newPublisherOn(tb testing.TB, rdb *redis.Client, prefix string, cfg delivery.PublisherConfig) *fixture {
+	tb.Helper()
+	reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pub, err := delivery.NewPublisher(rdb, reg, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &fixture{rdb: rdb, reg: reg, pub: pub, prefix: prefix}
+}
+
+// publishEach publishes an event to user through each of pubs in turn and
+// returns their event ids.
+func publishEach(tb testing.TB, user string, pubs ...*delivery.Publisher) []uint64 {
+	tb.Helper()
+	var ids []uint64
+	for i, pub := range pubs {
+		res, err := pub.Publish(context.Background(), envelope(user, strconv.Itoa(i)), "")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		id, err := delivery.ParseEventID(res.EventID)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 // subscribe listens on user's channel the way an edge does.
 func (f *fixture) subscribe(tb testing.TB, user string) *redis.PubSub {
 	tb.Helper()
@@ -247,32 +288,15 @@ func TestHistorySince(t *testing.T) {
 // nothing.
 func TestHistoryTimeTrimFloor(t *testing.T) {
 	t.Parallel()
-	rdb, prefix := testenv.Redis(t)
-	reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
+	f := newPublisherWith(t, delivery.PublisherConfig{History: delivery.HistoryConfig{Window: 200 * time.Millisecond}})
+	hist, err := delivery.NewHistory(f.rdb, f.prefix, delivery.HistoryConfig{Window: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{History: delivery.HistoryConfig{Window: 200 * time.Millisecond}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hist, err := delivery.NewHistory(rdb, prefix, delivery.HistoryConfig{Window: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ids := publishEach(t, "tia", f.pub, f.pub)
+	time.Sleep(300 * time.Millisecond) // events 0 and 1 are now older than the router's window
+	ids = append(ids, publishEach(t, "tia", f.pub)...)
 	ctx := context.Background()
-	var ids []uint64
-	for i := range 3 {
-		if i == 2 {
-			time.Sleep(300 * time.Millisecond) // events 0 and 1 are now older than the router's window
-		}
-		res, err := pub.Publish(ctx, envelope("tia", strconv.Itoa(i)), "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, _ := delivery.ParseEventID(res.EventID)
-		ids = append(ids, id)
-	}
 	s := []delivery.Stream{delivery.UserStream("tia")}
 	if got, err := hist.Since(ctx, s, []*uint64{&ids[0]}); err != nil || !got[0].Reset {
 		t.Errorf("from event 0, before the trimmed event 1: %+v, %v; want a reset", got, err)
@@ -304,15 +328,7 @@ func TestHistoryShrunk(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	var ids []uint64
-	for i, pub := range []*delivery.Publisher{publisher(5), publisher(5), publisher(5), publisher(5), publisher(5), publisher(2)} {
-		res, err := pub.Publish(ctx, envelope("ivy", strconv.Itoa(i)), "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, _ := delivery.ParseEventID(res.EventID)
-		ids = append(ids, id)
-	}
+	ids := publishEach(t, "ivy", publisher(5), publisher(5), publisher(5), publisher(5), publisher(5), publisher(2))
 	// Events 0 to 3 were trimmed; 4 and 5 are kept.
 	s := []delivery.Stream{delivery.UserStream("ivy")}
 	got, err := hist.Since(ctx, s, []*uint64{&ids[3]})
