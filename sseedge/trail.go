@@ -107,7 +107,7 @@ type trailCount struct {
 // the counts it refused are sent again, and only those, so that none is
 // counted twice.
 func (t *trail) flush(ctx context.Context, pending map[string]*trailCount, marks []trailWrite) {
-	send := func(ids []string) (refused []string) {
+	send := func(ids []string, marks []trailWrite) (refused []string) {
 		cmds := make([]*redis.Cmd, len(ids))
 		_, _ = t.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, id := range ids {
@@ -117,7 +117,6 @@ func (t *trail) flush(ctx context.Context, pending map[string]*trailCount, marks
 			for _, m := range marks {
 				delivery.AddTrace(ctx, p, t.prefix, m.user, m.id, m.field, m.at.UnixMilli())
 			}
-			marks = nil
 			return nil
 		})
 		for i, c := range cmds {
@@ -127,8 +126,8 @@ func (t *trail) flush(ctx context.Context, pending map[string]*trailCount, marks
 		}
 		return refused
 	}
-	refused := send(slices.Collect(maps.Keys(pending)))
+	refused := send(slices.Collect(maps.Keys(pending)), marks)
 	if len(refused) > 0 && trailScript.Load(ctx, t.rdb).Err() == nil {
-		send(refused)
+		send(refused, nil) // the marks went the first time
 	}
 }

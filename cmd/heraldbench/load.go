@@ -110,6 +110,18 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, workers int, c
 // closedLoop runs callers that each make one call after another for d: the
 // highest rate the system sustains with that many calls in flight.
 func closedLoop(ctx context.Context, callers int, d time.Duration, call callFunc) loadResult {
+	end := time.Now().Add(d)
+	return closedRun(ctx, callers, func(_ int, now time.Time) bool { return !now.Before(end) }, call)
+}
+
+// closedCount makes n calls from callers that each make one after another.
+func closedCount(ctx context.Context, callers, n int, call callFunc) loadResult {
+	return closedRun(ctx, callers, func(i int, _ time.Time) bool { return i >= n }, call)
+}
+
+// closedRun runs callers that each make one call after another until done
+// says so of the next call's number and start.
+func closedRun(ctx context.Context, callers int, done func(i int, now time.Time) bool, call callFunc) loadResult {
 	var (
 		mu  sync.Mutex
 		res loadResult
@@ -117,7 +129,6 @@ func closedLoop(ctx context.Context, callers int, d time.Duration, call callFunc
 		wg  sync.WaitGroup
 	)
 	start := time.Now()
-	end := start.Add(d)
 	for range max(callers, 1) {
 		wg.Go(func() {
 			var local hist
@@ -125,10 +136,10 @@ func closedLoop(ctx context.Context, callers int, d time.Duration, call callFunc
 			var firstErr error
 			for ctx.Err() == nil {
 				t := time.Now()
-				if !t.Before(end) {
+				i := int(seq.Add(1) - 1)
+				if done(i, t) {
 					break
 				}
-				i := int(seq.Add(1) - 1)
 				err := call(ctx, i, t)
 				local.record(time.Since(t))
 				sent++

@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -87,7 +86,7 @@ func (b *bench) offline(ctx context.Context) error {
 
 	// The backlog, through the router, with no worker yet.
 	b.progress("offline: queueing %d notifications through the router, %d callers", c.backlog, b.cfg.callers)
-	res := rig.notifyCount(ctx, c.backlog, b.cfg.callers, c.users)
+	res := closedCount(ctx, b.cfg.callers, c.backlog, rig.notifier(c.users))
 	if res.Failed > 0 {
 		return fmt.Errorf("offline: %d of %d Notify failed: %s", res.Failed, res.Sent, res.FirstErr)
 	}
@@ -321,47 +320,6 @@ func (r *offlineRig) notifier(users int) callFunc {
 	}
 }
 
-// notifyCount makes n Notify calls from callers goroutines, closed loop.
-func (r *offlineRig) notifyCount(ctx context.Context, n, callers, users int) loadResult {
-	call := r.notifier(users)
-	var (
-		mu   sync.Mutex
-		res  loadResult
-		next atomic.Int64
-		wg   sync.WaitGroup
-	)
-	start := time.Now()
-	for range max(callers, 1) {
-		wg.Go(func() {
-			var local hist
-			var failed int
-			var firstErr string
-			for i := int(next.Add(1)) - 1; i < n && ctx.Err() == nil; i = int(next.Add(1)) - 1 {
-				t := time.Now()
-				if err := call(ctx, i, t); err != nil {
-					failed++
-					if firstErr == "" {
-						firstErr = err.Error()
-					}
-				}
-				local.record(time.Since(t))
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			res.Failed += failed
-			res.Latency.merge(&local)
-			if res.FirstErr == "" {
-				res.FirstErr = firstErr
-			}
-		})
-	}
-	wg.Wait()
-	res.Sent = int(res.Latency.N)
-	res.Elapsed = time.Since(start)
-	res.Rate = float64(res.Sent) / res.Elapsed.Seconds()
-	return res
-}
-
 // drained is the worker's drain of the backlog.
 type drained struct {
 	pushed int
@@ -562,17 +520,11 @@ func runWorkerChild(in io.Reader, out io.Writer) error {
 	if err := json.Unmarshal(sc.Bytes(), &spec); err != nil {
 		return err
 	}
-	if path := os.Getenv("HERALDBENCH_WORKER_CPUPROFILE"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	stop, err := startCPUProfile(os.Getenv("HERALDBENCH_WORKER_CPUPROFILE"))
+	if err != nil {
+		return err
 	}
+	defer stop()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
