@@ -4,18 +4,19 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/herald-push/herald/delivery"
-	"github.com/herald-push/herald/fcm"
+	"github.com/herald-push/herald/fcm/fcmtest"
 	"github.com/herald-push/herald/integration/testenv"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/sseedge"
@@ -24,11 +25,13 @@ import (
 // The accounting harness: it drives Notify for many users, some connected
 // over SSE and some not, each call with a unique payload and idempotency
 // key, retrying a retryable failure with the same key as a careful caller
-// does, while a fault happens. Then it checks that every notification that
-// got OK ended up somewhere: received over SSE (live or through
-// Last-Event-ID recovery), pushed through the FCM emulator, in the
-// dead-letter topic, or still queued; and that every call that failed for
-// good failed with a retryable status or a clear caller error.
+// does, while a fault happens. Each test checks that the fault met the
+// load. Then the books (accounting_ledger_test.go) must show every
+// notification that got OK accounted for exactly once, received over SSE
+// (live or through Last-Event-ID recovery), pushed through the FCM
+// emulator, or dead-lettered, with nothing still queued; and every call
+// that failed for good must have failed with a retryable status or a clear
+// caller error.
 
 // collector is one user's SSE client, which reconnects (resuming with
 // Last-Event-ID) to the next edge URL whenever its stream ends.
@@ -38,26 +41,35 @@ type collector struct {
 	mu   sync.Mutex
 	got  map[string]int // payload → times received
 	last string
-	stop chan struct{}
-	done chan struct{}
+	// resumed counts the streams opened with a Last-Event-ID.
+	resumed int
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 func (h *harness) collect(user string, urls ...string) {
 	c := &collector{user: user, urls: urls, got: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
 	h.collectors = append(h.collectors, c)
 	ready := make(chan struct{})
-	go c.run(h.t, ready)
+	tok := token(h.t, user)
+	go c.run(tok, ready)
+	h.t.Cleanup(func() { close(c.stop); <-c.done })
 	select {
 	case <-ready:
 	case <-time.After(10 * time.Second):
 		h.t.Fatalf("%s's stream did not open", user)
 	}
-	h.t.Cleanup(func() { close(c.stop); <-c.done })
 }
 
-func (c *collector) run(tb testing.TB, ready chan struct{}) {
+// resumes is how many streams c opened with a Last-Event-ID.
+func (c *collector) resumes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.resumed
+}
+
+func (c *collector) run(tok string, ready chan struct{}) {
 	defer close(c.done)
-	tok := token(tb, c.user)
 	for i := 0; ; i++ {
 		select {
 		case <-c.stop:
@@ -81,6 +93,11 @@ func (c *collector) run(tb testing.TB, ready chan struct{}) {
 		c.mu.Unlock()
 		resp, err := http.DefaultClient.Do(req)
 		if err == nil && resp.StatusCode == http.StatusOK {
+			c.mu.Lock()
+			if req.Header.Get("Last-Event-ID") != "" {
+				c.resumed++
+			}
+			c.mu.Unlock()
 			if ready != nil {
 				close(ready)
 				ready = nil
@@ -122,58 +139,93 @@ type harness struct {
 	collectors []*collector
 
 	mu        sync.Mutex
-	accepted  map[string]string // notification id → payload
-	retryable int               // calls that gave up with a retryable status
-	retried   int               // calls that succeeded after a retryable failure
+	accepted  map[string]acceptance // notification id → how it was accepted
+	refused   int                   // attempts answered with a retryable status
+	retryable int                   // calls that gave up with a retryable status
+	retried   int                   // calls that succeeded after a retryable failure
 	other     map[codes.Code]int
+	// allow are the departures from exactly once the fault may cause.
+	allow exceptions
+	// The fault ran from faultStart to faultEnd (see drive).
+	faultStart, faultEnd time.Time
+}
+
+// acceptance is a notification the router answered OK.
+type acceptance struct {
+	payload, user string
+	route         heraldv1.Route
+	at            time.Time
 }
 
 func newHarness(t *testing.T, s *system, o *testenv.Offline) *harness {
-	return &harness{t: t, s: s, o: o, accepted: map[string]string{}, other: map[codes.Code]int{}}
+	return &harness{t: t, s: s, o: o, accepted: map[string]acceptance{}, other: map[codes.Code]int{}}
 }
 
 // drive sends n notifications from 8 concurrent callers, round robin over
-// the users, calling fault once a third of them are sent.
+// the users. Once a third of them are sent it runs fault on the test's
+// goroutine while the calls go on, so that the fault meets the load and
+// may use the test's helpers. It returns when every call is done: the
+// callers and the feeder never outlive it, even when fault fails the test.
 func (h *harness) drive(n int, fault func()) {
+	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
 	next := make(chan int)
 	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for i := range next {
-				h.call(i)
+				h.call(ctx, i)
 			}
-		}()
+		})
 	}
-	for i := range n {
-		if i == n/3 && fault != nil {
-			fault()
+	third := make(chan struct{})
+	wg.Go(func() {
+		defer close(next)
+		for i := range n {
+			if i == n/3 {
+				close(third)
+			}
+			select {
+			case next <- i:
+			case <-ctx.Done():
+				return
+			}
+			time.Sleep(time.Millisecond) // the callers' pace, not a wait for an event
 		}
-		next <- i
-		time.Sleep(time.Millisecond)
-	}
-	close(next)
+	})
+	<-third
+	h.mu.Lock()
+	h.faultStart = time.Now()
+	h.mu.Unlock()
+	fault()
+	h.mu.Lock()
+	h.faultEnd = time.Now()
+	h.mu.Unlock()
 	wg.Wait()
 }
 
 // call sends notification i, retrying retryable failures with the same
-// idempotency key for up to 20 s.
-func (h *harness) call(i int) {
+// idempotency key for up to 20 s, or until ctx is done.
+func (h *harness) call(ctx context.Context, i int) {
 	payload := "n-" + strconv.Itoa(i)
-	req := &heraldv1.NotifyRequest{UserId: h.users[i%len(h.users)], Data: []byte(payload), IdempotencyKey: "k-" + strconv.Itoa(i)}
+	user := h.users[i%len(h.users)]
+	req := &heraldv1.NotifyRequest{UserId: user, Data: []byte(payload), IdempotencyKey: "k-" + strconv.Itoa(i)}
 	deadline := time.Now().Add(20 * time.Second)
 	for attempt := 0; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		resp, err := h.s.router.Notify(ctx, req)
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		resp, err := h.s.router.Notify(cctx, req)
 		cancel()
+		if ctx.Err() != nil {
+			return // the drive was abandoned
+		}
 		code := status.Code(err)
 		if err == nil {
 			h.mu.Lock()
-			if prev, dup := h.accepted[resp.GetNotificationId()]; dup && prev != payload {
-				h.t.Errorf("notification id %s answered for %s and %s", resp.GetNotificationId(), prev, payload)
+			id := resp.GetNotificationId()
+			if prev, dup := h.accepted[id]; dup && prev.payload != payload {
+				h.t.Errorf("notification id %s answered for %s and %s", id, prev.payload, payload)
 			}
-			h.accepted[resp.GetNotificationId()] = payload
+			h.accepted[id] = acceptance{payload: payload, user: user, route: resp.GetRoute(), at: time.Now()}
 			if attempt > 0 {
 				h.retried++
 			}
@@ -181,8 +233,11 @@ func (h *harness) call(i int) {
 			return
 		}
 		retryable := code == codes.Unavailable || code == codes.DeadlineExceeded || code == codes.ResourceExhausted
+		h.mu.Lock()
+		if retryable {
+			h.refused++
+		}
 		if !retryable || time.Now().After(deadline) {
-			h.mu.Lock()
 			if retryable {
 				h.retryable++
 			} else {
@@ -192,108 +247,51 @@ func (h *harness) call(i int) {
 			h.mu.Unlock()
 			return
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// tally is where the accepted notifications are.
-type tally struct {
-	accepted, sse, push, both, dead, queued, lost, dupSSE, dupPush int
-	lostIDs                                                        []string
-}
-
-func (t tally) String() string {
-	return fmt.Sprintf("accepted=%d sse=%d push=%d (of which also sse=%d) dead_lettered=%d queued=%d lost=%d duplicates(sse=%d push=%d)",
-		t.accepted, t.sse, t.push, t.both, t.dead, t.queued, t.lost, t.dupSSE, t.dupPush)
-}
-
-// count looks everywhere once.
-func (h *harness) count() tally {
-	sse := map[string]int{}
-	for _, c := range h.collectors {
-		c.mu.Lock()
-		for p, n := range c.got {
-			sse[p] += n
-		}
-		c.mu.Unlock()
-	}
-	pushed := map[string]int{}
-	for _, m := range h.o.Emulator.Messages() {
-		pushed[m.Data[fcm.DataID]]++
-	}
-	dead := map[string]bool{}
-	for _, d := range h.o.DeadLetters(h.t) {
-		dead[d.GetEnvelope().GetId()] = true
-	}
-	queued := map[string]bool{}
-	for _, topic := range []string{delivery.DefaultOfflineTopic, delivery.DefaultRetryTopic} {
-		for _, m := range h.o.Kafka.ReadAll(topic) {
-			for _, hd := range m.Headers {
-				if hd.Key == delivery.HeaderNotificationID {
-					queued[string(hd.Value)] = true
-				}
-			}
+		h.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond): // the caller's backoff
 		}
 	}
+}
+
+// refusals is how many calls have been answered with a retryable status.
+func (h *harness) refusals() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	t := tally{accepted: len(h.accepted)}
-	for id, payload := range h.accepted {
-		s, p := sse[payload], pushed[id]
-		if s > 1 {
-			t.dupSSE++
-		}
-		if p > 1 {
-			t.dupPush++
-		}
-		switch {
-		case s > 0 && p > 0:
-			t.sse++
-			t.push++
-			t.both++
-		case s > 0:
-			t.sse++
-		case p > 0:
-			t.push++
-		case dead[id]:
-			t.dead++
-		case queued[id]:
-			t.queued++
-		default:
-			t.lost++
-			t.lostIDs = append(t.lostIDs, id)
-		}
-	}
-	return t
+	return h.refused
 }
 
-// settle waits until nothing is queued or lost any more (or 60 s), and
-// returns the final tally.
-func (h *harness) settle() tally {
-	var t tally
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		t = h.count()
-		if t.queued == 0 && t.lost == 0 || time.Now().After(deadline) {
-			return t
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+// waitRefused waits, inside a fault, until a call has been refused since
+// there were before refusals, and at least atLeast has passed since from:
+// the fault lasts until the load has met it.
+func (h *harness) waitRefused(fault string, before int, from time.Time, atLeast time.Duration) {
+	h.t.Helper()
+	testenv.WaitFor(h.t, 20*time.Second, "a Notify to be refused while "+fault, func() bool {
+		return h.refusals() > before && time.Since(from) >= atLeast
+	})
 }
 
-// report logs the accounting line and fails on a loss.
-func (h *harness) report(name string, t tally) {
+// requireAcross fails the test unless notifications were accepted both
+// before the fault began and after it ended: the load ran across it.
+func (h *harness) requireAcross() {
 	h.t.Helper()
 	h.mu.Lock()
-	line := fmt.Sprintf("accounting[%s]: %s failed_retryable=%d failed_other=%d (accepted after a retry: %d)",
-		name, t, h.retryable, len(h.other), h.retried)
-	h.mu.Unlock()
-	h.t.Log(line)
-	if t.lost > 0 {
-		h.t.Fatalf("%s\nlost: %v", line, t.lostIDs)
+	var before, after int
+	for _, a := range h.accepted {
+		switch {
+		case a.at.Before(h.faultStart):
+			before++
+		case a.at.After(h.faultEnd):
+			after++
+		}
 	}
-	if t.accepted == 0 {
-		h.t.Fatalf("%s\nnothing was accepted", line)
+	window := h.faultEnd.Sub(h.faultStart)
+	h.mu.Unlock()
+	h.t.Logf("accepted %d before the fault, %d after it (it lasted %v)", before, after, window.Round(time.Millisecond))
+	if before == 0 || after == 0 {
+		h.t.Fatalf("accepted %d notifications before the fault and %d after it: the load did not run across it", before, after)
 	}
 }
 
@@ -332,30 +330,55 @@ func TestFaultKafkaRestart(t *testing.T) {
 	h.connectOnline(s.edges[0].url)
 	o.StartWorker(t, o.WorkerConfig(), nil)
 	h.drive(faultLoad, func() {
+		before, stopped := h.refusals(), time.Now()
 		o.Kafka.Stop()
-		go func() { time.Sleep(time.Second); o.Kafka.Start() }()
+		// Down for a second, and until a call has met the outage.
+		h.waitRefused("Kafka is down", before, stopped, time.Second)
+		o.Kafka.Start()
 	})
 	h.report("kafka stopped 1s", h.settle())
+	h.requireAcross()
 	if h.retried == 0 {
-		t.Fatal("no call saw Kafka down: the fault did not happen")
+		t.Fatal("no call was accepted on a retry: the outage did not reach the callers")
 	}
 }
+
+// stormSends is how many sends each FCM storm answers with its error.
+const stormSends = 30
 
 func TestFaultFCMStorms(t *testing.T) {
 	o := testenv.StartOffline(t, 2)
 	s, h := setup(t, o, options{edges: 1}, 3, 7)
 	h.connectOnline(s.edges[0].url)
-	o.StartWorker(t, o.WorkerConfig(), nil)
+	reg := prometheus.NewRegistry()
+	o.StartWorker(t, o.WorkerConfig(), reg)
 	o.Emulator.SetLatency(100*time.Millisecond, 50*time.Millisecond)
+	storms := []struct {
+		code       fcmtest.ErrorCode
+		retryAfter time.Duration
+	}{{fcmtest.Unavailable, 0}, {fcmtest.QuotaExceeded, time.Second}, {fcmtest.Internal, 0}}
 	h.drive(faultLoad, func() {
-		o.Emulator.FailFor(time.Second, "UNAVAILABLE", 0)
-		go func() {
-			time.Sleep(time.Second)
-			o.Emulator.FailFor(time.Second, "QUOTA_EXCEEDED", time.Second)
-			o.Emulator.FailFor(time.Second, "INTERNAL", 0)
-		}()
+		// One storm after the other, each until it has answered its sends:
+		// the sends it fails are retried into the next.
+		for _, st := range storms {
+			id := o.Emulator.FailNext(stormSends, st.code, st.retryAfter)
+			testenv.WaitFor(t, 20*time.Second, fmt.Sprintf("the %s storm to answer %d sends", st.code, stormSends), func() bool {
+				return !slices.ContainsFunc(o.Emulator.Faults(), func(f fcmtest.Fault) bool { return f.ID == id })
+			})
+		}
 	})
-	h.report("fcm 503, 429 and 500 storms, 100ms latency", h.settle())
+	h.report(fmt.Sprintf("fcm 503, 429 and 500 storms of %d sends each, 100ms latency", stormSends), h.settle())
+	errs := o.Emulator.Stats().Errors
+	for _, st := range storms {
+		if errs[st.code] < stormSends {
+			t.Errorf("the emulator answered %s to %d sends, want %d: the storm missed the load", st.code, errs[st.code], stormSends)
+		}
+	}
+	retries := testenv.Counter(t, reg, "herald_fcm_retries_total")
+	t.Logf("emulator errors %v; worker retries %v", errs, retries)
+	if retries == 0 {
+		t.Error("the worker retried nothing: the storms did not reach it")
+	}
 }
 
 func TestFaultRouterRestart(t *testing.T) {
@@ -363,12 +386,19 @@ func TestFaultRouterRestart(t *testing.T) {
 	s, h := setup(t, o, options{edges: 1}, 5, 5)
 	h.connectOnline(s.edges[0].url)
 	o.StartWorker(t, o.WorkerConfig(), nil)
-	h.drive(faultLoad, func() { s.restartRouter(t) })
-	tl := h.settle()
-	h.report("router restarted", tl)
-	if tl.dupSSE > 0 || tl.dupPush > 0 {
-		t.Fatalf("retries with the same idempotency key delivered twice: %s", tl)
-	}
+	h.drive(faultLoad, func() {
+		// A graceful stop (in-flight calls finish), down until a call has
+		// been refused, then a new router on the same address.
+		before := h.refusals()
+		if err := s.routerSrv.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		h.waitRefused("the router is down", before, time.Now(), 0)
+		s.routerSrv = testenv.ServeOn(t, s.routerAddr, s.serveRouter)
+	})
+	// Retries with the same idempotency key must not deliver twice.
+	h.report("router restarted", h.settle())
+	h.requireAcross()
 }
 
 func TestFaultWorkerKilled(t *testing.T) {
@@ -377,13 +407,25 @@ func TestFaultWorkerKilled(t *testing.T) {
 	h.connectOnline(s.edges[0].url)
 	o.Emulator.SetLatency(5*time.Millisecond, 2*time.Millisecond)
 	child := o.StartChildWorker(t)
+	var atKill int
+	var backlog map[string]map[int]testenv.Span
 	h.drive(faultLoad, func() {
 		testenv.WaitFor(t, 20*time.Second, "the child worker to push", func() bool { return o.Emulator.Count() > 0 })
 		_ = child.Process.Signal(syscall.SIGKILL)
 		_ = child.Wait()
+		atKill, backlog = o.Emulator.Count(), o.Backlog(t)
 		o.StartWorker(t, o.WorkerConfig(), nil)
 	})
+	h.allow.pushedTwice = true
 	h.report("worker killed with SIGKILL mid-batch", h.settle())
+	h.requireAcross()
+	// The dead worker left records it had not committed; the next one
+	// pushed them.
+	t.Logf("killed after %d pushes, leaving %v uncommitted; %d pushes in all", atKill, backlog, o.Emulator.Count())
+	if len(backlog) == 0 || o.Emulator.Count() <= atKill {
+		t.Fatalf("killed after %d pushes with %v uncommitted, %d pushes in all: the kill left the next worker nothing to do",
+			atKill, backlog, o.Emulator.Count())
+	}
 }
 
 func TestFaultEdgeKilled(t *testing.T) {
@@ -399,7 +441,14 @@ func TestFaultEdgeKilled(t *testing.T) {
 		_ = proc.Process.Signal(syscall.SIGKILL)
 		_ = proc.Wait()
 	})
+	h.allow.sseAndPush = true
 	h.report("edge killed with SIGKILL", h.settle())
+	h.requireAcross()
+	for _, c := range h.collectors {
+		if c.resumes() == 0 {
+			t.Errorf("%s never resumed with a Last-Event-ID: the edge's death did not reach its stream", c.user)
+		}
+	}
 }
 
 func TestFaultRedisRestart(t *testing.T) {
@@ -410,6 +459,14 @@ func TestFaultRedisRestart(t *testing.T) {
 	s, h := setup(t, o, options{edges: 1}, 5, 5)
 	h.connectOnline(s.edges[0].url)
 	o.StartWorker(t, o.WorkerConfig(), nil)
-	h.drive(faultLoad, func() { srv.Restart() })
+	h.drive(faultLoad, func() {
+		// SIGTERM (the append-only file is flushed), down until a call has
+		// been refused, then started again on its port.
+		before := h.refusals()
+		srv.Shutdown()
+		h.waitRefused("Redis is down", before, time.Now(), 0)
+		srv.Start()
+	})
 	h.report("redis-server restarted", h.settle())
+	h.requireAcross()
 }

@@ -311,7 +311,13 @@ func TestFallbackWaitsForKafka(t *testing.T) {
 	defer resp.Body.Close()
 	o.Kafka.Stop()
 	n := s.ackOrPush(t, "wes", "x", 100*time.Millisecond)
-	time.Sleep(time.Second) // several sweeps fail meanwhile
+	testenv.WaitFor(t, 10*time.Second, "two failed attempts to queue the fallback", func() bool {
+		var errs float64
+		for _, reg := range s.sweepers {
+			errs += testenv.Counter(t, reg, "herald_router_ack_sweep_errors_total")
+		}
+		return errs >= 2
+	})
 	o.Kafka.Start()
 	s.waitSwept(t)
 	if ids := offlineIDs(t, o); ids[n.GetNotificationId()] != 1 {

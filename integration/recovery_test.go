@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -216,6 +217,16 @@ func TestRedisRestart(t *testing.T) {
 	s.notify(t, &heraldv1.NotifyRequest{UserId: "rex", Data: []byte("before")})
 	expectData(t, c, []string{"before"})
 
+	runID := func() string {
+		f, err := rdb.Info(context.Background(), "server").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, id, _ := strings.Cut(f, "run_id:")
+		id, _, _ = strings.Cut(id, "\r\n")
+		return id
+	}
+	before := runID()
 	srv.Restart()
 	var want []string
 	for i := range 5 {
@@ -229,5 +240,20 @@ func TestRedisRestart(t *testing.T) {
 	expectData(t, c, want)
 	if got := s.edges[0].closed(sseedge.CloseBrokerLost); got != 0 {
 		t.Fatalf("the client was dropped (broker_lost = %v)", got)
+	}
+	// The restart hit the stream: the new redis-server knows the edge's
+	// subscription only because the edge subscribed again.
+	after := runID()
+	subs, err := rdb.PubSubNumSub(context.Background(), delivery.Channel(s.prefix, delivery.UserStream("rex"))).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after == before || len(subs) != 1 {
+		t.Fatalf("run_id %s → %s, subscriptions on the new server %v: want a new server with the edge subscribed again", before, after, subs)
+	}
+	for ch, n := range subs {
+		if n != 1 {
+			t.Fatalf("%s has %d subscribers on the new server, want the edge's 1", ch, n)
+		}
 	}
 }

@@ -65,6 +65,8 @@ type system struct {
 	serveRouter func(ctx context.Context, lis net.Listener) error
 	edges       []*testEdge
 	opts        options
+	// sweepers are the metrics of each receipt sweeper (with offline).
+	sweepers []*prometheus.Registry
 }
 
 // testEdge is an edge serving in the test process.
@@ -151,6 +153,7 @@ func newSystemWith(tb testing.TB, o options) *system {
 	}
 	pcfg := delivery.PublisherConfig{History: o.history}
 	deps := router.Deps{}
+	var sweepers []*prometheus.Registry
 	if o.offline != nil {
 		q, err := delivery.NewKafkaQueue(delivery.KafkaConfig{Brokers: o.offline.Kafka.Brokers, WriteTimeout: time.Second, MaxAttempts: 1},
 			delivery.DefaultOfflineTopic)
@@ -161,7 +164,12 @@ func newSystemWith(tb testing.TB, o options) *system {
 		pcfg.Offline, deps.Devices = q, o.offline.Devices
 		pcfg.Receipts = delivery.NewReceipts(client, delivery.ReceiptsConfig{Prefix: prefix, SweepEvery: 20 * time.Millisecond})
 		for range max(o.sweepers, 1) {
-			sw := pcfg.Receipts.NewSweeper(q, nil)
+			reg := prometheus.NewRegistry()
+			sw, err := router.NewSweeper(pcfg.Receipts, q, nil, reg)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			sweepers = append(sweepers, reg)
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})
 			go func() { defer close(done); _ = sw.Run(ctx) }()
@@ -184,7 +192,7 @@ func newSystemWith(tb testing.TB, o options) *system {
 	srv := testenv.Serve(tb, serve)
 	conn := testenv.GRPCClient(tb, srv.Addr)
 	s := &system{prefix: prefix, rdb: client, reg: reg, router: heraldv1.NewRouterServiceClient(conn), routerAddr: srv.Addr, opts: o,
-		routerSrv: srv, serveRouter: serve}
+		routerSrv: srv, serveRouter: serve, sweepers: sweepers}
 	s.routers = append(s.routers, s.router)
 	for range max(o.routers, 1) - 1 {
 		// Another router: a publisher on a Redis client of its own.

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -17,10 +18,11 @@ import (
 // protocol) for one test, on a fixed port and with its data on disk, so that
 // it can be stopped and started again without losing what it acknowledged.
 type Kafka struct {
-	tb      testing.TB
-	port    int
-	dir     string
-	cluster *kfake.Cluster
+	tb         testing.TB
+	port       int
+	dir        string
+	partitions int
+	cluster    *kfake.Cluster
 	// Brokers is the broker address list to give clients.
 	Brokers []string
 }
@@ -29,7 +31,7 @@ type Kafka struct {
 // with partitions partitions, and closes it at cleanup.
 func StartKafka(tb testing.TB, partitions int) *Kafka {
 	tb.Helper()
-	k := &Kafka{tb: tb, port: FreePort(tb), dir: tb.TempDir()}
+	k := &Kafka{tb: tb, port: FreePort(tb), dir: tb.TempDir(), partitions: partitions}
 	k.Brokers = []string{"127.0.0.1:" + strconv.Itoa(k.port)}
 	k.Start()
 	tb.Cleanup(k.Stop)
@@ -93,4 +95,57 @@ func Decode[T any, PT interface {
 		out = append(out, (*T)(v))
 	}
 	return out
+}
+
+// Span is the offsets [From, To) of a partition.
+type Span struct{ From, To int64 }
+
+// Len is how many offsets the span holds.
+func (s Span) Len() int64 { return max(s.To-s.From, 0) }
+
+// Uncommitted returns, for each partition of topic, the records that group
+// has not committed: from its committed offset (or the partition's first
+// record, when it has none) to the partition's end. Partitions with none
+// are left out. It asks the broker over the Kafka protocol, as any
+// consumer of the group would.
+func (k *Kafka) Uncommitted(ctx context.Context, group, topic string) (map[int]Span, error) {
+	c := &kafka.Client{Addr: kafka.TCP(k.Brokers...), Timeout: 5 * time.Second}
+	var ids []int
+	var reqs []kafka.OffsetRequest
+	for p := range k.partitions {
+		ids = append(ids, p)
+		reqs = append(reqs, kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
+	}
+	ends, err := c.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{topic: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("list offsets of %s: %w", topic, err)
+	}
+	fetched, err := c.OffsetFetch(ctx, &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: ids}})
+	if err == nil {
+		err = fetched.Error
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s's offsets of %s: %w", group, topic, err)
+	}
+	committed := map[int]int64{}
+	for _, p := range fetched.Topics[topic] {
+		if p.Error != nil {
+			return nil, fmt.Errorf("fetch %s's offset of %s/%d: %w", group, topic, p.Partition, p.Error)
+		}
+		committed[p.Partition] = p.CommittedOffset
+	}
+	out := map[int]Span{}
+	for _, p := range ends.Topics[topic] {
+		if p.Error != nil {
+			return nil, fmt.Errorf("list offsets of %s/%d: %w", topic, p.Partition, p.Error)
+		}
+		from, ok := committed[p.Partition]
+		if !ok || from < p.FirstOffset {
+			from = p.FirstOffset
+		}
+		if s := (Span{From: from, To: p.LastOffset}); s.Len() > 0 {
+			out[p.Partition] = s
+		}
+	}
+	return out, nil
 }

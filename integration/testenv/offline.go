@@ -138,6 +138,31 @@ func (o *Offline) WaitPushes(tb testing.TB, n int) {
 	}
 }
 
+// WorkerGroup is the consumer group of the offline topic for a worker with
+// fcm.Config's default GroupID, which WorkerConfig keeps; the worker
+// consumes the retry topic as WorkerGroup + ".retry".
+const WorkerGroup = "herald-fcm"
+
+// Backlog returns the records of the offline and retry topics that the
+// worker's groups have not committed, by topic and partition: what is still
+// queued. Empty means the workers have handled everything written so far.
+func (o *Offline) Backlog(tb testing.TB) map[string]map[int]Span {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out := map[string]map[int]Span{}
+	for topic, group := range map[string]string{delivery.DefaultOfflineTopic: WorkerGroup, delivery.DefaultRetryTopic: WorkerGroup + ".retry"} {
+		spans, err := o.Kafka.Uncommitted(ctx, group, topic)
+		if err != nil {
+			tb.Fatalf("backlog: %v", err)
+		}
+		if len(spans) > 0 {
+			out[topic] = spans
+		}
+	}
+	return out
+}
+
 // DeadLetters reads the dead-letter topic.
 func (o *Offline) DeadLetters(tb testing.TB) []*heraldv1.DeadLetter {
 	tb.Helper()

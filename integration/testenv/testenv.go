@@ -132,16 +132,23 @@ func (s *RedisServer) Start() {
 	})
 }
 
-// Restart stops the server gracefully (SIGTERM: it flushes its append-only
-// file, if it keeps one) and starts it again on the same port.
+// Restart stops the server gracefully (see Shutdown) and starts it again on
+// the same port.
 func (s *RedisServer) Restart() {
 	s.tb.Helper()
+	s.Shutdown()
+	s.Start()
+}
+
+// Shutdown stops the server gracefully, as an operator's restart does
+// (SIGTERM: it flushes its append-only file, if it keeps one), and waits for
+// it to exit. Start starts it again.
+func (s *RedisServer) Shutdown() {
 	if s.cmd != nil && s.cmd.Process != nil {
 		_ = s.cmd.Process.Signal(syscall.SIGTERM)
 		_ = s.cmd.Wait()
 		s.cmd = nil
 	}
-	s.Start()
 }
 
 // Stop kills the server and waits for it to exit.
