@@ -390,11 +390,7 @@ func TestFaultRouterRestart(t *testing.T) {
 		// A graceful stop (in-flight calls finish), down until a call has
 		// been refused, then a new router on the same address.
 		before := h.refusals()
-		if err := s.routerSrv.Stop(); err != nil {
-			t.Fatal(err)
-		}
-		h.waitRefused("the router is down", before, time.Now(), 0)
-		s.routerSrv = testenv.ServeOn(t, s.routerAddr, s.serveRouter)
+		s.restartRouter(t, func() { h.waitRefused("the router is down", before, time.Now(), 0) })
 	})
 	// Retries with the same idempotency key must not deliver twice.
 	h.report("router restarted", h.settle())

@@ -216,13 +216,15 @@ func newSystemWith(tb testing.TB, o options) *system {
 	return s
 }
 
-// restartRouter stops the router (gracefully, as on SIGTERM) and starts a
-// new one on the same address; clients reconnect by themselves.
-func (s *system) restartRouter(tb testing.TB) {
+// restartRouter stops the router (gracefully, as on SIGTERM), calls
+// whileDown, and starts a new one on the same address; clients reconnect by
+// themselves.
+func (s *system) restartRouter(tb testing.TB, whileDown func()) {
 	tb.Helper()
 	if err := s.routerSrv.Stop(); err != nil {
 		tb.Fatal(err)
 	}
+	whileDown()
 	s.routerSrv = testenv.ServeOn(tb, s.routerAddr, s.serveRouter)
 }
 
