@@ -472,3 +472,25 @@ func yamlValue(n *yaml.Node) (any, error) {
 	}
 	return nil, fmt.Errorf("line %d: unexpected YAML node kind %d", n.Line, n.Kind)
 }
+
+// TestParseYAML checks the reading of rule files: scalars stay the text
+// they are written as, and a duplicate key or a second document is refused.
+func TestParseYAML(t *testing.T) {
+	t.Parallel()
+	v, err := parseYAML([]byte("groups:\n  - name: g\n    rules:\n      - for: 10m\n        expr: |\n          a > 0.5\n        labels: {partition: 3, page: true}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rule := v.(map[string]any)["groups"].([]any)[0].(map[string]any)["rules"].([]any)[0].(map[string]any)
+	if rule["for"] != "10m" || rule["expr"] != "a > 0.5\n" {
+		t.Errorf("for %q, expr %q: want 10m and the block's text", rule["for"], rule["expr"])
+	}
+	if l := rule["labels"].(map[string]any); l["partition"] != "3" || l["page"] != "true" {
+		t.Errorf("labels %v: want the scalars' text", l)
+	}
+	for _, bad := range []string{"a: 1\na: 2\n", "a: 1\n---\nb: 2\n", ""} {
+		if _, err := parseYAML([]byte(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
