@@ -20,6 +20,7 @@ import (
 
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/integration/testenv"
+	"github.com/herald-push/herald/internal/embedded"
 	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/router"
@@ -147,11 +148,11 @@ func newSystemWith(tb testing.TB, o options) *system {
 	if o.edge.DrainPeriod == 0 {
 		o.edge.DrainPeriod = 100 * time.Millisecond
 	}
-	reg, err := presence.New(client, presence.Config{Prefix: prefix, LeaseTTL: o.leaseTTL})
+	ecfg := embedded.Config{Prefix: prefix, LeaseTTL: o.leaseTTL, Publisher: delivery.PublisherConfig{History: o.history}}
+	reg, err := embedded.NewPresence(client, ecfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	pcfg := delivery.PublisherConfig{History: o.history}
 	deps := router.Deps{}
 	var sweepers []*prometheus.Registry
 	if o.offline != nil {
@@ -161,11 +162,11 @@ func newSystemWith(tb testing.TB, o options) *system {
 			tb.Fatal(err)
 		}
 		tb.Cleanup(func() { q.Close() })
-		pcfg.Offline, deps.Devices = q, o.offline.Devices
-		pcfg.Receipts = delivery.NewReceipts(client, delivery.ReceiptsConfig{Prefix: prefix, SweepEvery: 20 * time.Millisecond})
+		ecfg.Publisher.Offline, deps.Devices = q, o.offline.Devices
+		ecfg.Publisher.Receipts = delivery.NewReceipts(client, delivery.ReceiptsConfig{Prefix: prefix, SweepEvery: 20 * time.Millisecond})
 		for range max(o.sweepers, 1) {
 			reg := prometheus.NewRegistry()
-			sw, err := router.NewSweeper(pcfg.Receipts, q, nil, reg)
+			sw, err := router.NewSweeper(ecfg.Publisher.Receipts, q, nil, reg)
 			if err != nil {
 				tb.Fatal(err)
 			}
@@ -176,14 +177,13 @@ func newSystemWith(tb testing.TB, o options) *system {
 			tb.Cleanup(func() { cancel(); <-done })
 		}
 	}
-	pub, err := delivery.NewPublisher(client, reg, pcfg)
+	rt, err := embedded.NewRouter(client, reg, ecfg, deps)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	deps.Publisher = pub
 	serve := func(ctx context.Context, lis net.Listener) error {
 		// A new Service each time: a stopped one's health server stays down.
-		svc, err := router.New(router.Config{}, deps)
+		svc, err := rt.Service()
 		if err != nil {
 			return err
 		}
@@ -196,13 +196,12 @@ func newSystemWith(tb testing.TB, o options) *system {
 	s.routers = append(s.routers, s.router)
 	for range max(o.routers, 1) - 1 {
 		// Another router: a publisher on a Redis client of its own.
-		deps := deps
-		deps.Publisher, err = delivery.NewPublisher(s.newClient(tb), reg, pcfg)
+		rt, err := embedded.NewRouter(s.newClient(tb), reg, ecfg, deps)
 		if err != nil {
 			tb.Fatal(err)
 		}
 		srv := testenv.Serve(tb, func(ctx context.Context, lis net.Listener) error {
-			svc, err := router.New(router.Config{}, deps)
+			svc, err := rt.Service()
 			if err != nil {
 				return err
 			}
@@ -244,14 +243,14 @@ func (s *system) newClient(tb testing.TB) redis.UniversalClient {
 func (s *system) startEdge(tb testing.TB, id, addr string) *testEdge {
 	tb.Helper()
 	rdb := s.newClient(tb)
-	reg, err := presence.New(rdb, presence.Config{Prefix: s.prefix, LeaseTTL: s.opts.leaseTTL})
+	reg, err := embedded.NewPresence(rdb, embedded.Config{Prefix: s.prefix, LeaseTTL: s.opts.leaseTTL})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	cfg := s.opts.edge
 	cfg.EdgeID, cfg.JWTSecret = id, testSecret
 	metrics := prometheus.NewRegistry()
-	edge, err := sseedge.New(cfg, sseedge.Deps{Redis: rdb, Presence: reg, Registerer: metrics, Pages: s.opts.pages})
+	edge, err := embedded.NewEdge(rdb, reg, cfg, sseedge.Deps{Registerer: metrics, Pages: s.opts.pages})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -379,11 +378,11 @@ func runChildEdge() {
 	cfg.prefix, cfg.addr = os.Getenv("HERALD_TEST_PREFIX"), os.Getenv("HERALD_TEST_ADDR")
 	ttl, _ := time.ParseDuration(os.Getenv("HERALD_TEST_LEASE_TTL"))
 	rdb := redis.NewClient(&redis.Options{Addr: testenv.RedisAddr()})
-	reg, err := presence.New(rdb, presence.Config{Prefix: cfg.prefix, LeaseTTL: ttl})
+	reg, err := embedded.NewPresence(rdb, embedded.Config{Prefix: cfg.prefix, LeaseTTL: ttl})
 	if err != nil {
 		panic(err)
 	}
-	edge, err := sseedge.New(sseedge.Config{EdgeID: "child-edge", JWTSecret: testSecret}, sseedge.Deps{Redis: rdb, Presence: reg})
+	edge, err := embedded.NewEdge(rdb, reg, sseedge.Config{EdgeID: "child-edge", JWTSecret: testSecret}, sseedge.Deps{})
 	if err != nil {
 		panic(err)
 	}

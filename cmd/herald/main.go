@@ -15,19 +15,15 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/fcm"
-	"github.com/herald-push/herald/fcm/fcmtest"
-	"github.com/herald-push/herald/presence"
+	"github.com/herald-push/herald/internal/embedded"
 	"github.com/herald-push/herald/router"
 	"github.com/herald-push/herald/sseedge"
 	"github.com/herald-push/herald/sseedge/demopage"
@@ -65,20 +61,12 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	g, gctx := errgroup.WithContext(ctx)
-
-	redisNote := *redisAddr
-	if *redisAddr == "" {
-		mr := miniredis.NewMiniRedis()
-		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
-			return fmt.Errorf("embedded redis: %w", err)
-		}
-		defer mr.Close()
-		// miniredis only expires keys when told time has passed.
-		g.Go(func() error { tickMiniredis(gctx, mr); return nil })
-		*redisAddr, redisNote = mr.Addr(), "embedded (miniredis at "+mr.Addr()+")"
+	st, err := startStack(*redisAddr, *brokers, *fcmEnd, *fcmAddr, *project)
+	if err != nil {
+		return err
 	}
-	rdb := daemon.NewRedis(*redisAddr, "")
+	defer st.close()
+	rdb := daemon.NewRedis(st.redisAddr, "")
 	defer rdb.Close()
 	key := []byte(*secret)
 	if len(key) == 0 {
@@ -86,47 +74,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		_, _ = rand.Read(key)
 	}
 
-	kafkaNote := *brokers
-	if *brokers == "" {
-		kf, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3,
-			delivery.DefaultOfflineTopic, delivery.DefaultRetryTopic, delivery.DefaultDeadLetterTopic))
-		if err != nil {
-			return fmt.Errorf("embedded kafka: %w", err)
-		}
-		defer kf.Close()
-		*brokers = strings.Join(kf.ListenAddrs(), ",")
-		kafkaNote = "embedded (kfake at " + *brokers + ")"
-	}
-	kafka := daemon.Kafka{Brokers: *brokers}
-	fcmNote := *fcmEnd
-	if *fcmEnd == "" {
-		emu, err := fcmtest.New(fcmtest.Config{Addr: *fcmAddr, Project: *project})
-		if err != nil {
-			return err
-		}
-		if err := emu.Start(); err != nil {
-			return fmt.Errorf("embedded FCM emulator: %w", err)
-		}
-		defer emu.Close()
-		*fcmEnd = emu.Endpoint()
-		fcmNote = "embedded emulator at " + emu.URL()
-	}
-
+	kafka := daemon.Kafka{Brokers: st.brokers}
 	reg := daemon.NewRegistry()
-	pres, err := presence.New(rdb, presence.Config{})
-	if err != nil {
-		return err
-	}
 	queue, err := delivery.NewKafkaQueue(kafka.Config(), delivery.DefaultOfflineTopic)
 	if err != nil {
 		return err
 	}
 	defer queue.Close()
 	receipts := delivery.NewReceipts(rdb, delivery.ReceiptsConfig{})
-	pub, err := delivery.NewPublisher(rdb, pres, delivery.PublisherConfig{Offline: queue, Receipts: receipts})
-	if err != nil {
-		return err
-	}
 	sweeper, err := router.NewSweeper(receipts, queue, log, reg)
 	if err != nil {
 		return err
@@ -135,11 +90,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub, Devices: devices, Logger: log, Registerer: reg})
-	if err != nil {
-		return err
-	}
-	sender, err := fcm.NewClient(ctx, fcm.ClientConfig{Project: *project, Endpoint: *fcmEnd})
+	sender, err := fcm.NewClient(ctx, fcm.ClientConfig{Project: *project, Endpoint: st.fcmEndpoint})
 	if err != nil {
 		return err
 	}
@@ -148,29 +99,26 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	edge, err := sseedge.New(sseedge.Config{JWTSecret: key, DrainPeriod: time.Second},
-		sseedge.Deps{Redis: rdb, Presence: pres, Logger: log, Registerer: reg, Pages: demopage.Handler()})
-	if err != nil {
-		return err
-	}
-	grpcLis, err := net.Listen("tcp", *grpcAddr)
-	if err != nil {
-		return err
-	}
-	httpLis, err := net.Listen("tcp", *httpAddr)
-	if err != nil {
-		return err
-	}
 	adminLis, err := net.Listen("tcp", *adminAddr)
 	if err != nil {
 		return err
 	}
-	g.Go(func() error { return svc.Serve(gctx, grpcLis) })
-	g.Go(func() error { return edge.Serve(gctx, httpLis) })
+	g, gctx := errgroup.WithContext(ctx)
+	sys, err := embedded.Start(gctx, g, rdb, embedded.Config{
+		Publisher: delivery.PublisherConfig{Offline: queue, Receipts: receipts},
+		Edge:      sseedge.Config{JWTSecret: key, DrainPeriod: time.Second},
+	}, embedded.Deps{
+		Router: router.Deps{Devices: devices, Logger: log, Registerer: reg},
+		Edge:   sseedge.Deps{Logger: log, Registerer: reg, Pages: demopage.Handler()},
+	}, *grpcAddr, *httpAddr)
+	if err != nil {
+		adminLis.Close()
+		return err
+	}
 	g.Go(func() error { return worker.Run(gctx) })
 	g.Go(func() error { return sweeper.Run(gctx) })
 	g.Go(func() error {
-		admin := daemon.Admin{Gatherer: reg, Ready: daemon.AllReady(edge.Ready, kafka.Ready), Level: level}
+		admin := daemon.Admin{Gatherer: reg, Ready: daemon.AllReady(sys.Edge.Ready, kafka.Ready), Level: level}
 		return daemon.Serve(gctx, adminLis, admin.Handler(), time.Second)
 	})
 
@@ -178,49 +126,10 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, `
-Herald is running in one process: router, SSE edge and FCM worker.
-  Redis:  %[1]s
-  Kafka:  %[7]s
-  FCM:    %[8]s
-
-Open the demo page in a browser (it shows events as they arrive, and reconnects):
-  http://%[2]s/?access_token=%[3]s&topic=demo.chat
-
-or the raw event stream:
-  curl -N 'http://%[2]s/v1/events?access_token=%[3]s'
-
-Send %[4]q a notification, from another terminal:
-  go run ./cmd/heraldctl notify -addr %[5]s -user %[4]s -event hello -data '{"msg":"hi"}'
-
-Offline users get a push instead. Register a device for "bob", who is not
-connected, notify him, and see the push the FCM emulator received:
-  go run ./cmd/heraldctl device register -addr %[5]s -user bob -token demo-device-1
-  go run ./cmd/heraldctl notify -addr %[5]s -user bob -title "Order filled" -body "100 ACME" -data '{"order":42}'
-  curl -s %[9]s/emulator/messages
-
-Pushes that fail for good land in the dead-letter topic:
-  go run ./cmd/heraldctl dlq ls -kafka-brokers %[10]s
-
-gRPC (with reflection):  %[5]s  (no authentication: development only)
-Metrics and health:      http://%[6]s/metrics  /healthz  /readyz
-Stop with Ctrl-C.
-
-`, redisNote, httpLis.Addr(), token, *demoUser, grpcLis.Addr(), adminLis.Addr(), kafkaNote, fcmNote,
-		strings.TrimSuffix(*fcmEnd, "/v1"), *brokers)
+	banner{
+		redis: st.redisNote, kafka: st.kafkaNote, fcm: st.fcmNote,
+		http: sys.HTTP.Addr().String(), grpc: sys.GRPC.Addr().String(), admin: adminLis.Addr().String(),
+		token: token, user: *demoUser, fcmEndpoint: st.fcmEndpoint, brokers: st.brokers,
+	}.print(stdout)
 	return g.Wait()
-}
-
-// tickMiniredis advances the embedded Redis' clock for key expiry.
-func tickMiniredis(ctx context.Context, mr *miniredis.Miniredis) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			mr.FastForward(time.Second)
-		}
-	}
 }

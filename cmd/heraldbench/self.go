@@ -6,16 +6,13 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
-	"github.com/herald-push/herald/delivery"
-	"github.com/herald-push/herald/presence"
+	"github.com/herald-push/herald/internal/embedded"
 	"github.com/herald-push/herald/router"
 	"github.com/herald-push/herald/sseedge"
 )
@@ -54,23 +51,11 @@ func startSystem(ctx context.Context, redisAddr string, maxConns int, tune selfT
 		return nil, err
 	}
 	if redisAddr == "mini" {
-		mr := miniredis.NewMiniRedis()
-		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
-			return fail(fmt.Errorf("embedded redis: %w", err))
+		mr, err := embedded.StartRedis()
+		if err != nil {
+			return fail(err)
 		}
 		closers = append(closers, mr.Close)
-		g.Go(func() error {
-			t := time.NewTicker(time.Second)
-			defer t.Stop()
-			for {
-				select {
-				case <-gctx.Done():
-					return nil
-				case <-t.C:
-					mr.FastForward(time.Second)
-				}
-			}
-		})
 		redisAddr = mr.Addr()
 	}
 	rdb := daemon.NewRedis(redisAddr, "")
@@ -84,37 +69,16 @@ func startSystem(ctx context.Context, redisAddr string, maxConns int, tune selfT
 	_, _ = rand.Read(tag)
 	prefix := "heraldbench:" + hex.EncodeToString(tag) + ":"
 
-	pres, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: tune.leaseTTL})
+	sys, err := embedded.Start(gctx, g, rdb, embedded.Config{
+		Prefix: prefix, LeaseTTL: tune.leaseTTL,
+		Edge: sseedge.Config{JWTSecret: secret, DrainPeriod: time.Second, MaxConns: maxConns, Heartbeat: tune.heartbeat},
+	}, embedded.Deps{Router: router.Deps{Logger: log}, Edge: sseedge.Deps{Logger: log}}, "127.0.0.1:0", "127.0.0.1:0")
 	if err != nil {
 		return fail(err)
 	}
-	pub, err := delivery.NewPublisher(rdb, pres, delivery.PublisherConfig{})
-	if err != nil {
-		return fail(err)
-	}
-	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub, Logger: log})
-	if err != nil {
-		return fail(err)
-	}
-	edge, err := sseedge.New(sseedge.Config{JWTSecret: secret, DrainPeriod: time.Second, MaxConns: maxConns, Heartbeat: tune.heartbeat},
-		sseedge.Deps{Redis: rdb, Presence: pres, Logger: log})
-	if err != nil {
-		return fail(err)
-	}
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return fail(err)
-	}
-	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		grpcLis.Close()
-		return fail(err)
-	}
-	g.Go(func() error { return svc.Serve(gctx, grpcLis) })
-	g.Go(func() error { return edge.Serve(gctx, httpLis) })
 	return &system{
-		grpcAddr:  grpcLis.Addr().String(),
-		edgeURL:   "http://" + httpLis.Addr().String(),
+		grpcAddr:  sys.GRPC.Addr().String(),
+		edgeURL:   "http://" + sys.HTTP.Addr().String(),
 		redisAddr: redisAddr,
 		secret:    secret,
 		stop: func() error {
