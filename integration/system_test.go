@@ -20,7 +20,7 @@ import (
 
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/integration/testenv"
-	"github.com/herald-push/herald/internal/embedded"
+	"github.com/herald-push/herald/cmd/herald/embedded"
 	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/router"

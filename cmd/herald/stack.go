@@ -3,7 +3,7 @@ package main
 import (
 	"strings"
 
-	"github.com/herald-push/herald/internal/embedded"
+	"github.com/herald-push/herald/cmd/herald/embedded"
 )
 
 // stack is the services Herald runs on: those named by flags, and embedded
