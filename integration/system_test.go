@@ -18,9 +18,9 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/herald-push/herald/cmd/herald/embedded"
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/integration/testenv"
-	"github.com/herald-push/herald/cmd/herald/embedded"
 	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/router"

@@ -20,10 +20,10 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/herald-push/herald/cmd/herald/embedded"
 	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/fcm"
-	"github.com/herald-push/herald/cmd/herald/embedded"
 	"github.com/herald-push/herald/router"
 	"github.com/herald-push/herald/sseedge"
 	"github.com/herald-push/herald/sseedge/demopage"

@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/cmd/herald/embedded"
+	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/router"
 	"github.com/herald-push/herald/sseedge"
 )
