@@ -9,9 +9,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	encproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -91,11 +92,15 @@ func maxNotifyBytes(maxPayload int) int {
 	})
 }
 
-// serverOptions are the gRPC server options that enforce cfg's limits.
-func (cfg Config) serverOptions() []grpc.ServerOption {
+// serverOptions are the gRPC server options that enforce cfg's limits,
+// with codec as the server's codec. gRPC's transport refuses a message
+// over twice MaxRequestBytes unread, RESOURCE_EXHAUSTED (it has no other
+// code); codec refuses one over MaxRequestBytes as the caller's error.
+func (cfg Config) serverOptions(codec *deferringCodec) []grpc.ServerOption {
 	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(codec),
 		grpc.MaxHeaderListSize(uint32(cfg.MaxHeaderBytes)),
-		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
+		grpc.MaxRecvMsgSize(transportMaxBytes(cfg.MaxRequestBytes)),
 		grpc.MaxConcurrentStreams(uint32(cfg.MaxStreamsPerConn)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
@@ -107,6 +112,45 @@ func (cfg Config) serverOptions() []grpc.ServerOption {
 	}
 }
 
+// transportMaxBytes is the size over which gRPC's transport refuses a
+// request without reading it: twice the request limit, so that a request
+// somewhat over the limit is refused as the caller's error.
+func transportMaxBytes(maxRequest int) int { return 2 * maxRequest }
+
+// deferringCodec is the server's codec: gRPC's protobuf codec, except for
+// the requests being decoded under deferDecodeErrors, for which a request
+// over MaxRequestBytes, or one that does not decode, is recorded in pending
+// and left empty instead of failing the call before it is authenticated.
+type deferringCodec struct {
+	encoding.CodecV2
+	maxBytes int
+	pending  sync.Map // request being decoded -> its decode error, or nil
+}
+
+func newDeferringCodec(maxBytes int) *deferringCodec {
+	return &deferringCodec{CodecV2: encoding.GetCodecV2(encproto.Name), maxBytes: maxBytes}
+}
+
+func (c *deferringCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if _, ok := c.pending.Load(v); !ok {
+		return c.CodecV2.Unmarshal(data, v)
+	}
+	var err error
+	if n := data.Len(); n > c.maxBytes {
+		err = fmt.Errorf("is %d bytes, over the router's request size limit of %d", n, c.maxBytes)
+	} else if err = c.CodecV2.Unmarshal(data, v); err != nil {
+		err = fmt.Errorf("is not a valid protobuf message of the method's request type "+
+			"(string fields such as user_id must be valid UTF-8): %w", err)
+	}
+	if err != nil {
+		c.pending.Store(v, err)
+		if m, ok := v.(proto.Message); ok {
+			proto.Reset(m)
+		}
+	}
+	return nil
+}
+
 // deferDecodeErrors returns desc with each unary method's request decoding
 // wrapped: a request that cannot be decoded (over MaxRequestBytes, not
 // valid protobuf, a string field that is not valid UTF-8) is passed to the
@@ -114,25 +158,24 @@ func (cfg Config) serverOptions() []grpc.ServerOption {
 // through. So an unauthenticated caller is told UNAUTHENTICATED whatever it
 // sent, and a caller's malformed request is its error, not the router's
 // (gRPC answers INTERNAL, or RESOURCE_EXHAUSTED, the rate-limit code).
-func deferDecodeErrors(desc grpc.ServiceDesc) *grpc.ServiceDesc {
+func (c *deferringCodec) deferDecodeErrors(desc grpc.ServiceDesc) *grpc.ServiceDesc {
 	methods := make([]grpc.MethodDesc, len(desc.Methods))
 	for i, m := range desc.Methods {
 		h := m.Handler
 		m.Handler = func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
 			var decErr error
-			lenient := func(v any) error {
-				if err := dec(v); err != nil {
-					decErr = err
-					if msg, ok := v.(proto.Message); ok {
-						proto.Reset(msg)
-					}
+			deferring := func(v any) error {
+				c.pending.Store(v, nil)
+				err := dec(v)
+				if recorded, _ := c.pending.LoadAndDelete(v); recorded != nil {
+					decErr = recorded.(error)
 				}
-				return nil
+				return err
 			}
 			wrapped := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 				inner := func(ctx context.Context, req any) (any, error) {
 					if decErr != nil {
-						return nil, decodeStatus(decErr)
+						return nil, invalidArgument([]violation{{"request", decErr.Error()}})
 					}
 					return handler(ctx, req)
 				}
@@ -141,27 +184,12 @@ func deferDecodeErrors(desc grpc.ServiceDesc) *grpc.ServiceDesc {
 				}
 				return icpt(ctx, req, info, inner)
 			}
-			return h(srv, ctx, lenient, wrapped)
+			return h(srv, ctx, deferring, wrapped)
 		}
 		methods[i] = m
 	}
 	desc.Methods = methods
 	return &desc
-}
-
-// decodeStatus is the status of a request that could not be decoded.
-func decodeStatus(err error) error {
-	st := status.Convert(err)
-	switch st.Code() {
-	case codes.ResourceExhausted: // over MaxRecvMsgSize, before or after decompression
-		return invalidArgument([]violation{{"request", "is over the router's request size limit: " + st.Message() +
-			"; a NotifyBatch must be split into smaller batches (docs/security.md)"}})
-	case codes.Internal: // the codec failed
-		return invalidArgument([]violation{{"request", "is not a valid protobuf message of the method's request type " +
-			"(string fields such as user_id must be valid UTF-8): " + st.Message()}})
-	default: // cancelled, deadline, a broken stream: as gRPC says
-		return err
-	}
 }
 
 // limitListener accepts at most n connections at once: Accept waits for

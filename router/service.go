@@ -387,8 +387,9 @@ func toStatus(ctx context.Context, err error) error {
 // stop after ShutdownTimeout. The Config's limits apply; opts add to them.
 func (s *Service) Serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
 	lis = newLimitListener(lis, s.cfg.MaxConns)
-	srv := grpc.NewServer(append(s.cfg.serverOptions(), opts...)...)
-	srv.RegisterService(deferDecodeErrors(heraldv1.RouterService_ServiceDesc), s)
+	codec := newDeferringCodec(s.cfg.MaxRequestBytes)
+	srv := grpc.NewServer(append(s.cfg.serverOptions(codec), opts...)...)
+	srv.RegisterService(codec.deferDecodeErrors(heraldv1.RouterService_ServiceDesc), s)
 	healthpb.RegisterHealthServer(srv, s.health)
 	reflection.Register(srv)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

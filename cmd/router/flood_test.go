@@ -126,19 +126,9 @@ func (p *routerProc) rss(tb testing.TB, field string) int64 {
 	return 0
 }
 
-// rawHeaders opens an HTTP/2 connection that ignores the router's
-// advertised limits, as an attacker would, and sends a Notify call's
-// headers with n bytes of metadata and no message, holding the stream
-// open. It returns what the router answered: "rst_stream", "goaway",
-// "closed", or "none" when it answered nothing within wait.
-func rawHeaders(tb testing.TB, addr string, n int, wait time.Duration) string {
-	tb.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		tb.Error(err)
-		return "dial failed"
-	}
-	defer c.Close()
+// notifyHeaders is the HPACK block of a Notify call's headers with n bytes
+// of metadata besides, for a new connection.
+func notifyHeaders(addr string, n int) []byte {
 	var block bytes.Buffer
 	enc := hpack.NewEncoder(&block)
 	for _, f := range []hpack.HeaderField{
@@ -151,6 +141,22 @@ func rawHeaders(tb testing.TB, addr string, n int, wait time.Duration) string {
 	for i := 0; block.Len() < n; i++ {
 		_ = enc.WriteField(hpack.HeaderField{Name: fmt.Sprintf("x-pad-%d", i), Value: value})
 	}
+	return block.Bytes()
+}
+
+// rawHeaders opens an HTTP/2 connection that ignores the router's
+// advertised limits, as an attacker would, and sends the header block of a
+// call, holding the stream open. It returns what the router answered:
+// "rst_stream", "goaway", "closed", or "none" when it answered nothing
+// within wait.
+func rawHeaders(tb testing.TB, addr string, block []byte, wait time.Duration) string {
+	tb.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		tb.Error(err)
+		return "dial failed"
+	}
+	defer c.Close()
 	fr := http2.NewFramer(c, c)
 	go func() { // a write that the router stops reading must not hang the test
 		if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
@@ -158,7 +164,7 @@ func rawHeaders(tb testing.TB, addr string, n int, wait time.Duration) string {
 		}
 		_ = fr.WriteSettings()
 		var err error
-		rest := block.Bytes()
+		rest := block
 		first := true
 		for len(rest) > 0 {
 			chunk := rest[:min(len(rest), 16<<10)]
@@ -226,8 +232,9 @@ func TestUnauthenticatedFloodBoundsRSS(t *testing.T) {
 
 	var wg sync.WaitGroup
 	answers := make([]string, callers)
+	block := notifyHeaders(p.addr, metadataBytes)
 	for i := range callers {
-		wg.Go(func() { answers[i] = rawHeaders(t, p.addr, metadataBytes, 10*time.Second) })
+		wg.Go(func() { answers[i] = rawHeaders(t, p.addr, block, 10*time.Second) })
 	}
 	wg.Wait()
 	for i, a := range answers {
