@@ -43,7 +43,8 @@ const (
 //   - Request message: at most 4 MiB (-grpc-max-request-bytes). A larger
 //     one, or one that is not valid protobuf (a string field such as
 //     user_id must be valid UTF-8), is refused INVALID_ARGUMENT once the
-//     caller is authenticated.
+//     caller is authenticated. One over twice the limit is refused by
+//     gRPC's transport, unread: RESOURCE_EXHAUSTED without RetryInfo.
 //   - Calls in flight: at most 100 per connection
 //     (-grpc-max-streams-per-conn); connections: at most 1024 per router
 //     (-grpc-max-conns), more wait to be accepted.
@@ -51,8 +52,8 @@ const (
 //     (-grpc-keepalive-min-time), with or without calls in flight, or is
 //     disconnected ("too_many_pings"); a connection without calls for 5
 //     minutes is closed (-grpc-max-conn-idle).
-//   - RESOURCE_EXHAUSTED means only "over the caller's rate limit", and
-//     carries a google.rpc.RetryInfo with the delay.
+//   - Otherwise RESOURCE_EXHAUSTED means only "over the caller's rate
+//     limit", and carries a google.rpc.RetryInfo with the delay.
 type RouterServiceClient interface {
 	// Notify routes one notification to one user. A connected user gets it over
 	// Server-Sent Events on every connection; a user with no live connection
@@ -158,7 +159,8 @@ func (c *routerServiceClient) UnregisterDevice(ctx context.Context, in *Unregist
 //   - Request message: at most 4 MiB (-grpc-max-request-bytes). A larger
 //     one, or one that is not valid protobuf (a string field such as
 //     user_id must be valid UTF-8), is refused INVALID_ARGUMENT once the
-//     caller is authenticated.
+//     caller is authenticated. One over twice the limit is refused by
+//     gRPC's transport, unread: RESOURCE_EXHAUSTED without RetryInfo.
 //   - Calls in flight: at most 100 per connection
 //     (-grpc-max-streams-per-conn); connections: at most 1024 per router
 //     (-grpc-max-conns), more wait to be accepted.
@@ -166,8 +168,8 @@ func (c *routerServiceClient) UnregisterDevice(ctx context.Context, in *Unregist
 //     (-grpc-keepalive-min-time), with or without calls in flight, or is
 //     disconnected ("too_many_pings"); a connection without calls for 5
 //     minutes is closed (-grpc-max-conn-idle).
-//   - RESOURCE_EXHAUSTED means only "over the caller's rate limit", and
-//     carries a google.rpc.RetryInfo with the delay.
+//   - Otherwise RESOURCE_EXHAUSTED means only "over the caller's rate
+//     limit", and carries a google.rpc.RetryInfo with the delay.
 type RouterServiceServer interface {
 	// Notify routes one notification to one user. A connected user gets it over
 	// Server-Sent Events on every connection; a user with no live connection
