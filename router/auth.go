@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/herald-push/herald/delivery"
@@ -272,6 +273,28 @@ func publicMethod(fullMethod string) bool {
 	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/") || strings.HasPrefix(fullMethod, "/grpc.reflection.")
 }
 
+// tapCallerKey is the context key of the caller TapHandle authenticated.
+type tapCallerKey struct{}
+
+// TapHandle authenticates each call when its headers arrive, before gRPC
+// reads its request: an unauthenticated caller is refused UNAUTHENTICATED
+// without one byte of its message being read or decoded, whatever its size
+// or content. Install it with grpc.InTapHandle next to the interceptors,
+// which then reuse its result. It runs on the connection's reader, so it
+// does no I/O: a hash and a comparison per configured key.
+func (c *Callers) TapHandle() tap.ServerInHandle {
+	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		if publicMethod(info.FullMethodName) {
+			return ctx, nil
+		}
+		cl, msg := c.authenticate(ctx)
+		if cl == nil {
+			return nil, c.refuse(ctx, refusedUnauthenticated, "", info.FullMethodName, status.New(codes.Unauthenticated, msg))
+		}
+		return context.WithValue(ctx, tapCallerKey{}, cl), nil
+	}
+}
+
 // UnaryInterceptor authenticates each call, applies the caller's rate limit,
 // checks that the request's user or topic is within the caller's
 // permissions, fills in the caller's default ack deadline and passes the
@@ -357,17 +380,21 @@ func (c *Callers) StreamInterceptor() grpc.StreamServerInterceptor {
 // admit authenticates a call and spends n tokens of its caller's rate
 // limit: one for a call, one per notification for a batch.
 func (c *Callers) admit(ctx context.Context, method string, n int) (*caller, error) {
-	cl, msg := c.authenticate(ctx)
+	cl, _ := ctx.Value(tapCallerKey{}).(*caller)
 	if cl == nil {
-		return nil, c.refuse(ctx, refusedUnauthenticated, "", method, status.New(codes.Unauthenticated, msg))
+		var msg string
+		if cl, msg = c.authenticate(ctx); cl == nil {
+			return nil, c.refuse(ctx, refusedUnauthenticated, "", method, status.New(codes.Unauthenticated, msg))
+		}
 	}
 	now := c.now()
 	if n > cl.limiter.Burst() && cl.limiter.Limit() != rate.Inf {
-		// No wait would ever let it through.
-		st := status.New(codes.ResourceExhausted, fmt.Sprintf(
-			"router: a batch of %d notifications is more than caller %q's burst of %d on this router; send batches of at most %d",
-			n, cl.name, cl.limiter.Burst(), cl.limiter.Burst()))
-		return nil, c.refuse(ctx, refusedRateLimited, cl.name, method, st)
+		// No wait would ever let it through: the batch, not the rate, is
+		// wrong, so it is the caller's error and carries no RetryInfo.
+		st := invalidArgument([]violation{{"notifications", fmt.Sprintf(
+			"a batch of %d notifications is more than caller %q's burst of %d on this router; send batches of at most %d",
+			n, cl.name, cl.limiter.Burst(), cl.limiter.Burst())}})
+		return nil, c.refuse(ctx, refusedRateLimited, cl.name, method, status.Convert(st))
 	}
 	r := cl.limiter.ReserveN(now, n)
 	if d := r.DelayFrom(now); d > 0 || !r.OK() {
@@ -432,7 +459,8 @@ func (c *Callers) authenticate(ctx context.Context) (*caller, string) {
 
 // authorize checks the request's user or topic against the caller's
 // permissions. A request naming no user or topic is let through: the
-// handler refuses it as InvalidArgument, and routes nothing.
+// handler refuses it as InvalidArgument, and routes nothing. (A request
+// that could not be decoded reaches here empty; see deferDecodeErrors.)
 func (c *Callers) authorize(ctx context.Context, cl *caller, method string, req any) error {
 	var what, target string
 	switch r := req.(type) {

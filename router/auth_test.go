@@ -107,7 +107,8 @@ func newAuthRouter(tb testing.TB, callers []router.CallerConfig, opts ...grpc.Se
 	if err != nil {
 		tb.Fatal(err)
 	}
-	opts = append(opts, grpc.ChainUnaryInterceptor(auth.UnaryInterceptor()), grpc.ChainStreamInterceptor(auth.StreamInterceptor()))
+	opts = append(opts, grpc.InTapHandle(auth.TapHandle()),
+		grpc.ChainUnaryInterceptor(auth.UnaryInterceptor()), grpc.ChainStreamInterceptor(auth.StreamInterceptor()))
 	srv := testenv.Serve(tb, func(ctx context.Context, lis net.Listener) error { return svc.Serve(ctx, lis, opts...) })
 	r.addr = srv.Addr
 	r.client = heraldv1.NewRouterServiceClient(testenv.GRPCClient(tb, srv.Addr))

@@ -45,6 +45,30 @@ type Config struct {
 	// sets none. Default 5s: a live connection's client acks within a
 	// second; a dead one's user gets the push a few seconds late.
 	AckDeadline time.Duration
+
+	// The gRPC server's limits, each per connection or in total, so that no
+	// caller, authenticated or not, can make the router hold more
+	// (docs/security.md). Zero means the default named in limits.go.
+
+	// MaxHeaderBytes bounds a call's metadata. Default DefaultMaxHeaderBytes
+	// (8 KiB).
+	MaxHeaderBytes int
+	// MaxRequestBytes bounds one request message, and so a NotifyBatch's
+	// bytes; a larger request is refused INVALID_ARGUMENT. Default
+	// DefaultMaxRequestBytes (4 MiB). It must hold the largest valid Notify.
+	MaxRequestBytes int
+	// MaxStreamsPerConn bounds the calls in flight on one connection.
+	// Default DefaultMaxStreamsPerConn (100).
+	MaxStreamsPerConn int
+	// MaxConns bounds the open connections; more wait to be accepted.
+	// Default DefaultMaxConns (1024).
+	MaxConns int
+	// KeepaliveMinTime is the shortest ping interval a client may use.
+	// Default DefaultKeepaliveMinTime (10s).
+	KeepaliveMinTime time.Duration
+	// MaxConnIdle closes a connection without calls for this long. Default
+	// DefaultMaxConnIdle (5m).
+	MaxConnIdle time.Duration
 }
 
 // maxAckDeadline bounds a Notify's ack deadline.
@@ -117,6 +141,9 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	if cfg.MaxPayloadBytes < 0 || cfg.DefaultTTL < 0 || cfg.DefaultTTL > maxTTL || cfg.ShutdownTimeout < 0 {
 		return nil, fmt.Errorf("router: invalid config %+v", cfg)
+	}
+	if err := cfg.applyLimitDefaults(); err != nil {
+		return nil, err
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.Default()
@@ -357,10 +384,12 @@ func toStatus(ctx context.Context, err error) error {
 
 // Serve serves the RouterService, gRPC health checking and server reflection
 // on lis until ctx is done, then stops gracefully, falling back to a hard
-// stop after ShutdownTimeout.
+// stop after ShutdownTimeout. The Config's limits apply; opts add to them.
 func (s *Service) Serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
-	srv := grpc.NewServer(opts...)
-	heraldv1.RegisterRouterServiceServer(srv, s)
+	lis = newLimitListener(lis, s.cfg.MaxConns)
+	codec := newDeferringCodec(s.cfg.MaxRequestBytes)
+	srv := grpc.NewServer(append(s.cfg.serverOptions(codec), opts...)...)
+	srv.RegisterService(codec.deferDecodeErrors(heraldv1.RouterService_ServiceDesc), s)
 	healthpb.RegisterHealthServer(srv, s.health)
 	reflection.Register(srv)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

@@ -55,8 +55,10 @@ func run(args []string) error {
 		traceTTL   = fs.Duration("trace-ttl", delivery.DefaultTraceTTL, "how long each notification's trail is kept for heraldctl trace; 0 keeps none")
 		maxPipe    = fs.Int("max-pipeline", 128, "most concurrent Notify calls sent to Redis in one pipeline; 1 gives each call a round trip of its own")
 		sec        security
+		lim        limits
 	)
 	sec.register(fs)
+	lim.register(fs)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
 	}
@@ -119,13 +121,15 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	svc, err := router.New(router.Config{
+	rcfg := router.Config{
 		MaxPayloadBytes: *maxPayload,
 		DefaultTTL:      *defaultTTL,
 		ShutdownTimeout: *shutdown,
 		UserIDs:         common.UserIDs(),
 		AckDeadline:     *ackDefault,
-	}, router.Deps{Publisher: pub, Devices: devices, Logger: log, Registerer: reg})
+	}
+	lim.apply(&rcfg)
+	svc, err := router.New(rcfg, router.Deps{Publisher: pub, Devices: devices, Logger: log, Registerer: reg})
 	if err != nil {
 		return err
 	}

@@ -64,6 +64,6 @@ func (s security) serverOptions(log *slog.Logger, reg prometheus.Registerer, ids
 		log.Warn("gRPC listener without TLS: API keys cross the network in clear; set -tls-cert and -tls-key unless a proxy terminates TLS")
 	}
 	log.Info("publisher authentication on", slog.Int("callers", len(cfgs)), slog.Bool("mtls", s.tlsClientCA != ""))
-	return append(opts, grpc.ChainUnaryInterceptor(callers.UnaryInterceptor()),
+	return append(opts, grpc.InTapHandle(callers.TapHandle()), grpc.ChainUnaryInterceptor(callers.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(callers.StreamInterceptor())), nil
 }

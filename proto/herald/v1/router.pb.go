@@ -427,7 +427,8 @@ func (x *NotifyResponse) GetDeliveryMode() DeliveryMode {
 // NotifyBatchRequest is many notifications, each for one user.
 type NotifyBatchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The notifications: at most 1000. Two with the same user and
+	// The notifications: at most 1000, and at most the router's request
+	// size limit (4 MiB) in all. Two with the same user and
 	// idempotency key are one notification: the second gets the first's
 	// result, with duplicate set.
 	Notifications []*NotifyRequest `protobuf:"bytes,1,rep,name=notifications,proto3" json:"notifications,omitempty"`

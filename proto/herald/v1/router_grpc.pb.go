@@ -31,6 +31,29 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // RouterService is the API that backend services call to reach users.
+//
+// Limits of every call (router flags; docs/security.md):
+//   - Credentials are checked when a call's headers arrive, before its
+//     request is read: a call without valid credentials is refused
+//     UNAUTHENTICATED whatever it sends.
+//   - Metadata: at most 8 KiB (-grpc-max-header-bytes), counted as HTTP/2
+//     counts a header list. A grpc-go client refuses to send more
+//     (INTERNAL, "header list size ... violates the maximum size"); the
+//     router resets a stream that sends more.
+//   - Request message: at most 4 MiB (-grpc-max-request-bytes). A larger
+//     one, or one that is not valid protobuf (a string field such as
+//     user_id must be valid UTF-8), is refused INVALID_ARGUMENT once the
+//     caller is authenticated. One over twice the limit is refused by
+//     gRPC's transport, unread: RESOURCE_EXHAUSTED without RetryInfo.
+//   - Calls in flight: at most 100 per connection
+//     (-grpc-max-streams-per-conn); connections: at most 1024 per router
+//     (-grpc-max-conns), more wait to be accepted.
+//   - Keepalive: a client may ping at most every 10 s
+//     (-grpc-keepalive-min-time), with or without calls in flight, or is
+//     disconnected ("too_many_pings"); a connection without calls for 5
+//     minutes is closed (-grpc-max-conn-idle).
+//   - Otherwise RESOURCE_EXHAUSTED means only "over the caller's rate
+//     limit", and carries a google.rpc.RetryInfo with the delay.
 type RouterServiceClient interface {
 	// Notify routes one notification to one user. A connected user gets it over
 	// Server-Sent Events on every connection; a user with no live connection
@@ -42,8 +65,12 @@ type RouterServiceClient interface {
 	// trip. Each is validated, authorised, rate limited (a batch of n spends
 	// n of the caller's calls), deduplicated by idempotency key and routed
 	// exactly as a Notify of its own would be, and has its own result: one
-	// invalid or refused notification does not fail the others. More than
-	// 1000 is refused with INVALID_ARGUMENT and nothing is routed.
+	// invalid or refused notification does not fail the others. A batch is
+	// capped at 1000 notifications and at the request size limit (4 MiB by
+	// default: 1000 notifications of about 4 KiB each, or fewer larger ones).
+	// A batch over either cap, or over the caller's rate-limit burst (which
+	// no wait would let through), is the caller's error: it is refused whole
+	// with INVALID_ARGUMENT, without RetryInfo, and nothing is routed.
 	NotifyBatch(ctx context.Context, in *NotifyBatchRequest, opts ...grpc.CallOption) (*NotifyBatchResponse, error)
 	// Broadcast fans one message out to every client subscribed to a topic, on
 	// every edge. Clients may read a topic only when their token allows it.
@@ -120,6 +147,29 @@ func (c *routerServiceClient) UnregisterDevice(ctx context.Context, in *Unregist
 // for forward compatibility.
 //
 // RouterService is the API that backend services call to reach users.
+//
+// Limits of every call (router flags; docs/security.md):
+//   - Credentials are checked when a call's headers arrive, before its
+//     request is read: a call without valid credentials is refused
+//     UNAUTHENTICATED whatever it sends.
+//   - Metadata: at most 8 KiB (-grpc-max-header-bytes), counted as HTTP/2
+//     counts a header list. A grpc-go client refuses to send more
+//     (INTERNAL, "header list size ... violates the maximum size"); the
+//     router resets a stream that sends more.
+//   - Request message: at most 4 MiB (-grpc-max-request-bytes). A larger
+//     one, or one that is not valid protobuf (a string field such as
+//     user_id must be valid UTF-8), is refused INVALID_ARGUMENT once the
+//     caller is authenticated. One over twice the limit is refused by
+//     gRPC's transport, unread: RESOURCE_EXHAUSTED without RetryInfo.
+//   - Calls in flight: at most 100 per connection
+//     (-grpc-max-streams-per-conn); connections: at most 1024 per router
+//     (-grpc-max-conns), more wait to be accepted.
+//   - Keepalive: a client may ping at most every 10 s
+//     (-grpc-keepalive-min-time), with or without calls in flight, or is
+//     disconnected ("too_many_pings"); a connection without calls for 5
+//     minutes is closed (-grpc-max-conn-idle).
+//   - Otherwise RESOURCE_EXHAUSTED means only "over the caller's rate
+//     limit", and carries a google.rpc.RetryInfo with the delay.
 type RouterServiceServer interface {
 	// Notify routes one notification to one user. A connected user gets it over
 	// Server-Sent Events on every connection; a user with no live connection
@@ -131,8 +181,12 @@ type RouterServiceServer interface {
 	// trip. Each is validated, authorised, rate limited (a batch of n spends
 	// n of the caller's calls), deduplicated by idempotency key and routed
 	// exactly as a Notify of its own would be, and has its own result: one
-	// invalid or refused notification does not fail the others. More than
-	// 1000 is refused with INVALID_ARGUMENT and nothing is routed.
+	// invalid or refused notification does not fail the others. A batch is
+	// capped at 1000 notifications and at the request size limit (4 MiB by
+	// default: 1000 notifications of about 4 KiB each, or fewer larger ones).
+	// A batch over either cap, or over the caller's rate-limit burst (which
+	// no wait would let through), is the caller's error: it is refused whole
+	// with INVALID_ARGUMENT, without RetryInfo, and nothing is routed.
 	NotifyBatch(context.Context, *NotifyBatchRequest) (*NotifyBatchResponse, error)
 	// Broadcast fans one message out to every client subscribed to a topic, on
 	// every edge. Clients may read a topic only when their token allows it.

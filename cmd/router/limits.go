@@ -1,0 +1,30 @@
+package main
+
+import (
+	"flag"
+	"time"
+
+	"github.com/herald-push/herald/router"
+)
+
+// limits holds the flags of the gRPC server's limits (docs/security.md).
+type limits struct {
+	headerBytes, requestBytes, streamsPerConn, conns int
+	keepaliveMinTime, maxConnIdle                    time.Duration
+}
+
+func (l *limits) register(fs *flag.FlagSet) {
+	fs.IntVar(&l.headerBytes, "grpc-max-header-bytes", router.DefaultMaxHeaderBytes, "largest metadata (HTTP/2 header list) of one call")
+	fs.IntVar(&l.requestBytes, "grpc-max-request-bytes", router.DefaultMaxRequestBytes, "largest request message, and so NotifyBatch; larger is refused INVALID_ARGUMENT")
+	fs.IntVar(&l.streamsPerConn, "grpc-max-streams-per-conn", router.DefaultMaxStreamsPerConn, "most calls in flight on one connection")
+	fs.IntVar(&l.conns, "grpc-max-conns", router.DefaultMaxConns, "most open gRPC connections; more wait to be accepted")
+	fs.DurationVar(&l.keepaliveMinTime, "grpc-keepalive-min-time", router.DefaultKeepaliveMinTime, "shortest ping interval a client may use; faster pingers are disconnected")
+	fs.DurationVar(&l.maxConnIdle, "grpc-max-conn-idle", router.DefaultMaxConnIdle, "close a connection with no call for this long")
+}
+
+// apply sets cfg's limits from the flags.
+func (l limits) apply(cfg *router.Config) {
+	cfg.MaxHeaderBytes, cfg.MaxRequestBytes = l.headerBytes, l.requestBytes
+	cfg.MaxStreamsPerConn, cfg.MaxConns = l.streamsPerConn, l.conns
+	cfg.KeepaliveMinTime, cfg.MaxConnIdle = l.keepaliveMinTime, l.maxConnIdle
+}

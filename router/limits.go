@@ -1,0 +1,238 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	encproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/herald-push/herald/delivery"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+)
+
+// Defaults of the gRPC server's limits (Config). Each bounds what one
+// connection, or all of them, can make the router hold before and while a
+// call is authenticated; docs/security.md lists them.
+const (
+	// DefaultMaxHeaderBytes bounds a call's metadata (HTTP/2 header list,
+	// counted as HTTP/2 does: name + value + 32 bytes a field). 8 KiB holds
+	// an API key, traceparent and tracestate, a correlation id and gRPC's
+	// own headers several times over; grpc-go's default is 16 MB.
+	DefaultMaxHeaderBytes = 8 << 10
+	// DefaultMaxRequestBytes bounds one request message: a full NotifyBatch
+	// of 1000 notifications of about 4 KiB each, or fewer larger ones. It is
+	// grpc-go's default, now stated.
+	DefaultMaxRequestBytes = 4 << 20
+	// DefaultMaxStreamsPerConn bounds the calls in flight on one connection.
+	DefaultMaxStreamsPerConn = 100
+	// DefaultMaxConns bounds the router's open gRPC connections; past it
+	// new connections wait in the listen queue. Callers are backend
+	// services, each with a few connections.
+	DefaultMaxConns = 1024
+	// DefaultKeepaliveMinTime is the shortest interval at which a client
+	// may ping; one that pings faster is disconnected (GOAWAY
+	// "too_many_pings"). grpc-go's 5 minutes would disconnect clients that
+	// keep connections warm every 10 to 30 s.
+	DefaultKeepaliveMinTime = 10 * time.Second
+	// DefaultMaxConnIdle closes a connection with no call for this long.
+	DefaultMaxConnIdle = 5 * time.Minute
+)
+
+// applyLimitDefaults fills in the zero limits of cfg and checks them.
+func (cfg *Config) applyLimitDefaults() error {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	def(&cfg.MaxRequestBytes, DefaultMaxRequestBytes)
+	def(&cfg.MaxStreamsPerConn, DefaultMaxStreamsPerConn)
+	def(&cfg.MaxConns, DefaultMaxConns)
+	if cfg.KeepaliveMinTime == 0 {
+		cfg.KeepaliveMinTime = DefaultKeepaliveMinTime
+	}
+	if cfg.MaxConnIdle == 0 {
+		cfg.MaxConnIdle = DefaultMaxConnIdle
+	}
+	switch {
+	case cfg.MaxHeaderBytes < 1024:
+		return fmt.Errorf("router: max header bytes %d: must be at least 1024 (gRPC's own headers need some)", cfg.MaxHeaderBytes)
+	case cfg.MaxStreamsPerConn < 1 || cfg.MaxConns < 1:
+		return fmt.Errorf("router: max streams per connection (%d) and max connections (%d) must be at least 1", cfg.MaxStreamsPerConn, cfg.MaxConns)
+	case cfg.KeepaliveMinTime < 0 || cfg.MaxConnIdle < 0:
+		return errors.New("router: keepalive min time and max connection idle must not be negative")
+	}
+	if n := maxNotifyBytes(cfg.MaxPayloadBytes); cfg.MaxRequestBytes < n {
+		return fmt.Errorf("router: max request bytes %d: below %d, the largest valid Notify with a payload limit of %d",
+			cfg.MaxRequestBytes, n, cfg.MaxPayloadBytes)
+	}
+	return nil
+}
+
+// maxNotifyBytes is the encoded size of the largest NotifyRequest that
+// validation accepts with the given payload limit.
+func maxNotifyBytes(maxPayload int) int {
+	long := func(n int) string { return string(make([]byte, n)) }
+	return proto.Size(&heraldv1.NotifyRequest{
+		UserId: long(delivery.MaxUserIDBytes), Event: long(maxEventBytes), IdempotencyKey: long(maxIdempotencyKeyBytes),
+		Data: make([]byte, maxPayload), Ttl: durationpb.New(maxTTL), AckDeadline: durationpb.New(maxAckDeadline),
+		Push:         &heraldv1.PushOptions{Title: long(maxPushFieldBytes), Body: long(maxPushFieldBytes), CollapseKey: long(maxPushFieldBytes), Priority: heraldv1.Priority_PRIORITY_HIGH},
+		DeliveryMode: heraldv1.DeliveryMode_DELIVERY_MODE_ACK_OR_PUSH,
+	})
+}
+
+// serverOptions are the gRPC server options that enforce cfg's limits,
+// with codec as the server's codec. gRPC's transport refuses a message
+// over twice MaxRequestBytes unread, RESOURCE_EXHAUSTED (it has no other
+// code); codec refuses one over MaxRequestBytes as the caller's error.
+func (cfg Config) serverOptions(codec *deferringCodec) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(codec),
+		grpc.MaxHeaderListSize(uint32(cfg.MaxHeaderBytes)),
+		grpc.MaxRecvMsgSize(transportMaxBytes(cfg.MaxRequestBytes)),
+		grpc.MaxConcurrentStreams(uint32(cfg.MaxStreamsPerConn)),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: cfg.MaxConnIdle,
+			// Ping a connection quiet for a minute; close it when the ping
+			// is not answered within 20 s: a vanished peer frees its slot.
+			Time: time.Minute, Timeout: 20 * time.Second,
+		}),
+	}
+}
+
+// transportMaxBytes is the size over which gRPC's transport refuses a
+// request without reading it: twice the request limit, so that a request
+// somewhat over the limit is refused as the caller's error.
+func transportMaxBytes(maxRequest int) int { return 2 * maxRequest }
+
+// deferringCodec is the server's codec: gRPC's protobuf codec, except for
+// the requests being decoded under deferDecodeErrors, for which a request
+// over MaxRequestBytes, or one that does not decode, is recorded in pending
+// and left empty instead of failing the call before it is authenticated.
+type deferringCodec struct {
+	encoding.CodecV2
+	maxBytes int
+	pending  sync.Map // request being decoded -> its decode error, or nil
+}
+
+func newDeferringCodec(maxBytes int) *deferringCodec {
+	return &deferringCodec{CodecV2: encoding.GetCodecV2(encproto.Name), maxBytes: maxBytes}
+}
+
+func (c *deferringCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if _, ok := c.pending.Load(v); !ok {
+		return c.CodecV2.Unmarshal(data, v)
+	}
+	var err error
+	if n := data.Len(); n > c.maxBytes {
+		err = fmt.Errorf("is %d bytes, over the router's request size limit of %d", n, c.maxBytes)
+	} else if err = c.CodecV2.Unmarshal(data, v); err != nil {
+		err = fmt.Errorf("is not a valid protobuf message of the method's request type "+
+			"(string fields such as user_id must be valid UTF-8): %w", err)
+	}
+	if err != nil {
+		c.pending.Store(v, err)
+		if m, ok := v.(proto.Message); ok {
+			proto.Reset(m)
+		}
+	}
+	return nil
+}
+
+// deferDecodeErrors returns desc with each unary method's request decoding
+// wrapped: a request that cannot be decoded (over MaxRequestBytes, not
+// valid protobuf, a string field that is not valid UTF-8) is passed to the
+// interceptors empty, and refused INVALID_ARGUMENT once they have let it
+// through. So an unauthenticated caller is told UNAUTHENTICATED whatever it
+// sent, and a caller's malformed request is its error, not the router's
+// (gRPC answers INTERNAL, or RESOURCE_EXHAUSTED, the rate-limit code).
+func (c *deferringCodec) deferDecodeErrors(desc grpc.ServiceDesc) *grpc.ServiceDesc {
+	methods := make([]grpc.MethodDesc, len(desc.Methods))
+	for i, m := range desc.Methods {
+		h := m.Handler
+		m.Handler = func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+			var decErr error
+			deferring := func(v any) error {
+				c.pending.Store(v, nil)
+				err := dec(v)
+				if recorded, _ := c.pending.LoadAndDelete(v); recorded != nil {
+					decErr = recorded.(error)
+				}
+				return err
+			}
+			wrapped := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+				inner := func(ctx context.Context, req any) (any, error) {
+					if decErr != nil {
+						return nil, invalidArgument([]violation{{"request", decErr.Error()}})
+					}
+					return handler(ctx, req)
+				}
+				if icpt == nil {
+					return inner(ctx, req)
+				}
+				return icpt(ctx, req, info, inner)
+			}
+			return h(srv, ctx, deferring, wrapped)
+		}
+		methods[i] = m
+	}
+	desc.Methods = methods
+	return &desc
+}
+
+// limitListener accepts at most n connections at once: Accept waits for
+// one of them to close.
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newLimitListener(l net.Listener, n int) *limitListener {
+	return &limitListener{Listener: l, slots: make(chan struct{}, n), done: make(chan struct{})}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	select {
+	case l.slots <- struct{}{}:
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &limitConn{Conn: c, release: func() { <-l.slots }}, nil
+}
+
+func (l *limitListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+// limitConn gives its listener's slot back when closed, once.
+type limitConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
