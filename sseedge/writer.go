@@ -189,7 +189,7 @@ func (ws *writers) pump(st *stream, block bool, buf []byte, batch []*outEvent) (
 		var written []*outEvent
 		if resync {
 			var r CloseReason
-			if buf, r = s.appendResync(ws.ctx, buf, st); r != "" {
+			if buf, r = s.catchUp(ws.ctx, buf, st); r != "" {
 				st.close(r)
 				continue
 			}
@@ -200,6 +200,7 @@ func (ws *writers) pump(st *stream, block bool, buf []byte, batch []*outEvent) (
 			buf = appendComment(buf, "hb")
 		}
 		if len(buf) == chunkRoom {
+			s.pageWritten(st)
 			continue
 		}
 		b := chunk(buf)
@@ -208,6 +209,9 @@ func (ws *writers) pump(st *stream, block bool, buf []byte, batch []*outEvent) (
 				st.close(r)
 				continue
 			}
+			// A page of a catch-up is written only blocking: once it is,
+			// it is no longer held.
+			s.pageWritten(st)
 		} else {
 			n, err := writeNow(w.fd, b)
 			switch {
