@@ -7,11 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/integration/testenv"
-	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/sseedge"
 )
 
@@ -58,20 +55,25 @@ func TestRedisReturnKeepsStreams(t *testing.T) {
 		return e.metric("herald_sse_redis_links") == 1 && e.metric("herald_sse_redis_orphaned_channels") == 0
 	})
 
-	// One notification per user and one broadcast, published once Redis
-	// takes them.
-	ids := make([]string, len(users))
-	for i, u := range users {
-		testenv.WaitFor(t, 10*time.Second, "a publish to "+u, func() bool {
-			now := time.Now()
-			env := &heraldv1.Envelope{Id: delivery.NewID(now), UserId: u, Data: []byte("after-" + u), AcceptedAt: timestamppb.New(now)}
-			res, err := e.pub.Publish(context.Background(), env, "k-"+u)
-			if err != nil || res.Route != delivery.RouteOnline {
+	// The restarted Redis lost the leases; the edge renews them.
+	testenv.WaitFor(t, 10*time.Second, "the streams' presence to be renewed", func() bool {
+		if n := e.closed(sseedge.CloseBrokerLost); n > 0 {
+			t.Fatalf("%v streams closed broker_lost after Redis came back", n)
+		}
+		on, err := e.reg.Online(context.Background(), users...)
+		if err != nil {
+			return false
+		}
+		for _, u := range users {
+			if on[u] == 0 {
 				return false
 			}
-			ids[i] = env.Id
-			return true
-		})
+		}
+		return true
+	})
+	// One notification per user and one broadcast, after Redis returned.
+	for _, u := range users {
+		e.publish(t, u, []byte("after-"+u))
 	}
 	e.broadcast(t, "news", "after-all")
 	for i, u := range users {
