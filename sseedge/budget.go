@@ -53,7 +53,8 @@ func (s *Server) enforceBudget(ctx context.Context) {
 
 // shed closes the streams that hold the most, heaviest first, until the
 // edge is within its budget. Closing a stream gives back what it holds at
-// once (the memory goes with its last write, within WriteTimeout).
+// once; the memory goes with its blocked write, which is cut short on a
+// taken-over (HTTP/1.1) stream, and ends within WriteTimeout otherwise.
 func (s *Server) shed() {
 	type weighed struct {
 		st *stream
@@ -71,6 +72,7 @@ func (s *Server) shed() {
 			return
 		}
 		if w.st.close(CloseSlowConsumer) {
+			w.st.cut()
 			s.metrics.budgetCloses.Inc()
 			s.log.Warn("edge over its queued bytes budget; closing the heaviest stream",
 				slog.String("conn", w.st.conn.ID), slog.Int64("held_bytes", w.n), slog.Int64("budget_bytes", s.budget.limit))

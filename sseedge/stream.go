@@ -207,6 +207,16 @@ func (st *stream) chargeLocked(n int64) {
 	st.budget.add(n)
 }
 
+// cut ends a blocked write of a closed, taken-over stream (see wire.cut).
+func (st *stream) cut() {
+	st.mu.Lock()
+	w := st.out
+	st.mu.Unlock()
+	if w != nil {
+		w.cut()
+	}
+}
+
 // weight is what the stream holds, in bytes.
 func (st *stream) weight() int64 {
 	st.mu.Lock()
