@@ -112,16 +112,6 @@ func (st *stream) label(i int) string {
 	return "topic:" + st.names[i]
 }
 
-// positions returns pointers to the current positions, for History.Since.
-func (st *stream) positions() []*uint64 {
-	out := make([]*uint64, len(st.pos))
-	for i := range st.pos {
-		p := st.pos[i]
-		out[i] = &p
-	}
-	return out
-}
-
 // appendLive appends ev with the stream's cursor as its id and advances the
 // cursor, unless the client already has ev (it was replayed from history):
 // then it reports false and appends nothing.
