@@ -146,8 +146,10 @@ end
 //	{'pos', P}          ARGV[1] is empty: P is the position to start from
 //	{'ok', P, e1, ...}  the events after ARGV[1], in order; P is the newest id
 //	{'reset', P}        events after ARGV[1] may be lost; P is the newest id
+//	{'more', P, e1, ...} a page of the events after ARGV[1]; P is the last's id
 //
-// ARGV[2], ARGV[3] are the history window and keep, in ms.
+// ARGV[2], ARGV[3] are the history window and keep, in ms; ARGV[4], ARGV[5]
+// bound a page (see Page).
 var sinceScript = redis.NewScript(luaCommon + `
 local window, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
 local last = tonumber(redis.call('GET', KEYS[2]))
@@ -168,9 +170,21 @@ if L > last then return {'reset', fmt(last)} end
 local floor = math.max(tonumber(redis.call('GET', KEYS[3])) or 0, (now - window) * 1000)
 if L < floor then return {'reset', fmt(last)} end
 local out = {'ok', fmt(last)}
-for _, e in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. fmt(L), '+inf')) do
-  out[#out + 1] = e
+-- A page: at most ARGV[4] events (0: all) and, past the first, ARGV[5]
+-- bytes (0: any). A cut page is 'more', positioned at its last event.
+local count, budget = tonumber(ARGV[4]) or 0, tonumber(ARGV[5]) or 0
+local args = {'ZRANGEBYSCORE', KEYS[1], '(' .. fmt(L), '+inf', 'WITHSCORES'}
+if count > 0 then
+  args[#args + 1] = 'LIMIT'; args[#args + 1] = 0; args[#args + 1] = count
 end
+local r, size, upto = redis.call(unpack(args)), 0, nil
+for i = 1, #r, 2 do
+  size = size + #r[i]
+  if budget > 0 and i > 1 and size > budget then break end
+  out[#out + 1] = r[i]
+  upto = tonumber(r[i + 1])
+end
+if upto and upto < last then out[1], out[2] = 'more', fmt(upto) end
 return out
 `)
 
@@ -202,6 +216,18 @@ type Replay struct {
 	// Events are the envelopes (with EventId set) the client missed, oldest
 	// first.
 	Events [][]byte
+	// More is set when Events is a page cut by a Page's bounds: more events
+	// follow Position.
+	More bool
+}
+
+// Page bounds one read of a stream's history. The zero value reads it all.
+type Page struct {
+	// Events is the most events read; 0 means no limit.
+	Events int
+	// Bytes is the most envelope bytes read, past the first event (which is
+	// always read, however large); 0 means no limit.
+	Bytes int
 }
 
 // ErrBadEventID is returned for an event id that is not a decimal number.
@@ -212,6 +238,16 @@ var ErrBadEventID = errors.New("delivery: malformed event id")
 // it reports only the stream's current position: the place from which a new
 // client starts.
 func (h *History) Since(ctx context.Context, streams []Stream, after []*uint64) ([]Replay, error) {
+	return h.SincePage(ctx, streams, after, Page{})
+}
+
+// SincePage is Since with each stream's events cut to page: a cut stream's
+// Replay has More set, and its Position is the id of its last event, from
+// which the next page is read.
+func (h *History) SincePage(ctx context.Context, streams []Stream, after []*uint64, page Page) ([]Replay, error) {
+	if page.Events < 0 || page.Bytes < 0 {
+		return nil, errors.New("delivery: negative history page bound")
+	}
 	if len(streams) != len(after) {
 		return nil, errors.New("delivery: streams and positions differ in length")
 	}
@@ -223,7 +259,7 @@ func (h *History) Since(ctx context.Context, streams []Stream, after []*uint64) 
 			if after[i] != nil {
 				pos = strconv.FormatUint(*after[i], 10)
 			}
-			args := []any{pos, h.cfg.Window.Milliseconds(), h.cfg.Keep.Milliseconds()}
+			args := []any{pos, h.cfg.Window.Milliseconds(), h.cfg.Keep.Milliseconds(), page.Events, page.Bytes}
 			cmds[i] = sinceScript.EvalSha(ctx, pipe, historyKeys(h.prefix, s), args...)
 		}
 		_, err := pipe.Exec(ctx)
@@ -249,7 +285,7 @@ func (h *History) Since(ctx context.Context, streams []Stream, after []*uint64) 
 		if err != nil {
 			return nil, fmt.Errorf("delivery: history of %v: %w: %q", streams[i], ErrBadEventID, res[1])
 		}
-		out[i] = Replay{Position: pos, Reset: res[0] == "reset"}
+		out[i] = Replay{Position: pos, Reset: res[0] == "reset", More: res[0] == "more"}
 		for _, e := range res[2:] {
 			out[i].Events = append(out[i].Events, []byte(e))
 		}

@@ -23,7 +23,8 @@ const (
 	// MaxConnsPerUser, and this, the oldest, made way for the newest.
 	CloseReplaced CloseReason = "replaced"
 	// CloseBrokerLost: the edge's Redis Pub/Sub link stayed down longer than
-	// BrokerGrace, or history could not be read when it came back.
+	// BrokerGrace, or history could not be read, retried for BrokerGrace,
+	// when it came back.
 	CloseBrokerLost CloseReason = "broker_lost"
 )
 

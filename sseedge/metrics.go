@@ -16,12 +16,14 @@ type metrics struct {
 	replayed       prometheus.Counter
 	acks           *prometheus.CounterVec
 	ackLatency     prometheus.Histogram
+	catchUpErrors  prometheus.Counter
+	budgetCloses   prometheus.Counter
 }
 
 // newMetrics registers the edge's metrics on reg; subscriptions reports the
-// number of Redis channel subscriptions, and link the state of the link to
-// Redis Pub/Sub.
-func newMetrics(reg prometheus.Registerer, subscriptions func() float64, link func() linkState) (*metrics, error) {
+// number of Redis channel subscriptions, link the state of the link to
+// Redis Pub/Sub, and queued the bytes held for all streams.
+func newMetrics(reg prometheus.Registerer, subscriptions func() float64, link func() linkState, queued func() float64) (*metrics, error) {
 	subs := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "herald", Subsystem: "sse", Name: "redis_subscriptions",
 		Help: "User channels this edge is subscribed to in Redis (one per user with local connections).",
@@ -82,12 +84,24 @@ func newMetrics(reg prometheus.Registerer, subscriptions func() float64, link fu
 		Namespace: "herald", Subsystem: "sse", Name: "history_events_replayed_total",
 		Help: "Events written to clients from history rather than live.",
 	})
+	m.catchUpErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "catchup_errors_total",
+		Help: "Failed reads of history while a stream caught up (after the Redis link came back, or replaying a Last-Event-ID); each is retried with backoff until the broker grace runs out.",
+	})
+	m.budgetCloses = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "queue_budget_closes_total",
+		Help: "Streams closed as slow_consumer because the edge held more than its queued bytes budget (-max-queued-bytes); the heaviest go first.",
+	})
+	queuedBytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "queued_bytes",
+		Help: "Bytes of event data the edge holds for its streams: events queued for slow clients and pages of catch-ups from history.",
+	}, queued)
 	m.acks, m.ackLatency = ackMetrics()
 	for _, r := range closeReasons {
 		m.closed.WithLabelValues(string(r))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.acceptErrors, m.replays, m.replayed, m.acks, m.ackLatency, subs, links, orphaned} {
+		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.acceptErrors, m.replays, m.replayed, m.acks, m.ackLatency, subs, links, orphaned, m.catchUpErrors, m.budgetCloses, queuedBytes} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -4,7 +4,6 @@
 package sseedge
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -71,8 +70,17 @@ type Config struct {
 	// that is restarting.
 	Retry time.Duration
 	// QueueSize is how many events may wait for a slow connection before it
-	// is closed as slow_consumer. Default 64.
+	// is closed as slow_consumer. Default 64. It bounds a catch-up from
+	// history too: a stream holds at most QueueSize events of it, and at
+	// most QueueSize × 16 KiB past one event per stream it reads.
 	QueueSize int
+	// MaxQueuedBytes is the most event data the edge holds for all its
+	// streams together: events queued for slow clients and pages of
+	// catch-ups from history. Past it, the streams holding the most are
+	// closed as slow_consumer until it is within it again. Default 256 MiB:
+	// a few hundred slow streams at their full queue, well within an edge's
+	// memory.
+	MaxQueuedBytes int64
 	// WriteTimeout bounds each write to a client. Default 10s.
 	WriteTimeout time.Duration
 	// SubscribeTimeout bounds the wait for Redis to confirm a new user's
@@ -166,6 +174,7 @@ type Server struct {
 	metrics  *metrics
 	history  *delivery.History
 	pages    http.Handler
+	budget   *budget // of the bytes held for all streams
 
 	hubMu sync.Mutex
 	hub   *hub // set by Serve
@@ -202,6 +211,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	setDefault(&cfg.JWKSRefresh, 5*time.Minute)
 	setDefaultInt(&cfg.MaxConnsPerIP, 1000)
 	setDefaultInt(&cfg.QueueSize, 64)
+	if cfg.MaxQueuedBytes == 0 {
+		cfg.MaxQueuedBytes = 256 << 20
+	}
 	setDefaultInt(&cfg.MaxConnsPerUser, 10)
 	setDefaultInt(&cfg.MaxConns, 10000)
 	setDefaultInt(&cfg.MaxTopics, 16)
@@ -211,7 +223,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if cfg.QueueSize < 0 || cfg.Heartbeat < 0 || cfg.Retry < 0 || cfg.WriteTimeout < 0 ||
 		cfg.SubscribeTimeout < 0 || cfg.ReadHeaderTimeout < 0 || cfg.DrainPeriod < 0 ||
 		cfg.MaxConnsPerUser < 0 || cfg.MaxConns < 0 || cfg.MaxTopics < 0 || cfg.BrokerGrace < 0 ||
-		cfg.JWKSRefresh < 0 {
+		cfg.JWKSRefresh < 0 || cfg.MaxQueuedBytes < 0 {
 		return nil, fmt.Errorf("sseedge: negative value in config")
 	}
 	if deps.History == nil {
@@ -247,6 +259,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		history:  deps.History,
 		pages:    deps.Pages,
 		perIP:    make(map[netip.Prefix]int),
+		budget:   newBudget(cfg.MaxQueuedBytes),
 	}
 	if cfg.NoTrail {
 		s.trail = nil
@@ -261,7 +274,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			return h.ps.state()
 		}
 		return linkState{}
-	})
+	}, func() float64 { return float64(s.budget.used.Load()) })
 	if err != nil {
 		return nil, err
 	}
@@ -390,6 +403,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		hubDone.Go(func() { s.trail.run(hubCtx) })
 	}
 	hubDone.Go(func() { s.remover.run(hubCtx) })
+	hubDone.Go(func() { s.enforceBudget(hubCtx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		s.drain(context.WithoutCancel(gctx), hs)
@@ -700,14 +714,17 @@ func (s *Server) open(ctx context.Context, st *stream, cursor map[string]uint64)
 		s.metrics.presenceErrors.Inc()
 		return err
 	}
-	replays, err := s.history.Since(ctx, st.streams, after)
-	if err != nil {
-		s.hub.leave(context.WithoutCancel(ctx), st)
-		return err
-	}
-	st.pending = replays
+	// The first page of what the client missed; the stream's writer reads
+	// the rest, a page at a time (replay.go).
 	for i, p := range after {
 		st.pos[i] = *p
+	}
+	st.budget = s.budget
+	st.replay = newReplay(st.pos)
+	if err := s.fill(ctx, st); err != nil {
+		s.dropReplay(st)
+		s.hub.leave(context.WithoutCancel(ctx), st)
+		return err
 	}
 	return nil
 }
@@ -883,11 +900,11 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	}
 	buf := appendRetry(nil, s.cfg.Retry)
 	buf = appendComment(buf, "connected "+st.conn.ID)
-	buf = s.appendReplay(buf, st, st.pending)
-	st.pending = nil
+	buf = s.appendFirstPage(buf, st)
 	if reason := write(buf); reason != "" {
 		return reason, false
 	}
+	s.pageWritten(st)
 	if s.draining.Load() {
 		// The drain began while this stream was opening.
 		return s.closeDrained(write), false
@@ -933,9 +950,10 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, r *http.Requ
 			case reason != "":
 				return reason, false
 			case resync:
-				// The Redis link came back: catch up on what was published
-				// while it was down.
-				if buf, reason = s.appendResync(ctx, buf[:0], st); reason != "" {
+				// The next page of a catch-up from history: of what the
+				// client missed, or of what was published while the Redis
+				// link was down.
+				if buf, reason = s.catchUp(ctx, buf[:0], st); reason != "" {
 					return reason, false
 				}
 				if len(buf) > 0 {
@@ -943,6 +961,7 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, r *http.Requ
 						return reason, false
 					}
 				}
+				s.pageWritten(st)
 				continue
 			}
 			var written []*outEvent
@@ -956,16 +975,6 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, r *http.Requ
 			heartbeat.Reset(s.cfg.Heartbeat)
 		}
 	}
-}
-
-// appendResync appends what was published while the Redis link was down,
-// read from history, or says why the stream must end.
-func (s *Server) appendResync(ctx context.Context, b []byte, st *stream) ([]byte, CloseReason) {
-	replays, err := s.history.Since(ctx, st.streams, st.positions())
-	if err != nil {
-		return b, CloseBrokerLost
-	}
-	return s.appendReplay(b, st, replays), ""
 }
 
 // appendEvents appends the events of batch that the client does not have
@@ -1013,49 +1022,6 @@ func (s *Server) closeDrained(write func([]byte) CloseReason) CloseReason {
 // plus up to twice Retry of jitter.
 func (s *Server) drainRetry() time.Duration {
 	return s.cfg.Retry + time.Duration(mathrand.Int64N(int64(2*s.cfg.Retry)+1))
-}
-
-// appendReplay appends the events of replays (one per stream of st) in event
-// id order, after a herald.reset event if any stream lost events, and
-// advances st's positions. With nothing to replay it appends the cursor
-// alone, so that the client's Last-Event-ID is right from the start.
-func (s *Server) appendReplay(b []byte, st *stream, replays []delivery.Replay) []byte {
-	var (
-		events []*outEvent
-		reset  []string
-	)
-	for i, r := range replays {
-		if r.Reset {
-			reset = append(reset, st.label(i))
-			st.pos[i] = r.Position
-		}
-		for _, payload := range r.Events {
-			if ev := s.decode(st.channels[i], payload); ev != nil {
-				events = append(events, ev)
-			}
-		}
-	}
-	slices.SortStableFunc(events, func(a, b *outEvent) int { return cmp.Compare(a.eventID, b.eventID) })
-	if len(reset) > 0 {
-		s.metrics.replays.WithLabelValues("reset").Inc()
-		data, _ := json.Marshal(map[string]any{"reason": "history_gap", "streams": reset})
-		b = appendBody(st.appendID(b), ResetEvent, string(data))
-	}
-	if len(events) > 0 {
-		s.metrics.replays.WithLabelValues("replayed").Inc()
-		s.metrics.replayed.Add(float64(len(events)))
-	}
-	n := len(b)
-	for _, ev := range events {
-		b, _ = st.appendLive(b, ev)
-	}
-	if len(reset) == 0 && len(b) == n {
-		for i, r := range replays {
-			st.pos[i] = max(st.pos[i], r.Position)
-		}
-		b = append(st.appendID(b), '\n')
-	}
-	return b
 }
 
 // ResetEvent is the SSE event name that tells a client it may have missed

@@ -42,12 +42,25 @@ type stream struct {
 	// client is the address counted against MaxConnsPerIP for the stream,
 	// if it is counted.
 	client netip.Prefix
+	// budget counts the bytes the edge holds for its streams; nil counts
+	// nothing.
+	budget *budget
+	// done is closed when the stream ends (reason is set).
+	done chan struct{}
 
 	mu sync.Mutex
 	// queue holds the events waiting to be written. It is allocated on
 	// demand, and a backlog's array is let go once written.
-	queue  []*outEvent
-	resync bool // catch up from history before writing anything else
+	queue []*outEvent
+	// resync says the stream owes its client a page of catch-up from
+	// history, to write before anything else; relinked that the Redis link
+	// came back, so the catch-up starts (again) from the positions.
+	resync   bool
+	relinked bool
+	// held is what the stream holds, in bytes of event data, counted in
+	// budget: its queue and its catch-up's pages (queueBytes is the queue's
+	// share). A closed stream holds nothing: close gives it all back.
+	held, queueBytes int64
 	// reason is why the stream ends: set once, by close.
 	reason CloseReason
 	// wake is signalled when there is something to do, for the handler
@@ -61,8 +74,12 @@ type stream struct {
 	heartbeat bool
 	lastWrite time.Time
 
-	pos     []uint64          // the client's position in each stream
-	pending []delivery.Replay // what to replay when the stream starts
+	pos []uint64 // the client's position in each stream
+	// replay is the catch-up from history in progress, if any;
+	// replayBytes are the bytes of events it has read and not written, and
+	// pageBytes those of the page being written (see replay.go).
+	replay                 *replay
+	replayBytes, pageBytes int
 }
 
 func newStream(user, edge string, now time.Time, queueSize int, prefix string, topics []string) *stream {
@@ -71,6 +88,7 @@ func newStream(user, edge string, now time.Time, queueSize int, prefix string, t
 		conn:      presence.Conn{User: user, ID: randomHex(8), Edge: edge, Since: now},
 		queueSize: queueSize,
 		wake:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
 	}
 	st.add("", delivery.UserStream(user), prefix)
 	for _, t := range topics {
@@ -92,16 +110,6 @@ func (st *stream) label(i int) string {
 		return "user"
 	}
 	return "topic:" + st.names[i]
-}
-
-// positions returns pointers to the current positions, for History.Since.
-func (st *stream) positions() []*uint64 {
-	out := make([]*uint64, len(st.pos))
-	for i := range st.pos {
-		p := st.pos[i]
-		out[i] = &p
-	}
-	return out
 }
 
 // appendLive appends ev with the stream's cursor as its id and advances the
@@ -142,26 +150,87 @@ func (st *stream) offer(ev *outEvent) bool {
 		return false
 	}
 	st.queue = append(st.queue, ev)
+	st.queueBytes += int64(len(ev.body))
+	st.chargeLocked(int64(len(ev.body)))
 	st.notifyLocked()
 	return true
 }
 
-// signalResync asks the stream's writer to catch up from history.
+// signalResync asks the stream's writer to catch up from history: the
+// Redis link came back.
 func (st *stream) signalResync() {
+	st.mu.Lock()
+	st.resync, st.relinked = true, true
+	st.notifyLocked()
+}
+
+// owe tells the stream's writer that its catch-up has another page.
+func (st *stream) owe() {
 	st.mu.Lock()
 	st.resync = true
 	st.notifyLocked()
 }
 
-// close ends the stream with reason; only the first call counts.
-func (st *stream) close(reason CloseReason) {
+// takeRelinked reports whether the Redis link came back since the last
+// call.
+func (st *stream) takeRelinked() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	r := st.relinked
+	st.relinked = false
+	return r
+}
+
+// charge counts n more bytes (or fewer, if negative) held by the stream.
+func (st *stream) charge(n int64) {
+	st.mu.Lock()
+	st.chargeLocked(n)
+	st.mu.Unlock()
+}
+
+func (st *stream) chargeLocked(n int64) {
+	if st.reason != "" {
+		// Given back at close.
+		return
+	}
+	st.held += n
+	st.budget.add(n)
+}
+
+// cut ends a blocked write of a closed, taken-over stream (see wire.cut).
+func (st *stream) cut() {
+	st.mu.Lock()
+	w := st.out
+	st.mu.Unlock()
+	if w != nil {
+		w.cut()
+	}
+}
+
+// weight is what the stream holds, in bytes.
+func (st *stream) weight() int64 {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.held
+}
+
+// close ends the stream with reason; only the first call counts, and
+// reports true. What the stream holds is given back to the budget at once,
+// and its queue let go.
+func (st *stream) close(reason CloseReason) bool {
 	st.mu.Lock()
 	if st.reason != "" {
 		st.mu.Unlock()
-		return
+		return false
 	}
 	st.reason = reason
+	st.budget.add(-st.held)
+	st.held, st.queueBytes = 0, 0
+	clear(st.queue)
+	st.queue = nil
+	close(st.done)
 	st.notifyLocked()
+	return true
 }
 
 // closed returns the reason the stream ended, or "" while it is open.
@@ -208,6 +277,12 @@ func (st *stream) take(batch []*outEvent) (_ []*outEvent, resync, heartbeat bool
 	}
 	n := min(len(st.queue), maxBatch)
 	batch = append(batch, st.queue[:n]...)
+	var size int64
+	for _, ev := range st.queue[:n] {
+		size += int64(len(ev.body))
+	}
+	st.queueBytes -= size
+	st.chargeLocked(-size)
 	left := copy(st.queue, st.queue[n:])
 	clear(st.queue[left:])
 	st.queue = st.queue[:left]

@@ -189,7 +189,7 @@ func (ws *writers) pump(st *stream, block bool, buf []byte, batch []*outEvent) (
 		var written []*outEvent
 		if resync {
 			var r CloseReason
-			if buf, r = s.appendResync(ws.ctx, buf, st); r != "" {
+			if buf, r = s.catchUp(ws.ctx, buf, st); r != "" {
 				st.close(r)
 				continue
 			}
@@ -200,14 +200,18 @@ func (ws *writers) pump(st *stream, block bool, buf []byte, batch []*outEvent) (
 			buf = appendComment(buf, "hb")
 		}
 		if len(buf) == chunkRoom {
+			s.pageWritten(st)
 			continue
 		}
 		b := chunk(buf)
 		if block {
-			if r := w.writeBlocking(b, s.cfg.WriteTimeout); r != "" {
+			if r := w.writeOpen(b, s.cfg.WriteTimeout); r != "" {
 				st.close(r)
 				continue
 			}
+			// A page of a catch-up is written only blocking: once it is,
+			// it is no longer held.
+			s.pageWritten(st)
 		} else {
 			n, err := writeNow(w.fd, b)
 			switch {
@@ -233,7 +237,7 @@ func (ws *writers) goAlone(st *stream, rest []byte, written []*outEvent) {
 	written = append([]*outEvent(nil), written...)
 	ws.alone.Go(func() {
 		if len(rest) > 0 {
-			if r := st.out.writeBlocking(rest, ws.s.cfg.WriteTimeout); r != "" {
+			if r := st.out.writeOpen(rest, ws.s.cfg.WriteTimeout); r != "" {
 				st.close(r)
 			} else {
 				ws.wrote(st, written)
@@ -251,6 +255,32 @@ func (ws *writers) wrote(st *stream, written []*outEvent) {
 	st.lastWrite = now
 	st.mu.Unlock()
 }
+
+// writeOpen is writeBlocking for an open stream: a stream closed meanwhile
+// is not written to, and a close during the write (cut) ends it at once.
+func (w *wire) writeOpen(b []byte, timeout time.Duration) CloseReason {
+	timeout += time.Duration(mathrand.Int64N(int64(timeout)/10 + 1))
+	_ = w.nc.SetWriteDeadline(time.Now().Add(timeout))
+	// After the deadline: a cut after this check moves it to now.
+	if r := w.st.closed(); r != "" {
+		return r
+	}
+	_, err := w.nc.Write(b)
+	_ = w.nc.SetWriteDeadline(time.Time{})
+	if err == nil {
+		return ""
+	}
+	w.broken = true
+	if r := w.st.closed(); r != "" {
+		return r
+	}
+	return writeFailed(err)
+}
+
+// cut ends a write of the stream's that is blocked on a full socket, so
+// that a stream closed to free memory frees it now, not at its write
+// timeout. The stream must be closed.
+func (w *wire) cut() { _ = w.nc.SetWriteDeadline(time.Now()) }
 
 // writeBlocking writes b, waiting for the socket up to timeout, jittered by
 // up to a tenth so that stalled clients are not all cut off at once.

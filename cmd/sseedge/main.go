@@ -52,7 +52,8 @@ func run(args []string) error {
 		leaseTTL   = fs.Duration("lease-ttl", 30*time.Second, "presence lease TTL: a dead edge's users count as offline after this")
 		heartbeat  = fs.Duration("heartbeat", 15*time.Second, "interval of keep-alive comments on idle streams")
 		retry      = fs.Duration("retry", 2*time.Second, "reconnection delay sent to clients")
-		queueSize  = fs.Int("queue-size", 64, "events queued per connection before it is closed as slow_consumer")
+		queueSize  = fs.Int("queue-size", 64, "events queued per connection before it is closed as slow_consumer; also bounds a replay from history")
+		maxQueued  = fs.Int64("max-queued-bytes", 256<<20, "bytes of event data held for all streams (queued, and replay pages); past it the heaviest streams are closed as slow_consumer")
 		writeTO    = fs.Duration("write-timeout", 10*time.Second, "limit on each write to a client")
 		drain      = fs.Duration("drain-period", 30*time.Second, "time over which open streams are closed on shutdown")
 		perUser    = fs.Int("max-conns-per-user", 10, "streams per user on this edge; the oldest is closed (replaced) beyond it")
@@ -102,7 +103,7 @@ func run(args []string) error {
 	edge, err := sseedge.New(sseedge.Config{
 		EdgeID: *edgeID, JWTSecret: key, JWTIssuer: *issuer, JWTAudience: *audience,
 		JWTPublicKeyFile: *pubKeys, JWTJWKS: *jwksSource, JWKSRefresh: *jwksEvery,
-		Heartbeat: *heartbeat, Retry: *retry, QueueSize: *queueSize,
+		Heartbeat: *heartbeat, Retry: *retry, QueueSize: *queueSize, MaxQueuedBytes: *maxQueued,
 		WriteTimeout: *writeTO, DrainPeriod: *drain, MaxConnsPerUser: *perUser, MaxConns: *maxConns,
 		MaxConnsPerIP: *perIP, TrustedProxies: trusted,
 		MaxTopics: *maxTopics, AllowedOrigins: splitList(*origins), BrokerGrace: *grace,
