@@ -3,6 +3,7 @@ package router_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/presence"
@@ -67,7 +68,8 @@ func TestIdempotencyKeyPerCaller(t *testing.T) {
 		{Name: "billing", KeySHA256: router.HashKey(billingKey), Users: []string{"alice"}},
 	})
 	ps := r.online(t, "alice")
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	ids := map[string]string{}
 	for _, key := range []string{ordersKey, billingKey, ordersKey, billingKey} {
 		resp, err := r.client.Notify(withKey(key), &heraldv1.NotifyRequest{UserId: "alice", Data: []byte(key), IdempotencyKey: "order-17"})
@@ -108,6 +110,8 @@ func TestDuplicateReportsWhatWasApplied(t *testing.T) {
 	r := newAuthRouter(t, []router.CallerConfig{{Name: "orders-service", KeySHA256: router.HashKey(ordersKey), Users: []string{"*"}}})
 	ps := r.online(t, "alice")
 	ctx := withKey(ordersKey)
+	recvCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	ff, ack := heraldv1.DeliveryMode_DELIVERY_MODE_FIRE_AND_FORGET, heraldv1.DeliveryMode_DELIVERY_MODE_ACK_OR_PUSH
 	receipts := r.prefix + presence.HashTag("alice") + ":receipts"
 	for _, tc := range []struct {
@@ -122,7 +126,7 @@ func TestDuplicateReportsWhatWasApplied(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := ps.ReceiveMessage(context.Background()); err != nil {
+		if _, err := ps.ReceiveMessage(recvCtx); err != nil {
 			t.Fatal(err)
 		}
 		retry := &heraldv1.NotifyRequest{UserId: "alice", Data: []byte("changed"), IdempotencyKey: tc.key, DeliveryMode: tc.retry}
@@ -149,7 +153,7 @@ func TestDuplicateReportsWhatWasApplied(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg, err := ps.ReceiveMessage(context.Background())
+	msg, err := ps.ReceiveMessage(recvCtx)
 	if err != nil {
 		t.Fatal(err)
 	}
