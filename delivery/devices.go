@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/herald-push/herald/presence"
 )
 
 // Device is one of a user's devices: an FCM registration token.
@@ -77,8 +75,7 @@ func NewDevices(rdb redis.UniversalClient, cfg DevicesConfig) (*Devices, error) 
 }
 
 func (d *Devices) keys(user string) []string {
-	base := d.cfg.Prefix + presence.HashTag(user) + ":devices"
-	return []string{base, base + ":platform"}
+	return deviceKeys(d.cfg.Prefix, user)
 }
 
 // CheckToken validates an FCM registration token: printable ASCII, at most

@@ -29,7 +29,7 @@ func TopicStream(topic string) Stream { return Stream{Topic: topic} }
 // stream share, so that one script can touch them all in one slot.
 func (s Stream) hashTag() string {
 	if s.Topic != "" {
-		return "{t:" + s.Topic + "}"
+		return "{t:" + presence.EscapeKeyPart(s.Topic) + "}"
 	}
 	return presence.HashTag(s.User)
 }

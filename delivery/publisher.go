@@ -39,6 +39,10 @@ type Result struct {
 	Queued bool
 	// AcceptedAt is when the (first) call was accepted.
 	AcceptedAt time.Time
+	// AckBy is the ack deadline of an ack-or-push notification (the first
+	// call's, on a duplicate), and zero for a fire-and-forget one: the
+	// delivery mode that was applied.
+	AckBy time.Time
 }
 
 // PublisherConfig configures a Publisher.
@@ -145,11 +149,6 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 	return p, nil
 }
 
-// idempotencyKey is the key that remembers user's idempotency key.
-func (p *Publisher) idempotencyKey(user, key string) string {
-	return p.presence.Prefix() + presence.HashTag(user) + ":idem:" + key
-}
-
 // notifyScript is the whole online path in one round trip.
 //
 //	KEYS: presence, hist, last, floor, [idempotency key], [trace]
@@ -162,7 +161,9 @@ func (p *Publisher) idempotencyKey(user, key string) string {
 // With an idempotency key it first returns the stored record, if any. Then it
 // records the envelope in the user's history, counts live leases, publishes
 // when there is one, and stores "route|subscribers|event id|" .. ARGV[3]
-// under the idempotency key. When the notification still has to be queued
+// under the idempotency key, where ARGV[3] is "id|accepted ms|ack deadline
+// ms" (0: fire and forget): a duplicate is answered with what was applied
+// (see parseRecord). When the notification still has to be queued
 // for the offline path (ARGV[8] > 0 and it was not published to anyone), it
 // stores "pending|" .. ARGV[3] for ARGV[8] ms instead, and the caller stores
 // the final record once the queue has taken it. With a trace key it starts
@@ -194,7 +195,7 @@ if idem then
   end
 end
 if receipts and route == 'online' then
-  local rid, racc = string.match(ARGV[3], '^(.*)|(%d+)$')
+  local rid, racc = string.match(ARGV[3], '^(.*)|(%d+)|%d+$')
   redis.call('HSET', receipts, rid, 'pending|' .. eid .. '|' .. racc .. '|' .. ARGV[13])
   redis.call('HSET', envs, rid, payload)
   local keep = tonumber(ARGV[13]) - now + 3600000
@@ -282,7 +283,7 @@ type notifyCall struct {
 	hasKey bool
 	keys   []string
 	args   []any
-	record string // the idempotency record's "id|accepted ms"
+	record string // the idempotency record's "id|accepted ms|ack deadline ms"
 	// reply and err are the script's.
 	reply []string
 	err   error
@@ -301,10 +302,9 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 	user := env.GetUserId()
 	keys := append(make([]string, 0, 8), p.presence.Key(user))
 	keys = append(keys, historyKeys(p.presence.Prefix(), UserStream(user))...)
-	record := env.GetId() + "|" + strconv.FormatInt(env.GetAcceptedAt().AsTime().UnixMilli(), 10)
 	hasKey := "0"
 	if idempotencyKey != "" {
-		keys = append(keys, p.idempotencyKey(user, idempotencyKey))
+		keys = append(keys, idempotencyKeyName(p.presence.Prefix(), user, idempotencyKey))
 		hasKey = "1"
 	}
 	traceTTL := max(p.cfg.TraceTTL.Milliseconds(), 0)
@@ -319,6 +319,7 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 		ackBy = env.GetAckBy().AsTime().UnixMilli()
 		keys = append(keys, receiptKeys(p.cfg.Receipts.cfg.Prefix, user)...)
 	}
+	record := env.GetId() + "|" + strconv.FormatInt(env.GetAcceptedAt().AsTime().UnixMilli(), 10) + "|" + strconv.FormatInt(ackBy, 10)
 	var pending int64
 	if p.cfg.Offline != nil {
 		pending = p.cfg.PendingTimeout.Milliseconds()
@@ -479,34 +480,54 @@ func (p *Publisher) result(env *heraldv1.Envelope, res []string) (Result, error)
 	if err != nil {
 		return Result{}, fmt.Errorf("delivery: bad subscriber count %q", res[1])
 	}
-	return Result{
+	r := Result{
 		ID:          env.GetId(),
 		Route:       Route(res[0]),
 		EventID:     res[2],
 		Subscribers: subs,
 		AcceptedAt:  env.GetAcceptedAt().AsTime(),
-	}, nil
+	}
+	if env.GetAckBy() != nil {
+		r.AckBy = env.GetAckBy().AsTime()
+	}
+	return r, nil
 }
 
-// parseRecord decodes "route|subscribers|eventID|id|acceptedMillis", with
-// "|queued" appended when the offline queue took the notification.
+// parseRecord decodes "route|subscribers|eventID|id|acceptedMillis|
+// ackByMillis", with "|queued" appended when the offline queue took the
+// notification: the result of the first call, which a duplicate returns
+// whatever the retry asked for. A record written before the ack deadline
+// was kept has no ackByMillis, and reads as fire and forget.
 func parseRecord(rec string) (Result, error) {
 	parts := strings.Split(rec, "|")
-	if len(parts) != 5 && (len(parts) != 6 || parts[5] != "queued") {
+	queued := len(parts) > 5 && parts[len(parts)-1] == "queued"
+	if queued {
+		parts = parts[:len(parts)-1]
+	}
+	if len(parts) != 5 && len(parts) != 6 {
 		return Result{}, fmt.Errorf("delivery: bad idempotency record %q", rec)
 	}
 	subs, err1 := strconv.Atoi(parts[1])
 	ms, err2 := strconv.ParseInt(parts[4], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
+	var ackBy int64
+	var err3 error
+	if len(parts) == 6 {
+		ackBy, err3 = strconv.ParseInt(parts[5], 10, 64)
+	}
+	if err := errors.Join(err1, err2, err3); err != nil {
 		return Result{}, fmt.Errorf("delivery: bad idempotency record %q: %w", rec, err)
 	}
-	return Result{
+	r := Result{
 		ID:          parts[3],
 		Route:       Route(parts[0]),
 		EventID:     parts[2],
 		Subscribers: subs,
 		Duplicate:   true,
-		Queued:      len(parts) == 6,
+		Queued:      queued,
 		AcceptedAt:  time.UnixMilli(ms),
-	}, nil
+	}
+	if ackBy > 0 {
+		r.AckBy = time.UnixMilli(ackBy)
+	}
+	return r, nil
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -33,12 +32,6 @@ import (
 // And the deadline index, sharded so that no key is hot:
 //
 //	<prefix>{r:<n>}:receipts:due     sorted set: notificationID|user → deadline ms
-
-// receiptKeys are user's receipt hashes.
-func receiptKeys(prefix, user string) []string {
-	base := prefix + presence.HashTag(user) + ":receipts"
-	return []string{base, base + ":env"}
-}
 
 // ReceiptsConfig configures receipts. The zero value of each field means the
 // documented default.
@@ -92,7 +85,7 @@ func NewReceipts(rdb redis.UniversalClient, cfg ReceiptsConfig) *Receipts {
 
 // dueKey is shard n of the deadline index.
 func (r *Receipts) dueKey(n int) string {
-	return r.cfg.Prefix + "{r:" + strconv.Itoa(n) + "}:receipts:due"
+	return dueKeyName(r.cfg.Prefix, n)
 }
 
 // dueKeyFor is the index shard of user.

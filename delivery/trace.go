@@ -10,26 +10,10 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/herald-push/herald/presence"
 )
 
 // DefaultTraceTTL is how long a notification's trail is kept by default.
 const DefaultTraceTTL = 15 * time.Minute
-
-// TraceKey is the Redis hash that holds the trail of notification id for
-// user: the router's decision, written by the notify script itself, then
-// what the edges and the FCM worker did with it. It shares the user's hash
-// tag, so that the script writes it in the same round trip.
-//
-// Fields: user, accepted_ms, route, subscribers, event_id, correlation_id,
-// queued_ms, queue_error, fell_back_ms (router); sse_writes, sse_first_ms,
-// acked_ms, late_ack_ms (edges);
-// fcm_sent_ms, fcm_devices, fcm_retry_ms, fcm_attempts, fcm_code,
-// fcm_dead_letter_ms, fcm_expired_ms, fcm_tokens_removed (worker).
-func TraceKey(prefix, user, id string) string {
-	return prefix + presence.HashTag(user) + ":trace:" + id
-}
 
 // Trace is what Redis knows of one notification.
 type Trace struct {
@@ -58,7 +42,7 @@ func FindTrace(ctx context.Context, rdb redis.UniversalClient, prefix, user, id 
 	if user != "" {
 		return readTrace(ctx, rdb, id, TraceKey(prefix, user, id))
 	}
-	pattern := escapeGlob(prefix) + "{u:*}:trace:" + escapeGlob(id)
+	pattern := traceKeyPattern(prefix, id)
 	var (
 		mu    sync.Mutex // ForEachMaster scans the primaries concurrently
 		found []string

@@ -23,7 +23,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/herald-push/herald/delivery"
-	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -671,7 +670,7 @@ func (w *Worker) targets(ctx context.Context, items []item, deads *[]kafka.Messa
 
 // sentKey is the dedupe set of env's pushes, in the user's slot.
 func (w *Worker) sentKey(env *heraldv1.Envelope) string {
-	return w.cfg.RedisPrefix + presence.HashTag(env.GetUserId()) + ":fcm:sent:" + env.GetId()
+	return delivery.FCMSentKey(w.cfg.RedisPrefix, env.GetUserId(), env.GetId())
 }
 
 // tokenHash keeps whole tokens out of the dedupe sets.

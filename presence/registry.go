@@ -83,10 +83,6 @@ func (r *Registry) LeaseTTL() time.Duration { return r.cfg.LeaseTTL }
 // RenewInterval is how often a holder should renew its leases.
 func (r *Registry) RenewInterval() time.Duration { return r.cfg.LeaseTTL / 3 }
 
-// HashTag is the Redis Cluster hash tag shared by every key and channel that
-// belongs to user, so that one script can touch all of them in one slot.
-func HashTag(user string) string { return "{u:" + user + "}" }
-
 // Key is the Redis key that holds user's presence.
 func (r *Registry) Key(user string) string {
 	return r.cfg.Prefix + HashTag(user) + ":presence"

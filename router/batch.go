@@ -64,7 +64,7 @@ func (s *Service) NotifyBatch(ctx context.Context, req *heraldv1.NotifyBatchRequ
 			continue
 		}
 		envs[i], modes[i] = s.notifyEnvelope(start, it, correlation)
-		ns = append(ns, delivery.Notification{Env: envs[i], IdempotencyKey: it.GetIdempotencyKey()})
+		ns = append(ns, delivery.Notification{Env: envs[i], IdempotencyKey: idempotencyKey(ctx, it.GetIdempotencyKey())})
 		idx = append(idx, i)
 	}
 	results, perrs := s.publishBatch(ctx, ns)

@@ -179,7 +179,7 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 		return nil, err
 	}
 	env, mode := s.notifyEnvelope(start, req, correlationID(ctx))
-	res, err := s.pub.Publish(ctx, env, req.GetIdempotencyKey())
+	res, err := s.pub.Publish(ctx, env, idempotencyKey(ctx, req.GetIdempotencyKey()))
 	if err != nil {
 		return nil, s.notifyFailed(ctx, env, err)
 	}
@@ -232,7 +232,7 @@ func (s *Service) notifyResponse(ctx context.Context, env *heraldv1.Envelope, mo
 		Subscribers:    int32(res.Subscribers),
 		Duplicate:      res.Duplicate,
 		AcceptedAt:     timestamppb.New(res.AcceptedAt),
-		DeliveryMode:   mode,
+		DeliveryMode:   appliedMode(mode, res),
 	}
 	switch {
 	case res.Route == delivery.RouteOnline:

@@ -205,9 +205,14 @@ type NotifyRequest struct {
 	// It is bytes on the wire so that invalid UTF-8 gets a clear
 	// INVALID_ARGUMENT instead of a decoding failure.
 	Data []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
-	// Optional. The same key for the same user within the router's
-	// idempotency window returns the first call's notification id and is not
-	// delivered again. At most 128 bytes.
+	// Optional. The same key for the same user from the same caller within
+	// the router's idempotency window is not delivered again: the call answers
+	// the first call's response (notification id, route, event id, accepted_at
+	// and delivery mode) with duplicate set, whatever this call's content or
+	// delivery mode. Keys are scoped per caller (the authenticated caller of
+	// the callers file; one anonymous caller without authentication): another
+	// caller's identical key is another notification. At most 128 bytes; any
+	// characters but control characters.
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// How long the notification stays worth delivering. Unset means the
 	// router's default (1 hour). At most 28 days, FCM's own limit.
@@ -321,8 +326,9 @@ type NotifyResponse struct {
 	// How many edge subscribers took it (Redis Pub/Sub receivers). Zero unless
 	// route is ROUTE_ONLINE.
 	Subscribers int32 `protobuf:"varint,3,opt,name=subscribers,proto3" json:"subscribers,omitempty"`
-	// True when the idempotency key had been seen: the fields above are the
-	// first call's, and nothing was delivered again.
+	// True when the idempotency key had been seen: every field of the
+	// response (delivery_mode included) is the first call's, and nothing was
+	// delivered again.
 	Duplicate bool `protobuf:"varint,4,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
 	// True when presence said the user was online but no edge took the
 	// publish (for example, an edge died and its lease has not expired yet).

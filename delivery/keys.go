@@ -1,0 +1,95 @@
+package delivery
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/herald-push/herald/presence"
+)
+
+// The names of Herald's Redis keys, one function per kind. Every key of a
+// user starts with prefix + presence.HashTag(user), so that a user's keys
+// share one Redis Cluster slot; what follows the tag is a fixed kind
+// (":idem:", ":trace:", ...) and, for kinds with a variable part, that part
+// escaped with presence.EscapeKeyPart, so that no key holds a brace outside
+// its tag and no caller- or client-supplied string can change the slot or
+// the kind of the key it ends up in. Routers, edges, the FCM worker and
+// heraldctl all build names here (and in presence, and in history.go for a
+// stream's history keys and channel), so that they agree.
+//
+//	<prefix>{u:<user>}:presence              presence.Registry.Key
+//	<prefix>{u:<user>}:hist, :last, :floor   historyKeys (history.go)
+//	<prefix>{u:<user>}:events                Channel (history.go), Pub/Sub
+//	<prefix>{t:<topic>}:...                  the same, for a topic
+//	<prefix>{u:<user>}:idem:<caller>:<key>   idempotencyKeyName
+//	<prefix>{u:<user>}:receipts, :receipts:env  receiptKeys
+//	<prefix>{r:<n>}:receipts:due             dueKeyName
+//	<prefix>{u:<user>}:trace:<id>            TraceKey
+//	<prefix>{u:<user>}:devices, :devices:platform  deviceKeys
+//	<prefix>{u:<user>}:fcm:sent:<id>         FCMSentKey
+//	<prefix>{edges}, {edges}:info            presence.Registry.EdgesKey
+
+// IdempotencyKey is the idempotency key a Publisher takes for key sent by
+// caller: idempotency keys are scoped to the caller that sent them, so that
+// one caller can neither suppress another's notification nor learn its id
+// by reusing its key. caller is "" for the anonymous caller of a router
+// without authentication. An empty key is no key.
+func IdempotencyKey(caller, key string) string {
+	if key == "" {
+		return ""
+	}
+	// ':' and '%' are escaped in the caller's name, so that the first ':'
+	// ends it: ("a", "b:c") and ("a:b", "c") stay apart.
+	return strings.NewReplacer("%", "%25", ":", "%3A").Replace(caller) + ":" + key
+}
+
+// idempotencyKeyName is the key that remembers user's idempotency key (as
+// IdempotencyKey scopes it).
+func idempotencyKeyName(prefix, user, key string) string {
+	return prefix + presence.HashTag(user) + ":idem:" + presence.EscapeKeyPart(key)
+}
+
+// receiptKeys are user's receipt hashes.
+func receiptKeys(prefix, user string) []string {
+	base := prefix + presence.HashTag(user) + ":receipts"
+	return []string{base, base + ":env"}
+}
+
+// dueKeyName is shard n of the receipts' deadline index.
+func dueKeyName(prefix string, n int) string {
+	return prefix + "{r:" + strconv.Itoa(n) + "}:receipts:due"
+}
+
+// TraceKey is the Redis hash that holds the trail of notification id for
+// user: the router's decision, written by the notify script itself, then
+// what the edges and the FCM worker did with it. It shares the user's hash
+// tag, so that the script writes it in the same round trip.
+//
+// Fields: user, accepted_ms, route, subscribers, event_id, correlation_id,
+// queued_ms, queue_error, fell_back_ms (router); sse_writes, sse_first_ms,
+// acked_ms, late_ack_ms (edges);
+// fcm_sent_ms, fcm_devices, fcm_retry_ms, fcm_attempts, fcm_code,
+// fcm_dead_letter_ms, fcm_expired_ms, fcm_tokens_removed (worker).
+func TraceKey(prefix, user, id string) string {
+	return prefix + presence.HashTag(user) + ":trace:" + presence.EscapeKeyPart(id)
+}
+
+// traceKeyPattern is the SCAN pattern of notification id's trail, whoever
+// its user: no user tag holds a '}', and nothing after a tag does, so the
+// '*' spans exactly the user's part of the tag.
+func traceKeyPattern(prefix, id string) string {
+	return escapeGlob(prefix) + "{u:*}:trace:" + escapeGlob(presence.EscapeKeyPart(id))
+}
+
+// deviceKeys are user's device tokens (a sorted set) and their platforms (a
+// hash). Tokens are members and fields, never part of a key name.
+func deviceKeys(prefix, user string) []string {
+	base := prefix + presence.HashTag(user) + ":devices"
+	return []string{base, base + ":platform"}
+}
+
+// FCMSentKey is the FCM worker's record that notification id was pushed to
+// user, which keeps a redelivered Kafka record from being pushed twice.
+func FCMSentKey(prefix, user, id string) string {
+	return prefix + presence.HashTag(user) + ":fcm:sent:" + presence.EscapeKeyPart(id)
+}

@@ -1,0 +1,135 @@
+package delivery
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/herald-push/herald/presence"
+)
+
+// hostile are user ids, idempotency keys, notification ids and caller
+// names chosen to break out of a key's hash tag or to equal another key's
+// suffix.
+var hostile = []string{
+	"alice", "alice}:idem:x", "x}:hist", "}", "{", "{u:bob}", "a}b{c", "%7D", "%", "%25",
+	"alice}", "alice%7D", ":hist", ":idem:x", "x:hist", "bob}:trace:id", "tenant:alice", "",
+}
+
+// hashSlot is Redis Cluster's slot of key: CRC16 (XMODEM) of its hash tag
+// (the text between the first '{' and the first '}' after it, when not
+// empty), or of the whole key, modulo 16384.
+func hashSlot(key string) int {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	var crc uint16
+	for k := 0; k < len(key); k++ {
+		crc ^= uint16(key[k]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc) % 16384
+}
+
+// hashTagOf is the text Redis Cluster hashes key on, or "" without a tag.
+func hashTagOf(key string) string {
+	i := strings.IndexByte(key, '{')
+	if i < 0 {
+		return ""
+	}
+	j := strings.IndexByte(key[i+1:], '}')
+	if j <= 0 {
+		return ""
+	}
+	return key[i+1 : i+1+j]
+}
+
+func TestHashSlotMatchesRedis(t *testing.T) {
+	// Known values from the Redis Cluster specification and CLUSTER KEYSLOT.
+	for key, want := range map[string]int{"123456789": 12739, "foo": 12182, "{user1000}.following": 3443, "foo{}{bar}": 8363} {
+		if got := hashSlot(key); got != want {
+			t.Errorf("hashSlot(%q) = %d, want %d", key, got, want)
+		}
+	}
+}
+
+// TestKeysStayWithTheirUser: whatever the user id and whatever a caller
+// puts in an idempotency key or a notification id, every key of a user is
+// hashed on a tag that names that user and no other (so all of them are in
+// the user's slot), and no two (user, kind, part) share a key.
+func TestKeysStayWithTheirUser(t *testing.T) {
+	const prefix = "herald:"
+	reg, err := presence.New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:0"}), presence.Config{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := map[string]string{} // key → what built it
+	add := func(user, what, key string) {
+		t.Helper()
+		tag := hashTagOf(key)
+		got, err := url.PathUnescape(strings.TrimPrefix(tag, "u:"))
+		if !strings.HasPrefix(tag, "u:") || err != nil || got != user {
+			t.Errorf("%s of user %q: key %q is hashed on %q, not on the user's tag", what, user, key, tag)
+		}
+		if hashSlot(key) != hashSlot(prefix+presence.HashTag(user)) {
+			t.Errorf("%s of user %q: key %q is not in the user's slot", what, user, key)
+		}
+		if strings.Count(key, "}") != 1 || strings.Count(key, "{") != 1 {
+			t.Errorf("%s of user %q: key %q holds a brace outside its tag", what, user, key)
+		}
+		id := "user " + user + ": " + what
+		if prev, ok := owner[key]; ok && prev != id {
+			t.Errorf("key %q is both %s and %s", key, prev, id)
+		}
+		owner[key] = id
+	}
+	for _, user := range hostile {
+		if user == "" {
+			continue
+		}
+		add(user, "presence", reg.Key(user))
+		add(user, "channel", Channel(prefix, UserStream(user)))
+		for _, k := range historyKeys(prefix, UserStream(user)) {
+			add(user, "history "+k[strings.LastIndexByte(k, ':'):], k)
+		}
+		for i, k := range receiptKeys(prefix, user) {
+			add(user, "receipts "+string(rune('0'+i)), k)
+		}
+		for i, k := range deviceKeys(prefix, user) {
+			add(user, "devices "+string(rune('0'+i)), k)
+		}
+		for _, part := range hostile {
+			if part == "" {
+				continue
+			}
+			add(user, "trace "+part, TraceKey(prefix, user, part))
+			add(user, "fcm sent "+part, FCMSentKey(prefix, user, part))
+			for _, caller := range hostile {
+				add(user, "idempotency key "+part+" of caller "+caller, idempotencyKeyName(prefix, user, IdempotencyKey(caller, part)))
+			}
+		}
+	}
+}
+
+// TestEscapeKeepsPlainIDs: ids without '%', '{' or '}' keep the names
+// they had, so that an upgrade keeps existing keys.
+func TestEscapeKeepsPlainIDs(t *testing.T) {
+	for _, user := range []string{"alice", "tenant:alice", "a.b-c_d@example.com", "Ünïcode ユーザー"} {
+		if got, want := presence.HashTag(user), "{u:"+user+"}"; got != want {
+			t.Errorf("HashTag(%q) = %q, want %q", user, got, want)
+		}
+	}
+	if got := TraceKey("h:", "alice", "01JABCDEF"); got != "h:{u:alice}:trace:01JABCDEF" {
+		t.Errorf("TraceKey = %q", got)
+	}
+}
