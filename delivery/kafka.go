@@ -37,6 +37,12 @@ type KafkaConfig struct {
 	// MaxAttempts is how often a writer tries a batch before it reports the
 	// error. Default 3: a Notify waits for it, and its caller retries anyway.
 	MaxAttempts int
+	// CallTimeout bounds one write call, whatever its caller's context: the
+	// metadata lookup, which kafka-go makes under the caller's context
+	// alone, the batch's wait and every attempt. Default MaxAttempts ×
+	// WriteTimeout + 5s (20s), so that the writer's own attempts run to
+	// their end.
+	CallTimeout time.Duration
 }
 
 func (c *KafkaConfig) setDefaults() error {
@@ -52,10 +58,34 @@ func (c *KafkaConfig) setDefaults() error {
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = 3
 	}
-	if c.BatchTimeout < 0 || c.WriteTimeout <= 0 || c.MaxAttempts < 1 {
+	if c.CallTimeout == 0 {
+		c.CallTimeout = c.callTimeout()
+	}
+	if c.BatchTimeout < 0 || c.WriteTimeout <= 0 || c.MaxAttempts < 1 || c.CallTimeout <= 0 {
 		return fmt.Errorf("delivery: invalid kafka config %+v", *c)
 	}
 	return nil
+}
+
+// WriteContext is ctx bounded by CallTimeout, for one write call of a
+// writer of c.
+func (c KafkaConfig) WriteContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.callTimeout())
+}
+
+// callTimeout is CallTimeout, or its default.
+func (c KafkaConfig) callTimeout() time.Duration {
+	if c.CallTimeout > 0 {
+		return c.CallTimeout
+	}
+	attempts, write := c.MaxAttempts, c.WriteTimeout
+	if attempts <= 0 {
+		attempts = 3
+	}
+	if write <= 0 {
+		write = 5 * time.Second
+	}
+	return time.Duration(attempts)*write + 5*time.Second
 }
 
 // NewWriter returns a writer to topic that waits for every in-sync replica to
@@ -135,7 +165,8 @@ func KafkaReady(ctx context.Context, brokers []string) error {
 // the offline topic, keyed by user, and returns once Kafka has acknowledged
 // it.
 type KafkaQueue struct {
-	w *kafka.Writer
+	cfg KafkaConfig
+	w   *kafka.Writer
 }
 
 // NewKafkaQueue returns a queue that writes to topic.
@@ -144,15 +175,18 @@ func NewKafkaQueue(cfg KafkaConfig, topic string) (*KafkaQueue, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &KafkaQueue{w: w}, nil
+	return &KafkaQueue{cfg: cfg, w: w}, nil
 }
 
-// Enqueue writes env and waits for its acknowledgement.
+// Enqueue writes env and waits for its acknowledgement, within the
+// config's CallTimeout.
 func (q *KafkaQueue) Enqueue(ctx context.Context, env *heraldv1.Envelope) error {
 	msg, err := EnvelopeMessage(env)
 	if err != nil {
 		return err
 	}
+	ctx, cancel := q.cfg.WriteContext(ctx)
+	defer cancel()
 	return q.w.WriteMessages(ctx, msg)
 }
 
@@ -179,12 +213,13 @@ func EnvelopeMessage(env *heraldv1.Envelope) (kafka.Message, error) {
 }
 
 // ReadTopic reads every record of topic up to each partition's end as of the
-// call.
+// call. ctx's deadline bounds it all, the connections' reads included.
 func ReadTopic(ctx context.Context, brokers []string, topic string) ([]kafka.Message, error) {
 	conn, err := kafka.DialContext(ctx, "tcp", brokers[0])
 	if err != nil {
 		return nil, err
 	}
+	setDeadline(ctx, conn)
 	parts, err := conn.ReadPartitions(topic)
 	conn.Close()
 	if err != nil {
@@ -196,6 +231,7 @@ func ReadTopic(ctx context.Context, brokers []string, topic string) ([]kafka.Mes
 		if err != nil {
 			return nil, err
 		}
+		setDeadline(ctx, pc)
 		first, last, err := pc.ReadOffsets()
 		pc.Close()
 		if err != nil {
@@ -221,4 +257,12 @@ func ReadTopic(ctx context.Context, brokers []string, topic string) ([]kafka.Mes
 		r.Close()
 	}
 	return out, nil
+}
+
+// setDeadline gives conn ctx's deadline: a kafka.Conn's calls take no
+// context.
+func setDeadline(ctx context.Context, conn *kafka.Conn) {
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(d)
+	}
 }

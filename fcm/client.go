@@ -11,7 +11,9 @@ import (
 
 	firebase "firebase.google.com/go/v4"
 	"firebase.google.com/go/v4/messaging"
+	"golang.org/x/oauth2"
 	"google.golang.org/api/option"
+	htransport "google.golang.org/api/transport/http"
 )
 
 // ClientConfig says which FCM to send through.
@@ -26,8 +28,6 @@ type ClientConfig struct {
 	// Endpoint, when set, replaces FCM's (for example an emulator's
 	// http://127.0.0.1:9099/v1), and no credentials are used.
 	Endpoint string
-	// Timeout bounds one send. Default 10s.
-	Timeout time.Duration
 	// Conns is how many clients NewSender spreads the sends over, each with
 	// its own HTTP transport, so its own connections. FCM speaks HTTP/2, and
 	// one connection carries a bounded number of streams at once (100 at
@@ -79,22 +79,15 @@ func (p *pool) SendEach(ctx context.Context, messages []*messaging.Message) (*me
 
 // NewClient returns the firebase-admin-go messaging client for cfg. Its HTTP
 // client keeps enough idle connections per host for the SDK's 50 parallel
-// sends of a SendEach call.
+// sends of a SendEach call, and bounds the dial and the TLS handshake.
+//
+// A send itself is bounded by its context: the worker gives each SendEach
+// call Config.SendTimeout. The client has no http.Client.Timeout of its own,
+// so that production and an emulator endpoint take the same path.
 func NewClient(ctx context.Context, cfg ClientConfig) (*messaging.Client, error) {
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 10 * time.Second
-	}
-	var opts []option.ClientOption
-	if cfg.Endpoint != "" {
-		if cfg.Project == "" {
-			return nil, errors.New("fcm: a project id is required with an endpoint")
-		}
-		// The SDK only uses a custom HTTP client's transport as is, so the
-		// transport is tuned only where no credentials wrap it.
-		opts = append(opts, option.WithEndpoint(cfg.Endpoint), option.WithoutAuthentication(),
-			option.WithHTTPClient(&http.Client{Transport: transport(cfg.H2C), Timeout: cfg.Timeout}))
-	} else if cfg.CredentialsFile != "" {
-		opts = append(opts, option.WithCredentialsFile(cfg.CredentialsFile))
+	opts, err := clientOptions(ctx, cfg)
+	if err != nil {
+		return nil, err
 	}
 	var fc *firebase.Config
 	if cfg.Project != "" {
@@ -111,9 +104,48 @@ func NewClient(ctx context.Context, cfg ClientConfig) (*messaging.Client, error)
 	return c, nil
 }
 
+// scopes are the OAuth2 scopes of FCM's HTTP v1 API.
+var scopes = []string{
+	"https://www.googleapis.com/auth/cloud-platform",
+	"https://www.googleapis.com/auth/firebase.messaging",
+}
+
+// tokenTimeout bounds one fetch of an OAuth2 access token. The token source
+// fetches outside any send's context, so without it a hung token endpoint
+// would hang every send behind it.
+const tokenTimeout = 10 * time.Second
+
+// clientOptions are the firebase options for cfg. The SDK uses a custom
+// HTTP client as is, without adding credentials, so with credentials the
+// tuned transport is wrapped in Google's authenticating transport here.
+func clientOptions(ctx context.Context, cfg ClientConfig) ([]option.ClientOption, error) {
+	if cfg.Endpoint != "" {
+		if cfg.Project == "" {
+			return nil, errors.New("fcm: a project id is required with an endpoint")
+		}
+		return []option.ClientOption{option.WithEndpoint(cfg.Endpoint), option.WithoutAuthentication(),
+			option.WithHTTPClient(&http.Client{Transport: transport(cfg.H2C)})}, nil
+	}
+	auth := []option.ClientOption{option.WithScopes(scopes...)}
+	if cfg.CredentialsFile != "" {
+		auth = append(auth, option.WithCredentialsFile(cfg.CredentialsFile))
+	}
+	// The token source keeps this context and fetches tokens with its
+	// HTTP client.
+	tctx := context.WithValue(ctx, oauth2.HTTPClient, &http.Client{Timeout: tokenTimeout, Transport: transport(false)})
+	rt, err := htransport.NewTransport(tctx, transport(false), auth...)
+	if err != nil {
+		return nil, fmt.Errorf("fcm: credentials: %w", err)
+	}
+	// The credentials stay among the options so that the app can read the
+	// project id from them.
+	return append(auth, option.WithHTTPClient(&http.Client{Transport: rt})), nil
+}
+
 // transport is an HTTP transport that keeps the connections of a few
 // hundred concurrent sends (over HTTP/1.1, one each), over HTTP/2 without
-// TLS with h2c.
+// TLS with h2c. It bounds the dial, the TLS handshake and the wait for a
+// response's headers; the send's context bounds the whole.
 func transport(h2c bool) *http.Transport {
 	t := &http.Transport{
 		Proxy:               http.ProxyFromEnvironment,
@@ -123,6 +155,9 @@ func transport(h2c bool) *http.Transport {
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 5 * time.Second,
+		// Past the send timeout's default: the context is what ends a slow
+		// send; this ends one whose caller set no deadline.
+		ResponseHeaderTimeout: 30 * time.Second,
 	}
 	if h2c {
 		t.Protocols = new(http.Protocols)

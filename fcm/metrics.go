@@ -26,7 +26,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"outcome"}),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "herald", Subsystem: "fcm", Name: "messages_total",
-			Help: "FCM messages (one notification to one device) by outcome: sent, duplicate (skipped by the dedupe window), unregistered, invalid_token, sender_id_mismatch, invalid_argument, quota_exceeded, unavailable, internal, other.",
+			Help: "FCM messages (one notification to one device) by outcome: sent, duplicate (skipped by the dedupe window), unregistered, invalid_token, sender_id_mismatch, invalid_argument, quota_exceeded, unavailable, internal, deadline_exceeded (the call outlived the send timeout), other.",
 		}, []string{"outcome"}),
 		sendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "herald", Subsystem: "fcm", Name: "send_duration_seconds",
@@ -60,7 +60,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.notifications.WithLabelValues(o)
 	}
 	for _, o := range []string{"sent", "duplicate", "unregistered", "invalid_token", "sender_id_mismatch",
-		"invalid_argument", "quota_exceeded", "unavailable", "internal", "other"} {
+		"invalid_argument", "quota_exceeded", "unavailable", "internal", "deadline_exceeded", "other"} {
 		m.messages.WithLabelValues(o)
 	}
 	if reg != nil {

@@ -93,6 +93,12 @@ type Config struct {
 	// 503 and for clock drift; workers sharing a project split it (0.95/N
 	// each).
 	QuotaShare float64
+	// SendTimeout bounds one SendEach call: its messages, sent at once, and
+	// the SDK's own retries of each. Default 10s, hundreds of times FCM's
+	// usual 20-40 ms, yet short enough that a hung call frees its lane and
+	// its call slot, and the partition's commits go on. Its messages are
+	// then retried through the retry topic, as DEADLINE_EXCEEDED.
+	SendTimeout time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -117,6 +123,7 @@ func (c *Config) setDefaults() error {
 	defD(&c.BackoffMax, 5*time.Minute)
 	defD(&c.DedupeWindow, 10*time.Minute)
 	defD(&c.SessionTimeout, 10*time.Second)
+	defD(&c.SendTimeout, 10*time.Second)
 	if c.BatchSize == 0 {
 		c.BatchSize = 500
 	}
@@ -139,7 +146,7 @@ func (c *Config) setDefaults() error {
 		return errors.New("fcm: kafka brokers are required")
 	}
 	if c.BatchSize < 1 || c.MaxAttempts < 1 || c.BatchWait < 0 || c.MaxRetryAge <= 0 ||
-		c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase || c.DedupeWindow < time.Second || c.MaxDataBytes < 0 || c.SessionTimeout < 100*time.Millisecond ||
+		c.BackoffBase <= 0 || c.BackoffMax < c.BackoffBase || c.DedupeWindow < time.Second || c.MaxDataBytes < 0 || c.SessionTimeout < 100*time.Millisecond || c.SendTimeout < 0 ||
 		c.Concurrency < 1 || c.QuotaShare < 0 || c.QuotaShare > 1 {
 		return fmt.Errorf("fcm: invalid config %+v", *c)
 	}
@@ -263,9 +270,12 @@ func (w *Worker) Run(ctx context.Context) error {
 			SessionTimeout:        w.cfg.SessionTimeout,
 			HeartbeatInterval:     min(w.cfg.SessionTimeout/3, 3*time.Second),
 			RebalanceTimeout:      w.cfg.SessionTimeout,
-			ReadBackoffMin:        50 * time.Millisecond,
-			ReadBackoffMax:        time.Second,
-			ErrorLogger:           kafka.LoggerFunc(w.kafkaError),
+			// Bounds one fetch's read on the network; kafka-go's default, set
+			// here with its dialer's 10s and its coordinator's 5s.
+			ReadBatchTimeout: 10 * time.Second,
+			ReadBackoffMin:   50 * time.Millisecond,
+			ReadBackoffMax:   time.Second,
+			ErrorLogger:      kafka.LoggerFunc(w.kafkaError),
 		})
 		wg.Add(1)
 		go func() {
@@ -448,6 +458,9 @@ func (w *Worker) finish(ctx context.Context, batch []*entry) bool {
 	}
 }
 
+// commitTimeout bounds one commit; a commit past it is tried again.
+const commitTimeout = 10 * time.Second
+
 // commitLoop commits the offsets that offs says are ready, until offs is
 // closed; then it commits what is left, within drainTimeout.
 func (w *Worker) commitLoop(ctx context.Context, r *kafka.Reader, offs *offsets) {
@@ -458,7 +471,10 @@ func (w *Worker) commitLoop(ctx context.Context, r *kafka.Reader, offs *offsets)
 	for {
 		msgs, closed := offs.wait()
 		if len(msgs) > 0 {
-			if err := r.CommitMessages(dctx, msgs...); err != nil {
+			cctx, cancelCommit := context.WithTimeout(dctx, commitTimeout)
+			err := r.CommitMessages(cctx, msgs...)
+			cancelCommit()
+			if err != nil {
 				w.log.Warn("fcm: commit failed; trying again", slog.String("topic", r.Config().Topic), slog.Any("err", err))
 				offs.retry(msgs)
 				if !sleep(dctx, 100*time.Millisecond) {
@@ -736,9 +752,11 @@ func (w *Worker) send(ctx context.Context, items []item, pushes []push, now time
 	return outcomes, nil
 }
 
-// sendEach makes one SendEach call and sets outcomes[part[k]] from the
-// answer to msgs[k].
+// sendEach makes one SendEach call, within SendTimeout, and sets
+// outcomes[part[k]] from the answer to msgs[k].
 func (w *Worker) sendEach(ctx context.Context, msgs []*messaging.Message, part []int, outcomes []outcome) {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.SendTimeout)
+	defer cancel()
 	t0 := time.Now()
 	resp, err := w.deps.Sender.SendEach(ctx, msgs)
 	w.metrics.sendSeconds.Observe(time.Since(t0).Seconds())
@@ -870,7 +888,7 @@ func messageLabel(o outcome) string {
 		return "invalid_token"
 	}
 	switch o.code {
-	case "UNREGISTERED", "SENDER_ID_MISMATCH", "INVALID_ARGUMENT", "QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL":
+	case "UNREGISTERED", "SENDER_ID_MISMATCH", "INVALID_ARGUMENT", "QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED":
 		return strings.ToLower(o.code)
 	}
 	return "other"
@@ -950,7 +968,9 @@ func (w *Worker) write(ctx context.Context, wr *kafka.Writer, msgs []kafka.Messa
 		return nil
 	}
 	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
-		err := wr.WriteMessages(ctx, msgs...)
+		wctx, cancel := w.cfg.Kafka.WriteContext(ctx)
+		err := wr.WriteMessages(wctx, msgs...)
+		cancel()
 		if err == nil {
 			return nil
 		}

@@ -17,6 +17,7 @@ type WorkerFlags struct {
 	BackoffBase, BackoffMax        time.Duration
 	DedupeWindow                   time.Duration
 	SessionTimeout                 time.Duration
+	SendTimeout                    time.Duration
 	Concurrency, Conns             int
 	H2C                            bool
 	Quota                          int
@@ -40,6 +41,7 @@ func (f *WorkerFlags) Register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.H2C, "fcm-h2c", false, "with -fcm-endpoint http://..., speak HTTP/2 without TLS (the emulator serves it)")
 	fs.IntVar(&f.Quota, "fcm-quota", 600000, "the Firebase project's FCM quota, messages a minute; negative: no limit")
 	fs.Float64Var(&f.QuotaShare, "fcm-quota-share", 0.95, "share of -fcm-quota this worker sends at most (0.95/N each for N workers of one project)")
+	fs.DurationVar(&f.SendTimeout, "fcm-send-timeout", 10*time.Second, "deadline of one FCM SendEach call (up to 50 messages, with the SDK's own retries); a call past it is retried as DEADLINE_EXCEEDED")
 	fs.DurationVar(&f.DedupeWindow, "dedupe-window", 10*time.Minute, "how long a push is remembered so that a redelivered record is not pushed twice")
 }
 
@@ -66,5 +68,6 @@ func (f *WorkerFlags) Config(k daemon.Kafka) fcm.Config {
 		Concurrency:     f.Concurrency,
 		QuotaPerMinute:  f.Quota,
 		QuotaShare:      f.QuotaShare,
+		SendTimeout:     f.SendTimeout,
 	}
 }

@@ -251,7 +251,8 @@ func replayCmd(args []string, stdout io.Writer) error {
 	}
 	rdb := daemon.NewRedis(*redisAddr, *redisPass)
 	defer rdb.Close()
-	w, err := delivery.NewWriter(delivery.KafkaConfig{Brokers: (&daemon.Kafka{Brokers: f.brokers}).BrokerList()}, *offlineTopic)
+	kcfg := delivery.KafkaConfig{Brokers: (&daemon.Kafka{Brokers: f.brokers}).BrokerList()}
+	w, err := delivery.NewWriter(kcfg, *offlineTopic)
 	if err != nil {
 		return err
 	}
@@ -294,7 +295,10 @@ func replayCmd(args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := w.WriteMessages(ctx, msg); err != nil {
+		wctx, cancel := kcfg.WriteContext(ctx)
+		err = w.WriteMessages(wctx, msg)
+		cancel()
+		if err != nil {
 			return fmt.Errorf("replay %s: %w (replayed %d before it)", env.GetId(), err, replayed)
 		}
 		if err := rdb.Set(ctx, mark, strconv.FormatInt(now.UnixMilli(), 10), replayMarkTTL).Err(); err != nil {

@@ -76,14 +76,44 @@ func NewLogger(w io.Writer, format, level string) (*slog.Logger, *slog.LevelVar,
 // list of Redis Cluster seed addresses. Several addresses always mean a
 // cluster. One address means a cluster when the node there says so
 // (cluster_enabled:1 in INFO cluster), asked once, within a few seconds: a
-// node that does not answer then is taken for a single Redis.
+// node that does not answer then is taken for a single Redis. Every
+// command of the client has a deadline (see RedisReadTimeout).
 func NewRedis(addrs, password string) redis.UniversalClient {
 	seeds := strings.Split(addrs, ",")
 	if len(seeds) > 1 || isClusterNode(seeds[0], password) {
 		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: seeds, Password: password,
-			ClusterStateReloadInterval: ClusterStateReload})
+			ClusterStateReloadInterval: ClusterStateReload,
+			DialTimeout:                RedisDialTimeout, ReadTimeout: RedisReadTimeout,
+			WriteTimeout: RedisWriteTimeout, PoolTimeout: RedisPoolTimeout})
 	}
-	return redis.NewClient(&redis.Options{Addr: seeds[0], Password: password})
+	return redis.NewClient(redisOptions(seeds[0], password))
+}
+
+// The timeouts of every Redis client the binaries build. They are
+// go-redis' defaults, set here so that no zero or -1 (go-redis' "no
+// deadline") can creep in.
+//
+// One attempt of a command waits at most RedisPoolTimeout for a
+// connection, RedisDialTimeout to open one, RedisWriteTimeout to send and
+// RedisReadTimeout for the answer, whatever its context; go-redis makes up
+// to 4 attempts. The socket deadlines are these timeouts, not the caller's
+// context (ContextTimeoutEnabled stays off): a gRPC caller's short deadline
+// would otherwise close a pooled connection at each timeout, and the
+// reconnections would pile onto a Redis already slow. Pub/Sub links read
+// without a deadline, as they must; go-redis pings them every few seconds
+// instead.
+const (
+	RedisDialTimeout  = 5 * time.Second
+	RedisReadTimeout  = 3 * time.Second
+	RedisWriteTimeout = 3 * time.Second
+	RedisPoolTimeout  = 4 * time.Second
+)
+
+// redisOptions are the options of a single Redis' client.
+func redisOptions(addr, password string) *redis.Options {
+	return &redis.Options{Addr: addr, Password: password,
+		DialTimeout: RedisDialTimeout, ReadTimeout: RedisReadTimeout,
+		WriteTimeout: RedisWriteTimeout, PoolTimeout: RedisPoolTimeout}
 }
 
 // ClusterStateReload is how often a cluster client reads the slot map while
@@ -95,7 +125,9 @@ const ClusterStateReload = 2 * time.Second
 
 // isClusterNode reports whether the Redis at addr runs in cluster mode.
 func isClusterNode(addr, password string) bool {
-	rdb := redis.NewClient(&redis.Options{Addr: addr, Password: password, MaxRetries: -1})
+	opt := redisOptions(addr, password)
+	opt.MaxRetries = -1
+	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
