@@ -114,6 +114,9 @@ func TestClusterJoinStallNoDeliveryStall(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := "http://" + testenv.Serve(t, edge.Serve).Addr
+	// Open the gate before the edge stops: a held write must not hold the
+	// drain.
+	t.Cleanup(gate.open)
 
 	// alice and bob, whose channels live on two different primaries.
 	var names []string
