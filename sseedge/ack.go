@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -88,6 +89,7 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 	res, err := s.receipts.Ack(r.Context(), claims.Subject, eids, s.now())
 	if err != nil {
 		s.log.Warn("ack failed", slog.Any("err", err))
+		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.Retry.Seconds())+1))
 		s.refuse(w, http.StatusServiceUnavailable, "broker_unavailable", "the edge could not reach Redis; retry")
 		return
 	}

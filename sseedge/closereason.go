@@ -8,7 +8,8 @@ type CloseReason string
 const (
 	// CloseClientClosed: the client went away (tab closed, network gone).
 	CloseClientClosed CloseReason = "client_closed"
-	// CloseServerDrain: the edge is shutting down and closed the stream.
+	// CloseServerDrain: the edge is shutting down and closed the stream,
+	// after a jittered retry: field (Retry plus up to twice Retry).
 	CloseServerDrain CloseReason = "server_drain"
 	// CloseSlowConsumer: the client fell too far behind and its queue filled.
 	CloseSlowConsumer CloseReason = "slow_consumer"
@@ -20,7 +21,9 @@ const (
 	// fresh one.
 	CloseTokenExpired CloseReason = "token_expired"
 	// CloseReplaced: the user opened more streams on this edge than
-	// MaxConnsPerUser, and this, the oldest, made way for the newest.
+	// MaxConnsPerUser, and this, the oldest, made way for the newest. Its
+	// last event is herald.replaced (ReplacedEvent), after a retry: field
+	// of 10 × Retry, so that the client does not come straight back.
 	CloseReplaced CloseReason = "replaced"
 	// CloseBrokerLost: the edge's Redis Pub/Sub link stayed down longer than
 	// BrokerGrace, or history could not be read, retried for BrokerGrace,

@@ -15,6 +15,12 @@ import (
 // channel (a user's, or a topic's) when the first local stream needs it, and
 // unsubscribes when the last one leaves, so an edge holds one subscription
 // per channel however many clients share it.
+//
+// The hub's lock guards membership only: which streams read which channel,
+// and which channels are wanted. It is never held across network I/O, since
+// every delivery takes it: the SUBSCRIBE and UNSUBSCRIBE commands are sent
+// in order by one goroutine, the syncer (see sync), which reconciles what
+// Redis was asked for with what the streams want.
 type hub struct {
 	// ps is the link to Redis: one Pub/Sub connection on a single Redis, one
 	// sharded connection per primary on a Redis Cluster.
@@ -26,14 +32,22 @@ type hub struct {
 	// the connection to Redis was lost and restored, or moved to another
 	// shard.
 	relinked chan struct{}
+	// timeout bounds each command the syncer sends.
+	timeout time.Duration
+	// dirty wakes the syncer: some channel in todo changed.
+	dirty chan struct{}
 
 	mu       sync.Mutex
 	channels map[string]*channelEntry
 	streams  map[*stream]struct{}
+	// todo holds the channels the syncer must look at: wanted and not
+	// asked for yet, or no longer wanted.
+	todo map[string]struct{}
 }
 
 // subscriber is the hub's link to Redis Pub/Sub. It reports confirmed
 // subscriptions through hub.confirmed and messages through hub.deliver.
+// subscribe and unsubscribe are called by the hub's syncer alone, in order.
 type subscriber interface {
 	subscribe(ctx context.Context, channels ...string) error
 	unsubscribe(ctx context.Context, channels ...string) error
@@ -51,11 +65,33 @@ type linkState struct {
 	orphaned int // channels that local streams read and no working connection is subscribed to
 }
 
-// channelEntry is the hub's record of one subscribed channel.
+// channelEntry is the hub's record of one wanted channel. An entry whose
+// streams have all left stays until the syncer unsubscribes it.
 type channelEntry struct {
 	streams map[*stream]struct{}
 	ready   chan struct{} // closed when Redis confirmed the subscription
 	once    sync.Once
+	// sent says the syncer has asked for the subscription; guarded by
+	// hub.mu.
+	sent bool
+	// fail is closed when asking for the subscription failed, for the joins
+	// waiting then; guarded by hub.mu, and replaced after.
+	fail *failure
+}
+
+// failure tells the joins waiting on a channel that its subscription could
+// not be sent.
+type failure struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+func newChannelEntry() *channelEntry {
+	return &channelEntry{
+		streams: make(map[*stream]struct{}),
+		ready:   make(chan struct{}),
+		fail:    &failure{done: make(chan struct{})},
+	}
 }
 
 func (e *channelEntry) markReady() (first bool) {
@@ -63,17 +99,31 @@ func (e *channelEntry) markReady() (first bool) {
 	return first
 }
 
-func newHub(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger, grace time.Duration,
+func (e *channelEntry) isReady() bool {
+	select {
+	case <-e.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// newHub returns the hub of the Redis behind rdb. timeout bounds each
+// command sent to Redis for it.
+func newHub(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger, grace, timeout time.Duration,
 	deliver func(string, []byte), brokerLost func()) *hub {
 	h := &hub{
 		log:      log,
 		deliver:  deliver,
 		relinked: make(chan struct{}, 1),
+		timeout:  timeout,
+		dirty:    make(chan struct{}, 1),
 		channels: make(map[string]*channelEntry),
 		streams:  make(map[*stream]struct{}),
+		todo:     make(map[string]struct{}),
 	}
 	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		h.ps = newShardedSubscriber(ctx, cc, h, grace)
+		h.ps = newShardedSubscriber(ctx, cc, h, grace, timeout)
 	} else {
 		out := &outage{log: log, grace: grace, lost: brokerLost}
 		h.ps = &classicSubscriber{ps: rdb.Subscribe(ctx), hub: h, out: out}
@@ -84,53 +134,61 @@ func newHub(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger, gr
 // errSubscribe is returned when Redis did not confirm a subscription.
 var errSubscribe = errors.New("sseedge: redis did not confirm the subscription")
 
-// join adds st to the channels it reads, subscribing to those that are new,
-// and waits until Redis has confirmed every subscription, so that every
-// event published after join returns reaches st.
+// join adds st to the channels it reads, has the syncer subscribe to those
+// that are new, and waits until Redis has confirmed every subscription, so
+// that every event published after join returns reaches st. Only the wait
+// is bounded by ctx: the syncer goes on, and a channel left meanwhile is
+// unsubscribed once confirmed.
 func (h *hub) join(ctx context.Context, st *stream) error {
+	type wait struct {
+		ready chan struct{}
+		fail  *failure
+	}
+	waits := make([]wait, 0, len(st.channels))
 	h.mu.Lock()
-	var fresh []string
-	waits := make([]chan struct{}, 0, len(st.channels))
+	fresh := false
 	for _, ch := range st.channels {
 		e, ok := h.channels[ch]
 		if !ok {
-			e = &channelEntry{streams: make(map[*stream]struct{}), ready: make(chan struct{})}
+			e = newChannelEntry()
 			h.channels[ch] = e
-			fresh = append(fresh, ch)
+		}
+		if !e.sent {
+			h.todo[ch] = struct{}{}
+			fresh = true
 		}
 		e.streams[st] = struct{}{}
-		waits = append(waits, e.ready)
+		waits = append(waits, wait{e.ready, e.fail})
 	}
 	h.streams[st] = struct{}{}
-	var err error
-	if len(fresh) > 0 {
-		err = h.ps.subscribe(ctx, fresh...)
-	}
 	h.mu.Unlock()
-	if err != nil {
-		h.leave(context.WithoutCancel(ctx), st)
-		return errors.Join(errSubscribe, err)
+	if fresh {
+		h.kick()
 	}
 	for _, w := range waits {
 		select {
-		case <-w:
+		case <-w.ready:
+		case <-w.fail.done:
+			h.leave(ctx, st)
+			return errors.Join(errSubscribe, w.fail.err)
 		case <-ctx.Done():
-			h.leave(context.WithoutCancel(ctx), st)
+			h.leave(ctx, st)
 			return errors.Join(errSubscribe, ctx.Err())
 		}
 	}
 	return nil
 }
 
-// leave removes st, unsubscribing from the channels no stream reads any more.
-func (h *hub) leave(ctx context.Context, st *stream) {
+// leave removes st; the syncer unsubscribes from the channels no stream
+// reads any more. It does no I/O: ctx is not used.
+func (h *hub) leave(_ context.Context, st *stream) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if _, ok := h.streams[st]; !ok {
+		h.mu.Unlock()
 		return
 	}
 	delete(h.streams, st)
-	var gone []string
+	gone := false
 	for _, ch := range st.channels {
 		e, ok := h.channels[ch]
 		if !ok {
@@ -138,17 +196,21 @@ func (h *hub) leave(ctx context.Context, st *stream) {
 		}
 		delete(e.streams, st)
 		if len(e.streams) == 0 {
-			delete(h.channels, ch)
-			gone = append(gone, ch)
+			h.todo[ch] = struct{}{}
+			gone = true
 		}
 	}
-	if len(gone) == 0 {
-		return
+	h.mu.Unlock()
+	if gone {
+		h.kick()
 	}
-	// Best effort: if the connection is broken, the subscriber resubscribes
-	// only to the channels still wanted.
-	if err := h.ps.unsubscribe(ctx, gone...); err != nil {
-		h.log.Debug("unsubscribe failed", slog.Any("err", err))
+}
+
+// kick wakes the syncer.
+func (h *hub) kick() {
+	select {
+	case h.dirty <- struct{}{}:
+	default:
 	}
 }
 
@@ -196,16 +258,28 @@ func (h *hub) subscriptions() int {
 // confirmation for a channel that was ready means the channel was
 // subscribed again, after a lost connection or on another shard: messages
 // published in between are in history, so its streams catch up from there.
+// A channel that every stream left while its subscription was on the way
+// is handed to the syncer, to unsubscribe.
 func (h *hub) confirmed(channel string) {
 	h.mu.Lock()
 	e, ok := h.channels[channel]
 	var again []*stream
-	if ok && !e.markReady() {
-		for st := range e.streams {
-			again = append(again, st)
+	idle := false
+	if ok {
+		if !e.markReady() {
+			for st := range e.streams {
+				again = append(again, st)
+			}
+		}
+		if len(e.streams) == 0 {
+			h.todo[channel] = struct{}{}
+			idle = true
 		}
 	}
 	h.mu.Unlock()
+	if idle {
+		h.kick()
+	}
 	for _, st := range again {
 		st.signalResync()
 	}
@@ -217,9 +291,12 @@ func (h *hub) confirmed(channel string) {
 	}
 }
 
-// run keeps the link to Redis up until ctx is done.
+// run keeps the link to Redis up, and the syncer going, until ctx is done.
 func (h *hub) run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { h.sync(ctx) })
 	h.ps.run(ctx)
+	wg.Wait()
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -349,7 +350,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	if err := s.auth.loadKeys(ctx); err != nil {
 		return err
 	}
-	h := newHub(ctx, s.rdb, s.log, s.cfg.BrokerGrace, s.deliver, s.brokerLost)
+	h := newHub(ctx, s.rdb, s.log, s.cfg.BrokerGrace, s.cfg.SubscribeTimeout, s.deliver, s.brokerLost)
 	hubCtx, stopHub := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopHub()
 	s.hubMu.Lock()
@@ -605,20 +606,27 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			}
 		}()
 	}
+	// r.URL.Query drops the pairs it cannot parse (one with a ';', say):
+	// a stream would open without the topics the client asked for.
+	query, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		s.refuse(w, http.StatusBadRequest, "bad_query", "the query string is malformed: "+err.Error())
+		return
+	}
 	claims, err := s.auth.authenticate(r)
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		s.refuse(w, http.StatusUnauthorized, "unauthorized", err.Error())
 		return
 	}
-	topics := r.URL.Query()["topic"]
+	topics := query["topic"]
 	if status, code, msg := s.checkTopics(topics, claims.topics(s.cfg.TopicsClaim)); status != 0 {
 		s.refuse(w, status, code, msg)
 		return
 	}
 	lastID := r.Header.Get("Last-Event-ID")
 	if lastID == "" {
-		lastID = r.URL.Query().Get("last_event_id")
+		lastID = query.Get("last_event_id")
 	}
 
 	ctx := r.Context()
@@ -631,6 +639,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	admitted()
 	if err != nil {
 		s.log.Warn("stream setup failed", slog.Any("err", err))
+		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.Retry.Seconds())+1))
 		s.refuse(w, http.StatusServiceUnavailable, "broker_unavailable", "the edge could not reach Redis; retry")
 		return
 	}
@@ -947,6 +956,8 @@ func (s *Server) stream(ctx context.Context, w http.ResponseWriter, r *http.Requ
 			switch {
 			case reason == CloseServerDrain:
 				return s.closeDrained(write), false
+			case reason == CloseReplaced:
+				return s.closeReplaced(write), false
 			case reason != "":
 				return reason, false
 			case resync:

@@ -28,11 +28,18 @@ import (
 // moves (a failover, or resharding) shows as an unrequested SUNSUBSCRIBE,
 // and is checked every auditEvery as well. When a channel is confirmed on its
 // new connection, the hub has its streams catch up from history.
+//
+// One goroutine, run, does all of this subscriber's I/O but the reading: it
+// reads the slot map and sends every SSUBSCRIBE and SUNSUBSCRIBE, in order,
+// with mu not held, so that a slow primary delays only the channels it owns.
+// subscribe and unsubscribe only record what the hub wants, and wake it.
 type shardedSubscriber struct {
 	cc  *redis.ClusterClient
 	hub *hub
 	out *outage
 	log *slog.Logger
+	// timeout bounds each command run sends.
+	timeout time.Duration
 	// ctx bounds the connections' readers; cancel ends them.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -45,7 +52,12 @@ type shardedSubscriber struct {
 	links   map[string]*shardLink // by primary address
 	where   map[string]*shardLink // subscribed channel → its connection
 	orphans map[string]struct{}   // wanted channels subscribed nowhere
-	closed  bool
+	// leaving holds the channels to unsubscribe, by their connection.
+	leaving map[*shardLink][]string
+	// stale says the slot map must be read before orphans are placed: a
+	// connection broke, or a slot moved.
+	stale  bool
+	closed bool
 }
 
 // shardLink is one sharded Pub/Sub connection, to one primary.
@@ -53,6 +65,10 @@ type shardLink struct {
 	addr string
 	rdb  *redis.Client
 	ps   *redis.PubSub
+	// unsubs counts the SUNSUBSCRIBE replies run asked for, by channel, so
+	// that they are not taken for a moved slot; guarded by
+	// shardedSubscriber.mu.
+	unsubs map[string]int
 }
 
 var _ subscriber = (*shardedSubscriber)(nil)
@@ -65,13 +81,14 @@ const auditEvery = 15 * time.Second
 // channels stay subscribed nowhere for longer than grace (their shard is
 // down), the streams that read them are closed as broker_lost, so that their
 // clients reconnect, possibly to another edge; the other streams go on.
-func newShardedSubscriber(ctx context.Context, cc *redis.ClusterClient, h *hub, grace time.Duration) *shardedSubscriber {
+func newShardedSubscriber(ctx context.Context, cc *redis.ClusterClient, h *hub, grace, timeout time.Duration) *shardedSubscriber {
 	s := &shardedSubscriber{
-		cc: cc, hub: h, log: h.log,
+		cc: cc, hub: h, log: h.log, timeout: timeout,
 		wake:    make(chan struct{}, 1),
 		links:   make(map[string]*shardLink),
 		where:   make(map[string]*shardLink),
 		orphans: make(map[string]struct{}),
+		leaving: make(map[*shardLink][]string),
 	}
 	s.out = &outage{log: h.log, grace: grace, lost: s.dropOrphans}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
@@ -97,54 +114,75 @@ func (s *shardedSubscriber) dropOrphans() {
 		slog.Duration("grace", s.out.grace), slog.Int("channels", len(orphans)), slog.Int("streams", closed))
 }
 
-// subscribe subscribes channels on the primaries that own them, reading the
-// slot map first if it has not been read yet. A channel it cannot subscribe
-// now (its primary is failing over, say) is left to run, which retries
-// while the hub waits for the confirmation.
-func (s *shardedSubscriber) subscribe(ctx context.Context, channels ...string) error {
+// subscribe hands channels to run, which subscribes them on the primaries
+// that own them, and retries those it cannot subscribe now (their primary
+// is failing over, say) while the hub waits for the confirmations. It does
+// no I/O.
+func (s *shardedSubscriber) subscribe(_ context.Context, channels ...string) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		return errors.New("sseedge: subscriber closed")
 	}
-	var err error
-	if s.slots.empty() {
-		err = s.reloadLocked(ctx)
+	for _, ch := range channels {
+		if _, placed := s.where[ch]; !placed {
+			s.orphans[ch] = struct{}{}
+		}
 	}
-	if err == nil {
-		err = s.placeLocked(ctx, channels)
-	} else {
-		s.orphanLocked(channels...)
-	}
-	if err != nil {
-		s.log.Warn("shard subscription deferred", slog.Int("channels", len(channels)), slog.Any("err", err))
-		s.kick()
-	}
+	s.mu.Unlock()
+	s.kick()
 	return nil
 }
 
-// placeLocked subscribes channels on their owners, one SSUBSCRIBE per slot
-// (a cluster refuses one that spans slots). A channel whose SSUBSCRIBE could
-// not be sent is left an orphan, for run to retry.
-func (s *shardedSubscriber) placeLocked(ctx context.Context, channels []string) error {
-	var errs []error
-	for slot, chans := range bySlot(channels) {
+// place subscribes the orphans on their owners, one SSUBSCRIBE per slot (a
+// cluster refuses one that spans slots). A channel whose SSUBSCRIBE could
+// not be sent is left an orphan, for run to retry. Only run calls it.
+func (s *shardedSubscriber) place(ctx context.Context) error {
+	type order struct {
+		l     *shardLink
+		chans []string
+	}
+	var (
+		orders []order
+		errs   []error
+	)
+	s.mu.Lock()
+	orphans := make([]string, 0, len(s.orphans))
+	for ch := range s.orphans {
+		orphans = append(orphans, ch)
+	}
+	for slot, chans := range bySlot(orphans) {
 		addr := s.slots.owner(slot)
 		if addr == "" {
 			errs = append(errs, fmt.Errorf("no primary serves slot %d", slot))
-			s.orphanLocked(chans...)
 			continue
 		}
+		// Placed before the SSUBSCRIBE is sent, so that its confirmation
+		// counts.
 		l := s.linkLocked(addr)
-		if err := l.ps.SSubscribe(ctx, chans...); err != nil {
-			errs = append(errs, err)
-			s.orphanLocked(chans...)
-			continue
-		}
 		for _, ch := range chans {
 			s.where[ch] = l
 			delete(s.orphans, ch)
 		}
+		orders = append(orders, order{l, chans})
+	}
+	s.mu.Unlock()
+	for _, o := range orders {
+		cctx, cancel := context.WithTimeout(ctx, s.timeout)
+		err := o.l.ps.SSubscribe(cctx, o.chans...)
+		cancel()
+		if err == nil {
+			continue
+		}
+		errs = append(errs, err)
+		s.mu.Lock()
+		for _, ch := range o.chans {
+			if s.where[ch] == o.l {
+				s.orphanLocked(ch)
+			}
+		}
+		s.stale = true
+		s.mu.Unlock()
 	}
 	return errors.Join(errs...)
 }
@@ -168,34 +206,55 @@ func (s *shardedSubscriber) linkLocked(addr string) *shardLink {
 		Dialer: opt.Dialer, DialTimeout: opt.DialTimeout, ReadTimeout: opt.ReadTimeout,
 		WriteTimeout: opt.WriteTimeout, PoolSize: 1,
 	})
-	l := &shardLink{addr: addr, rdb: rdb, ps: rdb.SSubscribe(s.ctx)}
+	l := &shardLink{addr: addr, rdb: rdb, ps: rdb.SSubscribe(s.ctx), unsubs: make(map[string]int)}
 	s.links[addr] = l
 	s.wg.Go(func() { s.read(l) })
 	return l
 }
 
-// unsubscribe drops channels. Best effort: a channel whose SUNSUBSCRIBE
-// is lost stays subscribed until its connection is next replaced.
-func (s *shardedSubscriber) unsubscribe(ctx context.Context, channels ...string) error {
+// unsubscribe hands channels to run, to unsubscribe. Best effort: a
+// channel whose SUNSUBSCRIBE is lost stays subscribed until its connection
+// is next replaced. It does no I/O.
+func (s *shardedSubscriber) unsubscribe(_ context.Context, channels ...string) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	byLink := make(map[*shardLink][]string)
 	for _, ch := range channels {
 		delete(s.orphans, ch)
 		if l, ok := s.where[ch]; ok {
 			delete(s.where, ch)
-			byLink[l] = append(byLink[l], ch)
+			s.leaving[l] = append(s.leaving[l], ch)
 		}
 	}
-	var errs []error
-	for l, chans := range byLink {
+	s.mu.Unlock()
+	s.kick()
+	return nil
+}
+
+// unsubscribeLeaving sends the SUNSUBSCRIBEs asked for, one per slot. Only
+// run calls it.
+func (s *shardedSubscriber) unsubscribeLeaving(ctx context.Context) {
+	s.mu.Lock()
+	leaving := s.leaving
+	s.leaving = make(map[*shardLink][]string)
+	for l, chans := range leaving {
+		if s.links[l.addr] != l {
+			// Lost: its channels went with it.
+			delete(leaving, l)
+			continue
+		}
+		for _, ch := range chans {
+			l.unsubs[ch]++
+		}
+	}
+	s.mu.Unlock()
+	for l, chans := range leaving {
 		for _, group := range bySlot(chans) {
-			if err := l.ps.SUnsubscribe(ctx, group...); err != nil {
-				errs = append(errs, err)
+			cctx, cancel := context.WithTimeout(ctx, s.timeout)
+			if err := l.ps.SUnsubscribe(cctx, group...); err != nil && ctx.Err() == nil {
+				s.log.Debug("shard unsubscribe failed", slog.String("node", l.addr), slog.Any("err", err))
 			}
+			cancel()
 		}
 	}
-	return errors.Join(errs...)
 }
 
 // read hands the connection's messages to the hub until it breaks.
@@ -218,10 +277,20 @@ func (s *shardedSubscriber) read(l *shardLink) {
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			s.mu.Lock()
-			mine := s.where[m.Channel] == l
+			asked := false
+			if n := l.unsubs[m.Channel]; m.Kind == "sunsubscribe" && n > 0 {
+				asked = true
+				if n == 1 {
+					delete(l.unsubs, m.Channel)
+				} else {
+					l.unsubs[m.Channel] = n - 1
+				}
+			}
+			mine := !asked && s.where[m.Channel] == l
 			if mine && m.Kind == "sunsubscribe" {
 				// Not asked for: the node no longer serves the slot.
 				s.orphanLocked(m.Channel)
+				s.stale = true
 			}
 			s.mu.Unlock()
 			switch {
@@ -242,6 +311,8 @@ func (s *shardedSubscriber) lose(l *shardLink, err error) {
 	if s.links[l.addr] == l {
 		delete(s.links, l.addr)
 	}
+	delete(s.leaving, l)
+	s.stale = true
 	n := 0
 	for ch, at := range s.where {
 		if at == l {
@@ -264,8 +335,10 @@ func (s *shardedSubscriber) kick() {
 	}
 }
 
-// run resubscribes orphans, at once when asked and every 200ms while some
-// remain, and audits the slot map every auditEvery.
+// run unsubscribes what the hub no longer wants, subscribes orphans (new
+// channels, and those whose connection broke or slot moved), at once when
+// asked and every 200ms while some remain, and audits the slot map every
+// auditEvery.
 func (s *shardedSubscriber) run(ctx context.Context) {
 	audit := time.NewTicker(auditEvery)
 	defer audit.Stop()
@@ -292,35 +365,46 @@ func (s *shardedSubscriber) run(ctx context.Context) {
 	}
 }
 
-// replace reads the slot map and subscribes every orphan on its owner. It
-// returns how many are left.
+// replace sends the SUNSUBSCRIBEs asked for, then subscribes every orphan
+// on its owner, reading the slot map first when it may be stale. It returns
+// how many orphans are left.
 func (s *shardedSubscriber) replace(ctx context.Context) (int, error) {
+	s.unsubscribeLeaving(ctx)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed || len(s.orphans) == 0 {
+		s.mu.Unlock()
 		return 0, nil
 	}
-	if err := s.reloadLocked(ctx); err != nil {
-		return len(s.orphans), err
+	reload := s.stale || s.slots.empty()
+	s.mu.Unlock()
+	if reload {
+		if err := s.reload(ctx); err != nil {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return len(s.orphans), err
+		}
 	}
-	orphans := make([]string, 0, len(s.orphans))
-	for ch := range s.orphans {
-		orphans = append(orphans, ch)
+	err := s.place(ctx)
+	s.mu.Lock()
+	left := len(s.orphans)
+	if left > 0 {
+		s.stale = true
 	}
-	err := s.placeLocked(ctx, orphans)
-	s.log.Info("resubscribed shard channels on their primaries",
-		slog.Int("channels", len(orphans)-len(s.orphans)), slog.Int("left", len(s.orphans)))
-	return len(s.orphans), err
+	s.mu.Unlock()
+	if reload {
+		s.log.Info("resubscribed shard channels on their primaries", slog.Int("left", left))
+	}
+	return left, err
 }
 
 // audit reads the slot map and makes orphans of the channels subscribed on
 // a node that no longer owns their slot.
 func (s *shardedSubscriber) audit(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.reloadLocked(ctx); err != nil {
+	if err := s.reload(ctx); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for ch, l := range s.where {
 		if s.slots.owner(keySlot(ch)) != l.addr {
 			s.orphanLocked(ch)
@@ -332,8 +416,10 @@ func (s *shardedSubscriber) audit(ctx context.Context) error {
 	return nil
 }
 
-// reloadLocked reads the slot map from the cluster (CLUSTER SHARDS).
-func (s *shardedSubscriber) reloadLocked(ctx context.Context) error {
+// reload reads the slot map from the cluster (CLUSTER SHARDS).
+func (s *shardedSubscriber) reload(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
 	shards, err := s.cc.ClusterShards(ctx).Result()
 	if err != nil {
 		return fmt.Errorf("sseedge: CLUSTER SHARDS: %w", err)
@@ -363,7 +449,9 @@ func (s *shardedSubscriber) reloadLocked(ctx context.Context) error {
 		}
 	}
 	sort.Slice(m, func(i, j int) bool { return m[i].start < m[j].start })
-	s.slots = m
+	s.mu.Lock()
+	s.slots, s.stale = m, false
+	s.mu.Unlock()
 	return nil
 }
 

@@ -312,7 +312,7 @@ func writeFailed(err error) CloseReason {
 // end ends st, which its caller holds: the stream stays busy, so no writer
 // takes it again. The last chunk (after a jittered retry: field, for a
 // drain) is written and the connection closed in a goroutine, which then
-// cleans up as a handler would.
+// cleans up as a handler would. A replaced stream gets herald.replaced.
 func (ws *writers) end(st *stream, reason CloseReason) {
 	ws.mu.Lock()
 	delete(ws.streams, st)
@@ -322,8 +322,11 @@ func (ws *writers) end(st *stream, reason CloseReason) {
 	ws.alone.Go(func() {
 		if !w.broken && reason != CloseClientClosed {
 			var b []byte
-			if reason == CloseServerDrain {
+			switch reason {
+			case CloseServerDrain:
 				b = chunk(appendRetry(make([]byte, chunkRoom), ws.s.drainRetry()))
+			case CloseReplaced:
+				b = chunk(ws.s.appendReplaced(make([]byte, chunkRoom)))
 			}
 			_ = w.writeBlocking(append(b, "0\r\n\r\n"...), ws.s.cfg.WriteTimeout)
 		}
