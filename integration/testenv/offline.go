@@ -152,7 +152,13 @@ func (o *Offline) Backlog(tb testing.TB) map[string]map[int]Span {
 	defer cancel()
 	out := map[string]map[int]Span{}
 	for topic, group := range map[string]string{delivery.DefaultOfflineTopic: WorkerGroup, delivery.DefaultRetryTopic: WorkerGroup + ".retry"} {
+		// A broker restarted by a fault test can fail the first request on
+		// a connection it dropped: ask again until the deadline.
 		spans, err := o.Kafka.Uncommitted(ctx, group, topic)
+		for err != nil && ctx.Err() == nil {
+			time.Sleep(100 * time.Millisecond)
+			spans, err = o.Kafka.Uncommitted(ctx, group, topic)
+		}
 		if err != nil {
 			tb.Fatalf("backlog: %v", err)
 		}
