@@ -32,9 +32,10 @@ import (
 //     stream's oldest event is newer than it: unless Redis lost data since
 //     it was given out. For that, each hash slot has an epoch key, set to
 //     the start position of the first reader that found none. A reader that
-//     gives out a start position keeps the epoch keep ms longer, so that a
-//     start position within keep is never below the epoch of its own Redis;
-//     one below the epoch was given out by a Redis that lost its data since.
+//     gives out a start position keeps the epoch at least keep ms longer, so
+//     that a start position within keep is never below the epoch of its own
+//     Redis; one below the epoch was given out by a Redis that lost its data
+//     since.
 //
 // What no rule can see is an event lost before any client had it, with the
 // client's position still the newest that the keys know: that needs
@@ -46,14 +47,16 @@ import (
 const luaEpoch = `
 -- epochOf returns the epoch of the slot of key k: the start position of the
 -- first reader that found none. If started, a start position is being given
--- out, and the epoch is kept keep ms from now.
+-- out, and the epoch is kept at least keep ms from now: it is kept 2 × keep
+-- and renewed when less than keep is left, so that it is written once per
+-- keep at most, not on every reconnect.
 local function epochOf(k, started, keep)
   local e = tonumber(redis.call('GET', k))
   if e == nil then
     e = now * 1000 - 1
-    redis.call('SET', k, fmt(e), 'PX', keep)
-  elseif started then
-    redis.call('PEXPIRE', k, keep)
+    redis.call('SET', k, fmt(e), 'PX', 2 * keep)
+  elseif started and redis.call('PTTL', k) < keep then
+    redis.call('PEXPIRE', k, 2 * keep)
   end
   return e
 end

@@ -158,6 +158,12 @@ func TestHistoryStartPositions(t *testing.T) {
 	if pos := since(t, hist, delivery.UserStream("sol"), 0).Position; pos%1000 != 999 {
 		t.Fatalf("start position %d, want one that ends in 999", pos)
 	}
+	// The slot's epoch outlives the start position's keep (24h), and
+	// expires after.
+	ttl, err := f.rdb.PTTL(context.Background(), delivery.EpochKey(f.prefix, delivery.UserStream("sol"))).Result()
+	if err != nil || ttl < 24*time.Hour || ttl > 48*time.Hour {
+		t.Fatalf("epoch TTL %v, %v; want between 24h and 48h", ttl, err)
+	}
 	first := publishEach(t, "sol", f.pub)[0]
 	// The next id would be ahead of the clock, and end in 999.
 	last := first + 100_000 - first%1000 + 998
