@@ -63,8 +63,9 @@ type HistoryConfig struct {
 	// a flood of stale events.
 	Window time.Duration
 	// Keep is how long a stream's last event id is remembered after its last
-	// event. Default 24h: a client that reconnects after a quiet period
-	// learns that it missed nothing, instead of a needless reset.
+	// event, and a start position after it was given out. Default 24h: a
+	// client that reconnects after a quiet period learns that it missed
+	// nothing, instead of a needless reset.
 	Keep time.Duration
 }
 
@@ -92,6 +93,7 @@ func (c HistoryConfig) args() []any {
 // events. Event ids are decimal numbers: a stream's first event gets Redis'
 // time in milliseconds × 1000, and each next one max(previous + 1, now ×
 // 1000), so ids increase per stream and stay meaningful across restarts.
+// Ids that end in 999 are skipped: they are start positions (luaEpoch).
 const luaCommon = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -111,6 +113,7 @@ local function record(hist, lastk, floork, envelope, maxlen, window, keep)
   local last = tonumber(redis.call('GET', lastk))
   local id = now * 1000
   if last ~= nil and last >= id then id = last + 1 end
+  if id % 1000 == 999 then id = id + 1 end
   local sid = fmt(id)
   redis.call('SET', lastk, sid, 'PX', keep)
   -- event_id is field 9, length-delimited (tag 9 * 8 + 2 = 74); an id of
@@ -141,7 +144,7 @@ end
 `
 
 // sinceScript answers where a client at event id ARGV[1] stands in the
-// stream with keys hist, last, floor:
+// stream with keys hist, last, floor, and its slot's epoch key:
 //
 //	{'pos', P}          ARGV[1] is empty: P is the position to start from
 //	{'ok', P, e1, ...}  the events after ARGV[1], in order; P is the newest id
@@ -149,26 +152,31 @@ end
 //	{'more', P, e1, ...} a page of the events after ARGV[1]; P is the last's id
 //
 // ARGV[2], ARGV[3] are the history window and keep, in ms; ARGV[4], ARGV[5]
-// bound a page (see Page).
-var sinceScript = redis.NewScript(luaCommon + `
+// bound a page (see Page). A client whose position the keys cannot account
+// for, because Redis lost history, is reset (luaEpoch).
+var sinceScript = redis.NewScript(luaCommon + luaEpoch + `
 local window, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
 local last = tonumber(redis.call('GET', KEYS[2]))
+local start = fmt(now * 1000 - 1)
 if ARGV[1] == '' then
   if last then return {'pos', fmt(last)} end
-  return {'pos', fmt(now * 1000 - 1)}
+  epochOf(KEYS[4], true, keep)
+  return {'pos', start}
 end
 local L = tonumber(ARGV[1])
-if L == nil then return {'reset', fmt(last or (now * 1000 - 1))} end
 if last == nil then
-  -- Nothing was recorded within keep: nothing was missed, unless the
-  -- client's position is older than that.
-  if L >= (now - keep) * 1000 then return {'ok', fmt(L)} end
-  return {'reset', fmt(now * 1000 - 1)}
+  -- Nothing was recorded within keep: nothing was missed by a client at a
+  -- start position within keep, of this epoch.
+  local epoch = epochOf(KEYS[4], true, keep)
+  if L and isStart(L) and L >= epoch and L >= (now - keep) * 1000 then return {'ok', fmt(L)} end
+  return {'reset', start}
 end
+if L == nil then return {'reset', fmt(last)} end
 if L == last then return {'ok', fmt(last)} end
 if L > last then return {'reset', fmt(last)} end
 local floor = math.max(tonumber(redis.call('GET', KEYS[3])) or 0, (now - window) * 1000)
 if L < floor then return {'reset', fmt(last)} end
+if L > floor and not placed(KEYS[1], KEYS[4], L, keep) then return {'reset', fmt(last)} end
 local out = {'ok', fmt(last)}
 -- A page: at most ARGV[4] events (0: all) and, past the first, ARGV[5]
 -- bytes (0: any). A cut page is 'more', positioned at its last event.
@@ -260,7 +268,8 @@ func (h *History) SincePage(ctx context.Context, streams []Stream, after []*uint
 				pos = strconv.FormatUint(*after[i], 10)
 			}
 			args := []any{pos, h.cfg.Window.Milliseconds(), h.cfg.Keep.Milliseconds(), page.Events, page.Bytes}
-			cmds[i] = sinceScript.EvalSha(ctx, pipe, historyKeys(h.prefix, s), args...)
+			keys := append(historyKeys(h.prefix, s), epochKey(h.prefix, s))
+			cmds[i] = sinceScript.EvalSha(ctx, pipe, keys, args...)
 		}
 		_, err := pipe.Exec(ctx)
 		return cmds, err

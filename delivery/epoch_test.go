@@ -1,0 +1,222 @@
+package delivery_test
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/integration/testenv"
+)
+
+// forget deletes every key under f's prefix: what a Redis that restarted
+// without its data has of them.
+func (f *fixture) forget(tb testing.TB) {
+	tb.Helper()
+	ctx := context.Background()
+	keys, err := f.rdb.Keys(ctx, f.prefix+"*").Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if len(keys) == 0 {
+		tb.Fatal("nothing to forget: the test stored nothing under its prefix")
+	}
+	if err := f.rdb.Del(ctx, keys...).Err(); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// since asks hist where a client at pos stands in s (from the start with
+// pos 0).
+func since(tb testing.TB, hist *delivery.History, s delivery.Stream, pos uint64) delivery.Replay {
+	tb.Helper()
+	after := &pos
+	if pos == 0 {
+		after = nil
+	}
+	got, err := hist.Since(context.Background(), []delivery.Stream{s}, []*uint64{after})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return got[0]
+}
+
+func newTestHistory(tb testing.TB, rdb *redis.Client, prefix string) *delivery.History {
+	tb.Helper()
+	hist, err := delivery.NewHistory(rdb, prefix, delivery.HistoryConfig{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return hist
+}
+
+// TestHistoryLost: after Redis lost its data, a client whose position is
+// from before the loss is reset, whether at an event or at the start
+// position of a stream that had none, and whether or not events came after
+// the loss.
+func TestHistoryLost(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name       string
+		fromStart  bool // the client's position is the stream's start, not an event
+		eventAfter bool // an event is published after the loss
+		topic      bool
+	}{
+		{name: "at an event, nothing since"},
+		{name: "at an event, an event since", eventAfter: true},
+		{name: "at the start, nothing since", fromStart: true},
+		{name: "at the start, an event since", fromStart: true, eventAfter: true},
+		{name: "topic at an event, nothing since", topic: true},
+		{name: "topic at the start, an event since", topic: true, fromStart: true, eventAfter: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newTestPublisher(t)
+			hist := newTestHistory(t, f.rdb, f.prefix)
+			s, publish := delivery.UserStream("lou"), func() uint64 { return publishEach(t, "lou", f.pub)[0] }
+			if tc.topic {
+				s, publish = delivery.TopicStream("news"), func() uint64 { return broadcastTo(t, f.pub, "news") }
+			}
+			pos := since(t, hist, s, 0).Position
+			publish()
+			if last := publish(); !tc.fromStart {
+				pos = last
+			}
+			want := 0
+			if tc.fromStart {
+				want = 2
+			}
+			if got := since(t, hist, s, pos); got.Reset || len(got.Events) != want {
+				t.Fatalf("before the loss: %+v, want the events after the client's position", got)
+			}
+
+			f.forget(t)
+			var after uint64
+			if tc.eventAfter {
+				after = publish()
+			}
+			got := since(t, hist, s, pos)
+			if !got.Reset {
+				t.Fatalf("at %d after the loss: %+v, want a reset", pos, got)
+			}
+			if tc.eventAfter && got.Position != after {
+				t.Fatalf("reset to %d, want the newest event %d", got.Position, after)
+			}
+			// From where the reset put it, the client goes on without one.
+			if again := since(t, hist, s, got.Position); again.Reset || len(again.Events) != 0 {
+				t.Fatalf("at the reset's position %d: %+v, want nothing", got.Position, again)
+			}
+		})
+	}
+}
+
+// TestHistoryNotLost: without a loss, no position the history gave out is
+// reset: a new client's start position in a stream with no events, with
+// none since or with the stream's first events since, and an event id.
+func TestHistoryNotLost(t *testing.T) {
+	t.Parallel()
+	f := newTestPublisher(t)
+	hist := newTestHistory(t, f.rdb, f.prefix)
+	for _, s := range []delivery.Stream{delivery.UserStream("nia"), delivery.TopicStream("quiet")} {
+		start := since(t, hist, s, 0).Position
+		if got := since(t, hist, s, start); got.Reset || got.Position != start || len(got.Events) != 0 {
+			t.Fatalf("%v, at the start, nothing since: %+v, want nothing and the same position", s, got)
+		}
+	}
+	user := delivery.UserStream("nia")
+	start := since(t, hist, user, 0).Position
+	ids := publishEach(t, "nia", f.pub, f.pub)
+	if got := since(t, hist, user, start); got.Reset || len(got.Events) != 2 || got.Position != ids[1] {
+		t.Fatalf("at the start, the stream's first events since: %+v, want both", got)
+	}
+	if got := since(t, hist, user, ids[0]); got.Reset || len(got.Events) != 1 {
+		t.Fatalf("at the first event: %+v, want the second", got)
+	}
+	topic := delivery.TopicStream("quiet")
+	tstart := since(t, hist, topic, 0).Position
+	tid := broadcastTo(t, f.pub, "quiet")
+	if got := since(t, hist, topic, tstart); got.Reset || len(got.Events) != 1 || got.Position != tid {
+		t.Fatalf("topic at the start, its first event since: %+v, want it", got)
+	}
+	// A start position of a stream with events is not one the history gave
+	// out: it cannot say what came before.
+	if got := since(t, hist, user, ids[1]-1); !got.Reset {
+		t.Fatalf("an invented position between events: %+v, want a reset", got)
+	}
+}
+
+// TestHistoryStartPositions: event ids never end in 999, the mark of a start
+// position, even when the clock would give one.
+func TestHistoryStartPositions(t *testing.T) {
+	t.Parallel()
+	f := newTestPublisher(t)
+	hist := newTestHistory(t, f.rdb, f.prefix)
+	if pos := since(t, hist, delivery.UserStream("sol"), 0).Position; pos%1000 != 999 {
+		t.Fatalf("start position %d, want one that ends in 999", pos)
+	}
+	// The slot's epoch outlives the start position's keep (24h), and
+	// expires after.
+	ttl, err := f.rdb.PTTL(context.Background(), delivery.EpochKey(f.prefix, delivery.UserStream("sol"))).Result()
+	if err != nil || ttl < 24*time.Hour || ttl > 48*time.Hour {
+		t.Fatalf("epoch TTL %v, %v; want between 24h and 48h", ttl, err)
+	}
+	first := publishEach(t, "sol", f.pub)[0]
+	// The next id would be ahead of the clock, and end in 999.
+	last := first + 100_000 - first%1000 + 998
+	lastKey := strings.TrimSuffix(delivery.Channel(f.prefix, delivery.UserStream("sol")), ":events") + ":last"
+	if err := f.rdb.Set(context.Background(), lastKey, strconv.FormatUint(last, 10), time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if id := publishEach(t, "sol", f.pub)[0]; id != last+2 {
+		t.Fatalf("after %d: id %d, want %d", last, id, last+2)
+	}
+}
+
+// keySlot is Redis Cluster's (asked of a cluster-enabled redis-server), and
+// a stream's epoch key is in the slot of the stream's keys.
+func TestEpochKeySlot(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedisServer(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes-"+testenv.RandomID()+".conf")
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	keys := []string{"123456789", "foo", "{user1000}.following", "foo{}{bar}", "foo{{bar}}zap", "foo{bar}{zap}", "{", "}{x}", "herald:{u:a}b}:hist"}
+	for i := range 2000 {
+		for _, s := range []delivery.Stream{delivery.UserStream("u" + strconv.Itoa(i)), delivery.TopicStream("t" + strconv.Itoa(i))} {
+			ek := delivery.EpochKey("herald:", s)
+			if got, want := delivery.KeySlot(ek), delivery.KeySlot(delivery.Channel("herald:", s)); got != want {
+				t.Fatalf("%v: epoch key %s in slot %d, the stream's keys in %d", s, ek, got, want)
+			}
+			if i%100 == 0 {
+				keys = append(keys, ek, delivery.Channel("herald:", s))
+			}
+		}
+	}
+	for _, key := range keys {
+		want, err := rdb.ClusterKeySlot(context.Background(), key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := delivery.KeySlot(key); int64(got) != want {
+			t.Errorf("slot of %q = %d, Redis says %d", key, got, want)
+		}
+	}
+}
+
+func broadcastTo(tb testing.TB, pub *delivery.Publisher, topic string) uint64 {
+	tb.Helper()
+	env := envelope("", "b")
+	env.UserId, env.Topic = "", topic
+	res, err := pub.Broadcast(context.Background(), env)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	id, err := delivery.ParseEventID(res.EventID)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return id
+}

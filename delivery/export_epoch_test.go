@@ -1,0 +1,9 @@
+package delivery
+
+// Hooks for the external tests of history epochs.
+
+// EpochKey is the epoch key of s's hash slot under prefix.
+func EpochKey(prefix string, s Stream) string { return epochKey(prefix, s) }
+
+// KeySlot is key's Redis Cluster hash slot.
+func KeySlot(key string) uint16 { return keySlot(key) }
