@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/herald-push/herald/delivery"
@@ -55,11 +56,14 @@ func TestHostileReplayRSS(t *testing.T) {
 	ctx := context.Background()
 	payload := []byte(strings.Repeat("x", replayPayload))
 	topics := make([]string, replayTopics)
+	for i := range topics {
+		topics[i] = "stock.t" + strconv.Itoa(i)
+	}
+	readBefore(t, rdb, prefix, topics)
 	first := make([]uint64, replayTopics)
 	var wg sync.WaitGroup
 	errs := make(chan error, replayTopics)
 	for i := range topics {
-		topics[i] = "stock.t" + strconv.Itoa(i)
 		wg.Go(func() {
 			for n := range replayEvents {
 				now := time.Now()
@@ -128,6 +132,28 @@ func TestHostileReplayRSS(t *testing.T) {
 }
 
 var edgeSecret = []byte("rss-test-secret")
+
+// readBefore reads the hostile users' and topics' streams as a client that
+// connects does, before they have events: a position just below a stream's
+// first event is then a start position that the history can place (see
+// delivery's history epochs), not one from before a loss of Redis' data.
+func readBefore(t *testing.T, rdb redis.UniversalClient, prefix string, topics []string) {
+	t.Helper()
+	hist, err := delivery.NewHistory(rdb, prefix, delivery.HistoryConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var streams []delivery.Stream
+	for i := range replayClients {
+		streams = append(streams, delivery.UserStream("hostile"+strconv.Itoa(i)))
+	}
+	for _, topic := range topics {
+		streams = append(streams, delivery.TopicStream(topic))
+	}
+	if _, err := hist.Since(context.Background(), streams, make([]*uint64, len(streams))); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // testEdgeProcess is an sseedge binary running as a child process.
 type testEdgeProcess struct {
