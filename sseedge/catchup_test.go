@@ -2,6 +2,7 @@ package sseedge_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -28,12 +29,21 @@ func TestRedisReturnKeepsStreams(t *testing.T) {
 
 	users := []string{"ann", "bob", "cid"}
 	decs := make([]*sseedge.Decoder, len(users))
+	bodies := make([]io.Closer, len(users))
 	for i, u := range users {
 		tok, _ := sseedge.IssueToken(secret, u, time.Hour, time.Now(), "news")
 		// Opening reads history and leases presence: the client's pool
 		// holds connections to the server about to die.
-		decs[i] = sseedge.NewDecoder(e.open(t, tok+"&topic=news").Body)
+		body := e.open(t, tok+"&topic=news").Body
+		decs[i], bodies[i] = sseedge.NewDecoder(body), body
 	}
+	// A read that never ends fails the test instead of hanging it.
+	watchdog := time.AfterFunc(2*time.Minute, func() {
+		for _, b := range bodies {
+			b.Close()
+		}
+	})
+	defer watchdog.Stop()
 	srv.Stop()
 	testenv.WaitFor(t, 10*time.Second, "the edge to see its link down", func() bool {
 		return e.metric("herald_sse_redis_links") == 0
@@ -71,6 +81,20 @@ func TestRedisReturnKeepsStreams(t *testing.T) {
 		}
 		return true
 	})
+	// The restarted Redis lost the history the streams' positions point
+	// into: each stream's catch-up tells its client with herald.reset
+	// (delivery/epoch.go), and then goes on live.
+	for i, u := range users {
+		for {
+			ev, err := decs[i].Next()
+			if err != nil {
+				t.Fatalf("%s's stream ended before its reset (%v); closes: broker_lost %v", u, err, e.closed(sseedge.CloseBrokerLost))
+			}
+			if ev.Event == sseedge.ResetEvent {
+				break
+			}
+		}
+	}
 	// One notification per user and one broadcast, after Redis returned.
 	for _, u := range users {
 		e.publish(t, u, []byte("after-"+u))
