@@ -142,7 +142,8 @@ func TestQueuedBytesBudget(t *testing.T) {
 	big := []byte(strings.Repeat("z", 60<<10))
 	for i := 0; e.send(t, "heavy", big) == delivery.RouteOnline; i++ {
 		if i > 1000 {
-			t.Fatal("the heavy stream was never closed")
+			t.Fatalf("the heavy stream was never closed: slow_consumer %v, budget closes %v, queued bytes %v",
+				e.closed(sseedge.CloseSlowConsumer), e.metric("herald_sse_queue_budget_closes_total"), e.metric("herald_sse_queued_bytes"))
 		}
 	}
 	waitClosed(t, e, sseedge.CloseSlowConsumer, 1)

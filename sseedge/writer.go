@@ -320,7 +320,11 @@ func (ws *writers) end(st *stream, reason CloseReason) {
 	w := st.out
 	ws.poller.remove(w)
 	ws.alone.Go(func() {
-		if !w.broken && reason != CloseClientClosed {
+		// A client that hung up, or that stopped reading (slow_consumer,
+		// write_timeout), is not written to again: a blocking write to it
+		// would hold the stream, its lease and its socket for the whole
+		// write timeout.
+		if !w.broken && reason != CloseClientClosed && reason != CloseSlowConsumer && reason != CloseWriteTimeout {
 			var b []byte
 			switch reason {
 			case CloseServerDrain:
