@@ -83,7 +83,7 @@ const numSlots = 16384
 
 // epochKey is the epoch key of the hash slot of s's keys under prefix.
 func epochKey(prefix string, s Stream) string {
-	n := slotTags()[keySlot(prefix+s.hashTag())]
+	n := slotTags()[KeySlot(prefix+s.hashTag())]
 	return prefix + "{e:" + strconv.FormatUint(uint64(n), 36) + "}:epoch"
 }
 
@@ -103,10 +103,10 @@ var slotTags = sync.OnceValue(func() []uint32 {
 	return tags
 })
 
-// keySlot is the Redis Cluster hash slot of key: the CRC16 of its hash tag
+// KeySlot is the Redis Cluster hash slot of key: the CRC16 of its hash tag
 // (what is between the first { and the next }, if not empty), or else of
-// the whole key, modulo 16384.
-func keySlot(key string) uint16 {
+// the whole key, modulo 16384. The edge groups shard channels by it.
+func KeySlot(key string) uint16 {
 	if i := strings.IndexByte(key, '{'); i >= 0 {
 		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
 			key = key[i+1 : i+1+j]

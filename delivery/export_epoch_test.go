@@ -4,6 +4,3 @@ package delivery
 
 // EpochKey is the epoch key of s's hash slot under prefix.
 func EpochKey(prefix string, s Stream) string { return epochKey(prefix, s) }
-
-// KeySlot is key's Redis Cluster hash slot.
-func KeySlot(key string) uint16 { return keySlot(key) }

@@ -18,28 +18,9 @@ var hostile = []string{
 	"alice}", "alice%7D", ":hist", ":idem:x", "x:hist", "bob}:trace:id", "tenant:alice", "",
 }
 
-// hashSlot is Redis Cluster's slot of key: CRC16 (XMODEM) of its hash tag
-// (the text between the first '{' and the first '}' after it, when not
-// empty), or of the whole key, modulo 16384.
-func hashSlot(key string) int {
-	if i := strings.IndexByte(key, '{'); i >= 0 {
-		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
-			key = key[i+1 : i+1+j]
-		}
-	}
-	var crc uint16
-	for k := 0; k < len(key); k++ {
-		crc ^= uint16(key[k]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return int(crc) % 16384
-}
+// hashSlot is Redis Cluster's slot of key (KeySlot, checked against
+// CLUSTER KEYSLOT by TestHashSlotMatchesRedis).
+func hashSlot(key string) int { return int(KeySlot(key)) }
 
 // hashTagOf is the text Redis Cluster hashes key on, or "" without a tag.
 func hashTagOf(key string) string {

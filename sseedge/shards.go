@@ -8,11 +8,12 @@ import (
 	"net"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/herald-push/herald/delivery"
 )
 
 // shardedSubscriber is the link to a Redis Cluster. Channels are shard
@@ -509,25 +510,5 @@ func bySlot(channels []string) map[uint16][]string {
 	return out
 }
 
-// keySlot is the Redis Cluster slot of a key or shard channel: CRC16
-// (XMODEM) of its hash tag, the part between the first { and the next },
-// when that part is not empty, else of the whole key, modulo 16384.
-func keySlot(key string) uint16 {
-	if i := strings.IndexByte(key, '{'); i >= 0 {
-		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
-			key = key[i+1 : i+1+j]
-		}
-	}
-	var crc uint16
-	for k := 0; k < len(key); k++ {
-		crc ^= uint16(key[k]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return crc % 16384
-}
+// keySlot is the Redis Cluster slot of a key or shard channel.
+func keySlot(key string) uint16 { return delivery.KeySlot(key) }
