@@ -26,7 +26,8 @@ type ClientConfig struct {
 	// or the metadata server on Google Cloud).
 	CredentialsFile string
 	// Endpoint, when set, replaces FCM's (for example an emulator's
-	// http://127.0.0.1:9099/v1), and no credentials are used.
+	// http://127.0.0.1:9097/v1, at fcmtest.DevAddr), and no credentials are
+	// used.
 	Endpoint string
 	// Conns is how many clients NewSender spreads the sends over, each with
 	// its own HTTP transport, so its own connections. FCM speaks HTTP/2, and

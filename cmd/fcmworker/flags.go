@@ -6,6 +6,7 @@ import (
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/fcm"
+	"github.com/herald-push/herald/fcm/fcmtest"
 )
 
 // WorkerFlags are the worker's own flags.
@@ -28,7 +29,7 @@ type WorkerFlags struct {
 func (f *WorkerFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Project, "fcm-project", "", "Firebase project id (default: the credentials' project)")
 	fs.StringVar(&f.Credentials, "fcm-credentials", "", "service-account JSON key file (default: Google application default credentials)")
-	fs.StringVar(&f.Endpoint, "fcm-endpoint", "", "send to this FCM-compatible endpoint without credentials, e.g. an emulator's http://127.0.0.1:9099/v1")
+	fs.StringVar(&f.Endpoint, "fcm-endpoint", "", "send to this FCM-compatible endpoint without credentials, e.g. an emulator's http://"+fcmtest.DevAddr+"/v1")
 	fs.StringVar(&f.GroupID, "group-id", "herald-fcm", "Kafka consumer group (the retry topic uses <group-id>.retry)")
 	fs.IntVar(&f.BatchSize, "batch-size", 500, "notifications handled together")
 	fs.IntVar(&f.MaxAttempts, "max-attempts", 5, "push attempts before a retryable failure is dead-lettered")
