@@ -42,11 +42,14 @@ type ClientConfig struct {
 	H2C bool
 }
 
+// DefaultConns is NewSender's default ClientConfig.Conns.
+const DefaultConns = 4
+
 // NewSender returns a Sender that spreads the sends over cfg.Conns
 // firebase-admin-go clients, round robin.
 func NewSender(ctx context.Context, cfg ClientConfig) (Sender, error) {
 	if cfg.Conns == 0 {
-		cfg.Conns = 4
+		cfg.Conns = DefaultConns
 	}
 	if cfg.Conns < 1 {
 		return nil, errors.New("fcm: Conns must be positive")

@@ -93,6 +93,26 @@ type Config struct {
 	SendTimeout time.Duration
 }
 
+// The defaults New applies to a Config's zero fields, exported so that
+// flags can show them; Config's field comments say why each.
+const (
+	DefaultGroupID        = "herald-fcm"
+	DefaultRedisPrefix    = "herald:"
+	DefaultBatchSize      = 500
+	DefaultBatchWait      = 5 * time.Millisecond
+	DefaultMaxAttempts    = 5
+	DefaultMaxRetryAge    = time.Hour
+	DefaultBackoffBase    = time.Second
+	DefaultBackoffMax     = 5 * time.Minute
+	DefaultDedupeWindow   = 10 * time.Minute
+	DefaultSessionTimeout = 10 * time.Second
+	DefaultMaxDataBytes   = 3000
+	DefaultConcurrency    = 8
+	DefaultQuotaPerMinute = 600000
+	DefaultQuotaShare     = 0.95
+	DefaultSendTimeout    = 10 * time.Second
+)
+
 func (c *Config) setDefaults() error {
 	def := func(s *string, v string) {
 		if *s == "" {
@@ -102,37 +122,37 @@ func (c *Config) setDefaults() error {
 	def(&c.OfflineTopic, delivery.DefaultOfflineTopic)
 	def(&c.RetryTopic, delivery.DefaultRetryTopic)
 	def(&c.DeadLetterTopic, delivery.DefaultDeadLetterTopic)
-	def(&c.GroupID, "herald-fcm")
-	def(&c.RedisPrefix, "herald:")
+	def(&c.GroupID, DefaultGroupID)
+	def(&c.RedisPrefix, DefaultRedisPrefix)
 	defD := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
 			*d = v
 		}
 	}
-	defD(&c.BatchWait, 5*time.Millisecond)
-	defD(&c.MaxRetryAge, time.Hour)
-	defD(&c.BackoffBase, time.Second)
-	defD(&c.BackoffMax, 5*time.Minute)
-	defD(&c.DedupeWindow, 10*time.Minute)
-	defD(&c.SessionTimeout, 10*time.Second)
-	defD(&c.SendTimeout, 10*time.Second)
+	defD(&c.BatchWait, DefaultBatchWait)
+	defD(&c.MaxRetryAge, DefaultMaxRetryAge)
+	defD(&c.BackoffBase, DefaultBackoffBase)
+	defD(&c.BackoffMax, DefaultBackoffMax)
+	defD(&c.DedupeWindow, DefaultDedupeWindow)
+	defD(&c.SessionTimeout, DefaultSessionTimeout)
+	defD(&c.SendTimeout, DefaultSendTimeout)
 	if c.BatchSize == 0 {
-		c.BatchSize = 500
+		c.BatchSize = DefaultBatchSize
 	}
 	if c.MaxAttempts == 0 {
-		c.MaxAttempts = 5
+		c.MaxAttempts = DefaultMaxAttempts
 	}
 	if c.MaxDataBytes == 0 {
-		c.MaxDataBytes = 3000
+		c.MaxDataBytes = DefaultMaxDataBytes
 	}
 	if c.Concurrency == 0 {
-		c.Concurrency = 8
+		c.Concurrency = DefaultConcurrency
 	}
 	if c.QuotaPerMinute == 0 {
-		c.QuotaPerMinute = 600000
+		c.QuotaPerMinute = DefaultQuotaPerMinute
 	}
 	if c.QuotaShare == 0 {
-		c.QuotaShare = 0.95
+		c.QuotaShare = DefaultQuotaShare
 	}
 	if len(c.Kafka.Brokers) == 0 {
 		return errors.New("fcm: kafka brokers are required")
