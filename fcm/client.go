@@ -26,7 +26,8 @@ type ClientConfig struct {
 	// or the metadata server on Google Cloud).
 	CredentialsFile string
 	// Endpoint, when set, replaces FCM's (for example an emulator's
-	// http://127.0.0.1:9099/v1), and no credentials are used.
+	// http://127.0.0.1:9097/v1, at fcmtest.DevAddr), and no credentials are
+	// used.
 	Endpoint string
 	// Conns is how many clients NewSender spreads the sends over, each with
 	// its own HTTP transport, so its own connections. FCM speaks HTTP/2, and
@@ -41,11 +42,14 @@ type ClientConfig struct {
 	H2C bool
 }
 
+// DefaultConns is NewSender's default ClientConfig.Conns.
+const DefaultConns = 4
+
 // NewSender returns a Sender that spreads the sends over cfg.Conns
 // firebase-admin-go clients, round robin.
 func NewSender(ctx context.Context, cfg ClientConfig) (Sender, error) {
 	if cfg.Conns == 0 {
-		cfg.Conns = 4
+		cfg.Conns = DefaultConns
 	}
 	if cfg.Conns < 1 {
 		return nil, errors.New("fcm: Conns must be positive")

@@ -37,7 +37,7 @@ func main() {
 func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("fcm-emulator", flag.ContinueOnError)
 	var (
-		addr      = fs.String("addr", "127.0.0.1:9097", "listen address")
+		addr      = fs.String("addr", fcmtest.DevAddr, "listen address")
 		project   = fs.String("project", "herald-dev", "the project served; sends to another answer 403 (empty: any project)")
 		latency   = fs.Duration("latency", 0, "delay added to every send")
 		jitter    = fs.Duration("jitter", 0, "the latency varies by up to this much either way")

@@ -6,6 +6,7 @@ import (
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/fcm"
+	"github.com/herald-push/herald/fcm/fcmtest"
 )
 
 // WorkerFlags are the worker's own flags.
@@ -28,21 +29,21 @@ type WorkerFlags struct {
 func (f *WorkerFlags) Register(fs *flag.FlagSet) {
 	fs.StringVar(&f.Project, "fcm-project", "", "Firebase project id (default: the credentials' project)")
 	fs.StringVar(&f.Credentials, "fcm-credentials", "", "service-account JSON key file (default: Google application default credentials)")
-	fs.StringVar(&f.Endpoint, "fcm-endpoint", "", "send to this FCM-compatible endpoint without credentials, e.g. an emulator's http://127.0.0.1:9099/v1")
-	fs.StringVar(&f.GroupID, "group-id", "herald-fcm", "Kafka consumer group (the retry topic uses <group-id>.retry)")
-	fs.IntVar(&f.BatchSize, "batch-size", 500, "notifications handled together")
-	fs.IntVar(&f.MaxAttempts, "max-attempts", 5, "push attempts before a retryable failure is dead-lettered")
-	fs.DurationVar(&f.MaxRetryAge, "max-retry-age", time.Hour, "time since the first failure after which a push is dead-lettered")
-	fs.DurationVar(&f.BackoffBase, "backoff-base", time.Second, "first retry delay, doubled at each attempt, with jitter")
-	fs.DurationVar(&f.BackoffMax, "backoff-max", 5*time.Minute, "largest retry delay")
-	fs.DurationVar(&f.SessionTimeout, "kafka-session-timeout", 10*time.Second, "how long the group waits for a silent worker before its partitions move to the others")
-	fs.IntVar(&f.Concurrency, "concurrency", 8, "batches pushed at once per topic; one user's notifications stay in order")
-	fs.IntVar(&f.Conns, "fcm-conns", 4, "FCM clients the sends are spread over, each with its own HTTP/2 connections")
+	fs.StringVar(&f.Endpoint, "fcm-endpoint", "", "send to this FCM-compatible endpoint without credentials, e.g. an emulator's http://"+fcmtest.DevAddr+"/v1")
+	fs.StringVar(&f.GroupID, "group-id", fcm.DefaultGroupID, "Kafka consumer group (the retry topic uses <group-id>.retry)")
+	fs.IntVar(&f.BatchSize, "batch-size", fcm.DefaultBatchSize, "notifications handled together")
+	fs.IntVar(&f.MaxAttempts, "max-attempts", fcm.DefaultMaxAttempts, "push attempts before a retryable failure is dead-lettered")
+	fs.DurationVar(&f.MaxRetryAge, "max-retry-age", fcm.DefaultMaxRetryAge, "time since the first failure after which a push is dead-lettered")
+	fs.DurationVar(&f.BackoffBase, "backoff-base", fcm.DefaultBackoffBase, "first retry delay, doubled at each attempt, with jitter")
+	fs.DurationVar(&f.BackoffMax, "backoff-max", fcm.DefaultBackoffMax, "largest retry delay")
+	fs.DurationVar(&f.SessionTimeout, "kafka-session-timeout", fcm.DefaultSessionTimeout, "how long the group waits for a silent worker before its partitions move to the others")
+	fs.IntVar(&f.Concurrency, "concurrency", fcm.DefaultConcurrency, "batches pushed at once per topic; one user's notifications stay in order")
+	fs.IntVar(&f.Conns, "fcm-conns", fcm.DefaultConns, "FCM clients the sends are spread over, each with its own HTTP/2 connections")
 	fs.BoolVar(&f.H2C, "fcm-h2c", false, "with -fcm-endpoint http://..., speak HTTP/2 without TLS (the emulator serves it)")
-	fs.IntVar(&f.Quota, "fcm-quota", 600000, "the Firebase project's FCM quota, messages a minute; negative: no limit")
-	fs.Float64Var(&f.QuotaShare, "fcm-quota-share", 0.95, "share of -fcm-quota this worker sends at most (0.95/N each for N workers of one project)")
-	fs.DurationVar(&f.SendTimeout, "fcm-send-timeout", 10*time.Second, "deadline of one FCM SendEach call (up to 50 messages, with the SDK's own retries); a call past it is retried as DEADLINE_EXCEEDED")
-	fs.DurationVar(&f.DedupeWindow, "dedupe-window", 10*time.Minute, "how long a push is remembered so that a redelivered record is not pushed twice")
+	fs.IntVar(&f.Quota, "fcm-quota", fcm.DefaultQuotaPerMinute, "the Firebase project's FCM quota, messages a minute; negative: no limit")
+	fs.Float64Var(&f.QuotaShare, "fcm-quota-share", fcm.DefaultQuotaShare, "share of -fcm-quota this worker sends at most (0.95/N each for N workers of one project)")
+	fs.DurationVar(&f.SendTimeout, "fcm-send-timeout", fcm.DefaultSendTimeout, "deadline of one FCM SendEach call (up to 50 messages, with the SDK's own retries); a call past it is retried as DEADLINE_EXCEEDED")
+	fs.DurationVar(&f.DedupeWindow, "dedupe-window", fcm.DefaultDedupeWindow, "how long a push is remembered so that a redelivered record is not pushed twice")
 }
 
 // Client is the FCM client configuration.

@@ -9,6 +9,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // A Fault is a scripted error: the send requests it matches are answered
@@ -185,40 +187,43 @@ func (l *faultList) list(now time.Time) []Fault {
 	return out
 }
 
-// bucket is a token bucket: rate tokens a second, holding at most burst.
+// bucket is the rate limit's token bucket: rate tokens a second, holding at
+// most burst. The zero bucket is unlimited.
 type bucket struct {
-	rate   float64 // zero: unlimited
-	burst  float64
-	tokens float64
-	last   time.Time
+	lim  *rate.Limiter // nil: unlimited
+	rate float64
+	// last is the latest time taken: a take at an earlier time (a clock
+	// read before another request's) counts as at last, so the bucket's
+	// time never runs backwards.
+	last time.Time
 }
 
-func newBucket(rate float64, burst int, now time.Time) bucket {
-	if rate <= 0 {
+func newBucket(perSecond float64, burst int, now time.Time) bucket {
+	if perSecond <= 0 {
 		return bucket{}
 	}
 	if burst <= 0 {
 		// One second's worth: a sender at the rate is never refused.
-		burst = max(1, int(math.Ceil(rate)))
+		burst = max(1, int(math.Ceil(perSecond)))
 	}
-	return bucket{rate: rate, burst: float64(burst), tokens: float64(burst), last: now}
+	lim := rate.NewLimiter(rate.Limit(perSecond), burst) // starts full
+	return bucket{lim: lim, rate: perSecond, last: now}
 }
 
-// take spends a token. When there is none it returns how long until there
-// is one.
+// take spends a token. When there is none it spends nothing and returns how
+// long until there is one.
 func (b *bucket) take(now time.Time) (bool, time.Duration) {
-	if b.rate <= 0 {
+	if b.lim == nil {
 		return true, 0
 	}
-	if elapsed := now.Sub(b.last); elapsed > 0 {
-		b.tokens = min(b.burst, b.tokens+elapsed.Seconds()*b.rate)
-		b.last = now
+	if now.Before(b.last) {
+		now = b.last
 	}
-	if b.tokens >= 1 {
-		b.tokens--
+	b.last = now
+	if b.lim.AllowN(now, 1) {
 		return true, 0
 	}
-	return false, time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
+	return false, time.Duration((1 - b.lim.TokensAt(now)) / b.rate * float64(time.Second))
 }
 
 // delay draws a latency: base, plus or minus up to jitter, never negative.

@@ -16,6 +16,12 @@ import (
 	"time"
 )
 
+// DevAddr is where the emulator listens when it runs on its own, for local
+// runs: the default of cmd/fcm-emulator's -addr. Port 9097, because 9099 is
+// the Firebase Auth emulator's. Config.Addr defaults to a free port instead,
+// for tests.
+const DevAddr = "127.0.0.1:9097"
+
 // Config configures a Server. The zero value is an emulator that accepts
 // every valid send at once, on a free loopback port.
 type Config struct {
