@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/herald-push/herald/delivery"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -46,7 +47,7 @@ func (c *Callers) authorize(ctx context.Context, cl *caller, method string, req 
 		what, target = "unregister devices of user", r.GetUserId()
 	case *heraldv1.BroadcastRequest:
 		topic := r.GetTopic()
-		if topic == "" || topicAllowed(topic, cl.topics) {
+		if topic == "" || delivery.TopicAllowed(topic, cl.topics) {
 			return nil
 		}
 		msg := fmt.Sprintf("router: caller %q may not broadcast to topic %q (its topics: %s)", cl.name, topic, patterns(cl.topics))
@@ -75,17 +76,6 @@ func patterns(ps []string) string {
 func userAllowed(user string, allowed []string) bool {
 	for _, p := range allowed {
 		if p == user || (strings.HasSuffix(p, "*") && strings.HasPrefix(user, p[:len(p)-1])) {
-			return true
-		}
-	}
-	return false
-}
-
-// topicAllowed reports whether topic matches a pattern: an exact name, a
-// prefix ending in ".*", or "*", as the edge matches its tokens' topics.
-func topicAllowed(topic string, allowed []string) bool {
-	for _, p := range allowed {
-		if p == "*" || p == topic || (strings.HasSuffix(p, ".*") && strings.HasPrefix(topic, p[:len(p)-1])) {
 			return true
 		}
 	}
