@@ -41,3 +41,18 @@ var topicName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
 // ValidTopic reports whether name may name a broadcast topic: 1 to 128
 // characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit.
 func ValidTopic(name string) bool { return topicName.MatchString(name) }
+
+// TopicAllowed reports whether topic matches one of the patterns that grant
+// access to topics: a caller's topics on the router, a token's on the edge.
+// A pattern is an exact topic name ("orders.eu"), a prefix ending in ".*"
+// that matches every topic starting with the prefix and its dot
+// ("orders.*" matches "orders.eu" and "orders.eu.paid", not "orders"), or
+// "*", which matches every topic. No pattern matches nothing.
+func TopicAllowed(topic string, patterns []string) bool {
+	for _, p := range patterns {
+		if p == "*" || p == topic || (strings.HasSuffix(p, ".*") && strings.HasPrefix(topic, p[:len(p)-1])) {
+			return true
+		}
+	}
+	return false
+}

@@ -71,6 +71,18 @@ type Config struct {
 	MaxConnIdle time.Duration
 }
 
+// Defaults of Config's service fields, as documented on each field.
+const (
+	// DefaultMaxPayloadBytes is Config.MaxPayloadBytes' default (64 KiB).
+	DefaultMaxPayloadBytes = 64 << 10
+	// DefaultNotifyTTL is Config.DefaultTTL's default (1 hour).
+	DefaultNotifyTTL = time.Hour
+	// DefaultShutdownTimeout is Config.ShutdownTimeout's default (10s).
+	DefaultShutdownTimeout = 10 * time.Second
+	// DefaultAckDeadline is Config.AckDeadline's default (5s).
+	DefaultAckDeadline = 5 * time.Second
+)
+
 // maxAckDeadline bounds a Notify's ack deadline.
 const maxAckDeadline = time.Hour
 
@@ -125,16 +137,16 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		return nil, errors.New("router: a publisher is required")
 	}
 	if cfg.MaxPayloadBytes == 0 {
-		cfg.MaxPayloadBytes = 64 << 10
+		cfg.MaxPayloadBytes = DefaultMaxPayloadBytes
 	}
 	if cfg.DefaultTTL == 0 {
-		cfg.DefaultTTL = time.Hour
+		cfg.DefaultTTL = DefaultNotifyTTL
 	}
 	if cfg.ShutdownTimeout == 0 {
-		cfg.ShutdownTimeout = 10 * time.Second
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
 	}
 	if cfg.AckDeadline == 0 {
-		cfg.AckDeadline = 5 * time.Second
+		cfg.AckDeadline = DefaultAckDeadline
 	}
 	if cfg.AckDeadline < 0 || cfg.AckDeadline > maxAckDeadline {
 		return nil, fmt.Errorf("router: ack deadline %v is not within (0, %v]", cfg.AckDeadline, maxAckDeadline)

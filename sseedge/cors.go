@@ -3,7 +3,6 @@ package sseedge
 import (
 	"net/http"
 	"slices"
-	"strings"
 )
 
 // cors applies the allowed origins to r. It answers preflight requests
@@ -28,19 +27,5 @@ func (s *Server) cors(w http.ResponseWriter, r *http.Request) bool {
 	h.Set("Access-Control-Allow-Headers", "Authorization, Last-Event-ID, Cache-Control, Content-Type")
 	h.Set("Access-Control-Max-Age", "600")
 	w.WriteHeader(http.StatusNoContent)
-	return false
-}
-
-// topicAllowed reports whether topic matches one of the allowed patterns:
-// an exact name, a prefix ending in ".*", or "*".
-func topicAllowed(topic string, allowed []string) bool {
-	for _, p := range allowed {
-		switch {
-		case p == "*" || p == topic:
-			return true
-		case strings.HasSuffix(p, ".*") && strings.HasPrefix(topic, p[:len(p)-1]):
-			return true
-		}
-	}
 	return false
 }

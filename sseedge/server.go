@@ -889,7 +889,7 @@ func (s *Server) checkTopics(topics, allowed []string) (status int, code, msg st
 			return http.StatusBadRequest, "bad_topic", fmt.Sprintf("topic %q is repeated", t)
 		}
 		seen[t] = true
-		if !topicAllowed(t, allowed) {
+		if !delivery.TopicAllowed(t, allowed) {
 			return http.StatusForbidden, "forbidden_topic", fmt.Sprintf("the token does not allow topic %q", t)
 		}
 	}

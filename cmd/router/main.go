@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -41,29 +40,13 @@ func run(args []string) error {
 	)
 	common.Register(fs, "127.0.0.1:9090")
 	kafka.Register(fs)
-	var (
-		grpcAddr   = fs.String("grpc-addr", ":7070", "gRPC listen address")
-		maxPayload = fs.Int("max-payload-bytes", 64<<10, "largest Notify data accepted")
-		defaultTTL = fs.Duration("default-ttl", time.Hour, "TTL of a notification that sets none")
-		idemWindow = fs.Duration("idempotency-window", 10*time.Minute, "how long idempotency keys are remembered")
-		shutdown   = fs.Duration("shutdown-timeout", 10*time.Second, "graceful stop limit before in-flight calls are cut")
-		histLen    = fs.Int("history-length", 100, "events kept per user and topic for Last-Event-ID recovery")
-		histWindow = fs.Duration("history-window", 10*time.Minute, "how long events are kept for recovery; must match the edges'")
-		offline    = fs.Bool("offline", true, "queue offline users' notifications to Kafka for FCM; false only records them in history")
-		maxDevices = fs.Int("max-devices-per-user", 10, "device tokens kept per user; the oldest go first")
-		ackDefault = fs.Duration("ack-deadline", 5*time.Second, "ack deadline of ack-or-push notifications that set none")
-		traceTTL   = fs.Duration("trace-ttl", delivery.DefaultTraceTTL, "how long each notification's trail is kept for heraldctl trace; 0 keeps none")
-		maxPipe    = fs.Int("max-pipeline", 128, "most concurrent Notify calls sent to Redis in one pipeline; 1 gives each call a round trip of its own")
-		sec        security
-		lim        limits
-	)
-	sec.register(fs)
-	lim.register(fs)
+	var f routerFlags
+	f.register(fs)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
 	}
-	if *maxPipe < 1 {
-		return fmt.Errorf("-max-pipeline %d: must be at least 1", *maxPipe)
+	if f.maxPipe < 1 {
+		return fmt.Errorf("-max-pipeline %d: must be at least 1", f.maxPipe)
 	}
 	log, level, err := common.Logger()
 	if err != nil {
@@ -71,7 +54,7 @@ func run(args []string) error {
 	}
 	log = slog.New(router.CallerLogHandler(log.Handler()))
 	reg := daemon.NewRegistry()
-	grpcOpts, err := sec.serverOptions(log, reg, common.UserIDs())
+	grpcOpts, err := f.sec.serverOptions(log, reg, common.UserIDs())
 	if err != nil {
 		return err
 	}
@@ -84,18 +67,10 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	pcfg := delivery.PublisherConfig{
-		IdempotencyWindow: *idemWindow,
-		History:           delivery.HistoryConfig{Length: *histLen, Window: *histWindow},
-		TraceTTL:          *traceTTL,
-		MaxPipeline:       *maxPipe,
-	}
-	if *traceTTL == 0 {
-		pcfg.TraceTTL = -1
-	}
+	pcfg := f.publisherConfig()
 	ready := []func(context.Context) error{daemon.RedisReady(rdb)}
 	var sweeper *delivery.Sweeper
-	if *offline {
+	if f.offline {
 		if err := kafka.Ensure(ctx); err != nil {
 			return err
 		}
@@ -117,23 +92,15 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: common.RedisPrefix, MaxPerUser: *maxDevices})
+	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: common.RedisPrefix, MaxPerUser: f.maxDevices})
 	if err != nil {
 		return err
 	}
-	rcfg := router.Config{
-		MaxPayloadBytes: *maxPayload,
-		DefaultTTL:      *defaultTTL,
-		ShutdownTimeout: *shutdown,
-		UserIDs:         common.UserIDs(),
-		AckDeadline:     *ackDefault,
-	}
-	lim.apply(&rcfg)
-	svc, err := router.New(rcfg, router.Deps{Publisher: pub, Devices: devices, Logger: log, Registerer: reg})
+	svc, err := router.New(f.serviceConfig(common.UserIDs()), router.Deps{Publisher: pub, Devices: devices, Logger: log, Registerer: reg})
 	if err != nil {
 		return err
 	}
-	lis, err := net.Listen("tcp", *grpcAddr)
+	lis, err := net.Listen("tcp", f.grpcAddr)
 	if err != nil {
 		return err
 	}
@@ -146,7 +113,7 @@ func run(args []string) error {
 	}
 	g.Go(func() error {
 		admin := daemon.Admin{Gatherer: reg, Ready: daemon.AllReady(ready...), Level: level}
-		return daemon.ServeHTTP(gctx, common.AdminAddr, admin.Handler(), *shutdown)
+		return daemon.ServeHTTP(gctx, common.AdminAddr, admin.Handler(), f.shutdown)
 	})
 	err = g.Wait()
 	log.Info("router stopped")

@@ -1,0 +1,175 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"golang.org/x/time/rate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+)
+
+// callerKey is the context key of the authenticated caller's name.
+type callerKey struct{}
+
+// CallerFrom returns the name of the caller that made the call ctx belongs
+// to, when the call was authenticated.
+func CallerFrom(ctx context.Context) (string, bool) {
+	name, ok := ctx.Value(callerKey{}).(string)
+	return name, ok
+}
+
+// publicMethod reports whether a method is served without credentials:
+// health checking (load balancer and Kubernetes probes) and reflection
+// (grpcurl list), which reveal nothing but the API's shape.
+func publicMethod(fullMethod string) bool {
+	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/") || strings.HasPrefix(fullMethod, "/grpc.reflection.")
+}
+
+// tapCallerKey is the context key of the caller TapHandle authenticated.
+type tapCallerKey struct{}
+
+// TapHandle authenticates each call when its headers arrive, before gRPC
+// reads its request: an unauthenticated caller is refused UNAUTHENTICATED
+// without one byte of its message being read or decoded, whatever its size
+// or content. Install it with grpc.InTapHandle next to the interceptors,
+// which then reuse its result. It runs on the connection's reader, so it
+// does no I/O: a hash and a comparison per configured key.
+func (c *Callers) TapHandle() tap.ServerInHandle {
+	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		if publicMethod(info.FullMethodName) {
+			return ctx, nil
+		}
+		cl, msg := c.authenticate(ctx)
+		if cl == nil {
+			return nil, c.refuse(ctx, refusedUnauthenticated, "", info.FullMethodName, status.New(codes.Unauthenticated, msg))
+		}
+		return context.WithValue(ctx, tapCallerKey{}, cl), nil
+	}
+}
+
+// UnaryInterceptor authenticates each call, applies the caller's rate limit,
+// checks that the request's user or topic is within the caller's
+// permissions, fills in the caller's default ack deadline and passes the
+// call on with the caller's name in its context (see CallerFrom).
+func (c *Callers) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if publicMethod(info.FullMethod) {
+			return handler(ctx, req)
+		}
+		batch, isBatch := req.(*heraldv1.NotifyBatchRequest)
+		cost := 1
+		if isBatch && len(batch.GetNotifications()) <= maxBatch {
+			// A batch spends a call per notification; one over the limit
+			// spends one, and the handler refuses it.
+			cost = max(1, len(batch.GetNotifications()))
+		}
+		cl, err := c.admit(ctx, info.FullMethod, cost)
+		if err != nil {
+			return nil, err
+		}
+		if isBatch {
+			if len(batch.GetNotifications()) <= maxBatch {
+				ctx = c.authorizeBatch(ctx, cl, info.FullMethod, batch)
+			}
+		} else if err := c.authorize(ctx, cl, info.FullMethod, req); err != nil {
+			return nil, err
+		}
+		switch r := req.(type) {
+		case *heraldv1.NotifyRequest:
+			cl.fillAckDeadline(r)
+		case *heraldv1.NotifyBatchRequest:
+			for _, n := range r.GetNotifications() {
+				cl.fillAckDeadline(n)
+			}
+		}
+		return handler(context.WithValue(ctx, callerKey{}, cl.name), req)
+	}
+}
+
+// fillAckDeadline gives an ack-or-push notification that sets no ack
+// deadline the caller's, if it has one.
+func (cl *caller) fillAckDeadline(r *heraldv1.NotifyRequest) {
+	if cl.ackDeadline > 0 && r.AckDeadline == nil && r.GetDeliveryMode() == heraldv1.DeliveryMode_DELIVERY_MODE_ACK_OR_PUSH {
+		r.AckDeadline = durationpb.New(cl.ackDeadline)
+	}
+}
+
+// StreamInterceptor authenticates streaming calls other than health and
+// reflection, and refuses them: the API has no streaming method, and one
+// added later must say what it permits before callers can use it.
+func (c *Callers) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if publicMethod(info.FullMethod) {
+			return handler(srv, ss)
+		}
+		cl, err := c.admit(ss.Context(), info.FullMethod, 1)
+		if err != nil {
+			return err
+		}
+		return c.authorize(ss.Context(), cl, info.FullMethod, nil)
+	}
+}
+
+// admit authenticates a call and spends n tokens of its caller's rate
+// limit: one for a call, one per notification for a batch.
+func (c *Callers) admit(ctx context.Context, method string, n int) (*caller, error) {
+	cl, _ := ctx.Value(tapCallerKey{}).(*caller)
+	if cl == nil {
+		var msg string
+		if cl, msg = c.authenticate(ctx); cl == nil {
+			return nil, c.refuse(ctx, refusedUnauthenticated, "", method, status.New(codes.Unauthenticated, msg))
+		}
+	}
+	now := c.now()
+	if n > cl.limiter.Burst() && cl.limiter.Limit() != rate.Inf {
+		// No wait would ever let it through: the batch, not the rate, is
+		// wrong, so it is the caller's error and carries no RetryInfo.
+		st := invalidArgument([]violation{{"notifications", fmt.Sprintf(
+			"a batch of %d notifications is more than caller %q's burst of %d on this router; send batches of at most %d",
+			n, cl.name, cl.limiter.Burst(), cl.limiter.Burst())}})
+		return nil, c.refuse(ctx, refusedRateLimited, cl.name, method, status.Convert(st))
+	}
+	r := cl.limiter.ReserveN(now, n)
+	if d := r.DelayFrom(now); d > 0 || !r.OK() {
+		r.CancelAt(now)
+		d = (d + time.Millisecond - 1).Truncate(time.Millisecond) // never hint too early
+		st := status.New(codes.ResourceExhausted, fmt.Sprintf(
+			"router: caller %q is over its rate limit of %g calls/s (burst %d) on this router; retry in %v",
+			cl.name, float64(cl.limiter.Limit()), cl.limiter.Burst(), d))
+		if withRetry, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)}); err == nil {
+			st = withRetry
+		}
+		return nil, c.refuse(ctx, refusedRateLimited, cl.name, method, st)
+	}
+	return cl, nil
+}
+
+// refuse counts and logs a refusal and returns its status as an error.
+func (c *Callers) refuse(ctx context.Context, reason, name, method string, st *status.Status, attrs ...slog.Attr) error {
+	c.refused.WithLabelValues(reason).Inc()
+	if c.logLimit.AllowN(c.now(), 1) {
+		attrs = append(attrs, slog.String("reason", reason), slog.String("method", method))
+		if reason != refusedPermissionDenied { // that message names the user in clear
+			attrs = append(attrs, slog.String("detail", st.Message()))
+		}
+		if name != "" {
+			attrs = append(attrs, slog.String("caller", name))
+		}
+		if p, ok := peer.FromContext(ctx); ok {
+			attrs = append(attrs, slog.String("peer", p.Addr.String()))
+		}
+		c.log.LogAttrs(ctx, slog.LevelWarn, "call refused", attrs...)
+	}
+	return st.Err()
+}
