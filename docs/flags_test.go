@@ -200,9 +200,9 @@ type docSection struct {
 }
 
 var (
-	flagCodeSpan   = regexp.MustCompile("`([^`]*)`")
-	linkedCode = regexp.MustCompile("\\[`[^`]*`\\]\\([^)]*\\)")
-	flagName   = regexp.MustCompile(`^-([a-z][a-z0-9-]*\*?)$`)
+	flagCodeSpan = regexp.MustCompile("`([^`]*)`")
+	linkedCode   = regexp.MustCompile("\\[`[^`]*`\\]\\([^)]*\\)")
+	flagName     = regexp.MustCompile(`^-([a-z][a-z0-9-]*\*?)$`)
 )
 
 // readFlagSections reads a document's flags by section header; the flags
