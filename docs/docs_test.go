@@ -4,8 +4,10 @@
 // metric and label they use is documented, and used as its type allows), to
 // each other (every alert has its runbook section), and to promtool: the
 // rules load, the dashboard's queries parse, and each alert fires on the
-// condition it describes and stays quiet otherwise. The directory has no Go
-// code of its own; nothing here starts any part of Herald.
+// condition it describes and stays quiet otherwise. They also hold
+// docs/configuration.md to each binary's -h. The directory has no Go code of
+// its own; nothing here starts any part of Herald (the binaries are built and
+// only asked for their flags).
 package docs_test
 
 import (

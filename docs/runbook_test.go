@@ -166,7 +166,7 @@ func heraldctlLines(doc string) []string {
 	return out
 }
 
-var flagDef = regexp.MustCompile(`fs\.(?:String|Bool|Int|Int64|Uint|Float64|Duration)(?:Var)?\((?:&[\w.]+,\s*)?"([a-z0-9-]+)"`)
+var flagDef = regexp.MustCompile(`fs\.(?:String|Bool|Int|Int64|Uint|Float64|Duration)(?:Var)?\((?:&?[\w.]+,\s*)?"([a-z0-9-]+)"`)
 
 // sourceFlags are the flags defined by any command under cmd/.
 func sourceFlags(t *testing.T) map[string]bool {

@@ -54,10 +54,6 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusUnauthorized, "unauthorized", err.Error())
 		return
 	}
-	if s.receipts == nil {
-		s.refuse(w, http.StatusNotImplemented, "acks_disabled", "this edge does not take acknowledgements")
-		return
-	}
 	// Any content type: sendBeacon sends text/plain.
 	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10+1))
 	if err != nil {

@@ -33,17 +33,16 @@ type deadLetter struct {
 
 // dlqFilter selects dead letters.
 type dlqFilter struct {
-	brokers, topic string
-	since, until   string
-	code, user     string
-	ids            string
-	limit          int
-	timeout        time.Duration
+	kafka        daemon.Kafka // brokers and dead-letter topic
+	since, until string
+	code, user   string
+	ids          string
+	limit        int
+	timeout      time.Duration
 }
 
 func (f *dlqFilter) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.brokers, "kafka-brokers", "127.0.0.1:9092", "Kafka seed brokers, comma-separated")
-	fs.StringVar(&f.topic, "kafka-dead-letter-topic", delivery.DefaultDeadLetterTopic, "dead-letter topic")
+	f.kafka.RegisterNamed(fs, "kafka-brokers", "kafka-dead-letter-topic")
 	fs.StringVar(&f.since, "since", "", "only dead letters from this time on: RFC 3339, or a duration ago such as 2h")
 	fs.StringVar(&f.until, "until", "", "only dead letters before this time: RFC 3339, or a duration ago")
 	fs.StringVar(&f.code, "code", "", "only this error code, e.g. UNREGISTERED, QUOTA_EXCEEDED, NO_DEVICE")
@@ -87,10 +86,9 @@ func (f *dlqFilter) read(ctx context.Context) ([]deadLetter, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	k := daemon.Kafka{Brokers: f.brokers}
-	msgs, err := delivery.ReadTopic(ctx, k.BrokerList(), f.topic)
+	msgs, err := delivery.ReadTopic(ctx, f.kafka.BrokerList(), f.kafka.DeadLetterTopic)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", f.topic, err)
+		return nil, fmt.Errorf("read %s: %w", f.kafka.DeadLetterTopic, err)
 	}
 	var out []deadLetter
 	for _, m := range msgs {
@@ -225,15 +223,14 @@ func replayCmd(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
 	var f dlqFilter
 	f.register(fs)
+	f.kafka.RegisterNamed(fs, "kafka-offline-topic") // the topic replayed onto
+	var rf daemon.Redis                              // where replays are remembered
+	rf.Register(fs)
 	var (
-		offlineTopic = fs.String("kafka-offline-topic", delivery.DefaultOfflineTopic, "topic to replay onto")
-		redisAddr    = fs.String("redis-addr", "127.0.0.1:6379", "Redis, where replays are remembered")
-		redisPass    = fs.String("redis-password", "", "Redis password")
-		redisPrefix  = fs.String("redis-prefix", "herald:", "Redis key prefix")
-		dryRun       = fs.Bool("dry-run", false, "print what would be replayed, and replay nothing")
-		perSecond    = fs.Float64("rate", 50, "most notifications replayed per second")
-		force        = fs.Bool("force", false, "replay notifications that were replayed before, too")
-		refreshTTL   = fs.Duration("ttl", time.Hour, "new time to live of replayed notifications that have expired meanwhile (0 keeps them expired; the worker then drops them)")
+		dryRun     = fs.Bool("dry-run", false, "print what would be replayed, and replay nothing")
+		perSecond  = fs.Float64("rate", 50, "most notifications replayed per second")
+		force      = fs.Bool("force", false, "replay notifications that were replayed before, too")
+		refreshTTL = fs.Duration("ttl", time.Hour, "new time to live of replayed notifications that have expired meanwhile (0 keeps them expired; the worker then drops them)")
 	)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
 		return err
@@ -249,10 +246,10 @@ func replayCmd(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	rdb := daemon.NewRedis(*redisAddr, *redisPass)
+	rdb := rf.Client()
 	defer rdb.Close()
-	kcfg := delivery.KafkaConfig{Brokers: (&daemon.Kafka{Brokers: f.brokers}).BrokerList()}
-	w, err := delivery.NewWriter(kcfg, *offlineTopic)
+	kcfg := delivery.KafkaConfig{Brokers: f.kafka.BrokerList()}
+	w, err := delivery.NewWriter(kcfg, f.kafka.OfflineTopic)
 	if err != nil {
 		return err
 	}
@@ -268,7 +265,7 @@ func replayCmd(args []string, stdout io.Writer) error {
 			continue
 		}
 		env := proto.Clone(d.DL.GetEnvelope()).(*heraldv1.Envelope)
-		mark := *redisPrefix + "dlq:replayed:" + env.GetId()
+		mark := rf.Prefix + "dlq:replayed:" + env.GetId()
 		if !*force {
 			n, err := rdb.Exists(ctx, mark).Result()
 			if err != nil {

@@ -20,15 +20,13 @@ import (
 
 // redisFlags are the flags of the commands that read Herald's Redis.
 type redisFlags struct {
-	addr, password, prefix string
-	timeout                time.Duration
-	json                   bool
+	redis   daemon.Redis
+	timeout time.Duration
+	json    bool
 }
 
 func (f *redisFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.addr, "redis-addr", "127.0.0.1:6379", "Redis address, or comma-separated cluster seeds")
-	fs.StringVar(&f.password, "redis-password", "", "Redis password")
-	fs.StringVar(&f.prefix, "redis-prefix", "herald:", "prefix of Herald's Redis keys")
+	f.redis.Register(fs)
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "time limit for the Redis calls")
 	fs.BoolVar(&f.json, "json", false, "print JSON instead of a table")
 }
@@ -36,7 +34,7 @@ func (f *redisFlags) register(fs *flag.FlagSet) {
 // connect returns a client and a context bounded by the timeout.
 func (f *redisFlags) connect() (redis.UniversalClient, context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
-	return daemon.NewRedis(f.addr, f.password), ctx, cancel
+	return f.redis.Client(), ctx, cancel
 }
 
 // presenceReport is what "heraldctl presence" shows.
@@ -91,11 +89,11 @@ func presenceCmd(args []string, stdout io.Writer) error {
 	rdb, ctx, cancel := f.connect()
 	defer cancel()
 	defer rdb.Close()
-	reg, err := presence.New(rdb, presence.Config{Prefix: f.prefix})
+	reg, err := presence.New(rdb, presence.Config{Prefix: f.redis.Prefix})
 	if err != nil {
 		return err
 	}
-	devs, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: f.prefix})
+	devs, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: f.redis.Prefix})
 	if err != nil {
 		return err
 	}
@@ -182,7 +180,7 @@ func edgesCmd(args []string, stdout io.Writer) error {
 	rdb, ctx, cancel := f.connect()
 	defer cancel()
 	defer rdb.Close()
-	reg, err := presence.New(rdb, presence.Config{Prefix: f.prefix})
+	reg, err := presence.New(rdb, presence.Config{Prefix: f.redis.Prefix})
 	if err != nil {
 		return err
 	}

@@ -19,15 +19,17 @@ import (
 // with -kafka-brokers, its dead letters.
 func traceCmd(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("trace", flag.ContinueOnError)
+	var rf daemon.Redis
+	rf.Register(fs)
+	var dl dlqFilter // the dead letters looked for
+	dl.kafka.RegisterNamed(fs, "kafka-dead-letter-topic")
+	// -kafka-brokers is trace's own: empty by default, as the dead-letter
+	// topic is searched only when it is given (daemon's default is a broker).
+	fs.StringVar(&dl.kafka.Brokers, "kafka-brokers", "", "also look for the notification in the dead-letter topic on these brokers")
 	var (
-		user        = fs.String("user", "", "the notification's user: a direct lookup instead of a scan of the keyspace")
-		redisAddr   = fs.String("redis-addr", "127.0.0.1:6379", "Redis address, or comma-separated cluster seeds")
-		redisPass   = fs.String("redis-password", "", "Redis password")
-		redisPrefix = fs.String("redis-prefix", "herald:", "Redis key prefix")
-		brokers     = fs.String("kafka-brokers", "", "also look for the notification in the dead-letter topic on these brokers")
-		dlqTopic    = fs.String("kafka-dead-letter-topic", delivery.DefaultDeadLetterTopic, "dead-letter topic")
-		asJSON      = fs.Bool("json", false, "print JSON")
-		timeout     = fs.Duration("timeout", 30*time.Second, "time limit")
+		user    = fs.String("user", "", "the notification's user: a direct lookup instead of a scan of the keyspace")
+		asJSON  = fs.Bool("json", false, "print JSON")
+		timeout = fs.Duration("timeout", 30*time.Second, "time limit")
 	)
 	var id string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -44,22 +46,22 @@ func traceCmd(args []string, stdout io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	rdb := daemon.NewRedis(*redisAddr, *redisPass)
+	rdb := rf.Client()
 	defer rdb.Close()
-	tr, err := delivery.FindTrace(ctx, rdb, *redisPrefix, *user, id)
+	tr, err := delivery.FindTrace(ctx, rdb, rf.Prefix, *user, id)
 	if err != nil && !errors.Is(err, delivery.ErrNoTrace) {
 		return err
 	}
 	var dls []deadLetter
-	if *brokers != "" {
-		f := dlqFilter{brokers: *brokers, topic: *dlqTopic, ids: id, timeout: *timeout}
-		if dls, err = f.read(ctx); err != nil {
+	if dl.kafka.Brokers != "" {
+		dl.ids, dl.timeout = id, *timeout
+		if dls, err = dl.read(ctx); err != nil {
 			return err
 		}
 	}
 	if tr.Fields == nil && len(dls) == 0 {
 		return fmt.Errorf("%w; the dead-letter topic was %s", delivery.ErrNoTrace,
-			map[bool]string{true: "searched too", false: "not searched (give -kafka-brokers)"}[*brokers != ""])
+			map[bool]string{true: "searched too", false: "not searched (give -kafka-brokers)"}[dl.kafka.Brokers != ""])
 	}
 	if *asJSON {
 		out := map[string]any{"id": id, "trail": tr.Fields}

@@ -247,12 +247,32 @@ type Common struct {
 // listener's default.
 func (c *Common) Register(fs *flag.FlagSet, adminAddr string) {
 	fs.StringVar(&c.AdminAddr, "admin-addr", adminAddr, "admin listener (metrics, health, pprof); empty disables it")
-	fs.StringVar(&c.RedisAddr, "redis-addr", "127.0.0.1:6379", "Redis address, or comma-separated cluster seeds")
-	fs.StringVar(&c.RedisPassword, "redis-password", "", "Redis password")
-	fs.StringVar(&c.RedisPrefix, "redis-prefix", "herald:", "prefix of every Redis key and channel; the same on routers and edges")
+	registerRedis(fs, &c.RedisAddr, &c.RedisPassword, &c.RedisPrefix)
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&c.LogUserIDs, "log-user-ids", false, "log user ids in clear; by default logs name users by a hash of their id")
+}
+
+// Redis holds the flags that name Herald's Redis, for the commands that
+// read it without the rest of Common (heraldctl's).
+type Redis struct {
+	Addr     string
+	Password string
+	Prefix   string
+}
+
+// Register defines -redis-addr, -redis-password and -redis-prefix on fs,
+// with the names and defaults of Common's.
+func (r *Redis) Register(fs *flag.FlagSet) { registerRedis(fs, &r.Addr, &r.Password, &r.Prefix) }
+
+// Client returns a client for the flags' Redis.
+func (r *Redis) Client() redis.UniversalClient { return NewRedis(r.Addr, r.Password) }
+
+// registerRedis defines the Redis flags, once for Common and Redis.
+func registerRedis(fs *flag.FlagSet, addr, password, prefix *string) {
+	fs.StringVar(addr, "redis-addr", "127.0.0.1:6379", "Redis address, or comma-separated cluster seeds")
+	fs.StringVar(password, "redis-password", "", "Redis password")
+	fs.StringVar(prefix, "redis-prefix", "herald:", "prefix of every Redis key and channel; the same on routers and edges")
 }
 
 // UserIDs says how logs show user ids.

@@ -33,6 +33,23 @@ func (k *Kafka) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&k.BatchTimeout, "kafka-batch-timeout", 2*time.Millisecond, "how long a writer waits to fill a batch")
 }
 
+// RegisterNamed defines on fs only the Kafka flags named (without their
+// leading -), with Register's names, defaults and usage, for commands that
+// need a few of them (heraldctl's). Like Register, it sets every field of k
+// to its default. It panics on a name Register does not define: a
+// programming error.
+func (k *Kafka) RegisterNamed(fs *flag.FlagSet, names ...string) {
+	all := flag.NewFlagSet("kafka", flag.ContinueOnError)
+	k.Register(all)
+	for _, name := range names {
+		f := all.Lookup(name)
+		if f == nil {
+			panic("daemon: no Kafka flag -" + name)
+		}
+		fs.Var(f.Value, f.Name, f.Usage)
+	}
+}
+
 // BrokerList is the brokers as a list.
 func (k *Kafka) BrokerList() []string {
 	var out []string
