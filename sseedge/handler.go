@@ -113,7 +113,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	st.expires = claims.ExpiresAt.Time
 	cursor := s.checkCursor(lastID, parseCursor(lastID))
 	// A client that resumes past a notification had it: no push for it.
-	s.ackOnReconnect(st, cursor)
+	s.ackOnReconnect(ctx, st, cursor)
 	err = s.open(ctx, st, cursor)
 	admitted()
 	if err != nil {
