@@ -19,9 +19,18 @@ func (s *Server) drain(ctx context.Context, hs *http.Server) {
 	s.log.Info("draining", slog.Int("streams", len(streams)), slog.Duration("period", s.cfg.DrainPeriod))
 	if n := len(streams); n > 0 {
 		step := s.cfg.DrainPeriod / time.Duration(n)
+		var tick <-chan time.Time
+		if step > 0 {
+			t := time.NewTicker(step)
+			defer t.Stop()
+			tick = t.C
+		}
 		for i, st := range streams {
-			if i > 0 && step > 0 {
-				time.Sleep(step)
+			if i > 0 && tick != nil {
+				select {
+				case <-ctx.Done():
+				case <-tick:
+				}
 			}
 			st.close(CloseServerDrain)
 		}
