@@ -95,13 +95,15 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 }
 
 // ackOnReconnect acknowledges, for a stream resuming at cursor, everything
-// up to the cursor's position in the user's stream: the client had it.
-func (s *Server) ackOnReconnect(st *stream, cursor map[string]uint64) {
+// up to the cursor's position in the user's stream: the client had it. The
+// acknowledgement outlives ctx, the request's: a client that hangs up at
+// once still had what it resumed past.
+func (s *Server) ackOnReconnect(ctx context.Context, st *stream, cursor map[string]uint64) {
 	pos, ok := cursor[""]
 	if !ok || s.receipts == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	res, err := s.receipts.AckUpTo(ctx, st.user, pos, s.now())
 	if err != nil {

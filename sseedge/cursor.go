@@ -3,6 +3,7 @@ package sseedge
 import (
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/herald-push/herald/delivery"
 )
@@ -47,4 +48,27 @@ func appendCursor(b []byte, names []string, pos []uint64) []byte {
 		b = strconv.AppendUint(b, pos[i], 10)
 	}
 	return b
+}
+
+// cursorAhead is how far past this edge's clock a position may be. Event ids
+// are Redis' clock in ms × 1000 (delivery's history), so a position further
+// ahead was never sent: it comes from a corrupt or forged Last-Event-ID.
+const cursorAhead = time.Hour
+
+// checkCursor turns the user's position in a Last-Event-ID that the edge
+// cannot have sent (unparsable, or in the future) into position 1, long
+// gone from history: the client, whose state is unknown, gets a herald.reset
+// and re-fetches it. Left alone, a future position would hide every event
+// until the stream reached it, and acknowledge them all on reconnect.
+func (s *Server) checkCursor(lastID string, cursor map[string]uint64) map[string]uint64 {
+	if _, ok := cursor[""]; !ok && lastID != "" {
+		cursor[""] = 1
+	}
+	limit := uint64(s.now().Add(cursorAhead).UnixMilli()) * 1000
+	for name, pos := range cursor {
+		if pos == 0 || pos > limit {
+			cursor[name] = 1
+		}
+	}
+	return cursor
 }

@@ -5,10 +5,10 @@ package sseedge
 import (
 	"context"
 	"errors"
+	"golang.org/x/sys/unix"
 	"io"
 	"log/slog"
 	"sync"
-	"syscall"
 )
 
 // poller watches taken-over connections with epoll, edge-triggered, and
@@ -27,20 +27,20 @@ type poller struct {
 
 // pollEvents are the events a connection is watched for: the client sent
 // something, or hung up.
-const pollEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLET&0xffffffff
+const pollEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
 
 func newPoller(log *slog.Logger) (*poller, error) {
-	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, err
 	}
 	p := &poller{log: log, epfd: epfd, conns: make(map[int32]*wire)}
-	if err := syscall.Pipe2(p.wake[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
-		_ = syscall.Close(epfd)
+	if err := unix.Pipe2(p.wake[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		_ = unix.Close(epfd)
 		return nil, err
 	}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
-	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, p.wake[0], &ev); err != nil {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, p.wake[0], &ev); err != nil {
 		p.release()
 		return nil, err
 	}
@@ -69,7 +69,7 @@ func (p *poller) add(w *wire) error {
 	}
 	var err error
 	cerr := w.rc.Control(func(fd uintptr) {
-		err = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(fd), &syscall.EpollEvent{Events: pollEvents, Fd: p.next})
+		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &unix.EpollEvent{Events: pollEvents, Fd: p.next})
 	})
 	if err = errors.Join(cerr, err); err != nil {
 		return err
@@ -88,7 +88,7 @@ func (p *poller) remove(w *wire) {
 		return
 	}
 	_ = w.rc.Control(func(fd uintptr) {
-		_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
+		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
 	})
 }
 
@@ -99,15 +99,15 @@ func (p *poller) run(ctx context.Context) {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if !p.closed {
-			_, _ = syscall.Write(p.wake[1], []byte{0})
+			_, _ = unix.Write(p.wake[1], []byte{0})
 		}
 	})
 	defer stop()
-	events := make([]syscall.EpollEvent, 256)
+	events := make([]unix.EpollEvent, 256)
 	buf := make([]byte, 512)
 	for {
-		n, err := syscall.EpollWait(p.epfd, events, -1)
-		if errors.Is(err, syscall.EINTR) {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
@@ -124,7 +124,7 @@ func (p *poller) run(ctx context.Context) {
 			if w == nil {
 				continue
 			}
-			if ev.Events&(syscall.EPOLLRDHUP|syscall.EPOLLHUP|syscall.EPOLLERR) != 0 {
+			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 				w.st.close(CloseClientClosed)
 				continue
 			}
@@ -145,14 +145,14 @@ func discard(w *wire, buf []byte) (open, more bool) {
 	open, more = true, true
 	_ = w.rc.Control(func(fd uintptr) {
 		for range 16 {
-			n, err := syscall.Read(int(fd), buf)
+			n, err := unix.Read(int(fd), buf)
 			switch {
-			case n > 0 || errors.Is(err, syscall.EINTR):
+			case n > 0 || errors.Is(err, unix.EINTR):
 				continue
 			case n == 0 && err == nil:
 				open = false // end of file
 			default:
-				open = errors.Is(err, syscall.EAGAIN)
+				open = errors.Is(err, unix.EAGAIN)
 			}
 			more = false
 			return
@@ -171,7 +171,7 @@ func (p *poller) rearm(w *wire) {
 		return
 	}
 	_ = w.rc.Control(func(fd uintptr) {
-		_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_MOD, int(fd), &syscall.EpollEvent{Events: pollEvents, Fd: w.token})
+		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(fd), &unix.EpollEvent{Events: pollEvents, Fd: w.token})
 	})
 }
 
@@ -180,22 +180,22 @@ func (p *poller) release() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = true
-	_ = syscall.Close(p.epfd)
-	_ = syscall.Close(p.wake[0])
-	_ = syscall.Close(p.wake[1])
+	_ = unix.Close(p.epfd)
+	_ = unix.Close(p.wake[0])
+	_ = unix.Close(p.wake[1])
 }
 
 // writeNow writes what of b the socket fd takes without waiting, and
-// returns how much that was. Its error is syscall.EAGAIN when the socket
+// returns how much that was. Its error is unix.EAGAIN when the socket
 // filled before b was written.
 func writeNow(fd int, b []byte) (int, error) {
 	n := 0
 	for n < len(b) {
-		m, err := syscall.Write(fd, b[n:])
+		m, err := unix.Write(fd, b[n:])
 		switch {
 		case m > 0:
 			n += m
-		case errors.Is(err, syscall.EINTR):
+		case errors.Is(err, unix.EINTR):
 		case err != nil:
 			return n, err
 		default:

@@ -54,6 +54,7 @@ func (r *remover) remove(ctx context.Context, c presence.Conn) error {
 }
 
 // run removes batches until ctx is done, then serves what is still queued.
+// A removal already under way outlives ctx: its stream is waiting for it.
 func (r *remover) run(ctx context.Context) {
 	batch := make([]removal, 0, maxRemovalBatch)
 	conns := make([]presence.Conn, 0, maxRemovalBatch)
@@ -68,7 +69,7 @@ func (r *remover) run(ctx context.Context) {
 			for {
 				select {
 				case rm := <-r.ch:
-					rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 					rm.done <- r.reg.Remove(rctx, rm.conn)
 					cancel()
 				default:
@@ -90,7 +91,7 @@ func (r *remover) run(ctx context.Context) {
 		for _, rm := range batch {
 			conns = append(conns, rm.conn)
 		}
-		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		err := r.reg.Remove(rctx, conns...)
 		cancel()
 		for _, rm := range batch {
