@@ -8,15 +8,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -73,14 +70,9 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	key := []byte(*secret)
-	if *secretFile != "" {
-		if key, err = os.ReadFile(*secretFile); err != nil {
-			return err
-		}
-	}
-	if len(key) == 0 && *pubKeys == "" && *jwksSource == "" {
-		return errors.New("a token key is required: set HERALD_JWT_SECRET, -jwt-secret-file, -jwt-public-key-file or -jwt-jwks")
+	key, err := tokenKey(*secret, *secretFile, *pubKeys != "" || *jwksSource != "")
+	if err != nil {
+		return err
 	}
 	trusted, err := parsePrefixes(splitList(*proxies))
 	if err != nil {
@@ -132,32 +124,4 @@ func run(args []string) error {
 	err = g.Wait()
 	log.Info("edge stopped")
 	return err
-}
-
-// parsePrefixes reads addresses ("10.0.0.1") and CIDRs ("10.0.0.0/8").
-func parsePrefixes(list []string) ([]netip.Prefix, error) {
-	out := make([]netip.Prefix, 0, len(list))
-	for _, v := range list {
-		p, err := netip.ParsePrefix(v)
-		if err != nil {
-			a, aerr := netip.ParseAddr(v)
-			if aerr != nil {
-				return nil, err
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
-		}
-		out = append(out, p.Masked())
-	}
-	return out, nil
-}
-
-// splitList splits a comma-separated flag value, dropping empty items.
-func splitList(s string) []string {
-	var out []string
-	for _, v := range strings.Split(s, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			out = append(out, v)
-		}
-	}
-	return out
 }
