@@ -1,6 +1,10 @@
-// Package delivery carries notifications from the router to the edges: the
-// protobuf envelope, the naming of per-user Redis channels, and the publisher
-// that looks up presence and publishes in one Redis round trip.
+// Package delivery carries notifications from the router to the edges and
+// to the offline path: the protobuf envelope and its ids, the names of every
+// Redis key and channel (keys.go), input validation, the publisher that
+// looks up presence, records history and publishes in one Redis round trip,
+// the history that edges read (with its epochs), delivery receipts and
+// their sweeper, the device registry, the Kafka queue, the trail and the
+// log redaction of user ids.
 package delivery
 
 import (

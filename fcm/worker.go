@@ -1,6 +1,7 @@
 package fcm
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -114,46 +115,24 @@ const (
 )
 
 func (c *Config) setDefaults() error {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
-	def(&c.OfflineTopic, delivery.DefaultOfflineTopic)
-	def(&c.RetryTopic, delivery.DefaultRetryTopic)
-	def(&c.DeadLetterTopic, delivery.DefaultDeadLetterTopic)
-	def(&c.GroupID, DefaultGroupID)
-	def(&c.RedisPrefix, DefaultRedisPrefix)
-	defD := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	defD(&c.BatchWait, DefaultBatchWait)
-	defD(&c.MaxRetryAge, DefaultMaxRetryAge)
-	defD(&c.BackoffBase, DefaultBackoffBase)
-	defD(&c.BackoffMax, DefaultBackoffMax)
-	defD(&c.DedupeWindow, DefaultDedupeWindow)
-	defD(&c.SessionTimeout, DefaultSessionTimeout)
-	defD(&c.SendTimeout, DefaultSendTimeout)
-	if c.BatchSize == 0 {
-		c.BatchSize = DefaultBatchSize
-	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = DefaultMaxAttempts
-	}
-	if c.MaxDataBytes == 0 {
-		c.MaxDataBytes = DefaultMaxDataBytes
-	}
-	if c.Concurrency == 0 {
-		c.Concurrency = DefaultConcurrency
-	}
-	if c.QuotaPerMinute == 0 {
-		c.QuotaPerMinute = DefaultQuotaPerMinute
-	}
-	if c.QuotaShare == 0 {
-		c.QuotaShare = DefaultQuotaShare
-	}
+	c.OfflineTopic = cmp.Or(c.OfflineTopic, delivery.DefaultOfflineTopic)
+	c.RetryTopic = cmp.Or(c.RetryTopic, delivery.DefaultRetryTopic)
+	c.DeadLetterTopic = cmp.Or(c.DeadLetterTopic, delivery.DefaultDeadLetterTopic)
+	c.GroupID = cmp.Or(c.GroupID, DefaultGroupID)
+	c.RedisPrefix = cmp.Or(c.RedisPrefix, DefaultRedisPrefix)
+	c.BatchWait = cmp.Or(c.BatchWait, DefaultBatchWait)
+	c.MaxRetryAge = cmp.Or(c.MaxRetryAge, DefaultMaxRetryAge)
+	c.BackoffBase = cmp.Or(c.BackoffBase, DefaultBackoffBase)
+	c.BackoffMax = cmp.Or(c.BackoffMax, DefaultBackoffMax)
+	c.DedupeWindow = cmp.Or(c.DedupeWindow, DefaultDedupeWindow)
+	c.SessionTimeout = cmp.Or(c.SessionTimeout, DefaultSessionTimeout)
+	c.SendTimeout = cmp.Or(c.SendTimeout, DefaultSendTimeout)
+	c.BatchSize = cmp.Or(c.BatchSize, DefaultBatchSize)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, DefaultMaxAttempts)
+	c.MaxDataBytes = cmp.Or(c.MaxDataBytes, DefaultMaxDataBytes)
+	c.Concurrency = cmp.Or(c.Concurrency, DefaultConcurrency)
+	c.QuotaPerMinute = cmp.Or(c.QuotaPerMinute, DefaultQuotaPerMinute)
+	c.QuotaShare = cmp.Or(c.QuotaShare, DefaultQuotaShare)
 	if len(c.Kafka.Brokers) == 0 {
 		return errors.New("fcm: kafka brokers are required")
 	}

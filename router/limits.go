@@ -1,6 +1,7 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -50,21 +51,12 @@ const (
 
 // applyLimitDefaults fills in the zero limits of cfg and checks them.
 func (cfg *Config) applyLimitDefaults() error {
-	def := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
-	def(&cfg.MaxRequestBytes, DefaultMaxRequestBytes)
-	def(&cfg.MaxStreamsPerConn, DefaultMaxStreamsPerConn)
-	def(&cfg.MaxConns, DefaultMaxConns)
-	if cfg.KeepaliveMinTime == 0 {
-		cfg.KeepaliveMinTime = DefaultKeepaliveMinTime
-	}
-	if cfg.MaxConnIdle == 0 {
-		cfg.MaxConnIdle = DefaultMaxConnIdle
-	}
+	cfg.MaxHeaderBytes = cmp.Or(cfg.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	cfg.MaxRequestBytes = cmp.Or(cfg.MaxRequestBytes, DefaultMaxRequestBytes)
+	cfg.MaxStreamsPerConn = cmp.Or(cfg.MaxStreamsPerConn, DefaultMaxStreamsPerConn)
+	cfg.MaxConns = cmp.Or(cfg.MaxConns, DefaultMaxConns)
+	cfg.KeepaliveMinTime = cmp.Or(cfg.KeepaliveMinTime, DefaultKeepaliveMinTime)
+	cfg.MaxConnIdle = cmp.Or(cfg.MaxConnIdle, DefaultMaxConnIdle)
 	switch {
 	case cfg.MaxHeaderBytes < 1024:
 		return fmt.Errorf("router: max header bytes %d: must be at least 1024 (gRPC's own headers need some)", cfg.MaxHeaderBytes)
