@@ -12,9 +12,10 @@
 #   docker build --target sseedge   -t registry.example.com/herald/sseedge:v1.2.3 .
 #   docker build --target fcmworker -t registry.example.com/herald/fcmworker:v1.2.3 .
 #
-# Other targets: heraldctl (operations: run it with `docker run --rm IMAGE
-# stats ...`), fcm-emulator, heraldbench, and herald, the all-in-one, which
-# is the default target. docs/deploy.md, "Container images", says more.
+# Other targets: heraldctl (operations: `docker run --rm IMAGE stats ...`),
+# fcm-emulator, heraldbench, and herald, the all-in-one, for trying Herald
+# out only. Name the target: without one the build makes router.
+# docs/deploy.md, "Container images", says more.
 
 ARG GO_VERSION=1.26
 
@@ -41,21 +42,13 @@ COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certifica
 COPY --from=build /out/etc/passwd /out/etc/group /etc/
 USER 65532:65532
 
-FROM base AS router
-COPY --from=build /out/bin/router /usr/local/bin/router
-# gRPC API; admin listener (set -admin-addr :9090 to reach it from outside).
-EXPOSE 7070 9090
-ENTRYPOINT ["/usr/local/bin/router"]
-
-FROM base AS sseedge
-COPY --from=build /out/bin/sseedge /usr/local/bin/sseedge
-EXPOSE 8080 9091
-ENTRYPOINT ["/usr/local/bin/sseedge"]
-
-FROM base AS fcmworker
-COPY --from=build /out/bin/fcmworker /usr/local/bin/fcmworker
-EXPOSE 9093
-ENTRYPOINT ["/usr/local/bin/fcmworker"]
+# The all-in-one, to try Herald: its listeners default to 127.0.0.1, so
+# publish them with, for example,
+#   docker run --rm -p 7070:7070 -p 8080:8080 IMAGE -grpc-addr :7070 -http-addr :8080
+FROM base AS herald
+COPY --from=build /out/bin/herald /usr/local/bin/herald
+EXPOSE 7070 8080
+ENTRYPOINT ["/usr/local/bin/herald"]
 
 FROM base AS heraldctl
 COPY --from=build /out/bin/heraldctl /usr/local/bin/heraldctl
@@ -70,10 +63,19 @@ FROM base AS heraldbench
 COPY --from=build /out/bin/heraldbench /usr/local/bin/heraldbench
 ENTRYPOINT ["/usr/local/bin/heraldbench"]
 
-# The all-in-one, to try Herald: its listeners default to 127.0.0.1, so
-# publish them with, for example,
-#   docker run --rm -p 7070:7070 -p 8080:8080 IMAGE -grpc-addr :7070 -http-addr :8080
-FROM base AS herald
-COPY --from=build /out/bin/herald /usr/local/bin/herald
-EXPOSE 7070 8080
-ENTRYPOINT ["/usr/local/bin/herald"]
+FROM base AS sseedge
+COPY --from=build /out/bin/sseedge /usr/local/bin/sseedge
+EXPOSE 8080 9091
+ENTRYPOINT ["/usr/local/bin/sseedge"]
+
+FROM base AS fcmworker
+COPY --from=build /out/bin/fcmworker /usr/local/bin/fcmworker
+EXPOSE 9093
+ENTRYPOINT ["/usr/local/bin/fcmworker"]
+
+# The last target, so the one a build without --target makes.
+FROM base AS router
+COPY --from=build /out/bin/router /usr/local/bin/router
+# gRPC API; admin listener (set -admin-addr :9090 to reach it from outside).
+EXPOSE 7070 9090
+ENTRYPOINT ["/usr/local/bin/router"]
