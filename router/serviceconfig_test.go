@@ -324,10 +324,15 @@ func TestRetryAcrossRouterRestart(t *testing.T) {
 		})
 	}
 
+	defer func() { stop.Store(1); wg.Wait() }() // on a failure too
+
 	const restarts = 2
 	for range restarts {
-		held := hold.arm()
-		<-held
+		select {
+		case <-hold.arm():
+		case <-time.After(20 * time.Second):
+			t.Fatal("no Notify call was held: the callers are not calling")
+		}
 		if err := srv.Stop(); err != nil {
 			t.Fatal(err)
 		}
