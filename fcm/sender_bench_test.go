@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -83,6 +84,27 @@ func startEmulatorChild(b *testing.B, latency time.Duration) string {
 	return line[:len(line)-1]
 }
 
+// syscalls is the process's read and write system calls so far
+// (/proc/self/io's syscr + syscw).
+func syscalls(b *testing.B) int64 {
+	data, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var n int64
+	for _, line := range strings.Split(string(data), "\n") {
+		k, v, ok := strings.Cut(line, ": ")
+		if ok && (k == "syscr" || k == "syscw") {
+			c, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += c
+		}
+	}
+	return n
+}
+
 func cpuTime(b *testing.B) time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
@@ -144,16 +166,18 @@ func BenchmarkSenderCPU(b *testing.B) {
 			if n := failed.Load(); n > 0 {
 				b.Fatal(errors.New(strconv.FormatInt(n, 10) + " sends failed while warming up"))
 			}
+			b.ReportAllocs()
 			b.ResetTimer()
-			cpu0, t0 := cpuTime(b), time.Now()
+			cpu0, t0, sys0 := cpuTime(b), time.Now(), syscalls(b)
 			run(b.N)
-			cpu, wall := cpuTime(b)-cpu0, time.Since(t0)
+			cpu, wall, sys := cpuTime(b)-cpu0, time.Since(t0), syscalls(b)-sys0
 			b.StopTimer()
 			if n := failed.Load(); n > 0 {
 				b.Fatalf("%d sends failed", n)
 			}
 			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/push")
 			b.ReportMetric(float64(b.N)/wall.Seconds(), "pushes/s")
+			b.ReportMetric(float64(sys)/float64(b.N), "rw-syscalls/push")
 		})
 	}
 }
