@@ -153,8 +153,8 @@ func (p *clients) sender(j sendJob) {
 }
 
 // NewClient returns the firebase-admin-go messaging client for cfg. Its HTTP
-// client keeps enough idle connections per host for the SDK's 50 parallel
-// sends of a SendEach call, and bounds the dial and the TLS handshake.
+// client keeps an idle connection for every send a worker has in flight at
+// most (see transport), and bounds the dial and the TLS handshake.
 //
 // A send itself is bounded by its context: the worker gives each SendEach
 // call Config.SendTimeout. The client has no http.Client.Timeout of its own,
@@ -217,16 +217,21 @@ func clientOptions(ctx context.Context, cfg ClientConfig) ([]option.ClientOption
 	return append(auth, option.WithHTTPClient(&http.Client{Transport: rt})), nil
 }
 
-// transport is an HTTP transport that keeps the connections of a few
-// hundred concurrent sends (over HTTP/1.1, one each), over HTTP/2 without
+// transport is an HTTP transport that keeps the connections of up to a
+// thousand concurrent sends (over HTTP/1.1, one each), over HTTP/2 without
 // TLS with h2c. It bounds the dial, the TLS handshake and the wait for a
 // response's headers; the send's context bounds the whole.
 func transport(h2c bool) *http.Transport {
 	t := &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:   true,
-		MaxIdleConns:        0,
+		Proxy:             http.ProxyFromEnvironment,
+		DialContext:       (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2: true,
+		// Over HTTP/1.1 each send in flight needs a connection of its own,
+		// and one beyond the idle limit is closed after its answer and
+		// dialled again for a later send. A worker has at most 2 ×
+		// Concurrency calls of 50 in flight (800 by default), all of which
+		// may go through one client.
+		MaxIdleConns:        2048,
 		MaxIdleConnsPerHost: 1024,
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 5 * time.Second,
