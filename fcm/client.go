@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,7 +47,7 @@ type ClientConfig struct {
 const DefaultConns = 4
 
 // NewSender returns a Sender that spreads the sends over cfg.Conns
-// firebase-admin-go clients, round robin.
+// firebase-admin-go clients, message by message.
 func NewSender(ctx context.Context, cfg ClientConfig) (Sender, error) {
 	if cfg.Conns == 0 {
 		cfg.Conns = DefaultConns
@@ -54,36 +55,106 @@ func NewSender(ctx context.Context, cfg ClientConfig) (Sender, error) {
 	if cfg.Conns < 1 {
 		return nil, errors.New("fcm: Conns must be positive")
 	}
-	p := &pool{}
+	p := &clients{jobs: make(chan sendJob)}
 	for range cfg.Conns {
 		c, err := NewClient(ctx, cfg)
 		if err != nil {
 			return nil, err
 		}
-		p.senders = append(p.senders, c)
-	}
-	if len(p.senders) == 1 {
-		return p.senders[0], nil
+		p.clients = append(p.clients, c)
 	}
 	return p, nil
 }
 
-// pool is a Sender over several, taken in turn.
-type pool struct {
-	senders []Sender
+// maxSendEach is the most messages of a SendEach call, as the SDK's.
+const maxSendEach = 500
+
+// senderIdle is how long a sending goroutine waits for its next message
+// before it ends.
+const senderIdle = 5 * time.Second
+
+// clients is a Sender over several firebase-admin-go clients. It sends each
+// message with a client's Send, as the SDK's SendEach does, all of a call's
+// messages at once; but where SendEach starts 50 goroutines for every call,
+// which grow their stacks anew through the JSON encoder and net/http, the
+// goroutines here outlive a call and take the next message that comes, and
+// end after senderIdle without one. There are never more of them than
+// messages in flight at the busiest moment.
+type clients struct {
+	clients []*messaging.Client
 	next    atomic.Uint32
+	// jobs hands a message to a goroutine waiting for one. Unbuffered: a
+	// message that no idle goroutine takes at once starts a new one.
+	jobs chan sendJob
 }
 
-var _ Sender = (*pool)(nil)
+var _ Sender = (*clients)(nil)
 
-func (p *pool) SendEach(ctx context.Context, messages []*messaging.Message) (*messaging.BatchResponse, error) {
-	s := p.senders[int(p.next.Add(1)%uint32(len(p.senders)))]
-	return s.SendEach(ctx, messages)
+// sendJob is one message of a SendEach call.
+type sendJob struct {
+	ctx    context.Context
+	client *messaging.Client
+	msg    *messaging.Message
+	out    *messaging.SendResponse
+	done   *sync.WaitGroup
+}
+
+// SendEach sends every message, each within ctx, and answers with one
+// response per message, in order. Unlike the SDK's SendEach, a message
+// that the SDK finds invalid fails alone, in its response, rather than the
+// whole call.
+func (p *clients) SendEach(ctx context.Context, messages []*messaging.Message) (*messaging.BatchResponse, error) {
+	if len(messages) == 0 {
+		return nil, errors.New("fcm: no messages to send")
+	}
+	if len(messages) > maxSendEach {
+		return nil, fmt.Errorf("fcm: %d messages in one call, more than %d", len(messages), maxSendEach)
+	}
+	outs := make([]messaging.SendResponse, len(messages))
+	var done sync.WaitGroup
+	done.Add(len(messages))
+	for i, m := range messages {
+		j := sendJob{ctx: ctx, client: p.clients[int(p.next.Add(1)%uint32(len(p.clients)))], msg: m, out: &outs[i], done: &done}
+		select {
+		case p.jobs <- j:
+		default:
+			go p.sender(j)
+		}
+	}
+	done.Wait()
+	resp := &messaging.BatchResponse{Responses: make([]*messaging.SendResponse, len(outs))}
+	for i := range outs {
+		resp.Responses[i] = &outs[i]
+		if outs[i].Success {
+			resp.SuccessCount++
+		} else {
+			resp.FailureCount++
+		}
+	}
+	return resp, nil
+}
+
+// sender sends j, then the messages handed to it, until none comes for
+// senderIdle.
+func (p *clients) sender(j sendJob) {
+	idle := time.NewTimer(senderIdle)
+	defer idle.Stop()
+	for {
+		id, err := j.client.Send(j.ctx, j.msg)
+		*j.out = messaging.SendResponse{Success: err == nil, MessageID: id, Error: err}
+		j.done.Done()
+		idle.Reset(senderIdle)
+		select {
+		case j = <-p.jobs:
+		case <-idle.C:
+			return
+		}
+	}
 }
 
 // NewClient returns the firebase-admin-go messaging client for cfg. Its HTTP
-// client keeps enough idle connections per host for the SDK's 50 parallel
-// sends of a SendEach call, and bounds the dial and the TLS handshake.
+// client keeps an idle connection for every send a worker has in flight at
+// most (see transport), and bounds the dial and the TLS handshake.
 //
 // A send itself is bounded by its context: the worker gives each SendEach
 // call Config.SendTimeout. The client has no http.Client.Timeout of its own,
@@ -146,17 +217,22 @@ func clientOptions(ctx context.Context, cfg ClientConfig) ([]option.ClientOption
 	return append(auth, option.WithHTTPClient(&http.Client{Transport: rt})), nil
 }
 
-// transport is an HTTP transport that keeps the connections of a few
-// hundred concurrent sends (over HTTP/1.1, one each), over HTTP/2 without
+// transport is an HTTP transport that keeps the connections of up to a
+// thousand concurrent sends (over HTTP/1.1, one each), over HTTP/2 without
 // TLS with h2c. It bounds the dial, the TLS handshake and the wait for a
 // response's headers; the send's context bounds the whole.
 func transport(h2c bool) *http.Transport {
 	t := &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:   true,
-		MaxIdleConns:        512,
-		MaxIdleConnsPerHost: 256,
+		Proxy:             http.ProxyFromEnvironment,
+		DialContext:       (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2: true,
+		// Over HTTP/1.1 each send in flight needs a connection of its own,
+		// and one beyond the idle limit is closed after its answer and
+		// dialled again for a later send. A worker has at most 2 ×
+		// Concurrency calls of 50 in flight (800 by default), all of which
+		// may go through one client.
+		MaxIdleConns:        2048,
+		MaxIdleConnsPerHost: 1024,
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 5 * time.Second,
 		// Past the send timeout's default: the context is what ends a slow

@@ -209,7 +209,7 @@ func TestWorkerPermanentErrorDeadLetters(t *testing.T) {
 }
 
 func TestMain(m *testing.M) {
-	if testenv.RunChildWorker() {
+	if testenv.RunChildWorker() || fcm.RunEmulatorChild() {
 		return
 	}
 	os.Exit(m.Run())
