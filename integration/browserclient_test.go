@@ -137,24 +137,25 @@ func TestBrowserClientRefreshesToken(t *testing.T) {
 		t.Fatalf("the application was asked for %d tokens before the stream opened, want 2 (the refused one, then a good one)", n)
 	}
 
-	// Notifications, one at a time, until the client has refreshed its
-	// token twice (tokens 3 and 4) and closed a stream for each, to open
-	// the next with the new token.
+	// Notifications, every few milliseconds and without waiting for them,
+	// so that some are in flight while the stream moves, until the client
+	// has refreshed its token twice (tokens 3 and 4) and closed a stream
+	// for each, to open the next with the new token.
 	var want []string
 	for i := 0; ; i++ {
-		if i == 300 {
+		if i == 3000 {
 			t.Fatalf("after %d notifications the client asked for %d tokens and closed %v streams, want 4 and 2",
 				i, browser.Eval[int](t, p, "window.rec.tokens"), s.edges[0].closed(sseedge.CloseClientClosed))
 		}
 		data := fmt.Sprintf("n%d", i)
 		s.notifyData(t, "ada", data)
 		want = append(want, data)
-		browser.WaitFor(t, p, fmt.Sprintf("window.rec.events.length === %d", len(want)), 10*time.Second)
-		if browser.Eval[int](t, p, "window.rec.tokens") >= 4 && s.edges[0].closed(sseedge.CloseClientClosed) >= 2 && i >= 5 {
+		if i%20 == 0 && browser.Eval[int](t, p, "window.rec.tokens") >= 4 && s.edges[0].closed(sseedge.CloseClientClosed) >= 2 {
 			break
 		}
-		time.Sleep(100 * time.Millisecond) // pace the notifications across the refreshes
+		time.Sleep(5 * time.Millisecond) // pace the notifications across the refreshes
 	}
+	browser.WaitFor(t, p, fmt.Sprintf("window.rec.events.length >= %d", len(want)), 20*time.Second)
 	checkLog(t, p, want)
 	if errs := browser.Eval[[]string](t, p, "window.rec.errors"); len(errs) != 0 {
 		t.Errorf("the client reported errors: %q", errs)
