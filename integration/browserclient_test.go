@@ -24,8 +24,9 @@ import (
 
 // clientAppPage is the application. Its URL says whose stream it reads
 // (user), its topics (topic), the lifetime of the tokens it gets (ttl),
-// whether its first token is one the edge refuses (badfirst=1) and whether
-// the client acknowledges (noack=1 turns it off). It gets its tokens from
+// whether its first token is one the edge refuses (badfirst=1), whether
+// the client acknowledges (noack=1 turns it off) and whether it comes back
+// after herald.replaced when the tab is shown again (resume=0 turns it off). It gets its tokens from
 // /token, as an application gets them from its own auth service.
 const clientAppPage = `<!doctype html>
 <meta charset="utf-8">
@@ -34,9 +35,10 @@ const clientAppPage = `<!doctype html>
 import { connect } from "/v1/herald.js";
 const own = new URLSearchParams(location.search);
 const rec = window.rec = { events: [], log: [], resets: 0, tokens: 0, opens: 0, errors: [], acked: 0, late: 0, state: "" };
-connect({
+window.client = connect({
   topics: own.getAll("topic"),
   autoAck: own.get("noack") !== "1",
+  resumeOnVisible: own.get("resume") !== "0",
   token: async () => {
     rec.tokens++;
     const q = new URLSearchParams({ user: own.get("user"), ttl: own.get("ttl") || "1h" });
@@ -292,5 +294,40 @@ func TestBrowserClientSurvivesEdgeRestart(t *testing.T) {
 	}
 	if n := browser.Eval[int](t, p, "window.rec.resets"); n != 0 {
 		t.Errorf("the client was handed %d resets, want none", n)
+	}
+}
+
+// e) A tab that made way for a newer one of its user (herald.replaced) does
+// not take its place back, as EventSource would after the retry: of ten
+// times -retry; on reconnect() (the user is back on it) it takes it, and
+// catches up on what it missed.
+func TestBrowserClientReplaced(t *testing.T) {
+	s := newSystemWith(t, options{edges: 1, pages: clientApp(t),
+		edge: sseedge.Config{Retry: 100 * time.Millisecond, MaxConnsPerUser: 1}})
+	edge := s.edges[0]
+	b := browser.Start(t)
+	first := openClientApp(t, b, edge, "user=di&resume=0")
+	second := openClientApp(t, b, edge, "user=di&resume=0")
+	browser.WaitFor(t, first, "window.rec.state === 'replaced'", 10*time.Second)
+	// Long enough for a client that honours only retry: (1 s) to come back.
+	time.Sleep(2500 * time.Millisecond)
+	s.notifyData(t, "di", "n0")
+	browser.WaitFor(t, second, "window.rec.events.length === 1", 10*time.Second)
+	if st := browser.Eval[string](t, first, "window.rec.state"); st != "replaced" {
+		t.Fatalf("the replaced tab is %q, want it to stay replaced", st)
+	}
+	if n := edge.closed(sseedge.CloseReplaced); n != 1 {
+		t.Fatalf("the edge replaced %v streams, want 1: the tabs fought", n)
+	}
+
+	browser.Eval[bool](t, first, "window.client.reconnect(), true")
+	browser.WaitFor(t, second, "window.rec.state === 'replaced'", 10*time.Second)
+	browser.WaitFor(t, first, "window.rec.state === 'open'", 10*time.Second)
+	s.notifyData(t, "di", "n1")
+	browser.WaitFor(t, first, "window.rec.events.length === 2", 10*time.Second)
+	checkLog(t, first, []string{"n0", "n1"})
+	checkLog(t, second, []string{"n0"})
+	if n := edge.closed(sseedge.CloseReplaced); n != 2 {
+		t.Errorf("the edge replaced %v streams, want 2", n)
 	}
 }

@@ -143,6 +143,8 @@ func TestClientDeclarations(t *testing.T) {
 	opts := names(block(t, js, "const DEFAULTS"), `(?m)^  (\w+):`)
 	opts = append(opts, names(js, `#call\("(\w+)"`)...)
 	opts = append(opts, names(js, `\bo\.(\w+)`)...)
+	slices.Sort(opts)
+	opts = slices.Compact(opts)
 	declared := names(block(t, dts, "export interface HeraldOptions"), `(?m)^  (\w+)\??:`)
 	for _, o := range opts {
 		if !slices.Contains(declared, o) {

@@ -523,6 +523,8 @@ export class HeraldClient {
         throw new HeraldError("herald: options.token returned no token");
       }
       this.#setToken(tok);
+      // A stream open with the old token moves to the new one.
+      this.#abortStream("refresh");
       return tok;
     } finally {
       clearTimeout(timer);
@@ -553,7 +555,7 @@ export class HeraldClient {
     this.#refreshTimer = setTimeout(() => this.#refresh(), Math.min(2 ** 31 - 1, Math.max(0, left - margin)));
   }
 
-  // #refresh gets a new token and moves the stream to it: the stream is
+  // #refresh gets a new token, which moves the stream to it: the stream is
   // closed and opened again at once from the cursor, so nothing is lost and,
   // with one stream at a time, nothing comes twice nor makes another tab
   // give way.
@@ -567,9 +569,7 @@ export class HeraldClient {
       if (!this.#closed && this.#tokenExpires - Date.now() > 2000) {
         this.#refreshTimer = setTimeout(() => this.#refresh(), 1000);
       }
-      return;
     }
-    this.#abortStream("refresh");
   }
 }
 
