@@ -370,6 +370,8 @@ export class HeraldClient {
   // --- events ---
 
   #dispatch(ev) {
+    // close() from a callback: the rest of the chunk is not handed on.
+    if (this.#closed) return;
     if (ev.data === null) {
       // An id alone (the edge's first frame): the cursor, nothing to hand on.
       if (ev.id !== "") this.#advance(ev.id);
