@@ -270,3 +270,44 @@ func TestDemoPageNamedEventsAndReset(t *testing.T) {
 		t.Errorf("the reset notice %q does not give the reason", notice)
 	}
 }
+
+// TestClientReadsWireFormat feeds herald.js, through the demo page, the
+// event-stream format's corners, written in pieces that cut a CRLF and a
+// UTF-8 character in two: a byte order mark, CRLF and CR line ends, a
+// comment, a data field without a colon or a space, and multi-line data.
+func TestClientReadsWireFormat(t *testing.T) {
+	done := make(chan struct{})
+	edge := newFakeEdge()
+	mux := clientMux(t)
+	mux.HandleFunc("/v1/ack", edge.ack)
+	mux.HandleFunc("/v1/events", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		rc := http.NewResponseController(w)
+		for _, piece := range []string{
+			"\ufeffretry: 500\r\n\r\nid: 1\r\nevent: multi\r\ndata: line1\r",
+			"\ndata: line2\r\n\r\n: comment\r\rid: 2\rdata:no-space\r\rid: 3\ndata\n\nid: 4\nevent: sp",
+			"lit\ndata: \xc3",
+			"\xa9\n\n",
+		} {
+			io.WriteString(w, piece)
+			if rc.Flush() != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond) // so that the pieces arrive apart
+		}
+		select {
+		case <-done:
+		case <-r.Context().Done():
+		}
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(done) })
+
+	p := browser.Start(t).Open(t, srv.URL+"/?access_token=x")
+	browser.WaitFor(t, p, `herald.events.length == 4`, 5*time.Second)
+	want := []event{{"1", "multi", "line1\nline2"}, {"2", "message", "no-space"}, {"3", "message", ""}, {"4", "split", "é"}}
+	if got := browser.Eval[[]event](t, p, `herald.events`); !slices.Equal(got, want) {
+		t.Fatalf("window.herald.events = %+v, want %+v", got, want)
+	}
+}
