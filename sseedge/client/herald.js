@@ -85,7 +85,10 @@ export class HeraldClient {
     if (options === null || typeof options !== "object") {
       throw new TypeError("herald: connect needs an options object");
     }
-    const o = { ...DEFAULTS, ...options };
+    const o = { ...DEFAULTS };
+    for (const [k, v] of Object.entries(options)) {
+      if (v !== undefined) o[k] = v; // an option given as undefined keeps its default
+    }
     if (typeof o.token !== "string" && typeof o.token !== "function") {
       throw new TypeError("herald: options.token must be a token string or a function that returns one");
     }
