@@ -64,11 +64,14 @@ func (s *Server) currentHub() *hub {
 func (s *Server) EdgeID() string { return s.cfg.EdgeID }
 
 // handler returns the edge's HTTP routes: GET /v1/events, the event stream,
-// and the pages, if any.
+// POST /v1/ack, the browser client (/v1/herald.js and /v1/herald.d.ts), and
+// the pages, if any.
 func (s *Server) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/events", s.handleEvents)
 	mux.HandleFunc("/v1/ack", s.handleAck)
+	mux.Handle("/v1/herald.js", s.handleClientFile(newClientFile("herald.js", "text/javascript; charset=utf-8", clientJS)))
+	mux.Handle("/v1/herald.d.ts", s.handleClientFile(newClientFile("herald.d.ts", "application/typescript; charset=utf-8", clientDTS)))
 	if s.pages != nil {
 		mux.Handle("/", s.pages)
 	}

@@ -2,7 +2,9 @@ package browser_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -27,7 +29,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // fakeEdge is a stand-in for the SSE edge that scripts one reconnect: the
 // first stream sends events 1 and 2 and ends when drop closes; a reconnect
-// that resumes after event 2 gets event 3.
+// that resumes after event 2 gets event 3. It records the acknowledgements
+// it is sent.
 type fakeEdge struct {
 	drop chan struct{} // closed to end the first stream
 	done chan struct{} // closed when the test ends, to release every stream
@@ -35,6 +38,39 @@ type fakeEdge struct {
 	mu      sync.Mutex
 	lastIDs []string     // the Last-Event-ID header of each request, in order
 	queries []url.Values // the query of each request
+	auths   []string     // the Authorization header of each request
+	acked   []string     // the ids of every POST /v1/ack, in order
+}
+
+// clientMux serves the edge's browser client, from the source tree, at
+// /v1/herald.js, and the demo page at /, as an edge does.
+func clientMux(t *testing.T) *http.ServeMux {
+	t.Helper()
+	js, err := os.ReadFile("../../sseedge/client/herald.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/herald.js", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
+		w.Write(js)
+	})
+	mux.Handle("/", demopage.Handler())
+	return mux
+}
+
+// ack serves POST /v1/ack: it records the ids, and acknowledges them all.
+func (f *fakeEdge) ack(w http.ResponseWriter, r *http.Request) {
+	var body struct{ IDs []string }
+	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	f.mu.Lock()
+	f.acked = append(f.acked, body.IDs...)
+	f.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"acked":%d,"late":0,"unknown":0}`, len(body.IDs))
 }
 
 func newFakeEdge() *fakeEdge {
@@ -46,6 +82,7 @@ func (f *fakeEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.lastIDs = append(f.lastIDs, last)
 	f.queries = append(f.queries, r.URL.Query())
+	f.auths = append(f.auths, r.Header.Get("Authorization"))
 	f.mu.Unlock()
 
 	var wire string
@@ -77,10 +114,16 @@ func (f *fakeEdge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (f *fakeEdge) seen() (lastIDs []string, queries []url.Values) {
+func (f *fakeEdge) seen() (lastIDs []string, queries []url.Values, auths []string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return slices.Clone(f.lastIDs), slices.Clone(f.queries)
+	return slices.Clone(f.lastIDs), slices.Clone(f.queries), slices.Clone(f.auths)
+}
+
+func (f *fakeEdge) ackedIDs() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.acked)
 }
 
 type event struct {
@@ -98,14 +141,16 @@ type item struct {
 const itemsJS = `Array.from(document.querySelectorAll("#events li"),
 	li => ({id: li.dataset.id, event: li.dataset.event, text: li.textContent}))`
 
-// TestDemoPageResumesAfterReconnect runs the demo page in Chromium against a
-// scripted edge: it must show every event as text, reconnect when the stream
-// ends, resume with Last-Event-ID, and show no event twice.
+// TestDemoPageResumesAfterReconnect runs the demo page (and so herald.js) in
+// Chromium against a scripted edge: it must send the token in the
+// Authorization header, show every event as text, reconnect when the stream
+// ends, resume with Last-Event-ID, show no event twice, and acknowledge
+// each.
 func TestDemoPageResumesAfterReconnect(t *testing.T) {
 	edge := newFakeEdge()
-	mux := http.NewServeMux()
+	mux := clientMux(t)
 	mux.Handle("/v1/events", edge)
-	mux.Handle("/", demopage.Handler())
+	mux.HandleFunc("/v1/ack", edge.ack)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	// Registered after srv, so it runs before srv.Close, which waits for
@@ -126,9 +171,12 @@ func TestDemoPageResumesAfterReconnect(t *testing.T) {
 		t.Errorf("event data was rendered as HTML: %d <b> elements in the list", n)
 	}
 
-	_, queries := edge.seen()
-	if q := queries[0]; q.Get("access_token") != token || !slices.Equal(q["topic"], []string{"news", "sports"}) {
-		t.Errorf("the edge got the query %v, want the page's access_token and both topics", q)
+	_, queries, auths := edge.seen()
+	if q := queries[0]; q.Has("access_token") || !slices.Equal(q["topic"], []string{"news", "sports"}) {
+		t.Errorf("the edge got the query %v, want both topics and no token", q)
+	}
+	if auths[0] != "Bearer "+token {
+		t.Errorf("the edge got Authorization %q, want the page's token as a bearer token", auths[0])
 	}
 	shown := browser.Eval[string](t, p, `document.getElementById("url").textContent`)
 	if strings.Contains(shown, token) || !strings.Contains(shown, "/v1/events?") || !strings.Contains(shown, "topic=sports") {
@@ -138,7 +186,7 @@ func TestDemoPageResumesAfterReconnect(t *testing.T) {
 	close(edge.drop)
 	browser.WaitFor(t, p, `window.herald.opens == 2`, 5*time.Second)
 	browser.WaitFor(t, p, `window.herald.events.length >= 3`, 5*time.Second)
-	if lastIDs, _ := edge.seen(); !slices.Equal(lastIDs, []string{"", "2"}) {
+	if lastIDs, _, _ := edge.seen(); !slices.Equal(lastIDs, []string{"", "2"}) {
 		t.Errorf("the edge got Last-Event-ID %q, want %q", lastIDs, []string{"", "2"})
 	}
 	want = append(want, event{"3", "update", "third"})
@@ -146,6 +194,10 @@ func TestDemoPageResumesAfterReconnect(t *testing.T) {
 		t.Fatalf("window.herald.events = %+v, want %+v", got, want)
 	}
 	checkItems(t, p, want)
+	browser.WaitFor(t, p, `window.herald.acked == 3`, 5*time.Second)
+	if ids := edge.ackedIDs(); !slices.Equal(ids, []string{"1", "2", "3"}) {
+		t.Errorf("the page acknowledged %q, want 1, 2 and 3 once each", ids)
+	}
 
 	type status struct {
 		Opens, Errors, Resets int
@@ -153,7 +205,8 @@ func TestDemoPageResumesAfterReconnect(t *testing.T) {
 	}
 	got := browser.Eval[status](t, p,
 		`({Opens: herald.opens, Errors: herald.errors, Resets: herald.resets, State: herald.state})`)
-	if want := (status{Opens: 2, Errors: 1, Resets: 0, State: "open"}); got != want {
+	// A stream the edge ended is no error: the client comes back after retry:.
+	if want := (status{Opens: 2, Errors: 0, Resets: 0, State: "open"}); got != want {
 		t.Errorf("page status %+v, want %+v", got, want)
 	}
 
@@ -184,12 +237,12 @@ func checkItems(t *testing.T, p *browser.Page, want []event) {
 	}
 }
 
-// TestDemoPageNamedEventsAndReset checks the names the page listens to: a
-// name given in ?events=, herald.reset (which it counts and explains), and
-// not a name it was not told about, since EventSource has no wildcard.
+// TestDemoPageNamedEventsAndReset checks that the page shows events of any
+// name (herald.js has no per-name listeners, unlike EventSource), and
+// herald.reset, which it counts and explains.
 func TestDemoPageNamedEventsAndReset(t *testing.T) {
 	done := make(chan struct{})
-	mux := http.NewServeMux()
+	mux := clientMux(t)
 	mux.HandleFunc("/v1/events", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		io.WriteString(w, "id: a\nevent: custom\ndata: one\n\n"+
@@ -201,19 +254,60 @@ func TestDemoPageNamedEventsAndReset(t *testing.T) {
 		case <-r.Context().Done():
 		}
 	})
-	mux.Handle("/", demopage.Handler())
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { close(done) })
 
-	p := browser.Start(t).Open(t, srv.URL+"/index.html?access_token=x&events=custom,other")
+	p := browser.Start(t).Open(t, srv.URL+"/index.html?access_token=x")
 	browser.WaitFor(t, p, `herald.resets == 1`, 5*time.Second)
-	want := []event{{"a", "custom", "one"}, {"c", "herald.reset", `{"reason":"history_gap"}`}}
+	want := []event{{"a", "custom", "one"}, {"b", "unlistened", "two"},
+		{"c", "herald.reset", `{"reason":"history_gap","streams":[]}`}}
 	if got := browser.Eval[[]event](t, p, `herald.events`); !slices.Equal(got, want) {
 		t.Fatalf("window.herald.events = %+v, want %+v", got, want)
 	}
 	checkItems(t, p, want)
 	if notice := browser.Eval[string](t, p, `document.getElementById("notice").textContent`); !strings.Contains(notice, "history_gap") {
 		t.Errorf("the reset notice %q does not give the reason", notice)
+	}
+}
+
+// TestClientReadsWireFormat feeds herald.js, through the demo page, the
+// event-stream format's corners, written in pieces that cut a CRLF and a
+// UTF-8 character in two: a byte order mark, CRLF and CR line ends, a
+// comment, a data field without a colon or a space, and multi-line data.
+func TestClientReadsWireFormat(t *testing.T) {
+	done := make(chan struct{})
+	edge := newFakeEdge()
+	mux := clientMux(t)
+	mux.HandleFunc("/v1/ack", edge.ack)
+	mux.HandleFunc("/v1/events", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		rc := http.NewResponseController(w)
+		for _, piece := range []string{
+			"\ufeffretry: 500\r\n\r\nid: 1\r\nevent: multi\r\ndata: line1\r",
+			"\ndata: line2\r\n\r\n: comment\r\rid: 2\rdata:no-space\r\rid: 3\ndata\n\nid: 4\nevent: sp",
+			"lit\ndata: \xc3",
+			"\xa9\n\n",
+		} {
+			io.WriteString(w, piece)
+			if rc.Flush() != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond) // so that the pieces arrive apart
+		}
+		select {
+		case <-done:
+		case <-r.Context().Done():
+		}
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(done) })
+
+	p := browser.Start(t).Open(t, srv.URL+"/?access_token=x")
+	browser.WaitFor(t, p, `herald.events.length == 4`, 5*time.Second)
+	want := []event{{"1", "multi", "line1\nline2"}, {"2", "message", "no-space"}, {"3", "message", ""}, {"4", "split", "é"}}
+	if got := browser.Eval[[]event](t, p, `herald.events`); !slices.Equal(got, want) {
+		t.Fatalf("window.herald.events = %+v, want %+v", got, want)
 	}
 }

@@ -1,6 +1,7 @@
 // Package demopage serves a self-contained web page that connects to Herald's
-// SSE edge with the browser's own EventSource and lists the events it gets, to
-// try an edge by hand and to test the browser side of the protocol end to end.
+// SSE edge with Herald's browser client (/v1/herald.js, served by the edge)
+// and lists the events it gets, to try an edge by hand and to test the
+// browser side of the protocol end to end.
 package demopage
 
 import (
@@ -11,14 +12,15 @@ import (
 )
 
 // page is the whole demo: HTML, CSS and script in one file, so that it needs
-// no other route and nothing from the network.
+// nothing from the network but the edge's own /v1/herald.js.
 //
 //go:embed index.html
 var page []byte
 
 // Handler returns a handler that serves the demo page at / and /index.html,
-// and 404 at every other path. The page opens /v1/events on the same origin,
-// passing on the access_token and topic parameters of its own URL.
+// and 404 at every other path. The page loads /v1/herald.js from its own
+// origin, which must be an edge, and opens /v1/events there with the
+// access_token and topic parameters of its own URL.
 func Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" && r.URL.Path != "/index.html" {

@@ -33,7 +33,7 @@ func TestServesPage(t *testing.T) {
 			if got := res.Header.Get("Cache-Control"); got != "no-cache" {
 				t.Errorf("Cache-Control %q, want no-cache", got)
 			}
-			for _, want := range []string{"<!doctype html>", "/v1/events", "new EventSource(", `id="events"`, "herald.reset", "window.herald"} {
+			for _, want := range []string{"<!doctype html>", `import { connect } from "/v1/herald.js"`, "connect({", `id="events"`, "herald.reset", "window.herald"} {
 				if !strings.Contains(body, want) {
 					t.Errorf("page lacks %q", want)
 				}
