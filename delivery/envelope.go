@@ -10,7 +10,9 @@ package delivery
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -61,4 +63,16 @@ func Unmarshal(b []byte) (*heraldv1.Envelope, error) {
 		return nil, fmt.Errorf("delivery: unmarshal envelope: %w", err)
 	}
 	return env, nil
+}
+
+// ErrBadEventID is returned for an event id that is not a decimal number.
+var ErrBadEventID = errors.New("delivery: malformed event id")
+
+// ParseEventID parses an event id: a position in a stream's history.
+func ParseEventID(s string) (uint64, error) {
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %q", ErrBadEventID, s)
+	}
+	return n, nil
 }

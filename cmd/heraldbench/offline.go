@@ -26,6 +26,8 @@ import (
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
+	"github.com/herald-push/herald/delivery/queue"
 	"github.com/herald-push/herald/fcm"
 	"github.com/herald-push/herald/fcm/fcmtest"
 	"github.com/herald-push/herald/presence"
@@ -167,7 +169,7 @@ type offlineRig struct {
 	emu    *fcmtest.Server
 	rdb    redis.UniversalClient
 	prefix string
-	queue  *delivery.KafkaQueue
+	queue  *queue.Kafka
 	conn   *grpc.ClientConn
 	client heraldv1.RouterServiceClient
 	cancel context.CancelFunc
@@ -183,7 +185,7 @@ func startOfflineRig(ctx context.Context, redisAddr, tag string, c offlineConfig
 		}
 	}()
 	r.kf, err = kfake.NewCluster(kfake.NumBrokers(1), kfake.GroupMinSessionTimeout(time.Second), kfake.SeedTopics(int32(c.partitions),
-		delivery.DefaultOfflineTopic, delivery.DefaultRetryTopic, delivery.DefaultDeadLetterTopic))
+		queue.DefaultOfflineTopic, queue.DefaultRetryTopic, queue.DefaultDeadLetterTopic))
 	if err != nil {
 		return r, fmt.Errorf("kfake: %w", err)
 	}
@@ -203,7 +205,7 @@ func startOfflineRig(ctx context.Context, redisAddr, tag string, c offlineConfig
 		return r, err
 	}
 	brokers := r.kf.ListenAddrs()
-	r.queue, err = delivery.NewKafkaQueue(delivery.KafkaConfig{Brokers: brokers}, delivery.DefaultOfflineTopic)
+	r.queue, err = queue.NewKafka(queue.Config{Brokers: brokers}, queue.DefaultOfflineTopic)
 	if err != nil {
 		return r, err
 	}
@@ -211,7 +213,7 @@ func startOfflineRig(ctx context.Context, redisAddr, tag string, c offlineConfig
 	if err != nil {
 		return r, err
 	}
-	devices, err := delivery.NewDevices(r.rdb, delivery.DevicesConfig{Prefix: r.prefix})
+	devices, err := devices.New(r.rdb, devices.Config{Prefix: r.prefix})
 	if err != nil {
 		return r, err
 	}
@@ -530,7 +532,7 @@ func runWorkerChild(in io.Reader, out io.Writer) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	rdb := daemon.NewRedis(spec.Redis, "")
 	defer rdb.Close()
-	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: spec.Prefix})
+	devices, err := devices.New(rdb, devices.Config{Prefix: spec.Prefix})
 	if err != nil {
 		return err
 	}
@@ -539,7 +541,7 @@ func runWorkerChild(in io.Reader, out io.Writer) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	w, err := fcm.New(fcm.Config{Kafka: delivery.KafkaConfig{Brokers: spec.Brokers}, RedisPrefix: spec.Prefix,
+	w, err := fcm.New(fcm.Config{Kafka: queue.Config{Brokers: spec.Brokers}, RedisPrefix: spec.Prefix,
 		Concurrency: spec.Concurrency, QuotaPerMinute: spec.Quota, SessionTimeout: time.Second},
 		fcm.Deps{Sender: sender, Devices: devices, Redis: rdb, Logger: log, Registerer: reg})
 	if err != nil {

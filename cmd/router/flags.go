@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/redact"
 	"github.com/herald-push/herald/router"
 )
 
@@ -61,7 +62,7 @@ func (f *routerFlags) publisherConfig() delivery.PublisherConfig {
 }
 
 // serviceConfig is the gRPC service's configuration.
-func (f *routerFlags) serviceConfig(ids delivery.UserIDs) router.Config {
+func (f *routerFlags) serviceConfig(ids redact.UserIDs) router.Config {
 	rcfg := router.Config{
 		MaxPayloadBytes: f.maxPayload,
 		DefaultTTL:      f.defaultTTL,

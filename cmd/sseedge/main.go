@@ -21,6 +21,7 @@ import (
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/history"
 	"github.com/herald-push/herald/presence"
 	"github.com/herald-push/herald/sseedge"
 )
@@ -88,7 +89,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	hist, err := delivery.NewHistory(rdb, common.RedisPrefix, delivery.HistoryConfig{Window: *histWindow})
+	hist, err := history.New(rdb, common.RedisPrefix, delivery.HistoryConfig{Window: *histWindow})
 	if err != nil {
 		return err
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/redact"
 )
 
 // ParseFlags parses args into fs. A flag not given on the command line takes
@@ -276,7 +276,7 @@ func registerRedis(fs *flag.FlagSet, addr, password, prefix *string) {
 }
 
 // UserIDs says how logs show user ids.
-func (c *Common) UserIDs() delivery.UserIDs { return delivery.UserIDs{Clear: c.LogUserIDs} }
+func (c *Common) UserIDs() redact.UserIDs { return redact.UserIDs{Clear: c.LogUserIDs} }
 
 // Logger returns the logger the flags ask for, writing to standard error.
 func (c *Common) Logger() (*slog.Logger, *slog.LevelVar, error) {
