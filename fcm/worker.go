@@ -18,6 +18,7 @@ import (
 	"github.com/herald-push/herald/delivery/devices"
 	"github.com/herald-push/herald/delivery/queue"
 	"github.com/herald-push/herald/delivery/redact"
+	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -59,7 +60,7 @@ type Config struct {
 	// crash or a rebalance) is not pushed twice. Default 10m. It costs about
 	// 100 bytes of Redis per push in the window.
 	DedupeWindow time.Duration
-	// RedisPrefix namespaces the dedupe keys. Default "herald:".
+	// RedisPrefix namespaces the dedupe keys. Default presence.DefaultPrefix.
 	RedisPrefix string
 	// UserIDs says whether logs show user ids or their hashes (the default).
 	UserIDs redact.UserIDs
@@ -100,7 +101,7 @@ type Config struct {
 // flags can show them; Config's field comments say why each.
 const (
 	DefaultGroupID        = "herald-fcm"
-	DefaultRedisPrefix    = "herald:"
+	DefaultRedisPrefix    = presence.DefaultPrefix
 	DefaultBatchSize      = 500
 	DefaultBatchWait      = 5 * time.Millisecond
 	DefaultMaxAttempts    = 5
