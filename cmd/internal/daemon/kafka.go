@@ -30,7 +30,7 @@ func (k *Kafka) Register(fs *flag.FlagSet) {
 	fs.BoolVar(&k.CreateTopics, "kafka-create-topics", true, "create missing topics at start (needs the CreateTopics permission)")
 	fs.IntVar(&k.Partitions, "kafka-partitions", 12, "partitions of topics created at start: the most workers that can share the load")
 	fs.IntVar(&k.Replication, "kafka-replication", 3, "replication factor of topics created at start")
-	fs.DurationVar(&k.BatchTimeout, "kafka-batch-timeout", 2*time.Millisecond, "how long a writer waits to fill a batch")
+	fs.DurationVar(&k.BatchTimeout, "kafka-batch-timeout", queue.DefaultBatchTimeout, "how long a writer waits to fill a batch")
 }
 
 // RegisterNamed defines on fs only the Kafka flags named (without their
