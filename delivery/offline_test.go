@@ -209,3 +209,23 @@ func TestTrace(t *testing.T) {
 		t.Fatalf("AddTrace created a trail that was not kept, or FindTrace found one: %v", err)
 	}
 }
+
+// TestPublisherClock: the times the publisher writes in a trail are its
+// Config.Now's.
+func TestPublisherClock(t *testing.T) {
+	t.Parallel()
+	at := time.UnixMilli(1_700_000_000_123)
+	f := newPublisherWith(t, delivery.PublisherConfig{Offline: &recordingQueue{}, Now: func() time.Time { return at }})
+	ctx := context.Background()
+	res, err := f.pub.Publish(ctx, envelope("clo", "x"), "")
+	if err != nil || !res.Queued {
+		t.Fatalf("publish to an offline user: %+v, %v; want it queued", res, err)
+	}
+	tr, err := trail.Find(ctx, f.rdb, f.prefix, "clo", res.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tr.Time("queued_ms"); !got.Equal(at) {
+		t.Errorf("queued_ms %v, want the publisher's clock %v", got, at)
+	}
+}
