@@ -2,7 +2,6 @@ package delivery_test
 
 import (
 	"context"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -51,25 +50,6 @@ func newPublisherOn(tb testing.TB, rdb *redis.Client, prefix string, cfg deliver
 		tb.Fatal(err)
 	}
 	return &fixture{rdb: rdb, reg: reg, pub: pub, prefix: prefix}
-}
-
-// publishEach publishes an event to user through each of pubs in turn and
-// returns their event ids.
-func publishEach(tb testing.TB, user string, pubs ...*delivery.Publisher) []uint64 {
-	tb.Helper()
-	var ids []uint64
-	for i, pub := range pubs {
-		res, err := pub.Publish(context.Background(), envelope(user, strconv.Itoa(i)), "")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		id, err := delivery.ParseEventID(res.EventID)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	return ids
 }
 
 // subscribe listens on user's channel the way an edge does.
