@@ -189,7 +189,7 @@ func TestTrace(t *testing.T) {
 	for _, user := range []string{"jo", ""} { // direct, and by scanning
 		tr, err := trail.Find(ctx, f.rdb, f.prefix, user, res.ID)
 		if err != nil {
-			t.Fatalf("FindTrace(user %q): %v", user, err)
+			t.Fatalf("trail.Find(user %q): %v", user, err)
 		}
 		if tr.Fields["user"] != "jo" || tr.Fields["route"] != "offline" || tr.Fields["event_id"] != res.EventID ||
 			tr.Fields["correlation_id"] != "req-7" || tr.Time("queued_ms").IsZero() || tr.Time("accepted_ms").IsZero() {
@@ -203,10 +203,10 @@ func TestTrace(t *testing.T) {
 	trail.Add(ctx, f.rdb, f.prefix, "jo", "no-such-id", "fcm_sent_ms", 1)
 	tr, _ := trail.Find(ctx, f.rdb, f.prefix, "jo", res.ID)
 	if tr.Fields["fcm_devices"] != "2" {
-		t.Fatalf("trail after AddTrace: %v", tr.Fields)
+		t.Fatalf("trail after trail.Add: %v", tr.Fields)
 	}
 	if _, err := trail.Find(ctx, f.rdb, f.prefix, "jo", "no-such-id"); !errors.Is(err, trail.ErrNotKept) {
-		t.Fatalf("AddTrace created a trail that was not kept, or FindTrace found one: %v", err)
+		t.Fatalf("trail.Add created a trail that was not kept, or trail.Find found one: %v", err)
 	}
 }
 

@@ -57,7 +57,7 @@ func TestDevices(t *testing.T) {
 		{"", "t", "ios"}, {"u", "", "ios"}, {"u", "has space", "ios"}, {"u", "t", "symbian"},
 	} {
 		if _, _, err := d.Register(ctx, bad.user, bad.token, bad.platform); !errors.Is(err, devices.ErrInvalid) {
-			t.Errorf("Register(%q, %q, %q) = %v, want ErrInvalidDevice", bad.user, bad.token, bad.platform, err)
+			t.Errorf("Register(%q, %q, %q) = %v, want ErrInvalid", bad.user, bad.token, bad.platform, err)
 		}
 	}
 }
