@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
@@ -150,10 +152,18 @@ func (c *Callers) admit(ctx context.Context, method string, n int) (*caller, err
 		if withRetry, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)}); err == nil {
 			st = withRetry
 		}
+		// The same hint for a client's retry policy (ServiceConfig): gRPC
+		// waits this long before its next attempt, instead of its backoff.
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(retryPushbackHeader, strconv.FormatInt(d.Milliseconds(), 10)))
 		return nil, c.refuse(ctx, refusedRateLimited, cl.name, method, st)
 	}
 	return cl, nil
 }
+
+// retryPushbackHeader is the trailer in which a refusal tells a gRPC
+// client's retry policy how many milliseconds to wait before it retries
+// (gRFC A6).
+const retryPushbackHeader = "grpc-retry-pushback-ms"
 
 // refuse counts and logs a refusal and returns its status as an error.
 func (c *Callers) refuse(ctx context.Context, reason, name, method string, st *status.Status, attrs ...slog.Attr) error {

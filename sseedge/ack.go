@@ -100,7 +100,7 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 // once still had what it resumed past.
 func (s *Server) ackOnReconnect(ctx context.Context, st *stream, cursor map[string]uint64) {
 	pos, ok := cursor[""]
-	if !ok || s.receipts == nil {
+	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)

@@ -27,6 +27,7 @@ import (
 	"github.com/herald-push/herald/delivery/queue"
 	"github.com/herald-push/herald/delivery/receipts"
 	"github.com/herald-push/herald/fcm"
+	"github.com/herald-push/herald/fcm/fcmtest"
 	"github.com/herald-push/herald/router"
 	"github.com/herald-push/herald/sseedge"
 	"github.com/herald-push/herald/sseedge/demopage"
@@ -53,7 +54,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		demoUser  = fs.String("demo-user", "demo", "user the printed development token is for")
 		logLevel  = fs.String("log-level", "info", "log level: debug, info, warn or error")
 		brokers   = fs.String("kafka-brokers", "", "Kafka brokers; empty starts an embedded broker (kfake)")
-		fcmAddr   = fs.String("fcm-emulator-addr", "127.0.0.1:9097", "listen address of the embedded FCM emulator")
+		fcmAddr   = fs.String("fcm-emulator-addr", fcmtest.DevAddr, "listen address of the embedded FCM emulator")
 		fcmEnd    = fs.String("fcm-endpoint", "", "FCM endpoint to push to; empty uses the embedded emulator")
 		project   = fs.String("fcm-project", "herald-dev", "Firebase project id")
 	)

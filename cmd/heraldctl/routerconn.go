@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+	"github.com/herald-push/herald/router"
 )
 
 // The connection to the router of the commands that call it: its flags,
@@ -35,7 +36,7 @@ type routerConn struct {
 func routerFlags(fs *flag.FlagSet) *routerConn {
 	rc := new(routerConn)
 	fs.StringVar(&rc.addr, "addr", "127.0.0.1:7070", "router gRPC address")
-	fs.DurationVar(&rc.timeout, "timeout", 5*time.Second, "call timeout")
+	fs.DurationVar(&rc.timeout, "timeout", 5*time.Second, "call timeout, retries included")
 	fs.StringVar(&rc.apiKey, "api-key", "", "API key, sent as \"authorization: Bearer\"; prefer HERALD_API_KEY: flags show in ps")
 	fs.BoolVar(&rc.tls, "tls", false, "connect with TLS (implied by -tls-ca and -tls-cert); the system's roots verify the router unless -tls-ca is set")
 	fs.StringVar(&rc.tlsCA, "tls-ca", "", "CA (PEM) that verifies the router's certificate")
@@ -77,7 +78,10 @@ func call(rc *routerConn, correlation string, stdout io.Writer,
 	if err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(rc.addr, grpc.WithTransportCredentials(creds))
+	// router.DialOptions: the retry policy, so that a call made while a
+	// router restarts, or over the caller's rate limit, is retried, with the
+	// same idempotency key, within -timeout.
+	conn, err := grpc.NewClient(rc.addr, append(router.DialOptions(), grpc.WithTransportCredentials(creds))...)
 	if err != nil {
 		return err
 	}
