@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/redis/go-redis/v9"
-
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -80,10 +78,10 @@ func (p *Publisher) PublishBatch(ctx context.Context, ns []Notification) ([]Resu
 		}
 	}
 	if len(confirm) > 0 {
-		_ = p.cfg.Receipts.confirm(ctx, confirm) // best effort: see confirm
+		_ = p.cfg.Receipts.Confirm(ctx, confirm) // best effort: see Receipts.Confirm
 	}
 	if len(qs) > 0 {
-		// The offline queue batches concurrent writes (KafkaQueue's writer
+		// The offline queue batches concurrent writes (queue.Kafka's writer
 		// does), so the notifications are handed to it all at once.
 		var wg sync.WaitGroup
 		for _, q := range qs {
@@ -106,22 +104,16 @@ func (p *Publisher) PublishBatch(ctx context.Context, ns []Notification) ([]Resu
 }
 
 // scheduleReceipts schedules the receipts of the ack-or-push calls at idx
-// in one pipeline, as Receipts.schedule does one. A call whose schedule
-// failed is dropped from calls, with its error in errs.
+// in one pipeline (see Receipts.Schedule). A call whose schedule failed is
+// dropped from calls, with its error in errs.
 func (p *Publisher) scheduleReceipts(ctx context.Context, idx []int, calls []*notifyCall, errs []error) {
-	r := p.cfg.Receipts
-	cmds := make([]*redis.IntCmd, len(idx))
-	_, _ = r.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
-		for k, i := range idx {
-			env := calls[i].env
-			cmds[k] = pl.ZAdd(ctx, r.dueKeyFor(env.GetUserId()),
-				redis.Z{Score: float64(env.GetAckBy().AsTime().UnixMilli()), Member: env.GetId() + "|" + env.GetUserId()})
-		}
-		return nil
-	})
+	envs := make([]*heraldv1.Envelope, len(idx))
 	for k, i := range idx {
-		if err := cmds[k].Err(); err != nil {
-			calls[i], errs[i] = nil, fmt.Errorf("delivery: publish: %w", err)
+		envs[k] = calls[i].env
+	}
+	for k, err := range p.cfg.Receipts.Schedule(ctx, envs) {
+		if err != nil {
+			calls[idx[k]], errs[idx[k]] = nil, fmt.Errorf("delivery: publish: %w", err)
 		}
 	}
 }

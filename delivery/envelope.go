@@ -1,16 +1,21 @@
-// Package delivery carries notifications from the router to the edges and
-// to the offline path: the protobuf envelope and its ids, the names of every
-// Redis key and channel (keys.go), input validation, the publisher that
-// looks up presence, records history and publishes in one Redis round trip,
-// the history that edges read (with its epochs), delivery receipts and
-// their sweeper, the device registry, the Kafka queue, the trail and the
-// log redaction of user ids.
+// Package delivery is what every part of Herald shares to carry a
+// notification: the protobuf envelope and its ids, streams and their
+// channels, the names of every Redis key (keys.go) and their cluster slots,
+// input validation, and the publisher that looks up presence, records
+// history and publishes in one Redis round trip (its Lua scripts in .lua
+// files beside it). The parts with one job each are beneath it:
+// delivery/history reads the histories, delivery/receipts keeps ack-or-push
+// receipts and sweeps them, delivery/devices holds FCM tokens,
+// delivery/queue is the Kafka side of the offline path, delivery/trail the
+// per-notification trail, and delivery/redact how logs name users.
 package delivery
 
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -61,4 +66,16 @@ func Unmarshal(b []byte) (*heraldv1.Envelope, error) {
 		return nil, fmt.Errorf("delivery: unmarshal envelope: %w", err)
 	}
 	return env, nil
+}
+
+// ErrBadEventID is returned for an event id that is not a decimal number.
+var ErrBadEventID = errors.New("delivery: malformed event id")
+
+// ParseEventID parses an event id: a position in a stream's history.
+func ParseEventID(s string) (uint64, error) {
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %q", ErrBadEventID, s)
+	}
+	return n, nil
 }

@@ -14,18 +14,20 @@ import (
 // escaped with presence.EscapeKeyPart, so that no key holds a brace outside
 // its tag and no caller- or client-supplied string can change the slot or
 // the kind of the key it ends up in. Routers, edges, the FCM worker and
-// heraldctl all build names here (and in presence, and in history.go for a
-// stream's history keys and channel), so that they agree.
+// heraldctl all build names here (and in presence, in stream.go for a
+// stream's history keys and channel, and in delivery/history for the epoch
+// keys), so that they agree.
 //
 //	<prefix>{u:<user>}:presence              presence.Registry.Key
-//	<prefix>{u:<user>}:hist, :last, :floor   historyKeys (history.go)
-//	<prefix>{u:<user>}:events                Channel (history.go), Pub/Sub
+//	<prefix>{u:<user>}:hist, :last, :floor   HistoryKeys (stream.go)
+//	<prefix>{u:<user>}:events                Channel (stream.go), Pub/Sub
 //	<prefix>{t:<topic>}:...                  the same, for a topic
 //	<prefix>{u:<user>}:idem:<caller>:<key>   idempotencyKeyName
-//	<prefix>{u:<user>}:receipts, :receipts:env  receiptKeys
-//	<prefix>{r:<n>}:receipts:due             dueKeyName
+//	<prefix>{e:<n>}:epoch                    history epochs (delivery/history)
+//	<prefix>{u:<user>}:receipts, :receipts:env  ReceiptKeys
+//	<prefix>{r:<n>}:receipts:due             DueKey
 //	<prefix>{u:<user>}:trace:<id>            TraceKey
-//	<prefix>{u:<user>}:devices, :devices:platform  deviceKeys
+//	<prefix>{u:<user>}:devices, :devices:platform  DeviceKeys
 //	<prefix>{u:<user>}:fcm:sent:<id>         FCMSentKey
 //	<prefix>{edges}, {edges}:info            presence.Registry.EdgesKey
 
@@ -49,14 +51,14 @@ func idempotencyKeyName(prefix, user, key string) string {
 	return prefix + presence.HashTag(user) + ":idem:" + presence.EscapeKeyPart(key)
 }
 
-// receiptKeys are user's receipt hashes.
-func receiptKeys(prefix, user string) []string {
+// ReceiptKeys are user's receipt hashes.
+func ReceiptKeys(prefix, user string) []string {
 	base := prefix + presence.HashTag(user) + ":receipts"
 	return []string{base, base + ":env"}
 }
 
-// dueKeyName is shard n of the receipts' deadline index.
-func dueKeyName(prefix string, n int) string {
+// DueKey is shard n of the receipts' deadline index.
+func DueKey(prefix string, n int) string {
 	return prefix + "{r:" + strconv.Itoa(n) + "}:receipts:due"
 }
 
@@ -74,16 +76,9 @@ func TraceKey(prefix, user, id string) string {
 	return prefix + presence.HashTag(user) + ":trace:" + presence.EscapeKeyPart(id)
 }
 
-// traceKeyPattern is the SCAN pattern of notification id's trail, whoever
-// its user: no user tag holds a '}', and nothing after a tag does, so the
-// '*' spans exactly the user's part of the tag.
-func traceKeyPattern(prefix, id string) string {
-	return escapeGlob(prefix) + "{u:*}:trace:" + escapeGlob(presence.EscapeKeyPart(id))
-}
-
-// deviceKeys are user's device tokens (a sorted set) and their platforms (a
+// DeviceKeys are user's device tokens (a sorted set) and their platforms (a
 // hash). Tokens are members and fields, never part of a key name.
-func deviceKeys(prefix, user string) []string {
+func DeviceKeys(prefix, user string) []string {
 	base := prefix + presence.HashTag(user) + ":devices"
 	return []string{base, base + ":platform"}
 }

@@ -80,13 +80,13 @@ func TestKeysStayWithTheirUser(t *testing.T) {
 		}
 		add(user, "presence", reg.Key(user))
 		add(user, "channel", Channel(prefix, UserStream(user)))
-		for _, k := range historyKeys(prefix, UserStream(user)) {
+		for _, k := range HistoryKeys(prefix, UserStream(user)) {
 			add(user, "history "+k[strings.LastIndexByte(k, ':'):], k)
 		}
-		for i, k := range receiptKeys(prefix, user) {
+		for i, k := range ReceiptKeys(prefix, user) {
 			add(user, "receipts "+string(rune('0'+i)), k)
 		}
-		for i, k := range deviceKeys(prefix, user) {
+		for i, k := range DeviceKeys(prefix, user) {
 			add(user, "devices "+string(rune('0'+i)), k)
 		}
 		for _, part := range hostile {

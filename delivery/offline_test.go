@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
+	"github.com/herald-push/herald/delivery/trail"
 	"github.com/herald-push/herald/integration/testenv"
 	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
@@ -28,10 +30,10 @@ func newOfflinePublisher(tb testing.TB, q delivery.OfflineQueue) *fixture {
 	return &fixture{rdb: rdb, reg: reg, pub: pub, prefix: prefix}
 }
 
-func kafkaQueue(tb testing.TB, brokers []string) *delivery.KafkaQueue {
+func kafkaQueue(tb testing.TB, brokers []string) *queue.Kafka {
 	tb.Helper()
-	q, err := delivery.NewKafkaQueue(delivery.KafkaConfig{Brokers: brokers, WriteTimeout: time.Second, MaxAttempts: 1},
-		delivery.DefaultOfflineTopic)
+	q, err := queue.NewKafka(queue.Config{Brokers: brokers, WriteTimeout: time.Second, MaxAttempts: 1},
+		queue.DefaultOfflineTopic)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -57,7 +59,7 @@ func TestOfflineQueuedToKafka(t *testing.T) {
 		}
 		envs[res.ID] = env
 	}
-	msgs := k.ReadAll(delivery.DefaultOfflineTopic)
+	msgs := k.ReadAll(queue.DefaultOfflineTopic)
 	if len(msgs) != 3 {
 		t.Fatalf("offline topic holds %d records, want 3", len(msgs))
 	}
@@ -110,7 +112,7 @@ func TestOfflineKafkaDownIsNotAcknowledged(t *testing.T) {
 	if !again.Duplicate || !again.Queued || again.ID != env.Id || again.EventID != res.EventID {
 		t.Fatalf("third call: %+v, want the queued first call's result %+v as a duplicate", again, res)
 	}
-	msgs := k.ReadAll(delivery.DefaultOfflineTopic)
+	msgs := k.ReadAll(queue.DefaultOfflineTopic)
 	if len(msgs) != 1 {
 		t.Fatalf("offline topic holds %d records, want exactly the one acknowledged", len(msgs))
 	}
@@ -173,58 +175,6 @@ func TestOfflineOnlineUserIsNotQueued(t *testing.T) {
 	}
 }
 
-func TestDevices(t *testing.T) {
-	t.Parallel()
-	rdb, prefix := testenv.Redis(t)
-	d, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: prefix, MaxPerUser: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	for i, tok := range []string{"tok-a", "tok-b", "tok-c", "tok-a", "tok-d"} {
-		n, evicted, err := d.Register(ctx, "ivy", tok, "android")
-		if err != nil {
-			t.Fatal(err)
-		}
-		wantEvicted := 0
-		if i == 4 {
-			wantEvicted = 1 // tok-b: tok-a was refreshed at i == 3
-		}
-		if evicted != wantEvicted || n != min(i+1, 3) {
-			t.Fatalf("register %s: %d devices, %d evicted", tok, n, evicted)
-		}
-		time.Sleep(2 * time.Millisecond) // registration times are in ms
-	}
-	got, err := d.List(ctx, "ivy")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tokens []string
-	for _, dv := range got {
-		tokens = append(tokens, dv.Token)
-		if dv.Platform != "android" || dv.RegisteredAt.IsZero() {
-			t.Fatalf("device %+v lacks its platform or time", dv)
-		}
-	}
-	if len(tokens) != 3 || tokens[0] != "tok-d" || tokens[1] != "tok-a" || tokens[2] != "tok-c" {
-		t.Fatalf("devices %v, want [tok-d tok-a tok-c] (newest first, tok-b evicted)", tokens)
-	}
-	if n, err := d.Unregister(ctx, "ivy", "tok-a", "nope"); err != nil || n != 1 {
-		t.Fatalf("unregister: %d, %v; want 1 removed", n, err)
-	}
-	many, err := d.ListMany(ctx, "ivy", "nobody", "ivy")
-	if err != nil || len(many["ivy"]) != 2 || len(many["nobody"]) != 0 {
-		t.Fatalf("ListMany: %v, %v", many, err)
-	}
-	for _, bad := range []struct{ user, token, platform string }{
-		{"", "t", "ios"}, {"u", "", "ios"}, {"u", "has space", "ios"}, {"u", "t", "symbian"},
-	} {
-		if _, _, err := d.Register(ctx, bad.user, bad.token, bad.platform); !errors.Is(err, delivery.ErrInvalidDevice) {
-			t.Errorf("Register(%q, %q, %q) = %v, want ErrInvalidDevice", bad.user, bad.token, bad.platform, err)
-		}
-	}
-}
-
 func TestTrace(t *testing.T) {
 	t.Parallel()
 	k := testenv.StartKafka(t, 1)
@@ -237,9 +187,9 @@ func TestTrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, user := range []string{"jo", ""} { // direct, and by scanning
-		tr, err := delivery.FindTrace(ctx, f.rdb, f.prefix, user, res.ID)
+		tr, err := trail.Find(ctx, f.rdb, f.prefix, user, res.ID)
 		if err != nil {
-			t.Fatalf("FindTrace(user %q): %v", user, err)
+			t.Fatalf("trail.Find(user %q): %v", user, err)
 		}
 		if tr.Fields["user"] != "jo" || tr.Fields["route"] != "offline" || tr.Fields["event_id"] != res.EventID ||
 			tr.Fields["correlation_id"] != "req-7" || tr.Time("queued_ms").IsZero() || tr.Time("accepted_ms").IsZero() {
@@ -249,13 +199,33 @@ func TestTrace(t *testing.T) {
 			t.Fatalf("trail TTL %v, want at most %v", ttl, delivery.DefaultTraceTTL)
 		}
 	}
-	delivery.AddTrace(ctx, f.rdb, f.prefix, "jo", res.ID, "fcm_sent_ms", 1, "fcm_devices", 2)
-	delivery.AddTrace(ctx, f.rdb, f.prefix, "jo", "no-such-id", "fcm_sent_ms", 1)
-	tr, _ := delivery.FindTrace(ctx, f.rdb, f.prefix, "jo", res.ID)
+	trail.Add(ctx, f.rdb, f.prefix, "jo", res.ID, "fcm_sent_ms", 1, "fcm_devices", 2)
+	trail.Add(ctx, f.rdb, f.prefix, "jo", "no-such-id", "fcm_sent_ms", 1)
+	tr, _ := trail.Find(ctx, f.rdb, f.prefix, "jo", res.ID)
 	if tr.Fields["fcm_devices"] != "2" {
-		t.Fatalf("trail after AddTrace: %v", tr.Fields)
+		t.Fatalf("trail after trail.Add: %v", tr.Fields)
 	}
-	if _, err := delivery.FindTrace(ctx, f.rdb, f.prefix, "jo", "no-such-id"); !errors.Is(err, delivery.ErrNoTrace) {
-		t.Fatalf("AddTrace created a trail that was not kept, or FindTrace found one: %v", err)
+	if _, err := trail.Find(ctx, f.rdb, f.prefix, "jo", "no-such-id"); !errors.Is(err, trail.ErrNotKept) {
+		t.Fatalf("trail.Add created a trail that was not kept, or trail.Find found one: %v", err)
+	}
+}
+
+// TestPublisherClock: the times the publisher writes in a trail are its
+// Config.Now's.
+func TestPublisherClock(t *testing.T) {
+	t.Parallel()
+	at := time.UnixMilli(1_700_000_000_123)
+	f := newPublisherWith(t, delivery.PublisherConfig{Offline: &recordingQueue{}, Now: func() time.Time { return at }})
+	ctx := context.Background()
+	res, err := f.pub.Publish(ctx, envelope("clo", "x"), "")
+	if err != nil || !res.Queued {
+		t.Fatalf("publish to an offline user: %+v, %v; want it queued", res, err)
+	}
+	tr, err := trail.Find(ctx, f.rdb, f.prefix, "clo", res.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tr.Time("queued_ms"); !got.Equal(at) {
+		t.Errorf("queued_ms %v, want the publisher's clock %v", got, at)
 	}
 }

@@ -45,7 +45,17 @@ type Result struct {
 	AckBy time.Time
 }
 
-// PublisherConfig configures a Publisher.
+// The defaults that the zero values of PublisherConfig stand for.
+const (
+	DefaultIdempotencyWindow = 10 * time.Minute
+	DefaultPendingTimeout    = 30 * time.Second
+	// DefaultTraceTTL is how long a notification's trail is kept by default.
+	DefaultTraceTTL    = 15 * time.Minute
+	DefaultMaxPipeline = 128
+)
+
+// PublisherConfig configures a Publisher. The zero value of each field
+// means the documented default.
 type PublisherConfig struct {
 	// IdempotencyWindow is how long an idempotency key is remembered. Default
 	// 10 minutes: long enough to cover a caller's retries and a router restart,
@@ -62,20 +72,25 @@ type PublisherConfig struct {
 	// gets ErrInFlight; after it, a retry routes the notification again.
 	// Default 30s, above the offline queue's write timeout.
 	PendingTimeout time.Duration
-	// TraceTTL is how long a notification's trail (see Trace) is kept.
+	// TraceTTL is how long a notification's trail (see TraceKey and
+	// delivery/trail) is kept.
 	// Default 15 minutes; negative keeps none. The trail costs no extra
 	// round trip, and about 200 bytes of Redis per notification in the
 	// window: at 1,000 notifications a second, 180 MB.
 	TraceTTL time.Duration
-	// Receipts keeps the delivery receipts of ack-or-push notifications.
-	// Nil refuses them with ErrNoReceipts. It needs Offline, for the
-	// fallback.
-	Receipts *Receipts
+	// Receipts keeps the delivery receipts of ack-or-push notifications
+	// (*receipts.Receipts, of delivery/receipts). Nil refuses them with
+	// ErrNoReceipts. It needs Offline, for the fallback.
+	Receipts Receipts
 	// MaxPipeline is the most concurrent Publish calls whose scripts go to
 	// Redis in one pipeline. Default 128: enough to carry a busy router's
 	// calls in a few round trips, few enough that one pipeline does not
 	// hold Redis for long. 1 sends every call in a round trip of its own.
 	MaxPipeline int
+	// Now is the clock of the times the publisher writes in trails. Nil
+	// means time.Now. (Event ids and acceptance times in Redis come from
+	// Redis' own clock, in the scripts.)
+	Now func() time.Time
 }
 
 // ErrNoReceipts is returned for an ack-or-push notification by a publisher
@@ -83,12 +98,27 @@ type PublisherConfig struct {
 var ErrNoReceipts = errors.New("delivery: ack-or-push needs delivery receipts and an offline path, and this router has none")
 
 // OfflineQueue durably queues a notification for the offline path.
-// *KafkaQueue implements it.
+// *queue.Kafka (delivery/queue) implements it.
 type OfflineQueue interface {
 	Enqueue(ctx context.Context, env *heraldv1.Envelope) error
 }
 
-var _ OfflineQueue = (*KafkaQueue)(nil)
+// Receipts is what a Publisher needs of the delivery receipts of
+// ack-or-push notifications: *receipts.Receipts (delivery/receipts)
+// implements it.
+type Receipts interface {
+	// Keys are user's receipt hashes, which the notify script writes the
+	// receipt of an online notification to.
+	Keys(user string) []string
+	// Schedule puts the deadlines of ack-or-push envs in the deadline
+	// index, before the notify script creates their receipts; errs[i] is
+	// envs[i]'s error.
+	Schedule(ctx context.Context, envs []*heraldv1.Envelope) (errs []error)
+	// Confirm puts back in the index the deadlines of receipts the notify
+	// script has just created close to their deadline, in case a sweeper
+	// dropped them in between. Best effort.
+	Confirm(ctx context.Context, envs []*heraldv1.Envelope) error
+}
 
 // ErrInFlight is returned for an idempotency key whose first call is still
 // being routed (or died while routing it; see PendingTimeout).
@@ -107,10 +137,10 @@ type Publisher struct {
 	rdb      redis.Cmdable
 	presence *presence.Registry
 	cfg      PublisherConfig
-	// notify and broadcast are the scripts for rdb: with SPUBLISH on a
-	// Redis Cluster, PUBLISH otherwise.
-	notify, broadcast *redis.Script
-	pipe              *autoPipeline
+	// scripts are the scripts for rdb: with SPUBLISH on a Redis Cluster,
+	// PUBLISH otherwise.
+	scripts scripts
+	pipe    *autoPipeline
 }
 
 // NewPublisher returns a Publisher that looks presence up in reg and publishes
@@ -120,16 +150,19 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 		return nil, errors.New("delivery: publisher needs a redis client and a presence registry")
 	}
 	if cfg.IdempotencyWindow == 0 {
-		cfg.IdempotencyWindow = 10 * time.Minute
+		cfg.IdempotencyWindow = DefaultIdempotencyWindow
 	}
 	if cfg.PendingTimeout == 0 {
-		cfg.PendingTimeout = 30 * time.Second
+		cfg.PendingTimeout = DefaultPendingTimeout
 	}
 	if cfg.TraceTTL == 0 {
 		cfg.TraceTTL = DefaultTraceTTL
 	}
 	if cfg.MaxPipeline == 0 {
-		cfg.MaxPipeline = 128
+		cfg.MaxPipeline = DefaultMaxPipeline
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	if cfg.MaxPipeline < 0 {
 		return nil, fmt.Errorf("delivery: max pipeline %d is negative", cfg.MaxPipeline)
@@ -138,13 +171,11 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 		return nil, fmt.Errorf("delivery: idempotency window %v or pending timeout %v is too short",
 			cfg.IdempotencyWindow, cfg.PendingTimeout)
 	}
-	if err := cfg.History.setDefaults(); err != nil {
+	var err error
+	if cfg.History, err = cfg.History.WithDefaults(); err != nil {
 		return nil, err
 	}
-	p := &Publisher{rdb: rdb, presence: reg, cfg: cfg, notify: notifyScript, broadcast: broadcastScript}
-	if Sharded(rdb) {
-		p.notify, p.broadcast = shardedNotifyScript, shardedBroadcastScript
-	}
+	p := &Publisher{rdb: rdb, presence: reg, cfg: cfg, scripts: newScripts(rdb)}
 	p.pipe = &autoPipeline{max: cfg.MaxPipeline, run: p.runScripts}
 	return p, nil
 }
@@ -165,15 +196,15 @@ func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempot
 	if err != nil {
 		return Result{}, err
 	}
-	if at := env.GetAckBy(); at != nil {
-		if err := p.cfg.Receipts.schedule(ctx, env.GetUserId(), env.GetId(), at.AsTime()); err != nil {
+	if env.GetAckBy() != nil {
+		if err := p.cfg.Receipts.Schedule(ctx, []*heraldv1.Envelope{env})[0]; err != nil {
 			return Result{}, fmt.Errorf("delivery: publish: %w", err)
 		}
 	}
 	p.pipe.do(c)
 	r, queue, err := p.outcome(c)
 	if receiptCreated(env, r, err) {
-		_ = p.cfg.Receipts.confirm(ctx, []*heraldv1.Envelope{env}) // best effort: see confirm
+		_ = p.cfg.Receipts.Confirm(ctx, []*heraldv1.Envelope{env}) // best effort: see Confirm
 	}
 	if !queue {
 		return r, err
@@ -209,7 +240,7 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 	}
 	user := env.GetUserId()
 	keys := append(make([]string, 0, 8), p.presence.Key(user))
-	keys = append(keys, historyKeys(p.presence.Prefix(), UserStream(user))...)
+	keys = append(keys, HistoryKeys(p.presence.Prefix(), UserStream(user))...)
 	hasKey := "0"
 	if idempotencyKey != "" {
 		keys = append(keys, idempotencyKeyName(p.presence.Prefix(), user, idempotencyKey))
@@ -225,7 +256,7 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 			return nil, ErrNoReceipts
 		}
 		ackBy = env.GetAckBy().AsTime().UnixMilli()
-		keys = append(keys, receiptKeys(p.cfg.Receipts.cfg.Prefix, user)...)
+		keys = append(keys, p.cfg.Receipts.Keys(user)...)
 	}
 	record := env.GetId() + "|" + strconv.FormatInt(env.GetAcceptedAt().AsTime().UnixMilli(), 10) + "|" + strconv.FormatInt(ackBy, 10)
 	var pending int64
@@ -249,9 +280,9 @@ func (p *Publisher) runScripts(ctx context.Context, calls []*notifyCall) {
 		_, _ = p.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
 			for _, i := range which {
 				if sha {
-					cmds[i] = p.notify.EvalSha(ctx, pl, calls[i].keys, calls[i].args...)
+					cmds[i] = p.scripts.notify.EvalSha(ctx, pl, calls[i].keys, calls[i].args...)
 				} else {
-					cmds[i] = p.notify.Eval(ctx, pl, calls[i].keys, calls[i].args...)
+					cmds[i] = p.scripts.notify.Eval(ctx, pl, calls[i].keys, calls[i].args...)
 				}
 			}
 			return nil
@@ -335,7 +366,7 @@ func (p *Publisher) settle(ctx context.Context, qs []*queued) {
 			trace := TraceKey(p.presence.Prefix(), env.GetUserId(), env.GetId())
 			if q.err != nil {
 				if c.hasKey {
-					abandonScript.Eval(bg, pl, c.keys[4:5], "pending|"+c.record)
+					p.scripts.abandon.Eval(bg, pl, c.keys[4:5], "pending|"+c.record)
 				}
 				if p.cfg.TraceTTL > 0 {
 					pl.HSet(bg, trace, "queue_error", q.err.Error())
@@ -350,7 +381,7 @@ func (p *Publisher) settle(ctx context.Context, qs []*queued) {
 				pl.Set(bg, c.keys[4], final, p.cfg.IdempotencyWindow)
 			}
 			if p.cfg.TraceTTL > 0 {
-				pl.HSet(bg, trace, "queued_ms", time.Now().UnixMilli())
+				pl.HSet(bg, trace, "queued_ms", p.cfg.Now().UnixMilli())
 			}
 		}
 		return nil
@@ -366,7 +397,7 @@ func (p *Publisher) Broadcast(ctx context.Context, env *heraldv1.Envelope) (Resu
 	}
 	s := TopicStream(env.GetTopic())
 	args := append([]any{Channel(p.presence.Prefix(), s), payload}, p.cfg.History.args()...)
-	res, err := p.broadcast.Run(ctx, p.rdb, historyKeys(p.presence.Prefix(), s), args...).StringSlice()
+	res, err := p.scripts.broadcast.Run(ctx, p.rdb, HistoryKeys(p.presence.Prefix(), s), args...).StringSlice()
 	if err != nil {
 		return Result{}, fmt.Errorf("delivery: broadcast: %w", err)
 	}
@@ -393,6 +424,12 @@ func (p *Publisher) result(env *heraldv1.Envelope, res []string) (Result, error)
 		r.AckBy = env.GetAckBy().AsTime()
 	}
 	return r, nil
+}
+
+// receiptCreated reports whether the notify script created env's receipt:
+// env is ack-or-push, and was published to an edge, not as a duplicate.
+func receiptCreated(env *heraldv1.Envelope, r Result, err error) bool {
+	return env.GetAckBy() != nil && err == nil && r.Route == RouteOnline && !r.Duplicate
 }
 
 // parseRecord decodes "route|subscribers|eventID|id|acceptedMillis|

@@ -8,7 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
 	"github.com/herald-push/herald/fcm"
 	"github.com/herald-push/herald/fcm/fcmtest"
 	"github.com/herald-push/herald/integration/testenv"
@@ -55,7 +55,7 @@ func TestWorkerCutsHungSend(t *testing.T) {
 			env := r.Notify(t, "hana", "x", nil)
 
 			testenv.WaitFor(t, 15*time.Second, "the offline partition's commit past the hung record", func() bool {
-				return committedOn(t, r.Kafka.Brokers, "herald-fcm", delivery.DefaultOfflineTopic) == 1
+				return committedOn(t, r.Kafka.Brokers, "herald-fcm", queue.DefaultOfflineTopic) == 1
 			})
 			if got := metricValue(t, reg, "herald_fcm_retries_total", "DEADLINE_EXCEEDED"); got < 1 {
 				t.Fatalf("retries_total{code=DEADLINE_EXCEEDED} = %v, want the hung send retried as DEADLINE_EXCEEDED", got)
@@ -68,8 +68,8 @@ func TestWorkerCutsHungSend(t *testing.T) {
 			r.WaitPushes(t, 1)
 			// Every retry record handled: no second push can still come.
 			testenv.WaitFor(t, 15*time.Second, "the retry partition's commit to its end", func() bool {
-				end := int64(len(r.Kafka.ReadAll(delivery.DefaultRetryTopic)))
-				return end > 0 && committedOn(t, r.Kafka.Brokers, "herald-fcm.retry", delivery.DefaultRetryTopic) == end
+				end := int64(len(r.Kafka.ReadAll(queue.DefaultRetryTopic)))
+				return end > 0 && committedOn(t, r.Kafka.Brokers, "herald-fcm.retry", queue.DefaultRetryTopic) == end
 			})
 			got := r.Emulator.ByToken("tok-hana")
 			if len(got) != 1 {

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -53,7 +53,7 @@ func record(env *heraldv1.Envelope, value proto.Message, extra kafka.Header) kaf
 	return kafka.Message{
 		Key:     []byte(env.GetUserId()),
 		Value:   b,
-		Headers: []kafka.Header{{Key: delivery.HeaderNotificationID, Value: []byte(env.GetId())}, extra},
+		Headers: []kafka.Header{{Key: queue.HeaderNotificationID, Value: []byte(env.GetId())}, extra},
 	}
 }
 

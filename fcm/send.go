@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/trail"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -262,7 +263,7 @@ func (t *trails) flush(ctx context.Context, rdb redis.UniversalClient) error {
 	}
 	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, a := range t.adds {
-			delivery.AddTrace(ctx, p, t.prefix, a.env.GetUserId(), a.env.GetId(), a.fields...)
+			trail.Add(ctx, p, t.prefix, a.env.GetUserId(), a.env.GetId(), a.fields...)
 		}
 		return nil
 	})

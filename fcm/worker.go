@@ -15,7 +15,10 @@ import (
 	"github.com/segmentio/kafka-go"
 	"golang.org/x/time/rate"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
+	"github.com/herald-push/herald/delivery/queue"
+	"github.com/herald-push/herald/delivery/redact"
+	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -29,8 +32,8 @@ var _ Sender = (*messaging.Client)(nil)
 // Config configures a Worker. The zero value of each field but Kafka.Brokers
 // means the documented default.
 type Config struct {
-	Kafka delivery.KafkaConfig
-	// The topics: defaults delivery.DefaultOfflineTopic, DefaultRetryTopic
+	Kafka queue.Config
+	// The topics: defaults queue.DefaultOfflineTopic, DefaultRetryTopic
 	// and DefaultDeadLetterTopic.
 	OfflineTopic, RetryTopic, DeadLetterTopic string
 	// GroupID is the consumer group of the offline topic. Default
@@ -57,10 +60,10 @@ type Config struct {
 	// crash or a rebalance) is not pushed twice. Default 10m. It costs about
 	// 100 bytes of Redis per push in the window.
 	DedupeWindow time.Duration
-	// RedisPrefix namespaces the dedupe keys. Default "herald:".
+	// RedisPrefix namespaces the dedupe keys. Default presence.DefaultPrefix.
 	RedisPrefix string
 	// UserIDs says whether logs show user ids or their hashes (the default).
-	UserIDs delivery.UserIDs
+	UserIDs redact.UserIDs
 	// SessionTimeout is how long the group waits for a silent member (a
 	// killed worker) before its partitions go to the others. Default 10s.
 	SessionTimeout time.Duration
@@ -98,7 +101,7 @@ type Config struct {
 // flags can show them; Config's field comments say why each.
 const (
 	DefaultGroupID        = "herald-fcm"
-	DefaultRedisPrefix    = "herald:"
+	DefaultRedisPrefix    = presence.DefaultPrefix
 	DefaultBatchSize      = 500
 	DefaultBatchWait      = 5 * time.Millisecond
 	DefaultMaxAttempts    = 5
@@ -115,9 +118,9 @@ const (
 )
 
 func (c *Config) setDefaults() error {
-	c.OfflineTopic = cmp.Or(c.OfflineTopic, delivery.DefaultOfflineTopic)
-	c.RetryTopic = cmp.Or(c.RetryTopic, delivery.DefaultRetryTopic)
-	c.DeadLetterTopic = cmp.Or(c.DeadLetterTopic, delivery.DefaultDeadLetterTopic)
+	c.OfflineTopic = cmp.Or(c.OfflineTopic, queue.DefaultOfflineTopic)
+	c.RetryTopic = cmp.Or(c.RetryTopic, queue.DefaultRetryTopic)
+	c.DeadLetterTopic = cmp.Or(c.DeadLetterTopic, queue.DefaultDeadLetterTopic)
 	c.GroupID = cmp.Or(c.GroupID, DefaultGroupID)
 	c.RedisPrefix = cmp.Or(c.RedisPrefix, DefaultRedisPrefix)
 	c.BatchWait = cmp.Or(c.BatchWait, DefaultBatchWait)
@@ -147,7 +150,7 @@ func (c *Config) setDefaults() error {
 // Deps are a Worker's dependencies.
 type Deps struct {
 	Sender  Sender
-	Devices *delivery.Devices
+	Devices *devices.Registry
 	// Redis holds the dedupe window; the same Redis as Devices.
 	Redis redis.UniversalClient
 	// Logger defaults to slog.Default().
@@ -196,11 +199,11 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	retryW, err := delivery.NewWriter(cfg.Kafka, cfg.RetryTopic)
+	retryW, err := queue.NewWriter(cfg.Kafka, cfg.RetryTopic)
 	if err != nil {
 		return nil, err
 	}
-	deadW, err := delivery.NewWriter(cfg.Kafka, cfg.DeadLetterTopic)
+	deadW, err := queue.NewWriter(cfg.Kafka, cfg.DeadLetterTopic)
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +222,7 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	return w, nil
 }
 
-// Topics are the worker's topics, for delivery.EnsureTopics.
+// Topics are the worker's topics, for queue.EnsureTopics.
 func (w *Worker) Topics() []string {
 	return []string{w.cfg.OfflineTopic, w.cfg.RetryTopic, w.cfg.DeadLetterTopic}
 }

@@ -10,7 +10,7 @@ import (
 	"firebase.google.com/go/v4/messaging"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
 	"github.com/herald-push/herald/fcm"
 	"github.com/herald-push/herald/fcm/fcmtest"
 	"github.com/herald-push/herald/integration/testenv"
@@ -173,11 +173,11 @@ func committed(t *testing.T, brokers []string, group string) int64 {
 	}
 	c := &kafka.Client{Addr: kafka.TCP(brokers...)}
 	resp, err := c.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: group,
-		Topics: map[string][]int{delivery.DefaultOfflineTopic: {0}}})
+		Topics: map[string][]int{queue.DefaultOfflineTopic: {0}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range resp.Topics[delivery.DefaultOfflineTopic] {
+	for _, p := range resp.Topics[queue.DefaultOfflineTopic] {
 		if p.Partition == 0 {
 			return p.CommittedOffset
 		}

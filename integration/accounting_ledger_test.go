@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
 	"github.com/herald-push/herald/fcm"
 	"github.com/herald-push/herald/integration/testenv"
 )
@@ -188,10 +188,10 @@ func (h *harness) describe(ids []string) string {
 func (h *harness) whereabouts(ids []string) string {
 	backlog := h.o.Backlog(h.t)
 	where := map[string][]string{}
-	for _, topic := range []string{delivery.DefaultOfflineTopic, delivery.DefaultRetryTopic} {
+	for _, topic := range []string{queue.DefaultOfflineTopic, queue.DefaultRetryTopic} {
 		for _, m := range h.o.Kafka.ReadAll(topic) {
 			for _, hd := range m.Headers {
-				if hd.Key != delivery.HeaderNotificationID {
+				if hd.Key != queue.HeaderNotificationID {
 					continue
 				}
 				state := "committed by the worker, yet neither pushed nor dead-lettered"

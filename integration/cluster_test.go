@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
 	"github.com/herald-push/herald/fcm"
 	"github.com/herald-push/herald/integration/testenv"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
@@ -394,7 +394,7 @@ func TestClusterTwoWorkers(t *testing.T) {
 	// not kept, as FCM does not keep it either.)
 	partition := map[string]int{}
 	last := map[string]int{}
-	for _, m := range o.Kafka.ReadAll(delivery.DefaultOfflineTopic) {
+	for _, m := range o.Kafka.ReadAll(queue.DefaultOfflineTopic) {
 		u := string(m.Key)
 		env := testenv.Decode[heraldv1.Envelope](t, []kafka.Message{m})[0]
 		n, _ := strconv.Atoi(string(env.GetData()))

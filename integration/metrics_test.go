@@ -12,6 +12,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
+	"github.com/herald-push/herald/delivery/queue"
+	"github.com/herald-push/herald/delivery/receipts"
 	"github.com/herald-push/herald/fcm"
 	"github.com/herald-push/herald/integration/testenv"
 	"github.com/herald-push/herald/presence"
@@ -39,7 +42,7 @@ func TestMetricsDocumented(t *testing.T) {
 		sseedge.Deps{Redis: rdb, Presence: reg, Registerer: metrics}); err != nil {
 		t.Fatal(err)
 	}
-	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: prefix})
+	devices, err := devices.New(rdb, devices.Config{Prefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,11 +50,11 @@ func TestMetricsDocumented(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fcm.New(fcm.Config{Kafka: delivery.KafkaConfig{Brokers: []string{"127.0.0.1:1"}}},
+	if _, err := fcm.New(fcm.Config{Kafka: queue.Config{Brokers: []string{"127.0.0.1:1"}}},
 		fcm.Deps{Sender: sender, Devices: devices, Redis: rdb, Registerer: metrics}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := router.NewSweeper(delivery.NewReceipts(rdb, delivery.ReceiptsConfig{Prefix: prefix}), nil, nil, metrics); err != nil {
+	if _, err := router.NewSweeper(receipts.New(rdb, receipts.Config{Prefix: prefix}), nil, nil, metrics); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := router.NewCallers(router.AuthConfig{}, router.AuthDeps{Registerer: metrics}); err != nil {

@@ -11,6 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
+	"github.com/herald-push/herald/delivery/trail"
 	"github.com/herald-push/herald/fcm"
 	"github.com/herald-push/herald/integration/testenv"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
@@ -57,7 +59,7 @@ func TestOfflineUserIsPushed(t *testing.T) {
 	}
 	// The edge counts its write in the notification's trail.
 	testenv.WaitFor(t, 5*time.Second, "the SSE write in the trail", func() bool {
-		tr, err := delivery.FindTrace(ctx, o.Redis, o.Prefix, "mia", online.GetNotificationId())
+		tr, err := trail.Find(ctx, o.Redis, o.Prefix, "mia", online.GetNotificationId())
 		return err == nil && tr.Fields["sse_writes"] == "1" && !tr.Time("sse_first_ms").IsZero()
 	})
 	// The online notification must not be pushed: once a later offline
@@ -68,7 +70,7 @@ func TestOfflineUserIsPushed(t *testing.T) {
 	if n := len(o.Emulator.ByToken("tok-mia-phone")); n != 1 {
 		t.Fatalf("mia's phone got %d pushes; the SSE-delivered notification was pushed too", n)
 	}
-	if n := len(o.Kafka.ReadAll(delivery.DefaultOfflineTopic)); n != 2 {
+	if n := len(o.Kafka.ReadAll(queue.DefaultOfflineTopic)); n != 2 {
 		t.Fatalf("the offline topic holds %d records, want 2: the SSE-delivered one must not be queued", n)
 	}
 
@@ -134,7 +136,7 @@ func TestKafkaDownNotifyUnavailable(t *testing.T) {
 	}
 	stored := map[string]bool{}
 	testenv.WaitFor(t, 10*time.Second, "Kafka to answer again", func() bool {
-		msgs, err := delivery.ReadTopic(ctx, o.Kafka.Brokers, delivery.DefaultOfflineTopic)
+		msgs, err := queue.ReadTopic(ctx, o.Kafka.Brokers, queue.DefaultOfflineTopic)
 		if err != nil {
 			return false
 		}

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
+	"github.com/herald-push/herald/delivery/trail"
 	"github.com/herald-push/herald/integration/testenv"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
@@ -65,7 +67,7 @@ func (s *system) waitSwept(tb testing.TB) {
 func offlineIDs(tb testing.TB, o *testenv.Offline) map[string]int {
 	tb.Helper()
 	ids := map[string]int{}
-	for _, m := range o.Kafka.ReadAll(delivery.DefaultOfflineTopic) {
+	for _, m := range o.Kafka.ReadAll(queue.DefaultOfflineTopic) {
 		env, err := delivery.Unmarshal(m.Value)
 		if err != nil {
 			tb.Fatal(err)
@@ -98,12 +100,12 @@ func TestAckedInTimeIsNotPushed(t *testing.T) {
 	if n := o.Emulator.Count(); n != 0 {
 		t.Fatalf("emulator got %d pushes; want none", n)
 	}
-	tr, err := delivery.FindTrace(context.Background(), s.rdb, s.prefix, "sam", resp.GetNotificationId())
+	tr, err := trail.Find(context.Background(), s.rdb, s.prefix, "sam", resp.GetNotificationId())
 	if err != nil {
 		t.Fatal(err)
 	}
 	testenv.WaitFor(t, 5*time.Second, "acked_ms in the trail", func() bool {
-		tr, _ = delivery.FindTrace(context.Background(), s.rdb, s.prefix, "sam", resp.GetNotificationId())
+		tr, _ = trail.Find(context.Background(), s.rdb, s.prefix, "sam", resp.GetNotificationId())
 		return !tr.Time("acked_ms").IsZero()
 	})
 	if !tr.Time("fell_back_ms").IsZero() {
@@ -161,7 +163,7 @@ func TestHalfOpenConnectionGetsPushedOnce(t *testing.T) {
 		t.Fatalf("late ack of %q: %d %v, want late 1; receipts %v", id, code, out, all)
 	}
 	testenv.WaitFor(t, 5*time.Second, "the fallback and the late ack in the trail", func() bool {
-		tr, err := delivery.FindTrace(context.Background(), s.rdb, s.prefix, "tia", n.GetNotificationId())
+		tr, err := trail.Find(context.Background(), s.rdb, s.prefix, "tia", n.GetNotificationId())
 		return err == nil && !tr.Time("fell_back_ms").IsZero() && !tr.Time("late_ack_ms").IsZero()
 	})
 }

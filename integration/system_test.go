@@ -20,6 +20,8 @@ import (
 
 	"github.com/herald-push/herald/cmd/herald/embedded"
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
+	"github.com/herald-push/herald/delivery/receipts"
 	"github.com/herald-push/herald/integration/testenv"
 	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
@@ -156,17 +158,18 @@ func newSystemWith(tb testing.TB, o options) *system {
 	deps := router.Deps{}
 	var sweepers []*prometheus.Registry
 	if o.offline != nil {
-		q, err := delivery.NewKafkaQueue(delivery.KafkaConfig{Brokers: o.offline.Kafka.Brokers, WriteTimeout: time.Second, MaxAttempts: 1},
-			delivery.DefaultOfflineTopic)
+		q, err := queue.NewKafka(queue.Config{Brokers: o.offline.Kafka.Brokers, WriteTimeout: time.Second, MaxAttempts: 1},
+			queue.DefaultOfflineTopic)
 		if err != nil {
 			tb.Fatal(err)
 		}
 		tb.Cleanup(func() { q.Close() })
 		ecfg.Publisher.Offline, deps.Devices = q, o.offline.Devices
-		ecfg.Publisher.Receipts = delivery.NewReceipts(client, delivery.ReceiptsConfig{Prefix: prefix, SweepEvery: 20 * time.Millisecond})
+		rc := receipts.New(client, receipts.Config{Prefix: prefix, SweepEvery: 20 * time.Millisecond})
+		ecfg.Publisher.Receipts = rc
 		for range max(o.sweepers, 1) {
 			reg := prometheus.NewRegistry()
-			sw, err := router.NewSweeper(ecfg.Publisher.Receipts, q, nil, reg)
+			sw, err := router.NewSweeper(rc, q, nil, reg)
 			if err != nil {
 				tb.Fatal(err)
 			}

@@ -28,7 +28,10 @@ type Config struct {
 }
 
 const (
-	defaultPrefix   = "herald:"
+	// DefaultPrefix is the key prefix of every part of Herald by default:
+	// presence owns the key layout, and the other parts (delivery, receipts,
+	// devices, the FCM worker, the commands) take their default from here.
+	DefaultPrefix   = "herald:"
 	defaultLeaseTTL = 30 * time.Second
 )
 
@@ -61,7 +64,7 @@ func New(rdb redis.UniversalClient, cfg Config) (*Registry, error) {
 		return nil, errors.New("presence: nil redis client")
 	}
 	if cfg.Prefix == "" {
-		cfg.Prefix = defaultPrefix
+		cfg.Prefix = DefaultPrefix
 	}
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = defaultLeaseTTL

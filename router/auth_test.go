@@ -33,6 +33,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
+	"github.com/herald-push/herald/delivery/receipts"
+	"github.com/herald-push/herald/delivery/redact"
 	"github.com/herald-push/herald/integration/testenv"
 	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
@@ -88,12 +91,12 @@ func newAuthRouter(tb testing.TB, callers []router.CallerConfig, opts ...grpc.Se
 		return nil
 	})
 	pub, err := delivery.NewPublisher(r.rdb, r.pres, delivery.PublisherConfig{
-		Offline: q, Receipts: delivery.NewReceipts(r.rdb, delivery.ReceiptsConfig{Prefix: r.prefix}),
+		Offline: q, Receipts: receipts.New(r.rdb, receipts.Config{Prefix: r.prefix}),
 	})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	devices, err := delivery.NewDevices(r.rdb, delivery.DevicesConfig{Prefix: r.prefix})
+	devices, err := devices.New(r.rdb, devices.Config{Prefix: r.prefix})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -336,7 +339,7 @@ func TestAuthPermissions(t *testing.T) {
 	}
 	// The refusal log names the caller and hashes the user.
 	logs := r.logs.String()
-	if !strings.Contains(logs, `"reason":"permission_denied"`) || !strings.Contains(logs, delivery.HashUser("mallory")) ||
+	if !strings.Contains(logs, `"reason":"permission_denied"`) || !strings.Contains(logs, redact.HashUser("mallory")) ||
 		strings.Contains(logs, "mallory\"") {
 		t.Errorf("refusal logs should carry the user's hash, not the id:\n%s", logs)
 	}

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/redact"
 )
 
 // CallerConfig is one entry of the callers file: a backend service allowed
@@ -58,7 +59,7 @@ type AuthConfig struct {
 	// but health checking and reflection.
 	Callers []CallerConfig
 	// UserIDs says whether refusal logs show user ids or their hashes.
-	UserIDs delivery.UserIDs
+	UserIDs redact.UserIDs
 }
 
 // AuthDeps are Callers' dependencies.
@@ -78,7 +79,7 @@ type Callers struct {
 	keys    []keyEntry         // every entry with a key, disabled ones too
 	callers map[string]*caller // by name
 	enabled map[string]bool    // names with at least one enabled entry
-	userIDs delivery.UserIDs
+	userIDs redact.UserIDs
 	log     *slog.Logger
 	now     func() time.Time
 	refused *prometheus.CounterVec

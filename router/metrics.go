@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -91,7 +92,7 @@ func (m *metrics) countError(err error) {
 	switch {
 	case errors.As(err, &offline):
 		m.kafkaErrors.Inc()
-	case errors.Is(err, delivery.ErrInFlight), errors.Is(err, delivery.ErrInvalidDevice), errors.Is(err, delivery.ErrNoReceipts),
+	case errors.Is(err, delivery.ErrInFlight), errors.Is(err, devices.ErrInvalid), errors.Is(err, delivery.ErrNoReceipts),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 	default:
 		m.redisErrors.Inc()

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/redact"
 	"github.com/herald-push/herald/integration/testenv"
 	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
@@ -100,7 +101,7 @@ func TestNotifyOfflineQueue(t *testing.T) {
 	}
 	line := logs.String()
 	if !strings.Contains(line, `"msg":"notify failed"`) || !strings.Contains(line, `"route":"none"`) ||
-		!strings.Contains(line, `"notification_id":"`) || !strings.Contains(line, delivery.HashUser("olga")) ||
+		!strings.Contains(line, `"notification_id":"`) || !strings.Contains(line, redact.HashUser("olga")) ||
 		strings.Contains(line, `"olga"`) {
 		t.Fatalf("failure log %q: want the notification id, the route and the user's hash, not the user id", line)
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/receipts"
 	"github.com/herald-push/herald/integration/testenv"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/router"
@@ -32,7 +33,7 @@ func BenchmarkModeAckOrPush(b *testing.B) { benchMode(b, true) }
 func benchMode(b *testing.B, ackOrPush bool) {
 	rdb, prefix := testenv.Redis(b)
 	reg, _ := testenv.Publisher(b, rdb, prefix, 5*time.Second)
-	receipts := delivery.NewReceipts(rdb, delivery.ReceiptsConfig{Prefix: prefix, SweepEvery: 50 * time.Millisecond})
+	receipts := receipts.New(rdb, receipts.Config{Prefix: prefix, SweepEvery: 50 * time.Millisecond})
 	noop := queueFunc(func(*heraldv1.Envelope) error { return nil })
 	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{Offline: noop, Receipts: receipts})
 	if err != nil {

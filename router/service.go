@@ -23,6 +23,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
+	"github.com/herald-push/herald/delivery/redact"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -40,7 +42,7 @@ type Config struct {
 	// Default 10s, below the usual 30s termination grace period.
 	ShutdownTimeout time.Duration
 	// UserIDs says whether logs show user ids or their hashes (the default).
-	UserIDs delivery.UserIDs
+	UserIDs redact.UserIDs
 	// AckDeadline is the ack deadline of an ack-or-push notification that
 	// sets none. Default 5s: a live connection's client acks within a
 	// second; a dead one's user gets the push a few seconds late.
@@ -94,13 +96,13 @@ type Publisher interface {
 
 var _ Publisher = (*delivery.Publisher)(nil)
 
-// DeviceRegistry stores users' FCM tokens. *delivery.Devices implements it.
+// DeviceRegistry stores users' FCM tokens. *devices.Registry implements it.
 type DeviceRegistry interface {
 	Register(ctx context.Context, user, token, platform string) (devices, evicted int, err error)
 	Unregister(ctx context.Context, user string, tokens ...string) (int, error)
 }
 
-var _ DeviceRegistry = (*delivery.Devices)(nil)
+var _ DeviceRegistry = (*devices.Registry)(nil)
 
 // Deps are a Service's dependencies.
 type Deps struct {
@@ -335,7 +337,7 @@ func (s *Service) RegisterDevice(ctx context.Context, req *heraldv1.RegisterDevi
 // checkDevice validates the user and token of a device call.
 func checkDevice(user, token string) []violation {
 	vs := checkText(nil, "user_id", user, delivery.MaxUserIDBytes, true)
-	if err := delivery.CheckToken(token); err != nil {
+	if err := devices.CheckToken(token); err != nil {
 		vs = append(vs, violation{"token", err.Error()})
 	}
 	return vs
@@ -377,7 +379,7 @@ func toStatus(ctx context.Context, err error) error {
 		return status.Error(codes.Unavailable, "router: a call with this idempotency_key is still being routed; retry in a few seconds with the same key")
 	case errors.Is(err, delivery.ErrNoReceipts):
 		return status.Error(codes.FailedPrecondition, "router: "+err.Error()+"; send fire-and-forget, or run the router with its offline path")
-	case errors.Is(err, delivery.ErrInvalidDevice):
+	case errors.Is(err, devices.ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.As(err, &offline) && ctx.Err() == nil:
 		// Kafka did not acknowledge the write: the notification is not

@@ -12,7 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/receipts"
 )
 
 // maxAckIDs bounds one acknowledgement: a client acks what it received since
@@ -114,7 +114,7 @@ func (s *Server) ackOnReconnect(ctx context.Context, st *stream, cursor map[stri
 }
 
 // countAcks counts and traces an acknowledgement's outcome.
-func (s *Server) countAcks(res delivery.AckResult, user string) {
+func (s *Server) countAcks(res receipts.AckResult, user string) {
 	s.metrics.acks.WithLabelValues("acked").Add(float64(res.Acked))
 	s.metrics.acks.WithLabelValues("late").Add(float64(res.Late))
 	s.metrics.acks.WithLabelValues("unknown").Add(float64(res.Unknown))

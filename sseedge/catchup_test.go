@@ -83,7 +83,7 @@ func TestRedisReturnKeepsStreams(t *testing.T) {
 	})
 	// The restarted Redis lost the history the streams' positions point
 	// into: each stream's catch-up tells its client with herald.reset
-	// (delivery/epoch.go), and then goes on live.
+	// (delivery/history/epoch.go), and then goes on live.
 	for i, u := range users {
 		for {
 			ev, err := decs[i].Next()

@@ -15,6 +15,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/history"
+	"github.com/herald-push/herald/delivery/receipts"
+	"github.com/herald-push/herald/delivery/redact"
 	"github.com/herald-push/herald/presence"
 )
 
@@ -111,7 +114,7 @@ type Config struct {
 	// "*" allows any. Default none: same-origin pages only.
 	AllowedOrigins []string
 	// UserIDs says whether logs show user ids or their hashes (the default).
-	UserIDs delivery.UserIDs
+	UserIDs redact.UserIDs
 	// NoTrail stops the edge from counting its writes in notifications'
 	// trails (heraldctl trace), which costs one pipelined Redis command per
 	// notification per flush.
@@ -138,7 +141,7 @@ type Deps struct {
 	Now func() time.Time
 	// History reads the streams' histories for Last-Event-ID recovery.
 	// Default: a history on Redis with the default bounds.
-	History *delivery.History
+	History *history.Reader
 	// Pages, if set, serves every path other than /v1/events (for example a
 	// demo page at /).
 	Pages http.Handler
@@ -182,7 +185,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, fmt.Errorf("sseedge: negative value in config")
 	}
 	if deps.History == nil {
-		h, err := delivery.NewHistory(deps.Redis, deps.Presence.Prefix(), delivery.HistoryConfig{})
+		h, err := history.New(deps.Redis, deps.Presence.Prefix(), delivery.HistoryConfig{})
 		if err != nil {
 			return nil, err
 		}
@@ -207,7 +210,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		presence: deps.Presence,
 		trail:    newTrail(deps.Redis, deps.Presence.Prefix()),
 		remover:  newRemover(deps.Presence),
-		receipts: delivery.NewReceipts(deps.Redis, delivery.ReceiptsConfig{Prefix: deps.Presence.Prefix()}),
+		receipts: receipts.New(deps.Redis, receipts.Config{Prefix: deps.Presence.Prefix()}),
 		log:      deps.Logger.With(slog.String("edge", cfg.EdgeID)),
 		now:      deps.Now,
 		auth:     auth,

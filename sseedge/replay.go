@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/history"
 )
 
 // A stream catches up from history (when it opens with a Last-Event-ID, and
@@ -90,7 +91,7 @@ func (s *Server) fill(ctx context.Context, st *stream) error {
 		return nil
 	}
 	held, heldBytes := rp.held(), st.replayBytes
-	page := delivery.Page{
+	page := history.Page{
 		Events: max(1, (s.cfg.QueueSize-held)/len(idx)),
 		Bytes:  max(1, (s.pageBytes()-heldBytes)/len(idx)),
 	}

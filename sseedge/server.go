@@ -19,6 +19,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/history"
+	"github.com/herald-push/herald/delivery/receipts"
 	"github.com/herald-push/herald/presence"
 )
 
@@ -28,13 +30,13 @@ type Server struct {
 	rdb      redis.UniversalClient
 	presence *presence.Registry
 	trail    *trail // nil with NoTrail
-	receipts *delivery.Receipts
+	receipts *receipts.Receipts
 	remover  *remover
 	log      *slog.Logger
 	now      func() time.Time
 	auth     *authenticator
 	metrics  *metrics
-	history  *delivery.History
+	history  *history.Reader
 	pages    http.Handler
 	budget   *budget // of the bytes held for all streams
 

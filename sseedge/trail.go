@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/herald-push/herald/delivery"
+	trails "github.com/herald-push/herald/delivery/trail"
 )
 
 // trail records SSE writes in notifications' trails (delivery.TraceKey),
@@ -115,7 +116,7 @@ func (t *trail) flush(ctx context.Context, pending map[string]*trailCount, marks
 				cmds[i] = trailScript.EvalSha(ctx, p, []string{delivery.TraceKey(t.prefix, a.user, id)}, a.n, a.first.UnixMilli())
 			}
 			for _, m := range marks {
-				delivery.AddTrace(ctx, p, t.prefix, m.user, m.id, m.field, m.at.UnixMilli())
+				trails.Add(ctx, p, t.prefix, m.user, m.id, m.field, m.at.UnixMilli())
 			}
 			return nil
 		})

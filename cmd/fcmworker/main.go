@@ -20,7 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
 	"github.com/herald-push/herald/fcm"
 )
 
@@ -61,7 +61,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: common.RedisPrefix})
+	devices, err := devices.New(rdb, devices.Config{Prefix: common.RedisPrefix})
 	if err != nil {
 		return err
 	}

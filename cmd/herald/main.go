@@ -23,6 +23,9 @@ import (
 	"github.com/herald-push/herald/cmd/herald/embedded"
 	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
+	"github.com/herald-push/herald/delivery/queue"
+	"github.com/herald-push/herald/delivery/receipts"
 	"github.com/herald-push/herald/fcm"
 	"github.com/herald-push/herald/fcm/fcmtest"
 	"github.com/herald-push/herald/router"
@@ -77,17 +80,17 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 
 	kafka := daemon.Kafka{Brokers: st.brokers}
 	reg := daemon.NewRegistry()
-	queue, err := delivery.NewKafkaQueue(kafka.Config(), delivery.DefaultOfflineTopic)
+	queue, err := queue.NewKafka(kafka.Config(), queue.DefaultOfflineTopic)
 	if err != nil {
 		return err
 	}
 	defer queue.Close()
-	receipts := delivery.NewReceipts(rdb, delivery.ReceiptsConfig{})
+	receipts := receipts.New(rdb, receipts.Config{})
 	sweeper, err := router.NewSweeper(receipts, queue, log, reg)
 	if err != nil {
 		return err
 	}
-	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{})
+	devices, err := devices.New(rdb, devices.Config{})
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,8 @@ import (
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
+	"github.com/herald-push/herald/delivery/queue"
 	"github.com/herald-push/herald/fcm"
 	"github.com/herald-push/herald/fcm/fcmtest"
 	"github.com/herald-push/herald/presence"
@@ -38,7 +40,7 @@ type offlineRig struct {
 	emu    *fcmtest.Server
 	rdb    redis.UniversalClient
 	prefix string
-	queue  *delivery.KafkaQueue
+	queue  *queue.Kafka
 	conn   *grpc.ClientConn
 	client heraldv1.RouterServiceClient
 	cancel context.CancelFunc
@@ -54,7 +56,7 @@ func startOfflineRig(ctx context.Context, redisAddr, tag string, c offlineConfig
 		}
 	}()
 	r.kf, err = kfake.NewCluster(kfake.NumBrokers(1), kfake.GroupMinSessionTimeout(time.Second), kfake.SeedTopics(int32(c.partitions),
-		delivery.DefaultOfflineTopic, delivery.DefaultRetryTopic, delivery.DefaultDeadLetterTopic))
+		queue.DefaultOfflineTopic, queue.DefaultRetryTopic, queue.DefaultDeadLetterTopic))
 	if err != nil {
 		return r, fmt.Errorf("kfake: %w", err)
 	}
@@ -74,7 +76,7 @@ func startOfflineRig(ctx context.Context, redisAddr, tag string, c offlineConfig
 		return r, err
 	}
 	brokers := r.kf.ListenAddrs()
-	r.queue, err = delivery.NewKafkaQueue(delivery.KafkaConfig{Brokers: brokers}, delivery.DefaultOfflineTopic)
+	r.queue, err = queue.NewKafka(queue.Config{Brokers: brokers}, queue.DefaultOfflineTopic)
 	if err != nil {
 		return r, err
 	}
@@ -82,7 +84,7 @@ func startOfflineRig(ctx context.Context, redisAddr, tag string, c offlineConfig
 	if err != nil {
 		return r, err
 	}
-	devices, err := delivery.NewDevices(r.rdb, delivery.DevicesConfig{Prefix: r.prefix})
+	devices, err := devices.New(r.rdb, devices.Config{Prefix: r.prefix})
 	if err != nil {
 		return r, err
 	}

@@ -17,7 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
+	"github.com/herald-push/herald/delivery/queue"
 	"github.com/herald-push/herald/fcm"
 )
 
@@ -151,7 +152,7 @@ func runWorkerChild(in io.Reader, out io.Writer) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	rdb := daemon.NewRedis(spec.Redis, "")
 	defer rdb.Close()
-	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: spec.Prefix})
+	devices, err := devices.New(rdb, devices.Config{Prefix: spec.Prefix})
 	if err != nil {
 		return err
 	}
@@ -160,7 +161,7 @@ func runWorkerChild(in io.Reader, out io.Writer) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	w, err := fcm.New(fcm.Config{Kafka: delivery.KafkaConfig{Brokers: spec.Brokers}, RedisPrefix: spec.Prefix,
+	w, err := fcm.New(fcm.Config{Kafka: queue.Config{Brokers: spec.Brokers}, RedisPrefix: spec.Prefix,
 		Concurrency: spec.Concurrency, QuotaPerMinute: spec.Quota, SessionTimeout: time.Second},
 		fcm.Deps{Sender: sender, Devices: devices, Redis: rdb, Logger: log, Registerer: reg})
 	if err != nil {

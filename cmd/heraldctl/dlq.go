@@ -18,7 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -86,7 +86,7 @@ func (f *dlqFilter) read(ctx context.Context) ([]deadLetter, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-	msgs, err := delivery.ReadTopic(ctx, f.kafka.BrokerList(), f.kafka.DeadLetterTopic)
+	msgs, err := queue.ReadTopic(ctx, f.kafka.BrokerList(), f.kafka.DeadLetterTopic)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", f.kafka.DeadLetterTopic, err)
 	}
@@ -248,8 +248,8 @@ func replayCmd(args []string, stdout io.Writer) error {
 	}
 	rdb := rf.Client()
 	defer rdb.Close()
-	kcfg := delivery.KafkaConfig{Brokers: f.kafka.BrokerList()}
-	w, err := delivery.NewWriter(kcfg, f.kafka.OfflineTopic)
+	kcfg := queue.Config{Brokers: f.kafka.BrokerList()}
+	w, err := queue.NewWriter(kcfg, f.kafka.OfflineTopic)
 	if err != nil {
 		return err
 	}
@@ -288,7 +288,7 @@ func replayCmd(args []string, stdout io.Writer) error {
 		if replayed > 0 {
 			<-tick.C
 		}
-		msg, err := delivery.EnvelopeMessage(env)
+		msg, err := queue.EnvelopeMessage(env)
 		if err != nil {
 			return err
 		}

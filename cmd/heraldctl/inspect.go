@@ -15,6 +15,7 @@ import (
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
 	"github.com/herald-push/herald/presence"
 )
 
@@ -93,7 +94,7 @@ func presenceCmd(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	devs, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: f.redis.Prefix})
+	devs, err := devices.New(rdb, devices.Config{Prefix: f.redis.Prefix})
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
 	"github.com/herald-push/herald/integration/testenv"
 	"github.com/herald-push/herald/presence"
 )
@@ -39,7 +39,7 @@ func TestPresenceCommand(t *testing.T) {
 	); err != nil {
 		t.Fatal(err)
 	}
-	devs, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: prefix})
+	devs, err := devices.New(rdb, devices.Config{Prefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}

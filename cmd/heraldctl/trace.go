@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/trail"
 )
 
 // traceCmd shows what is known of one notification: its trail in Redis and,
@@ -48,8 +48,8 @@ func traceCmd(args []string, stdout io.Writer) error {
 	defer cancel()
 	rdb := rf.Client()
 	defer rdb.Close()
-	tr, err := delivery.FindTrace(ctx, rdb, rf.Prefix, *user, id)
-	if err != nil && !errors.Is(err, delivery.ErrNoTrace) {
+	tr, err := trail.Find(ctx, rdb, rf.Prefix, *user, id)
+	if err != nil && !errors.Is(err, trail.ErrNotKept) {
 		return err
 	}
 	var dls []deadLetter
@@ -60,7 +60,7 @@ func traceCmd(args []string, stdout io.Writer) error {
 		}
 	}
 	if tr.Fields == nil && len(dls) == 0 {
-		return fmt.Errorf("%w; the dead-letter topic was %s", delivery.ErrNoTrace,
+		return fmt.Errorf("%w; the dead-letter topic was %s", trail.ErrNotKept,
 			map[bool]string{true: "searched too", false: "not searched (give -kafka-brokers)"}[dl.kafka.Brokers != ""])
 	}
 	if *asJSON {
@@ -86,7 +86,7 @@ func traceCmd(args []string, stdout io.Writer) error {
 
 // printTrace renders a trail for people: one line per fact, times as
 // offsets from acceptance.
-func printTrace(w io.Writer, id string, tr delivery.Trace, dls []deadLetter) error {
+func printTrace(w io.Writer, id string, tr trail.Record, dls []deadLetter) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	f := tr.Fields
 	accepted := tr.Time("accepted_ms")

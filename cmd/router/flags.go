@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
+	"github.com/herald-push/herald/delivery/redact"
 	"github.com/herald-push/herald/router"
 )
 
@@ -32,15 +34,15 @@ func (f *routerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.grpcAddr, "grpc-addr", ":7070", "gRPC listen address")
 	fs.IntVar(&f.maxPayload, "max-payload-bytes", router.DefaultMaxPayloadBytes, "largest Notify data accepted")
 	fs.DurationVar(&f.defaultTTL, "default-ttl", router.DefaultNotifyTTL, "TTL of a notification that sets none")
-	fs.DurationVar(&f.idemWindow, "idempotency-window", 10*time.Minute, "how long idempotency keys are remembered")
+	fs.DurationVar(&f.idemWindow, "idempotency-window", delivery.DefaultIdempotencyWindow, "how long idempotency keys are remembered")
 	fs.DurationVar(&f.shutdown, "shutdown-timeout", router.DefaultShutdownTimeout, "graceful stop limit before in-flight calls are cut")
-	fs.IntVar(&f.histLen, "history-length", 100, "events kept per user and topic for Last-Event-ID recovery")
-	fs.DurationVar(&f.histWindow, "history-window", 10*time.Minute, "how long events are kept for recovery; must match the edges'")
+	fs.IntVar(&f.histLen, "history-length", delivery.DefaultHistoryLength, "events kept per user and topic for Last-Event-ID recovery")
+	fs.DurationVar(&f.histWindow, "history-window", delivery.DefaultHistoryWindow, "how long events are kept for recovery; must match the edges'")
 	fs.BoolVar(&f.offline, "offline", true, "queue offline users' notifications to Kafka for FCM; false only records them in history")
-	fs.IntVar(&f.maxDevices, "max-devices-per-user", 10, "device tokens kept per user; the oldest go first")
+	fs.IntVar(&f.maxDevices, "max-devices-per-user", devices.DefaultMaxPerUser, "device tokens kept per user; the oldest go first")
 	fs.DurationVar(&f.ackDefault, "ack-deadline", router.DefaultAckDeadline, "ack deadline of ack-or-push notifications that set none")
 	fs.DurationVar(&f.traceTTL, "trace-ttl", delivery.DefaultTraceTTL, "how long each notification's trail is kept for heraldctl trace; 0 keeps none")
-	fs.IntVar(&f.maxPipe, "max-pipeline", 128, "most concurrent Notify calls sent to Redis in one pipeline; 1 gives each call a round trip of its own")
+	fs.IntVar(&f.maxPipe, "max-pipeline", delivery.DefaultMaxPipeline, "most concurrent Notify calls sent to Redis in one pipeline; 1 gives each call a round trip of its own")
 	f.sec.register(fs)
 	f.lim.register(fs)
 }
@@ -61,7 +63,7 @@ func (f *routerFlags) publisherConfig() delivery.PublisherConfig {
 }
 
 // serviceConfig is the gRPC service's configuration.
-func (f *routerFlags) serviceConfig(ids delivery.UserIDs) router.Config {
+func (f *routerFlags) serviceConfig(ids redact.UserIDs) router.Config {
 	rcfg := router.Config{
 		MaxPayloadBytes: f.maxPayload,
 		DefaultTTL:      f.defaultTTL,

@@ -21,6 +21,9 @@ import (
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
+	"github.com/herald-push/herald/delivery/queue"
+	"github.com/herald-push/herald/delivery/receipts"
 	"github.com/herald-push/herald/presence"
 	"github.com/herald-push/herald/router"
 )
@@ -69,19 +72,20 @@ func run(args []string) error {
 	}
 	pcfg := f.publisherConfig()
 	ready := []func(context.Context) error{daemon.RedisReady(rdb)}
-	var sweeper *delivery.Sweeper
+	var sweeper *receipts.Sweeper
 	if f.offline {
 		if err := kafka.Ensure(ctx); err != nil {
 			return err
 		}
-		q, err := delivery.NewKafkaQueue(kafka.Config(), kafka.OfflineTopic)
+		q, err := queue.NewKafka(kafka.Config(), kafka.OfflineTopic)
 		if err != nil {
 			return err
 		}
 		defer q.Close()
 		pcfg.Offline = q
-		pcfg.Receipts = delivery.NewReceipts(rdb, delivery.ReceiptsConfig{Prefix: common.RedisPrefix})
-		if sweeper, err = router.NewSweeper(pcfg.Receipts, q, log, reg); err != nil {
+		rc := receipts.New(rdb, receipts.Config{Prefix: common.RedisPrefix})
+		pcfg.Receipts = rc
+		if sweeper, err = router.NewSweeper(rc, q, log, reg); err != nil {
 			return err
 		}
 		ready = append(ready, kafka.Ready)
@@ -92,7 +96,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: common.RedisPrefix, MaxPerUser: f.maxDevices})
+	devices, err := devices.New(rdb, devices.Config{Prefix: common.RedisPrefix, MaxPerUser: f.maxDevices})
 	if err != nil {
 		return err
 	}

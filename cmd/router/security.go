@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/redact"
 	"github.com/herald-push/herald/router"
 )
 
@@ -30,7 +30,7 @@ func (s *security) register(fs *flag.FlagSet) {
 
 // serverOptions are the gRPC listener's TLS and authentication options. The
 // router refuses to start without authentication unless told it is wanted.
-func (s security) serverOptions(log *slog.Logger, reg prometheus.Registerer, ids delivery.UserIDs) ([]grpc.ServerOption, error) {
+func (s security) serverOptions(log *slog.Logger, reg prometheus.Registerer, ids redact.UserIDs) ([]grpc.ServerOption, error) {
 	var opts []grpc.ServerOption
 	switch {
 	case s.callersFile != "" && s.noAuth:

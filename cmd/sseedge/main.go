@@ -21,6 +21,7 @@ import (
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/history"
 	"github.com/herald-push/herald/presence"
 	"github.com/herald-push/herald/sseedge"
 )
@@ -60,7 +61,7 @@ func run(args []string) error {
 		maxTopics  = fs.Int("max-topics", 16, "topics per stream")
 		origins    = fs.String("allowed-origins", "", "comma-separated origins allowed by CORS; * allows any")
 		grace      = fs.Duration("broker-grace", 30*time.Second, "how long streams survive a lost Redis link before closing as broker_lost")
-		histWindow = fs.Duration("history-window", 10*time.Minute, "how long events are kept for Last-Event-ID recovery; must match the router's")
+		histWindow = fs.Duration("history-window", delivery.DefaultHistoryWindow, "how long events are kept for Last-Event-ID recovery; must match the router's")
 		trail      = fs.Bool("trace-writes", true, "count writes in notifications' trails for heraldctl trace (one pipelined Redis command per notification)")
 	)
 	if err := daemon.ParseFlags(fs, args, "HERALD_"); err != nil {
@@ -88,7 +89,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	hist, err := delivery.NewHistory(rdb, common.RedisPrefix, delivery.HistoryConfig{Window: *histWindow})
+	hist, err := history.New(rdb, common.RedisPrefix, delivery.HistoryConfig{Window: *histWindow})
 	if err != nil {
 		return err
 	}

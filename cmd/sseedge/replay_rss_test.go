@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/history"
 	"github.com/herald-push/herald/integration/testenv"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/sseedge"
@@ -139,7 +140,7 @@ var edgeSecret = []byte("rss-test-secret")
 // delivery's history epochs), not one from before a loss of Redis' data.
 func readBefore(t *testing.T, rdb redis.UniversalClient, prefix string, topics []string) {
 	t.Helper()
-	hist, err := delivery.NewHistory(rdb, prefix, delivery.HistoryConfig{})
+	hist, err := history.New(rdb, prefix, delivery.HistoryConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}

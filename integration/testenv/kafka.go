@@ -11,7 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
 )
 
 // Kafka is an in-process Kafka broker (kfake, which speaks the real wire
@@ -37,11 +37,11 @@ func StartKafka(tb testing.TB, partitions int) *Kafka {
 	tb.Cleanup(k.Stop)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var topics []delivery.TopicSpec
-	for _, t := range []string{delivery.DefaultOfflineTopic, delivery.DefaultRetryTopic, delivery.DefaultDeadLetterTopic} {
-		topics = append(topics, delivery.TopicSpec{Name: t, Partitions: partitions, ReplicationFactor: 1})
+	var topics []queue.TopicSpec
+	for _, t := range []string{queue.DefaultOfflineTopic, queue.DefaultRetryTopic, queue.DefaultDeadLetterTopic} {
+		topics = append(topics, queue.TopicSpec{Name: t, Partitions: partitions, ReplicationFactor: 1})
 	}
-	if err := delivery.EnsureTopics(ctx, k.Brokers, topics...); err != nil {
+	if err := queue.EnsureTopics(ctx, k.Brokers, topics...); err != nil {
 		tb.Fatalf("create topics: %v", err)
 	}
 	return k
@@ -73,7 +73,7 @@ func (k *Kafka) Cluster() *kfake.Cluster { return k.cluster }
 // its end as of the call.
 func (k *Kafka) ReadAll(topic string) []kafka.Message {
 	k.tb.Helper()
-	msgs, err := delivery.ReadTopic(context.Background(), k.Brokers, topic)
+	msgs, err := queue.ReadTopic(context.Background(), k.Brokers, topic)
 	if err != nil {
 		k.tb.Fatalf("read %s: %v", topic, err)
 	}

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
+	"github.com/herald-push/herald/delivery/queue"
 	"github.com/herald-push/herald/fcm"
 	"github.com/herald-push/herald/fcm/fcmtest"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
@@ -27,9 +29,9 @@ type Offline struct {
 	Kafka    *Kafka
 	Redis    redis.UniversalClient
 	Prefix   string
-	Devices  *delivery.Devices
+	Devices  *devices.Registry
 	Emulator *fcmtest.Server
-	Queue    *delivery.KafkaQueue
+	Queue    *queue.Kafka
 	// Deps are the dependencies a worker needs, without a Registerer.
 	Deps fcm.Deps
 }
@@ -46,7 +48,7 @@ func StartOffline(tb testing.TB, partitions int) *Offline {
 func StartOfflineOn(tb testing.TB, partitions int, rdb redis.UniversalClient, prefix string) *Offline {
 	tb.Helper()
 	k := StartKafka(tb, partitions)
-	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: prefix})
+	devices, err := devices.New(rdb, devices.Config{Prefix: prefix})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -55,7 +57,7 @@ func StartOfflineOn(tb testing.TB, partitions int, rdb redis.UniversalClient, pr
 	if err != nil {
 		tb.Fatal(err)
 	}
-	q, err := delivery.NewKafkaQueue(delivery.KafkaConfig{Brokers: k.Brokers}, delivery.DefaultOfflineTopic)
+	q, err := queue.NewKafka(queue.Config{Brokers: k.Brokers}, queue.DefaultOfflineTopic)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -68,7 +70,7 @@ func StartOfflineOn(tb testing.TB, partitions int, rdb redis.UniversalClient, pr
 // sized for tests.
 func (o *Offline) WorkerConfig() fcm.Config {
 	return fcm.Config{
-		Kafka:       delivery.KafkaConfig{Brokers: o.Kafka.Brokers},
+		Kafka:       queue.Config{Brokers: o.Kafka.Brokers},
 		RedisPrefix: o.Prefix,
 		BackoffBase: 100 * time.Millisecond,
 		BackoffMax:  400 * time.Millisecond,
@@ -151,7 +153,7 @@ func (o *Offline) Backlog(tb testing.TB) map[string]map[int]Span {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out := map[string]map[int]Span{}
-	for topic, group := range map[string]string{delivery.DefaultOfflineTopic: WorkerGroup, delivery.DefaultRetryTopic: WorkerGroup + ".retry"} {
+	for topic, group := range map[string]string{queue.DefaultOfflineTopic: WorkerGroup, queue.DefaultRetryTopic: WorkerGroup + ".retry"} {
 		// A broker restarted by a fault test can fail the first request on
 		// a connection it dropped: ask again until the deadline.
 		spans, err := o.Kafka.Uncommitted(ctx, group, topic)
@@ -172,7 +174,7 @@ func (o *Offline) Backlog(tb testing.TB) map[string]map[int]Span {
 // DeadLetters reads the dead-letter topic.
 func (o *Offline) DeadLetters(tb testing.TB) []*heraldv1.DeadLetter {
 	tb.Helper()
-	return Decode[heraldv1.DeadLetter](tb, o.Kafka.ReadAll(delivery.DefaultDeadLetterTopic))
+	return Decode[heraldv1.DeadLetter](tb, o.Kafka.ReadAll(queue.DefaultDeadLetterTopic))
 }
 
 // WaitDeadLetters waits until the dead-letter topic holds n records.
@@ -211,7 +213,7 @@ func RunChildWorker() bool {
 		panic(err)
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: c.Redis})
-	devices, err := delivery.NewDevices(rdb, delivery.DevicesConfig{Prefix: c.Prefix})
+	devices, err := devices.New(rdb, devices.Config{Prefix: c.Prefix})
 	if err != nil {
 		panic(err)
 	}
@@ -219,7 +221,7 @@ func RunChildWorker() bool {
 	if err != nil {
 		panic(err)
 	}
-	w, err := fcm.New(fcm.Config{Kafka: delivery.KafkaConfig{Brokers: c.Brokers}, RedisPrefix: c.Prefix, BatchSize: 7,
+	w, err := fcm.New(fcm.Config{Kafka: queue.Config{Brokers: c.Brokers}, RedisPrefix: c.Prefix, BatchSize: 7,
 		SessionTimeout: time.Second, BackoffBase: 100 * time.Millisecond, BackoffMax: 400 * time.Millisecond},
 		fcm.Deps{Sender: sender, Devices: devices, Redis: rdb})
 	if err != nil {

@@ -8,7 +8,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
 	"github.com/herald-push/herald/fcm/fcmtest"
 )
 
@@ -65,7 +65,7 @@ func (r *Redis) tick() {
 // each. Close it when done.
 func StartKafka() (*kfake.Cluster, error) {
 	kf, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3,
-		delivery.DefaultOfflineTopic, delivery.DefaultRetryTopic, delivery.DefaultDeadLetterTopic))
+		queue.DefaultOfflineTopic, queue.DefaultRetryTopic, queue.DefaultDeadLetterTopic))
 	if err != nil {
 		return nil, fmt.Errorf("embedded kafka: %w", err)
 	}

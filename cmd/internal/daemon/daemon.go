@@ -22,7 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/redact"
+	"github.com/herald-push/herald/presence"
 )
 
 // ParseFlags parses args into fs. A flag not given on the command line takes
@@ -272,11 +273,11 @@ func (r *Redis) Client() redis.UniversalClient { return NewRedis(r.Addr, r.Passw
 func registerRedis(fs *flag.FlagSet, addr, password, prefix *string) {
 	fs.StringVar(addr, "redis-addr", "127.0.0.1:6379", "Redis address, or comma-separated cluster seeds")
 	fs.StringVar(password, "redis-password", "", "Redis password")
-	fs.StringVar(prefix, "redis-prefix", "herald:", "prefix of every Redis key and channel; the same on routers and edges")
+	fs.StringVar(prefix, "redis-prefix", presence.DefaultPrefix, "prefix of every Redis key and channel; the same on routers and edges")
 }
 
 // UserIDs says how logs show user ids.
-func (c *Common) UserIDs() delivery.UserIDs { return delivery.UserIDs{Clear: c.LogUserIDs} }
+func (c *Common) UserIDs() redact.UserIDs { return redact.UserIDs{Clear: c.LogUserIDs} }
 
 // Logger returns the logger the flags ask for, writing to standard error.
 func (c *Common) Logger() (*slog.Logger, *slog.LevelVar, error) {

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
 )
 
 // Kafka holds the flags of the binaries that use Kafka.
@@ -24,13 +24,13 @@ type Kafka struct {
 // Register defines the Kafka flags on fs.
 func (k *Kafka) Register(fs *flag.FlagSet) {
 	fs.StringVar(&k.Brokers, "kafka-brokers", "127.0.0.1:9092", "Kafka seed brokers, comma-separated")
-	fs.StringVar(&k.OfflineTopic, "kafka-offline-topic", delivery.DefaultOfflineTopic, "topic of offline users' notifications")
-	fs.StringVar(&k.RetryTopic, "kafka-retry-topic", delivery.DefaultRetryTopic, "topic of FCM pushes to retry")
-	fs.StringVar(&k.DeadLetterTopic, "kafka-dead-letter-topic", delivery.DefaultDeadLetterTopic, "topic of pushes that failed for good")
+	fs.StringVar(&k.OfflineTopic, "kafka-offline-topic", queue.DefaultOfflineTopic, "topic of offline users' notifications")
+	fs.StringVar(&k.RetryTopic, "kafka-retry-topic", queue.DefaultRetryTopic, "topic of FCM pushes to retry")
+	fs.StringVar(&k.DeadLetterTopic, "kafka-dead-letter-topic", queue.DefaultDeadLetterTopic, "topic of pushes that failed for good")
 	fs.BoolVar(&k.CreateTopics, "kafka-create-topics", true, "create missing topics at start (needs the CreateTopics permission)")
 	fs.IntVar(&k.Partitions, "kafka-partitions", 12, "partitions of topics created at start: the most workers that can share the load")
 	fs.IntVar(&k.Replication, "kafka-replication", 3, "replication factor of topics created at start")
-	fs.DurationVar(&k.BatchTimeout, "kafka-batch-timeout", 2*time.Millisecond, "how long a writer waits to fill a batch")
+	fs.DurationVar(&k.BatchTimeout, "kafka-batch-timeout", queue.DefaultBatchTimeout, "how long a writer waits to fill a batch")
 }
 
 // RegisterNamed defines on fs only the Kafka flags named (without their
@@ -62,8 +62,8 @@ func (k *Kafka) BrokerList() []string {
 }
 
 // Config is the writers' configuration.
-func (k *Kafka) Config() delivery.KafkaConfig {
-	return delivery.KafkaConfig{Brokers: k.BrokerList(), BatchTimeout: k.BatchTimeout}
+func (k *Kafka) Config() queue.Config {
+	return queue.Config{Brokers: k.BrokerList(), BatchTimeout: k.BatchTimeout}
 }
 
 // Ensure creates the missing topics, when -kafka-create-topics says so.
@@ -73,15 +73,15 @@ func (k *Kafka) Ensure(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	var specs []delivery.TopicSpec
+	var specs []queue.TopicSpec
 	for _, t := range []string{k.OfflineTopic, k.RetryTopic, k.DeadLetterTopic} {
-		specs = append(specs, delivery.TopicSpec{Name: t, Partitions: k.Partitions, ReplicationFactor: k.Replication})
+		specs = append(specs, queue.TopicSpec{Name: t, Partitions: k.Partitions, ReplicationFactor: k.Replication})
 	}
-	return delivery.EnsureTopics(ctx, k.BrokerList(), specs...)
+	return queue.EnsureTopics(ctx, k.BrokerList(), specs...)
 }
 
 // Ready is a readiness check that asks a broker for metadata.
-func (k *Kafka) Ready(ctx context.Context) error { return delivery.KafkaReady(ctx, k.BrokerList()) }
+func (k *Kafka) Ready(ctx context.Context) error { return queue.Ready(ctx, k.BrokerList()) }
 
 // AllReady combines readiness checks: ready when each is.
 func AllReady(checks ...func(context.Context) error) func(context.Context) error {

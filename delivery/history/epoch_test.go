@@ -1,4 +1,4 @@
-package delivery_test
+package history_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/history"
 	"github.com/herald-push/herald/integration/testenv"
 )
 
@@ -32,7 +33,7 @@ func (f *fixture) forget(tb testing.TB) {
 
 // since asks hist where a client at pos stands in s (from the start with
 // pos 0).
-func since(tb testing.TB, hist *delivery.History, s delivery.Stream, pos uint64) delivery.Replay {
+func since(tb testing.TB, hist *history.Reader, s delivery.Stream, pos uint64) history.Replay {
 	tb.Helper()
 	after := &pos
 	if pos == 0 {
@@ -45,9 +46,9 @@ func since(tb testing.TB, hist *delivery.History, s delivery.Stream, pos uint64)
 	return got[0]
 }
 
-func newTestHistory(tb testing.TB, rdb *redis.Client, prefix string) *delivery.History {
+func newTestHistory(tb testing.TB, rdb *redis.Client, prefix string) *history.Reader {
 	tb.Helper()
-	hist, err := delivery.NewHistory(rdb, prefix, delivery.HistoryConfig{})
+	hist, err := history.New(rdb, prefix, delivery.HistoryConfig{})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -166,7 +167,7 @@ func TestHistoryStartPositions(t *testing.T) {
 	}
 	// The slot's epoch outlives the start position's keep (24h), and
 	// expires after.
-	ttl, err := f.rdb.PTTL(context.Background(), delivery.EpochKey(f.prefix, delivery.UserStream("sol"))).Result()
+	ttl, err := f.rdb.PTTL(context.Background(), history.EpochKey(f.prefix, delivery.UserStream("sol"))).Result()
 	if err != nil || ttl < 24*time.Hour || ttl > 48*time.Hour {
 		t.Fatalf("epoch TTL %v, %v; want between 24h and 48h", ttl, err)
 	}
@@ -192,7 +193,7 @@ func TestEpochKeySlot(t *testing.T) {
 	keys := []string{"123456789", "foo", "{user1000}.following", "foo{}{bar}", "foo{{bar}}zap", "foo{bar}{zap}", "{", "}{x}", "herald:{u:a}b}:hist"}
 	for i := range 2000 {
 		for _, s := range []delivery.Stream{delivery.UserStream("u" + strconv.Itoa(i)), delivery.TopicStream("t" + strconv.Itoa(i))} {
-			ek := delivery.EpochKey("herald:", s)
+			ek := history.EpochKey("herald:", s)
 			if got, want := delivery.KeySlot(ek), delivery.KeySlot(delivery.Channel("herald:", s)); got != want {
 				t.Fatalf("%v: epoch key %s in slot %d, the stream's keys in %d", s, ek, got, want)
 			}

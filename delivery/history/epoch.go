@@ -1,9 +1,11 @@
-package delivery
+package history
 
 import (
+	_ "embed"
 	"strconv"
-	"strings"
 	"sync"
+
+	"github.com/herald-push/herald/delivery"
 )
 
 // History epochs: telling a client whose history Redis lost.
@@ -44,57 +46,27 @@ import (
 // The epoch keys are one per hash slot in use, at most 16384 per prefix, of
 // about 100 bytes each; the tag that puts one in a slot is not a client's
 // to choose.
-const luaEpoch = `
--- epochOf returns the epoch of the slot of key k: the start position of the
--- first reader that found none. If started, a start position is being given
--- out, and the epoch is kept at least keep ms from now: it is kept 2 × keep
--- and renewed when less than keep is left, so that it is written once per
--- keep at most, not on every reconnect.
-local function epochOf(k, started, keep)
-  local e = tonumber(redis.call('GET', k))
-  if e == nil then
-    e = now * 1000 - 1
-    redis.call('SET', k, fmt(e), 'PX', 2 * keep)
-  elseif started and redis.call('PTTL', k) < keep then
-    redis.call('PEXPIRE', k, 2 * keep)
-  end
-  return e
-end
-
--- isStart reports whether position L is a start position.
-local function isStart(L) return L % 1000 == 999 end
-
--- placed reports whether position L, above the floor and below the last id
--- of the stream with history hist and epoch key epochk, is one the history
--- accounts for: an event in it, or a start position of this epoch before
--- its oldest event.
-local function placed(hist, epochk, L, keep)
-  if not isStart(L) then
-    return redis.call('ZCOUNT', hist, fmt(L), fmt(L)) > 0
-  end
-  if L < epochOf(epochk, false, keep) then return false end
-  local oldest = redis.call('ZRANGE', hist, 0, 0, 'WITHSCORES')
-  return oldest[2] ~= nil and L < tonumber(oldest[2])
-end
-`
-
-// numSlots is the number of Redis Cluster hash slots.
-const numSlots = 16384
+//
+// epoch.lua holds the Lua of it, which since.lua calls.
+//
+//go:embed epoch.lua
+var epochLua string
 
 // epochKey is the epoch key of the hash slot of s's keys under prefix.
-func epochKey(prefix string, s Stream) string {
-	n := slotTags()[KeySlot(prefix+s.hashTag())]
+func epochKey(prefix string, s delivery.Stream) string {
+	n := slotTags()[delivery.KeySlot(prefix+s.HashTag())]
 	return prefix + "{e:" + strconv.FormatUint(uint64(n), 36) + "}:epoch"
 }
 
 // slotTags maps each hash slot to the n whose tag "e:<n in base 36>" hashes
 // to it.
 var slotTags = sync.OnceValue(func() []uint32 {
-	tags := make([]uint32, numSlots)
-	found := make([]bool, numSlots)
-	left := numSlots
+	tags := make([]uint32, delivery.NumSlots)
+	found := make([]bool, delivery.NumSlots)
+	left := delivery.NumSlots
 	for n := uint32(0); left > 0; n++ {
-		slot := crc16("e:"+strconv.FormatUint(uint64(n), 36)) % numSlots
+		// A key without braces is hashed whole.
+		slot := delivery.KeySlot("e:" + strconv.FormatUint(uint64(n), 36))
 		if !found[slot] {
 			found[slot], tags[slot] = true, n
 			left--
@@ -102,32 +74,3 @@ var slotTags = sync.OnceValue(func() []uint32 {
 	}
 	return tags
 })
-
-// KeySlot is the Redis Cluster hash slot of key: the CRC16 of its hash tag
-// (what is between the first { and the next }, if not empty), or else of
-// the whole key, modulo 16384. The edge groups shard channels by it.
-func KeySlot(key string) uint16 {
-	if i := strings.IndexByte(key, '{'); i >= 0 {
-		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
-			key = key[i+1 : i+1+j]
-		}
-	}
-	return crc16(key) % numSlots
-}
-
-// crc16 is CRC-16/XMODEM (polynomial 0x1021, initial value 0), the checksum
-// of Redis Cluster's key slots.
-func crc16(s string) uint16 {
-	var crc uint16
-	for i := 0; i < len(s); i++ {
-		crc ^= uint16(s[i]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return crc
-}

@@ -1,4 +1,7 @@
-package delivery
+// Package redact is how logs name users: by a short hash of the id unless
+// an operator asks for ids in the clear. Every part logs users through it,
+// so that one user can be followed through all of their logs.
+package redact
 
 import (
 	"crypto/sha256"

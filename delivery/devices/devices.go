@@ -1,7 +1,10 @@
-package delivery
+// Package devices is the registry of users' FCM registration tokens: the
+// devices that the FCM worker pushes a user's offline notifications to.
+package devices
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
 	"strconv"
@@ -9,6 +12,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/presence"
 )
 
 // Device is one of a user's devices: an FCM registration token.
@@ -18,11 +24,17 @@ type Device struct {
 	RegisteredAt time.Time
 }
 
-// DevicesConfig configures a Devices registry. The zero value of each field
-// means the documented default.
-type DevicesConfig struct {
+// The defaults that the zero values of Config stand for.
+const (
+	DefaultMaxPerUser = 10
+	DefaultTTL        = 270 * 24 * time.Hour
+)
+
+// Config configures a Registry. The zero value of each field means the
+// documented default.
+type Config struct {
 	// Prefix namespaces the keys, as presence.Config.Prefix does. Default
-	// "herald:".
+	// presence.DefaultPrefix.
 	Prefix string
 	// MaxPerUser bounds a user's tokens. Default 10: a person rarely has more
 	// devices, while an app that registers a new token at every start would
@@ -42,40 +54,43 @@ const MaxTokenBytes = 4096
 // Platforms are the platform names a Device may have.
 var Platforms = []string{"android", "ios", "web"}
 
-// ErrInvalidDevice is returned for a token or platform that cannot be stored.
-var ErrInvalidDevice = errors.New("delivery: invalid device")
+// ErrInvalid is returned for a token or platform that cannot be stored.
+var ErrInvalid = errors.New("delivery: invalid device")
 
-// Devices is the registry of users' FCM tokens. A user's tokens live in one
+// Registry is the registry of users' FCM tokens. A user's tokens live in one
 // sorted set (token → registration time in ms) and one hash (token →
 // platform), both under the user's hash tag, so that a user's devices share a
 // Redis Cluster slot with the rest of the user's keys.
-type Devices struct {
+//
+// It has no clock of its own: registration times are Redis' TIME, taken in
+// the register script, so that every router agrees on them.
+type Registry struct {
 	rdb redis.UniversalClient
-	cfg DevicesConfig
+	cfg Config
 }
 
-// NewDevices returns a device registry stored through rdb.
-func NewDevices(rdb redis.UniversalClient, cfg DevicesConfig) (*Devices, error) {
+// New returns a device registry stored through rdb.
+func New(rdb redis.UniversalClient, cfg Config) (*Registry, error) {
 	if rdb == nil {
 		return nil, errors.New("delivery: devices need a redis client")
 	}
 	if cfg.Prefix == "" {
-		cfg.Prefix = "herald:"
+		cfg.Prefix = presence.DefaultPrefix
 	}
 	if cfg.MaxPerUser == 0 {
-		cfg.MaxPerUser = 10
+		cfg.MaxPerUser = DefaultMaxPerUser
 	}
 	if cfg.TTL == 0 {
-		cfg.TTL = 270 * 24 * time.Hour
+		cfg.TTL = DefaultTTL
 	}
 	if cfg.MaxPerUser < 1 || cfg.TTL < time.Second {
 		return nil, fmt.Errorf("delivery: invalid devices config %+v", cfg)
 	}
-	return &Devices{rdb: rdb, cfg: cfg}, nil
+	return &Registry{rdb: rdb, cfg: cfg}, nil
 }
 
-func (d *Devices) keys(user string) []string {
-	return deviceKeys(d.cfg.Prefix, user)
+func (d *Registry) keys(user string) []string {
+	return delivery.DeviceKeys(d.cfg.Prefix, user)
 }
 
 // CheckToken validates an FCM registration token: printable ASCII, at most
@@ -100,36 +115,23 @@ func CheckToken(token string) error {
 //
 //	KEYS: tokens, platforms
 //	ARGV: token, platform, max per user, ttl ms
-var registerScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-local evicted = 0
-local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
-if extra > 0 then
-  local old = redis.call('ZPOPMIN', KEYS[1], extra)
-  for i = 1, #old, 2 do
-    redis.call('HDEL', KEYS[2], old[i])
-    evicted = evicted + 1
-  end
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {redis.call('ZCARD', KEYS[1]), evicted}
-`)
+//
+//go:embed register.lua
+var registerLua string
+
+var registerScript = redis.NewScript(registerLua)
 
 // Register adds token to user's devices, or refreshes it. It returns how many
 // devices the user has and how many old tokens were evicted to make room.
-func (d *Devices) Register(ctx context.Context, user, token, platform string) (devices, evicted int, err error) {
-	if err := CheckUserID(user); err != nil {
-		return 0, 0, fmt.Errorf("%w: user %v", ErrInvalidDevice, err)
+func (d *Registry) Register(ctx context.Context, user, token, platform string) (devices, evicted int, err error) {
+	if err := delivery.CheckUserID(user); err != nil {
+		return 0, 0, fmt.Errorf("%w: user %v", ErrInvalid, err)
 	}
 	if err := CheckToken(token); err != nil {
-		return 0, 0, fmt.Errorf("%w: token %v", ErrInvalidDevice, err)
+		return 0, 0, fmt.Errorf("%w: token %v", ErrInvalid, err)
 	}
 	if !validPlatform(platform) {
-		return 0, 0, fmt.Errorf("%w: platform %q is not one of %s", ErrInvalidDevice, platform, strings.Join(Platforms, ", "))
+		return 0, 0, fmt.Errorf("%w: platform %q is not one of %s", ErrInvalid, platform, strings.Join(Platforms, ", "))
 	}
 	res, err := registerScript.Run(ctx, d.rdb, d.keys(user), token, platform, d.cfg.MaxPerUser, d.cfg.TTL.Milliseconds()).Int64Slice()
 	if err != nil {
@@ -148,7 +150,7 @@ func validPlatform(p string) bool {
 }
 
 // Unregister removes tokens from user's devices and reports how many it held.
-func (d *Devices) Unregister(ctx context.Context, user string, tokens ...string) (int, error) {
+func (d *Registry) Unregister(ctx context.Context, user string, tokens ...string) (int, error) {
 	if len(tokens) == 0 {
 		return 0, nil
 	}
@@ -170,7 +172,7 @@ func (d *Devices) Unregister(ctx context.Context, user string, tokens ...string)
 }
 
 // List returns user's devices, the most recently registered first.
-func (d *Devices) List(ctx context.Context, user string) ([]Device, error) {
+func (d *Registry) List(ctx context.Context, user string) ([]Device, error) {
 	m, err := d.ListMany(ctx, user)
 	if err != nil {
 		return nil, err
@@ -180,7 +182,7 @@ func (d *Devices) List(ctx context.Context, user string) ([]Device, error) {
 
 // ListMany returns the devices of each user in one round trip. Users without
 // devices are absent from the map.
-func (d *Devices) ListMany(ctx context.Context, users ...string) (map[string][]Device, error) {
+func (d *Registry) ListMany(ctx context.Context, users ...string) (map[string][]Device, error) {
 	type cmds struct {
 		tokens    *redis.ZSliceCmd
 		platforms *redis.MapStringStringCmd

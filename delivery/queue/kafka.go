@@ -1,4 +1,8 @@
-package delivery
+// Package queue is the Kafka side of the offline path: the writer that the
+// router's offline queue and the FCM worker's retries use, the queue
+// itself, the records it writes, and the admin calls that create, probe and
+// read its topics.
+package queue
 
 import (
 	"context"
@@ -8,6 +12,7 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/herald-push/herald/delivery"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -23,9 +28,17 @@ const (
 	DefaultDeadLetterTopic = "herald.fcm.failed"
 )
 
-// KafkaConfig says how to reach Kafka. The zero value of each field but
+// The defaults that the zero values of Config stand for (CallTimeout's is
+// computed from MaxAttempts and WriteTimeout).
+const (
+	DefaultBatchTimeout = 2 * time.Millisecond
+	DefaultWriteTimeout = 5 * time.Second
+	DefaultMaxAttempts  = 3
+)
+
+// Config says how to reach Kafka. The zero value of each field but
 // Brokers means the documented default.
-type KafkaConfig struct {
+type Config struct {
 	// Brokers are the seed brokers, host:port. Required.
 	Brokers []string
 	// BatchTimeout is how long a writer waits to fill a batch. Default 2ms:
@@ -45,18 +58,18 @@ type KafkaConfig struct {
 	CallTimeout time.Duration
 }
 
-func (c *KafkaConfig) setDefaults() error {
+func (c *Config) setDefaults() error {
 	if len(c.Brokers) == 0 {
 		return errors.New("delivery: kafka needs at least one broker address")
 	}
 	if c.BatchTimeout == 0 {
-		c.BatchTimeout = 2 * time.Millisecond
+		c.BatchTimeout = DefaultBatchTimeout
 	}
 	if c.WriteTimeout == 0 {
-		c.WriteTimeout = 5 * time.Second
+		c.WriteTimeout = DefaultWriteTimeout
 	}
 	if c.MaxAttempts == 0 {
-		c.MaxAttempts = 3
+		c.MaxAttempts = DefaultMaxAttempts
 	}
 	if c.CallTimeout == 0 {
 		c.CallTimeout = c.callTimeout()
@@ -69,21 +82,21 @@ func (c *KafkaConfig) setDefaults() error {
 
 // WriteContext is ctx bounded by CallTimeout, for one write call of a
 // writer of c.
-func (c KafkaConfig) WriteContext(ctx context.Context) (context.Context, context.CancelFunc) {
+func (c Config) WriteContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, c.callTimeout())
 }
 
 // callTimeout is CallTimeout, or its default.
-func (c KafkaConfig) callTimeout() time.Duration {
+func (c Config) callTimeout() time.Duration {
 	if c.CallTimeout > 0 {
 		return c.CallTimeout
 	}
 	attempts, write := c.MaxAttempts, c.WriteTimeout
 	if attempts <= 0 {
-		attempts = 3
+		attempts = DefaultMaxAttempts
 	}
 	if write <= 0 {
-		write = 5 * time.Second
+		write = DefaultWriteTimeout
 	}
 	return time.Duration(attempts)*write + 5*time.Second
 }
@@ -92,7 +105,7 @@ func (c KafkaConfig) callTimeout() time.Duration {
 // acknowledge a write (acks=all) and partitions by key with murmur2, as
 // Kafka's own Java clients do, so that one user's records stay in order in
 // one partition whichever client wrote them.
-func NewWriter(cfg KafkaConfig, topic string) (*kafka.Writer, error) {
+func NewWriter(cfg Config, topic string) (*kafka.Writer, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -148,8 +161,8 @@ func EnsureTopics(ctx context.Context, brokers []string, topics ...TopicSpec) er
 	return nil
 }
 
-// KafkaReady reports whether one of the brokers answers a metadata request.
-func KafkaReady(ctx context.Context, brokers []string) error {
+// Ready reports whether one of the brokers answers a metadata request.
+func Ready(ctx context.Context, brokers []string) error {
 	var errs []error
 	for _, b := range brokers {
 		_, err := (&kafka.Client{Addr: kafka.TCP(b), Timeout: 2 * time.Second}).Metadata(ctx, &kafka.MetadataRequest{})
@@ -161,26 +174,28 @@ func KafkaReady(ctx context.Context, brokers []string) error {
 	return fmt.Errorf("kafka: no broker answers: %w", errors.Join(errs...))
 }
 
-// KafkaQueue is the router's offline route: it writes each notification to
-// the offline topic, keyed by user, and returns once Kafka has acknowledged
-// it.
-type KafkaQueue struct {
-	cfg KafkaConfig
+// Kafka is the router's offline route, its delivery.OfflineQueue: it
+// writes each notification to the offline topic, keyed by user, and returns
+// once Kafka has acknowledged it.
+type Kafka struct {
+	cfg Config
 	w   *kafka.Writer
 }
 
-// NewKafkaQueue returns a queue that writes to topic.
-func NewKafkaQueue(cfg KafkaConfig, topic string) (*KafkaQueue, error) {
+var _ delivery.OfflineQueue = (*Kafka)(nil)
+
+// NewKafka returns a queue that writes to topic.
+func NewKafka(cfg Config, topic string) (*Kafka, error) {
 	w, err := NewWriter(cfg, topic)
 	if err != nil {
 		return nil, err
 	}
-	return &KafkaQueue{cfg: cfg, w: w}, nil
+	return &Kafka{cfg: cfg, w: w}, nil
 }
 
 // Enqueue writes env and waits for its acknowledgement, within the
 // config's CallTimeout.
-func (q *KafkaQueue) Enqueue(ctx context.Context, env *heraldv1.Envelope) error {
+func (q *Kafka) Enqueue(ctx context.Context, env *heraldv1.Envelope) error {
 	msg, err := EnvelopeMessage(env)
 	if err != nil {
 		return err
@@ -191,7 +206,7 @@ func (q *KafkaQueue) Enqueue(ctx context.Context, env *heraldv1.Envelope) error 
 }
 
 // Close flushes and closes the writer.
-func (q *KafkaQueue) Close() error { return q.w.Close() }
+func (q *Kafka) Close() error { return q.w.Close() }
 
 // HeaderNotificationID is the Kafka header that carries the notification id
 // on every record of the offline path, so that tools can find a notification
@@ -201,7 +216,7 @@ const HeaderNotificationID = "herald-notification-id"
 // EnvelopeMessage is env as a record of the offline topic: keyed by user,
 // the envelope as the value.
 func EnvelopeMessage(env *heraldv1.Envelope) (kafka.Message, error) {
-	value, err := Marshal(env)
+	value, err := delivery.Marshal(env)
 	if err != nil {
 		return kafka.Message{}, err
 	}

@@ -1,4 +1,4 @@
-package delivery_test
+package queue_test
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/queue"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
@@ -51,8 +51,8 @@ func newTestSilentBroker(tb testing.TB) string {
 // queue's CallTimeout, though its caller's context has no deadline.
 func TestEnqueueBoundedByCallTimeout(t *testing.T) {
 	t.Parallel()
-	q, err := delivery.NewKafkaQueue(delivery.KafkaConfig{Brokers: []string{newTestSilentBroker(t)},
-		CallTimeout: 300 * time.Millisecond}, delivery.DefaultOfflineTopic)
+	q, err := queue.NewKafka(queue.Config{Brokers: []string{newTestSilentBroker(t)},
+		CallTimeout: 300 * time.Millisecond}, queue.DefaultOfflineTopic)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestEnqueueBoundedByCallTimeout(t *testing.T) {
 // and their write calls get a deadline from the config.
 func TestWriterTimeouts(t *testing.T) {
 	t.Parallel()
-	w, err := delivery.NewWriter(delivery.KafkaConfig{Brokers: []string{"127.0.0.1:1"}}, "t")
+	w, err := queue.NewWriter(queue.Config{Brokers: []string{"127.0.0.1:1"}}, "t")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestWriterTimeouts(t *testing.T) {
 	if w.Transport != nil {
 		t.Fatalf("writer transport %T: want kafka-go's default, whose dial times out at 3s", w.Transport)
 	}
-	ctx, cancel := delivery.KafkaConfig{Brokers: []string{"b"}}.WriteContext(context.Background())
+	ctx, cancel := queue.Config{Brokers: []string{"b"}}.WriteContext(context.Background())
 	defer cancel()
 	d, ok := ctx.Deadline()
 	if !ok || time.Until(d) <= 0 || time.Until(d) > time.Minute {

@@ -1,0 +1,130 @@
+package history_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/history"
+	"github.com/herald-push/herald/integration/testenv"
+	"github.com/herald-push/herald/presence"
+)
+
+// History answers where a client stands: events after its position, in
+// order; its position unchanged when nothing is new; a reset when events it
+// may have missed were trimmed.
+func TestHistorySince(t *testing.T) {
+	t.Parallel()
+	rdb, prefix := testenv.Redis(t)
+	reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{History: delivery.HistoryConfig{Length: 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hist, err := history.New(rdb, prefix, delivery.HistoryConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	s := []delivery.Stream{delivery.UserStream("hal")}
+	start, err := hist.Since(ctx, s, []*uint64{nil})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := start[0].Position
+	var ids []uint64
+	for i := range 3 {
+		res, err := pub.Publish(ctx, envelope("hal", strconv.Itoa(i)), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := delivery.ParseEventID(res.EventID)
+		if len(ids) > 0 && id <= ids[len(ids)-1] {
+			t.Fatalf("event ids do not increase: %d after %v", id, ids)
+		}
+		ids = append(ids, id)
+	}
+	got, err := hist.Since(ctx, s, []*uint64{&pos})
+	if err != nil || got[0].Reset || len(got[0].Events) != 3 || got[0].Position != ids[2] {
+		t.Fatalf("from the start: %+v, %v; want the 3 events", got, err)
+	}
+	got, _ = hist.Since(ctx, s, []*uint64{&ids[2]})
+	if got[0].Reset || len(got[0].Events) != 0 {
+		t.Fatalf("at the head: %+v, want nothing", got)
+	}
+	if _, err := pub.Publish(ctx, envelope("hal", "3"), ""); err != nil { // trims event 0
+		t.Fatal(err)
+	}
+	got, _ = hist.Since(ctx, s, []*uint64{&ids[0]})
+	if got[0].Reset || len(got[0].Events) != 3 {
+		t.Fatalf("after event 0 (still covered): %+v, want 3 events", got)
+	}
+	got, _ = hist.Since(ctx, s, []*uint64{&pos})
+	if !got[0].Reset {
+		t.Fatalf("from before the trimmed event: %+v, want a reset", got)
+	}
+}
+
+// TestHistoryTimeTrimFloor: events that left the history for age (here the
+// whole key expired) raise the floor, so a reader whose window is longer
+// than the router's (a misconfigured edge) still resets a client from before
+// them instead of skipping them silently; a client after them misses
+// nothing.
+func TestHistoryTimeTrimFloor(t *testing.T) {
+	t.Parallel()
+	f := newPublisherWith(t, delivery.PublisherConfig{History: delivery.HistoryConfig{Window: 200 * time.Millisecond}})
+	hist, err := history.New(f.rdb, f.prefix, delivery.HistoryConfig{Window: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := publishEach(t, "tia", f.pub, f.pub)
+	time.Sleep(300 * time.Millisecond) // events 0 and 1 are now older than the router's window
+	ids = append(ids, publishEach(t, "tia", f.pub)...)
+	ctx := context.Background()
+	s := []delivery.Stream{delivery.UserStream("tia")}
+	if got, err := hist.Since(ctx, s, []*uint64{&ids[0]}); err != nil || !got[0].Reset {
+		t.Errorf("from event 0, before the trimmed event 1: %+v, %v; want a reset", got, err)
+	}
+	if got, err := hist.Since(ctx, s, []*uint64{&ids[1]}); err != nil || got[0].Reset || len(got[0].Events) != 1 {
+		t.Errorf("from event 1, the newest trimmed: %+v, %v; want event 2", got, err)
+	}
+}
+
+// TestHistoryShrunk: a history longer than its length (the length was
+// lowered) is trimmed at the next event, and its floor rises to the newest
+// event trimmed: a client there missed nothing, one before it is reset.
+func TestHistoryShrunk(t *testing.T) {
+	t.Parallel()
+	rdb, prefix := testenv.Redis(t)
+	reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	publisher := func(length int) *delivery.Publisher {
+		pub, err := delivery.NewPublisher(rdb, reg, delivery.PublisherConfig{History: delivery.HistoryConfig{Length: length}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pub
+	}
+	hist, err := history.New(rdb, prefix, delivery.HistoryConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ids := publishEach(t, "ivy", publisher(5), publisher(5), publisher(5), publisher(5), publisher(5), publisher(2))
+	// Events 0 to 3 were trimmed; 4 and 5 are kept.
+	s := []delivery.Stream{delivery.UserStream("ivy")}
+	got, err := hist.Since(ctx, s, []*uint64{&ids[3]})
+	if err != nil || got[0].Reset || len(got[0].Events) != 2 {
+		t.Fatalf("after the newest trimmed event: %+v, %v; want events 4 and 5", got, err)
+	}
+	if got, _ = hist.Since(ctx, s, []*uint64{&ids[2]}); !got[0].Reset {
+		t.Fatalf("before the newest trimmed event: %+v, want a reset", got)
+	}
+}

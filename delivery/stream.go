@@ -1,0 +1,109 @@
+package delivery
+
+import (
+	_ "embed"
+	"fmt"
+	"time"
+
+	"github.com/herald-push/herald/presence"
+)
+
+// Stream is one ordered history of events with a Pub/Sub channel of its own:
+// every user has one, and so has every broadcast topic.
+type Stream struct {
+	User  string // the user, for a user's stream
+	Topic string // the topic, for a topic's stream
+}
+
+// UserStream is user's stream.
+func UserStream(user string) Stream { return Stream{User: user} }
+
+// TopicStream is topic's stream.
+func TopicStream(topic string) Stream { return Stream{Topic: topic} }
+
+// HashTag is the Redis Cluster hash tag that every key and the channel of
+// the stream share, so that one script can touch them all in one slot.
+func (s Stream) HashTag() string {
+	if s.Topic != "" {
+		return "{t:" + presence.EscapeKeyPart(s.Topic) + "}"
+	}
+	return presence.HashTag(s.User)
+}
+
+func (s Stream) String() string {
+	if s.Topic != "" {
+		return "topic " + s.Topic
+	}
+	return "user " + s.User
+}
+
+// Channel is the stream's Redis Pub/Sub channel under prefix.
+func Channel(prefix string, s Stream) string { return prefix + s.HashTag() + ":events" }
+
+// HistoryKeys are the stream's history (a sorted set of envelopes scored by
+// event id), its last event id, and its floor: below the floor, events may
+// have been trimmed, so a client there cannot be told what it missed. The
+// publisher writes them; package delivery/history reads them.
+func HistoryKeys(prefix string, s Stream) []string {
+	base := prefix + s.HashTag()
+	return []string{base + ":hist", base + ":last", base + ":floor"}
+}
+
+// The history bounds that HistoryConfig's zero values stand for.
+const (
+	DefaultHistoryLength = 100
+	DefaultHistoryWindow = 10 * time.Minute
+	DefaultHistoryKeep   = 24 * time.Hour
+)
+
+// HistoryConfig bounds the history kept for Last-Event-ID recovery. The
+// publisher, which writes it, and the edges' history readers
+// (delivery/history) must agree on it.
+type HistoryConfig struct {
+	// Length is the most events kept per stream. Default 100: far more than
+	// a client misses in a reconnect, and small enough (about 100 × the
+	// payload size per active user) to keep in Redis memory.
+	Length int
+	// Window is how long an event is kept. Default 10 minutes: a client away
+	// longer than that re-fetches its state (it gets herald.reset) instead of
+	// a flood of stale events.
+	Window time.Duration
+	// Keep is how long a stream's last event id is remembered after its last
+	// event, and a start position after it was given out. Default 24h: a
+	// client that reconnects after a quiet period learns that it missed
+	// nothing, instead of a needless reset.
+	Keep time.Duration
+}
+
+// WithDefaults returns c with each zero field set to its default, or an
+// error when the result is not a valid bound.
+func (c HistoryConfig) WithDefaults() (HistoryConfig, error) {
+	if c.Length == 0 {
+		c.Length = DefaultHistoryLength
+	}
+	if c.Window == 0 {
+		c.Window = DefaultHistoryWindow
+	}
+	if c.Keep == 0 {
+		c.Keep = DefaultHistoryKeep
+	}
+	if c.Length < 1 || c.Window < time.Millisecond || c.Keep < c.Window {
+		return c, fmt.Errorf("delivery: invalid history config %+v: want length >= 1, window >= 1ms, keep >= window", c)
+	}
+	return c, nil
+}
+
+func (c HistoryConfig) args() []any {
+	return []any{c.Length, c.Window.Milliseconds(), c.Keep.Milliseconds()}
+}
+
+// LuaCommon returns the Lua that the scripts which record and replay events
+// begin with (common.lua): Redis' clock as now, fmt, and record. Event ids
+// are decimal numbers: a stream's first event gets Redis' time in
+// milliseconds × 1000, and each next one max(previous + 1, now × 1000), so
+// ids increase per stream and stay meaningful across restarts. Ids that end
+// in 999 are skipped: they are start positions (see delivery/history).
+func LuaCommon() string { return commonLua }
+
+//go:embed common.lua
+var commonLua string
