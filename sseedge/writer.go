@@ -46,6 +46,15 @@ type writers struct {
 
 	mu      sync.Mutex
 	streams map[*stream]struct{} // for heartbeats and token expiry
+
+	// spare holds buffers for pumpHere (*pumpBuffers).
+	spare sync.Pool
+}
+
+// pumpBuffers are the buffers of a pump outside the pool.
+type pumpBuffers struct {
+	buf   []byte
+	batch []*outEvent
 }
 
 // wire is a stream's connection once taken over.
@@ -152,6 +161,26 @@ func (ws *writers) write(ctx context.Context) {
 			clear(batch[:cap(batch)])
 		}
 	}
+}
+
+// pumpHere writes what st, held by the caller (stream.offerHeld), has to
+// write, on the caller's goroutine, as a writer of the pool would, and never
+// blocks: a full socket or a catch-up goes on in a goroutine of its own.
+// The Pub/Sub reader calls it for an event to a single stream, so that the
+// event costs no goroutine wake-up between the read from Redis and the
+// write to the client: at low rates, each wake-up of an idle writer cost a
+// thread wake-up too.
+func (ws *writers) pumpHere(st *stream) {
+	b, _ := ws.spare.Get().(*pumpBuffers)
+	if b == nil {
+		b = new(pumpBuffers)
+	}
+	b.buf, b.batch = ws.pump(st, false, b.buf, b.batch)
+	if cap(b.buf) > 64<<10 {
+		b.buf = nil
+	}
+	clear(b.batch[:cap(b.batch)])
+	ws.spare.Put(b)
 }
 
 // chunkRoom is the room left before a chunk's data for its size line: up to
