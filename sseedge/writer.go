@@ -23,7 +23,9 @@ import (
 //     client has gone (client_closed);
 //   - a stream with something to write (events, a heartbeat, a catch-up from
 //     history, its end) is handed to a small pool of writer goroutines, with
-//     buffers of their own, which write to the socket without blocking;
+//     buffers of their own, which write to the socket without blocking; an
+//     event for a channel that one stream reads (a user's, mostly) is
+//     written the same way by the Pub/Sub reader itself (pumpHere);
 //   - a stream whose socket is full, or that must read history, is handed to
 //     a goroutine of its own until it has written everything it has, with a
 //     jittered write deadline (write_timeout);
