@@ -29,8 +29,7 @@ func (c *Callers) authenticate(ctx context.Context) (*caller, string) {
 			return cl, ""
 		}
 	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get("authorization")
+	vals := metadata.ValueFromIncomingContext(ctx, "authorization")
 	switch {
 	case len(vals) == 0:
 		return nil, `router: no credentials: send the API key as gRPC metadata "authorization: Bearer <key>", or connect with a client certificate`

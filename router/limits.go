@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -94,6 +95,12 @@ func (cfg Config) serverOptions(codec *deferringCodec) []grpc.ServerOption {
 		grpc.MaxHeaderListSize(uint32(cfg.MaxHeaderBytes)),
 		grpc.MaxRecvMsgSize(transportMaxBytes(cfg.MaxRequestBytes)),
 		grpc.MaxConcurrentStreams(uint32(cfg.MaxStreamsPerConn)),
+		// Calls run on a pool of goroutines that keep their grown stacks,
+		// instead of a new goroutine per call whose stack grows, by
+		// copying, on every call. When every worker is busy (each waits
+		// on Redis for its call), gRPC starts a goroutine for the call as
+		// before, so the pool bounds nothing and delays nothing.
+		grpc.NumStreamWorkers(streamWorkers()),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionIdle: cfg.MaxConnIdle,
@@ -103,6 +110,11 @@ func (cfg Config) serverOptions(codec *deferringCodec) []grpc.ServerOption {
 		}),
 	}
 }
+
+// streamWorkers is the size of the gRPC server's pool of call goroutines:
+// enough for the calls in flight of a busy router, whose calls each wait
+// about a Redis round trip.
+func streamWorkers() uint32 { return uint32(32 * runtime.GOMAXPROCS(0)) }
 
 // transportMaxBytes is the size over which gRPC's transport refuses a
 // request without reading it: twice the request limit, so that a request

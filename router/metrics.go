@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/herald-push/herald/delivery"
@@ -22,6 +23,13 @@ type metrics struct {
 	broadcasts  *prometheus.CounterVec
 	devices     *prometheus.CounterVec
 	lookups     *prometheus.CounterVec
+
+	// The series every routed notification counts in, looked up once:
+	// WithLabelValues hashes its labels on each call.
+	okRoutes      map[string]prometheus.Counter // notify_total{code="OK"} by route
+	lookupOnline  prometheus.Counter
+	lookupOffline prometheus.Counter
+	lookupStale   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -60,6 +68,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Broadcast calls by gRPC status code.",
 		}, []string{"code"}),
 	}
+	m.okRoutes = make(map[string]prometheus.Counter)
+	for _, route := range []string{"online", "push_queued", "offline", "stale"} {
+		m.okRoutes[route] = m.notifies.WithLabelValues(route, codes.OK.String())
+	}
+	m.lookupOnline = m.lookups.WithLabelValues("online")
+	m.lookupOffline = m.lookups.WithLabelValues("offline")
+	m.lookupStale = m.lookups.WithLabelValues("stale")
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.kafkaErrors, m.duplicates, m.broadcasts, m.devices, m.lookups} {
 			if err := reg.Register(c); err != nil {
@@ -100,18 +115,23 @@ func (m *metrics) countError(err error) {
 }
 
 func (m *metrics) observe(resp *heraldv1.NotifyResponse, err error, d time.Duration) {
-	m.notifies.WithLabelValues(routeLabel(resp), status.Code(err).String()).Inc()
+	route := routeLabel(resp)
+	if c, ok := m.okRoutes[route]; ok && err == nil {
+		c.Inc()
+	} else {
+		m.notifies.WithLabelValues(route, status.Code(err).String()).Inc()
+	}
 	m.latency.Observe(d.Seconds())
 	if resp.GetDuplicate() {
 		m.duplicates.Inc()
 	} else if resp != nil {
 		switch {
 		case resp.GetStalePresence():
-			m.lookups.WithLabelValues("stale").Inc()
+			m.lookupStale.Inc()
 		case resp.GetRoute() == heraldv1.Route_ROUTE_ONLINE:
-			m.lookups.WithLabelValues("online").Inc()
+			m.lookupOnline.Inc()
 		default:
-			m.lookups.WithLabelValues("offline").Inc()
+			m.lookupOffline.Inc()
 		}
 	}
 }

@@ -203,10 +203,10 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 // correlationID is the caller's correlation id from the call's metadata,
 // or "" when it sent none or an invalid one.
 func correlationID(ctx context.Context) string {
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get(correlationHeader); len(v) > 0 && delivery.CheckText(v[0], maxIdempotencyKeyBytes) == nil {
-			return v[0]
-		}
+	// ValueFromIncomingContext reads the one key; FromIncomingContext
+	// would copy every header of the call first.
+	if v := metadata.ValueFromIncomingContext(ctx, correlationHeader); len(v) > 0 && delivery.CheckText(v[0], maxIdempotencyKeyBytes) == nil {
+		return v[0]
 	}
 	return ""
 }

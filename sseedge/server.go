@@ -227,7 +227,22 @@ func (s *Server) deliver(channel string, payload []byte) {
 	if ev == nil {
 		return
 	}
-	for _, st := range s.hub.readers(channel) {
+	readers := s.hub.readers(channel)
+	if len(readers) == 1 {
+		// A user's one stream: written here, on the Pub/Sub reader's
+		// goroutine, rather than handed to a writer, which would be woken
+		// for it (see writers.pumpHere).
+		st := readers[0]
+		ok, held := st.offerHeld(ev)
+		switch {
+		case !ok:
+			st.close(CloseSlowConsumer)
+		case held:
+			st.out.writers.pumpHere(st)
+		}
+		return
+	}
+	for _, st := range readers {
 		if !st.offer(ev) {
 			st.close(CloseSlowConsumer)
 		}

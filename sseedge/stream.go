@@ -156,6 +156,32 @@ func (st *stream) offer(ev *outEvent) bool {
 	return true
 }
 
+// offerHeld is offer for a caller that writes the stream itself: when the
+// stream is taken over and no writer holds it, it is held for the caller
+// (busy) instead of handed to the pool, and held is true: the caller must
+// pump it (writers.pumpHere).
+func (st *stream) offerHeld(ev *outEvent) (ok, held bool) {
+	st.mu.Lock()
+	if st.reason != "" {
+		st.mu.Unlock()
+		return true, false
+	}
+	if len(st.queue) >= st.queueSize {
+		st.mu.Unlock()
+		return false, false
+	}
+	st.queue = append(st.queue, ev)
+	st.queueBytes += int64(len(ev.body))
+	st.chargeLocked(int64(len(ev.body)))
+	if st.out == nil || st.busy {
+		st.notifyLocked()
+		return true, false
+	}
+	st.busy = true
+	st.mu.Unlock()
+	return true, true
+}
+
 // signalResync asks the stream's writer to catch up from history: the
 // Redis link came back.
 func (st *stream) signalResync() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -19,7 +20,13 @@ import (
 type trail struct {
 	rdb    redis.UniversalClient
 	prefix string
-	ch     chan trailWrite
+
+	// queue holds the writes and marks since the last tick, at most
+	// trailQueue. It is a locked slice, not a channel, so that a write
+	// wakes no goroutine: at a low rate, a wake-up per event cost more than
+	// the rest of the trail's work.
+	mu    sync.Mutex
+	queue []trailWrite
 }
 
 type trailWrite struct {
@@ -43,23 +50,36 @@ end
 return 0`)
 
 func newTrail(rdb redis.UniversalClient, prefix string) *trail {
-	return &trail{rdb: rdb, prefix: prefix, ch: make(chan trailWrite, trailQueue)}
+	return &trail{rdb: rdb, prefix: prefix}
 }
 
 // add records one write of notification id to a connection of user.
 func (t *trail) add(user, id string, at time.Time) {
-	select {
-	case t.ch <- trailWrite{user, id, at, ""}:
-	default:
-	}
+	t.put(trailWrite{user, id, at, ""})
 }
 
 // mark sets field of notification id's trail to at (in ms).
 func (t *trail) mark(user, id, field string, at time.Time) {
-	select {
-	case t.ch <- trailWrite{user, id, at, field}:
-	default:
+	t.put(trailWrite{user, id, at, field})
+}
+
+// put queues w, or drops it when trailQueue are waiting.
+func (t *trail) put(w trailWrite) {
+	t.mu.Lock()
+	if len(t.queue) < trailQueue {
+		t.queue = append(t.queue, w)
 	}
+	t.mu.Unlock()
+}
+
+// take returns the queued writes and marks, and gives the queue spare as
+// its next array.
+func (t *trail) take(spare []trailWrite) []trailWrite {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	q := t.queue
+	t.queue = spare[:0]
+	return q
 }
 
 // run flushes until ctx is done.
@@ -67,22 +87,28 @@ func (t *trail) run(ctx context.Context) {
 	tick := time.NewTicker(trailFlush)
 	defer tick.Stop()
 	pending := map[string]*trailCount{}
-	var marks []trailWrite
+	var marks, queue []trailWrite
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case w := <-t.ch:
-			if w.field != "" {
-				marks = append(marks, w)
-				continue
-			}
-			if a := pending[w.id]; a != nil {
-				a.n++
-			} else {
-				pending[w.id] = &trailCount{user: w.user, n: 1, first: w.at}
-			}
 		case <-tick.C:
+			queue = t.take(queue)
+			for _, w := range queue {
+				if w.field != "" {
+					marks = append(marks, w)
+					continue
+				}
+				if a := pending[w.id]; a != nil {
+					a.n++
+				} else {
+					pending[w.id] = &trailCount{user: w.user, n: 1, first: w.at}
+				}
+			}
+			clear(queue)
+			if cap(queue) > trailQueue/8 {
+				queue = nil // after a burst: let its array go
+			}
 			if len(pending) == 0 && len(marks) == 0 {
 				continue
 			}

@@ -23,7 +23,9 @@ import (
 //     client has gone (client_closed);
 //   - a stream with something to write (events, a heartbeat, a catch-up from
 //     history, its end) is handed to a small pool of writer goroutines, with
-//     buffers of their own, which write to the socket without blocking;
+//     buffers of their own, which write to the socket without blocking; an
+//     event for a channel that one stream reads (a user's, mostly) is
+//     written the same way by the Pub/Sub reader itself (pumpHere);
 //   - a stream whose socket is full, or that must read history, is handed to
 //     a goroutine of its own until it has written everything it has, with a
 //     jittered write deadline (write_timeout);
@@ -46,6 +48,15 @@ type writers struct {
 
 	mu      sync.Mutex
 	streams map[*stream]struct{} // for heartbeats and token expiry
+
+	// spare holds buffers for pumpHere (*pumpBuffers).
+	spare sync.Pool
+}
+
+// pumpBuffers are the buffers of a pump outside the pool.
+type pumpBuffers struct {
+	buf   []byte
+	batch []*outEvent
 }
 
 // wire is a stream's connection once taken over.
@@ -152,6 +163,26 @@ func (ws *writers) write(ctx context.Context) {
 			clear(batch[:cap(batch)])
 		}
 	}
+}
+
+// pumpHere writes what st, held by the caller (stream.offerHeld), has to
+// write, on the caller's goroutine, as a writer of the pool would, and never
+// blocks: a full socket or a catch-up goes on in a goroutine of its own.
+// The Pub/Sub reader calls it for an event to a single stream, so that the
+// event costs no goroutine wake-up between the read from Redis and the
+// write to the client: at low rates, each wake-up of an idle writer cost a
+// thread wake-up too.
+func (ws *writers) pumpHere(st *stream) {
+	b, _ := ws.spare.Get().(*pumpBuffers)
+	if b == nil {
+		b = new(pumpBuffers)
+	}
+	b.buf, b.batch = ws.pump(st, false, b.buf, b.batch)
+	if cap(b.buf) > 64<<10 {
+		b.buf = nil
+	}
+	clear(b.batch[:cap(b.batch)])
+	ws.spare.Put(b)
 }
 
 // chunkRoom is the room left before a chunk's data for its size line: up to
