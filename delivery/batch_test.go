@@ -199,7 +199,7 @@ func TestPublishBatchReloadsScripts(t *testing.T) {
 			t.Fatalf("round %d: channel carried %v, want %v", round, got, want)
 		}
 	}
-	n, err := rdb.ZCard(ctx, "p:"+presence.HashTag("ann")+":hist").Result()
+	n, err := rdb.XLen(ctx, delivery.HistoryKeys("p:", delivery.UserStream("ann"))[0]).Result()
 	if err != nil || n != 10 {
 		t.Fatalf("history holds %d events (%v), want the 10 published once each", n, err)
 	}

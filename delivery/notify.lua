@@ -1,6 +1,6 @@
 
 local idem, trace
-local k = 5
+local k = 4
 if ARGV[9] == '1' then idem = KEYS[k]; k = k + 1 end
 if tonumber(ARGV[10]) > 0 then trace = KEYS[k]; k = k + 1 end
 local receipts, envs
@@ -9,7 +9,7 @@ if idem then
   local prev = redis.call('GET', idem)
   if prev then return {'dup', prev} end
 end
-local eid, payload = record(KEYS[2], KEYS[3], KEYS[4], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
+local eid, payload = record(KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
 local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 local route = 'offline'
 local subs = 0

@@ -81,13 +81,13 @@ func (b *bench) redisMem(ctx context.Context) error {
 		}
 		elapsed := time.Since(start)
 		p1, _ := readProc(srv.pid)
-		usec, calls, err := commandUsec(ctx, rdb)
+		usec, calls, err := scriptUsec(ctx, rdb)
 		if err != nil {
 			return err
 		}
 		b.rep.add(sc, name+": notifications a second", float64(n)/elapsed.Seconds(), "/s")
-		b.rep.add(sc, name+": Redis command CPU per notification (commandstats)", usec/float64(n), "µs")
-		b.rep.add(sc, name+": Redis commands per notification", float64(calls)/float64(n), "calls")
+		b.rep.add(sc, name+": Redis CPU in scripts per notification (commandstats)", usec/float64(n), "µs")
+		b.rep.add(sc, name+": Redis commands per notification, in scripts or not", float64(calls)/float64(n), "calls")
 		b.rep.add(sc, name+": redis-server CPU per notification", float64((p1.CPU-p0.CPU).Microseconds())/float64(n), "µs")
 		return nil
 	}
@@ -156,7 +156,7 @@ func (b *bench) redisMemUsage(ctx context.Context, rdb *redis.Client, sc, when s
 			b.rep.add(sc, "used_memory "+when, n/(1<<20), "MiB")
 		}
 	}
-	kinds := map[string]int{}
+	kinds, sample := map[string]int{}, map[string]string{}
 	total := 0
 	it := rdb.Scan(ctx, 0, "*", 10000).Iterator()
 	for it.Next(ctx) {
@@ -168,6 +168,9 @@ func (b *bench) redisMemUsage(ctx context.Context, rdb *redis.Client, sc, when s
 				kind = kind[:j+1]
 			}
 		}
+		if kinds[kind] == 0 {
+			sample[kind] = k
+		}
 		kinds[kind]++
 		total++
 	}
@@ -177,6 +180,9 @@ func (b *bench) redisMemUsage(ctx context.Context, rdb *redis.Client, sc, when s
 	b.rep.add(sc, "keys "+when, float64(total), "keys")
 	for kind, n := range kinds {
 		b.rep.add(sc, "keys "+when+", kind "+kind, float64(n), "keys")
+		if size, err := rdb.MemoryUsage(ctx, sample[kind], 0).Result(); err == nil {
+			b.rep.add(sc, "MEMORY USAGE of one key "+when+", kind "+kind, float64(size), "B")
+		}
 	}
 	return nil
 }
@@ -232,25 +238,29 @@ func sendAll(ctx context.Context, pub *delivery.Publisher, users []string, n int
 	return first
 }
 
-// commandUsec sums usec and calls over INFO commandstats.
-func commandUsec(ctx context.Context, rdb *redis.Client) (usec float64, calls int64, err error) {
+// scriptUsec reads INFO commandstats: the usec of the scripts (EVALSHA
+// and EVAL: what Redis spent in them, their commands included), and the
+// calls of every command but the scripts and INFO (the commands a script
+// runs are counted too).
+func scriptUsec(ctx context.Context, rdb *redis.Client) (usec float64, calls int64, err error) {
 	info, err := rdb.Info(ctx, "commandstats").Result()
 	if err != nil {
 		return 0, 0, err
 	}
 	for line := range strings.Lines(info) {
-		line = strings.TrimSpace(line)
-		if !strings.HasPrefix(line, "cmdstat_") || strings.HasPrefix(line, "cmdstat_info:") || strings.HasPrefix(line, "cmdstat_config|") {
+		name, fields, ok := strings.Cut(strings.TrimSpace(line), ":")
+		name, isCmd := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !isCmd || name == "info" || strings.HasPrefix(name, "config") {
 			continue
 		}
-		_, fields, _ := strings.Cut(line, ":")
+		script := name == "evalsha" || name == "eval"
 		for f := range strings.SplitSeq(fields, ",") {
 			k, v, _ := strings.Cut(f, "=")
-			switch k {
-			case "usec":
+			switch {
+			case k == "usec" && script:
 				n, _ := strconv.ParseFloat(v, 64)
 				usec += n
-			case "calls":
+			case k == "calls" && !script:
 				n, _ := strconv.ParseInt(v, 10, 64)
 				calls += n
 			}
