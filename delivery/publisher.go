@@ -152,6 +152,7 @@ type Publisher struct {
 	scripts scripts
 	pipe    *autoPipeline
 	traces  traceBudget
+	sharded bool // rdb is a Redis Cluster client
 }
 
 // traceBudget counts the notifications traced in the current second.
@@ -215,7 +216,7 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 	if cfg.History, err = cfg.History.WithDefaults(); err != nil {
 		return nil, err
 	}
-	p := &Publisher{rdb: rdb, presence: reg, cfg: cfg, scripts: newScripts(rdb)}
+	p := &Publisher{rdb: rdb, presence: reg, cfg: cfg, scripts: newScripts(rdb), sharded: Sharded(rdb)}
 	p.pipe = &autoPipeline{max: cfg.MaxPipeline, run: p.runScripts}
 	return p, nil
 }
@@ -345,6 +346,10 @@ func (p *Publisher) runScripts(ctx context.Context, calls []*notifyCall) {
 	if len(todo) == 0 {
 		return
 	}
+	if len(todo) > 1 && !p.sharded {
+		p.runBatchScripts(ctx, calls, todo)
+		return
+	}
 	run(todo, true)
 	again := todo[:0]
 	for _, i := range todo {
@@ -362,6 +367,91 @@ func (p *Publisher) runScripts(ctx context.Context, calls []*notifyCall) {
 			c.reply, c.err = cmds[i].StringSlice()
 		}
 	}
+}
+
+// maxScriptBatch is the most notifications one notify_batch script
+// carries: about a millisecond of Redis, which other clients wait for.
+const maxScriptBatch = 128
+
+// runBatchScripts runs the calls at todo, on a single Redis, as notify_batch
+// scripts of up to maxScriptBatch notifications, in one pipeline, and sets
+// each call's reply or error.
+func (p *Publisher) runBatchScripts(ctx context.Context, calls []*notifyCall, todo []int) {
+	type chunk struct {
+		idx  []int
+		keys []string
+		args []any
+		cmd  *redis.Cmd
+	}
+	var chunks []*chunk
+	for len(todo) > 0 {
+		n := min(len(todo), maxScriptBatch)
+		ch := &chunk{idx: todo[:n], args: []any{n}}
+		for _, i := range ch.idx {
+			ch.keys = append(ch.keys, calls[i].keys...)
+			ch.args = append(ch.args, calls[i].args...)
+		}
+		chunks, todo = append(chunks, ch), todo[n:]
+	}
+	run := func(which []*chunk, sha bool) {
+		_, _ = p.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+			for _, ch := range which {
+				if sha {
+					ch.cmd = p.scripts.notifyBatch.EvalSha(ctx, pl, ch.keys, ch.args...)
+				} else {
+					ch.cmd = p.scripts.notifyBatch.Eval(ctx, pl, ch.keys, ch.args...)
+				}
+			}
+			return nil
+		})
+	}
+	run(chunks, true)
+	var again []*chunk
+	for _, ch := range chunks {
+		if redis.HasErrorPrefix(ch.cmd.Err(), "NOSCRIPT") {
+			again = append(again, ch)
+		}
+	}
+	if len(again) > 0 {
+		run(again, false)
+	}
+	for _, ch := range chunks {
+		replies, err := ch.cmd.Slice()
+		if err == nil && len(replies) != len(ch.idx) {
+			err = fmt.Errorf("%d replies to %d notifications", len(replies), len(ch.idx))
+		}
+		for k, i := range ch.idx {
+			c := calls[i]
+			if err != nil {
+				c.err = err
+				continue
+			}
+			c.reply, c.err = batchReply(replies[k])
+		}
+	}
+}
+
+// batchReply decodes one notification's reply in a notify_batch reply.
+func batchReply(v any) ([]string, error) {
+	vs, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("unexpected reply %v", v)
+	}
+	out := make([]string, len(vs))
+	for i, x := range vs {
+		switch x := x.(type) {
+		case string:
+			out[i] = x
+		case int64:
+			out[i] = strconv.FormatInt(x, 10)
+		default:
+			return nil, fmt.Errorf("unexpected reply %v", v)
+		}
+	}
+	if len(out) == 2 && out[0] == "err" {
+		return nil, errors.New(out[1])
+	}
+	return out, nil
 }
 
 // outcome decodes a call's reply. queue says that the notification reached
