@@ -46,8 +46,8 @@ var notifyOneLua string
 
 // notifyBatchLua runs notify.lua's function for several notifications in
 // one script: on a single Redis, a pipeline of notifications is one script
-// call, which saves each notification the call's own cost (about a third
-// of the work; docs/benchmarks.md). On a Redis Cluster, whose scripts must
+// call, which saves each notification the call's own cost: the script's
+// start, TIME and the reply (docs/benchmarks.md). On a Redis Cluster, whose scripts must
 // keep to one slot, each notification keeps its own script.
 //
 //go:embed notify_batch.lua
