@@ -199,7 +199,7 @@ func TestPublishBatchReloadsScripts(t *testing.T) {
 			t.Fatalf("round %d: channel carried %v, want %v", round, got, want)
 		}
 	}
-	n, err := rdb.ZCard(ctx, "p:"+presence.HashTag("ann")+":hist").Result()
+	n, err := rdb.XLen(ctx, delivery.HistoryKeys("p:", delivery.UserStream("ann"))[0]).Result()
 	if err != nil || n != 10 {
 		t.Fatalf("history holds %d events (%v), want the 10 published once each", n, err)
 	}
@@ -376,5 +376,33 @@ func TestPublishBatchCluster(t *testing.T) {
 		if got := receiveIDs(t, subs[u], 1); got[0] != ns[u].Env.Id {
 			t.Fatalf("user %d got %s, want %s", u, got[0], ns[u].Env.Id)
 		}
+	}
+}
+
+// TestPublishBatchOneFails: on a single Redis a batch is one script; a
+// notification that fails in it (its history key holds the wrong type)
+// fails alone, and the others are recorded and published.
+func TestPublishBatchOneFails(t *testing.T) {
+	t.Parallel()
+	rdb, prefix := testenv.Redis(t)
+	reg, pub := testenv.Publisher(t, rdb, prefix, 5*time.Second)
+	ctx := context.Background()
+	ps := testenv.Online(t, rdb, reg, "ann")
+	bad := delivery.HistoryKeys(prefix, delivery.UserStream("bob"))[0]
+	if err := rdb.Set(ctx, bad, "not a stream", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	ns := []delivery.Notification{{Env: envelope("ann", "0")}, {Env: envelope("bob", "1")}, {Env: envelope("ann", "2")}}
+	res, errs := pub.PublishBatch(ctx, ns)
+	if errs[1] == nil {
+		t.Fatalf("bob's notification, whose history is not a stream: %+v, want an error", res[1])
+	}
+	for _, i := range []int{0, 2} {
+		if errs[i] != nil || res[i].Route != delivery.RouteOnline {
+			t.Fatalf("ann's notification %d: %+v, %v; want it published", i, res[i], errs[i])
+		}
+	}
+	if got := receiveIDs(t, ps, 2); fmt.Sprint(got) != fmt.Sprint([]string{ns[0].Env.Id, ns[2].Env.Id}) {
+		t.Fatalf("channel carried %v, want ann's two", got)
 	}
 }

@@ -1,4 +1,4 @@
 
-local eid, payload = record(KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
+local eid, payload = record(KEYS[1], KEYS[2], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]))
 local subs = redis.call('$PUBLISH', ARGV[1], payload)
 return {'online', tostring(subs), eid}

@@ -19,7 +19,7 @@ import (
 // keys), so that they agree.
 //
 //	<prefix>{u:<user>}:presence              presence.Registry.Key
-//	<prefix>{u:<user>}:hist, :last, :floor   HistoryKeys (stream.go)
+//	<prefix>{u:<user>}:log, :last            HistoryKeys (stream.go)
 //	<prefix>{u:<user>}:events                Channel (stream.go), Pub/Sub
 //	<prefix>{t:<topic>}:...                  the same, for a topic
 //	<prefix>{u:<user>}:idem:<caller>:<key>   idempotencyKeyName

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,7 +51,10 @@ const (
 	DefaultIdempotencyWindow = 10 * time.Minute
 	DefaultPendingTimeout    = 30 * time.Second
 	// DefaultTraceTTL is how long a notification's trail is kept by default.
-	DefaultTraceTTL    = 15 * time.Minute
+	DefaultTraceTTL = 15 * time.Minute
+	// DefaultTraceRate is how many notifications a second a publisher
+	// traces by default.
+	DefaultTraceRate   = 100
 	DefaultMaxPipeline = 128
 )
 
@@ -75,9 +79,15 @@ type PublisherConfig struct {
 	// TraceTTL is how long a notification's trail (see TraceKey and
 	// delivery/trail) is kept.
 	// Default 15 minutes; negative keeps none. The trail costs no extra
-	// round trip, and about 200 bytes of Redis per notification in the
-	// window: at 1,000 notifications a second, 180 MB.
+	// round trip, about 2 µs of Redis CPU, and about 220 bytes of Redis
+	// memory per traced notification in the window; TraceRate bounds it.
 	TraceTTL time.Duration
+	// TraceRate is the most notifications a second, per publisher, whose
+	// trail is kept: the first TraceRate of each second are traced, the
+	// rest are not. Default 100, which bounds the trails to about 20 MB
+	// per router with the default TraceTTL whatever the rate; negative
+	// traces every notification (at 5,000 a second, about 1 GB).
+	TraceRate int
 	// Receipts keeps the delivery receipts of ack-or-push notifications
 	// (*receipts.Receipts, of delivery/receipts). Nil refuses them with
 	// ErrNoReceipts. It needs Offline, for the fallback.
@@ -141,6 +151,34 @@ type Publisher struct {
 	// PUBLISH otherwise.
 	scripts scripts
 	pipe    *autoPipeline
+	traces  traceBudget
+	sharded bool // rdb is a Redis Cluster client
+}
+
+// traceBudget counts the notifications traced in the current second.
+type traceBudget struct {
+	mu   sync.Mutex
+	sec  int64
+	used int
+}
+
+// take reports whether a notification at now may be traced, at most rate a
+// second (a negative rate: every one).
+func (b *traceBudget) take(now time.Time, rate int) bool {
+	if rate < 0 {
+		return true
+	}
+	sec := now.Unix()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if sec != b.sec {
+		b.sec, b.used = sec, 0
+	}
+	if b.used >= rate {
+		return false
+	}
+	b.used++
+	return true
 }
 
 // NewPublisher returns a Publisher that looks presence up in reg and publishes
@@ -161,6 +199,9 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 	if cfg.MaxPipeline == 0 {
 		cfg.MaxPipeline = DefaultMaxPipeline
 	}
+	if cfg.TraceRate == 0 {
+		cfg.TraceRate = DefaultTraceRate
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -175,7 +216,7 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 	if cfg.History, err = cfg.History.WithDefaults(); err != nil {
 		return nil, err
 	}
-	p := &Publisher{rdb: rdb, presence: reg, cfg: cfg, scripts: newScripts(rdb)}
+	p := &Publisher{rdb: rdb, presence: reg, cfg: cfg, scripts: newScripts(rdb), sharded: Sharded(rdb)}
 	p.pipe = &autoPipeline{max: cfg.MaxPipeline, run: p.runScripts}
 	return p, nil
 }
@@ -220,6 +261,8 @@ type notifyCall struct {
 	ctx    context.Context
 	env    *heraldv1.Envelope
 	hasKey bool
+	idem   string // the idempotency key's name, with hasKey
+	traced bool   // the script starts the notification's trail
 	keys   []string
 	args   []any
 	record string // the idempotency record's "id|accepted ms|ack deadline ms"
@@ -241,14 +284,17 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 	user := env.GetUserId()
 	keys := append(make([]string, 0, 8), p.presence.Key(user))
 	keys = append(keys, HistoryKeys(p.presence.Prefix(), UserStream(user))...)
-	hasKey := "0"
+	hasKey, idem := "0", ""
 	if idempotencyKey != "" {
-		keys = append(keys, idempotencyKeyName(p.presence.Prefix(), user, idempotencyKey))
+		idem = idempotencyKeyName(p.presence.Prefix(), user, idempotencyKey)
+		keys = append(keys, idem)
 		hasKey = "1"
 	}
 	traceTTL := max(p.cfg.TraceTTL.Milliseconds(), 0)
-	if traceTTL > 0 {
+	if traceTTL > 0 && p.traces.take(p.cfg.Now(), p.cfg.TraceRate) {
 		keys = append(keys, TraceKey(p.presence.Prefix(), user, env.GetId()))
+	} else {
+		traceTTL = 0
 	}
 	var ackBy int64
 	if env.GetAckBy() != nil {
@@ -267,7 +313,8 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 		p.cfg.IdempotencyWindow.Milliseconds())
 	args = append(args, p.cfg.History.args()...)
 	args = append(args, pending, hasKey, traceTTL, user, env.GetCorrelationId(), ackBy)
-	return &notifyCall{ctx: ctx, env: env, hasKey: idempotencyKey != "", keys: keys, args: args, record: record}, nil
+	return &notifyCall{ctx: ctx, env: env, hasKey: idempotencyKey != "", idem: idem, traced: traceTTL > 0,
+		keys: keys, args: args, record: record}, nil
 }
 
 // runScripts runs the calls' notify scripts in one pipeline (on a Redis
@@ -299,6 +346,10 @@ func (p *Publisher) runScripts(ctx context.Context, calls []*notifyCall) {
 	if len(todo) == 0 {
 		return
 	}
+	if len(todo) > 1 && !p.sharded {
+		p.runBatchScripts(ctx, calls, todo)
+		return
+	}
 	run(todo, true)
 	again := todo[:0]
 	for _, i := range todo {
@@ -316,6 +367,91 @@ func (p *Publisher) runScripts(ctx context.Context, calls []*notifyCall) {
 			c.reply, c.err = cmds[i].StringSlice()
 		}
 	}
+}
+
+// maxScriptBatch is the most notifications one notify_batch script
+// carries: about a millisecond of Redis, which other clients wait for.
+const maxScriptBatch = 128
+
+// runBatchScripts runs the calls at todo, on a single Redis, as notify_batch
+// scripts of up to maxScriptBatch notifications, in one pipeline, and sets
+// each call's reply or error.
+func (p *Publisher) runBatchScripts(ctx context.Context, calls []*notifyCall, todo []int) {
+	type chunk struct {
+		idx  []int
+		keys []string
+		args []any
+		cmd  *redis.Cmd
+	}
+	var chunks []*chunk
+	for len(todo) > 0 {
+		n := min(len(todo), maxScriptBatch)
+		ch := &chunk{idx: todo[:n], args: []any{n}}
+		for _, i := range ch.idx {
+			ch.keys = append(ch.keys, calls[i].keys...)
+			ch.args = append(ch.args, calls[i].args...)
+		}
+		chunks, todo = append(chunks, ch), todo[n:]
+	}
+	run := func(which []*chunk, sha bool) {
+		_, _ = p.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+			for _, ch := range which {
+				if sha {
+					ch.cmd = p.scripts.notifyBatch.EvalSha(ctx, pl, ch.keys, ch.args...)
+				} else {
+					ch.cmd = p.scripts.notifyBatch.Eval(ctx, pl, ch.keys, ch.args...)
+				}
+			}
+			return nil
+		})
+	}
+	run(chunks, true)
+	var again []*chunk
+	for _, ch := range chunks {
+		if redis.HasErrorPrefix(ch.cmd.Err(), "NOSCRIPT") {
+			again = append(again, ch)
+		}
+	}
+	if len(again) > 0 {
+		run(again, false)
+	}
+	for _, ch := range chunks {
+		replies, err := ch.cmd.Slice()
+		if err == nil && len(replies) != len(ch.idx) {
+			err = fmt.Errorf("%d replies to %d notifications", len(replies), len(ch.idx))
+		}
+		for k, i := range ch.idx {
+			c := calls[i]
+			if err != nil {
+				c.err = err
+				continue
+			}
+			c.reply, c.err = batchReply(replies[k])
+		}
+	}
+}
+
+// batchReply decodes one notification's reply in a notify_batch reply.
+func batchReply(v any) ([]string, error) {
+	vs, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("unexpected reply %v", v)
+	}
+	out := make([]string, len(vs))
+	for i, x := range vs {
+		switch x := x.(type) {
+		case string:
+			out[i] = x
+		case int64:
+			out[i] = strconv.FormatInt(x, 10)
+		default:
+			return nil, fmt.Errorf("unexpected reply %v", v)
+		}
+	}
+	if len(out) == 2 && out[0] == "err" {
+		return nil, errors.New(out[1])
+	}
+	return out, nil
 }
 
 // outcome decodes a call's reply. queue says that the notification reached
@@ -366,9 +502,9 @@ func (p *Publisher) settle(ctx context.Context, qs []*queued) {
 			trace := TraceKey(p.presence.Prefix(), env.GetUserId(), env.GetId())
 			if q.err != nil {
 				if c.hasKey {
-					p.scripts.abandon.Eval(bg, pl, c.keys[4:5], "pending|"+c.record)
+					p.scripts.abandon.Eval(bg, pl, []string{c.idem}, "pending|"+c.record)
 				}
-				if p.cfg.TraceTTL > 0 {
+				if c.traced {
 					pl.HSet(bg, trace, "queue_error", q.err.Error())
 				}
 				q.res, q.err = Result{}, &OfflineError{Err: q.err}
@@ -378,9 +514,9 @@ func (p *Publisher) settle(ctx context.Context, qs []*queued) {
 			if c.hasKey {
 				r := q.res
 				final := string(r.Route) + "|" + strconv.Itoa(r.Subscribers) + "|" + r.EventID + "|" + c.record + "|queued"
-				pl.Set(bg, c.keys[4], final, p.cfg.IdempotencyWindow)
+				pl.Set(bg, c.idem, final, p.cfg.IdempotencyWindow)
 			}
-			if p.cfg.TraceTTL > 0 {
+			if c.traced {
 				pl.HSet(bg, trace, "queued_ms", p.cfg.Now().UnixMilli())
 			}
 		}

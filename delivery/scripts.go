@@ -13,7 +13,7 @@ import (
 // notifyLua is the whole online path in one round trip; it runs after
 // common.lua.
 //
-//	KEYS: presence, hist, last, floor, [idempotency key], [trace]
+//	KEYS: presence, history, last (HistoryKeys), [idempotency key], [trace]
 //	ARGV: channel, envelope, idempotency record, idempotency window ms,
 //	      history length, window ms, keep ms, pending timeout ms,
 //	      has idempotency key (1 or 0), trace ttl ms (0: no trace), user,
@@ -28,16 +28,35 @@ import (
 // (see parseRecord). When the notification still has to be queued
 // for the offline path (ARGV[8] > 0 and it was not published to anyone), it
 // stores "pending|" .. ARGV[3] for ARGV[8] ms instead, and the caller stores
-// the final record once the queue has taken it. With a trace key it starts
-// the notification's trail there.
+// the final record once the queue has taken it. With a trace key (a
+// notification the publisher traces: see PublisherConfig.TraceRate) it
+// starts the notification's trail there. Each Redis command it runs costs
+// (about 1 µs each, on top of the script's own start): GET and SET of the
+// last id, XADD (which trims), PEXPIRE, ZCOUNT of the presence lease, and
+// PUBLISH when there is one; the idempotency, receipt and trail writes only
+// when asked for.
 //
 //go:embed notify.lua
 var notifyLua string
 
+// notifyOneLua runs notify.lua's function for the script's KEYS and ARGV.
+//
+//go:embed notify_one.lua
+var notifyOneLua string
+
+// notifyBatchLua runs notify.lua's function for several notifications in
+// one script: on a single Redis, a pipeline of notifications is one script
+// call, which saves each notification the call's own cost: the script's
+// start, TIME and the reply (docs/benchmarks.md). On a Redis Cluster, whose scripts must
+// keep to one slot, each notification keeps its own script.
+//
+//go:embed notify_batch.lua
+var notifyBatchLua string
+
 // broadcastLua records and publishes a topic message; it runs after
 // common.lua.
 //
-//	KEYS: hist, last, floor
+//	KEYS: history, last (HistoryKeys)
 //	ARGV: channel, envelope, history length, window ms, keep ms
 //
 //go:embed broadcast.lua
@@ -50,7 +69,7 @@ var abandonLua string
 
 // scripts are the publisher's scripts, for a classic Redis or a cluster.
 type scripts struct {
-	notify, broadcast, abandon *redis.Script
+	notify, notifyBatch, broadcast, abandon *redis.Script
 }
 
 // newScripts returns the publisher's scripts for rdb. In them, $PUBLISH is
@@ -66,7 +85,8 @@ func newScripts(rdb redis.Cmdable) scripts {
 	src := func(lua string) *redis.Script {
 		return redis.NewScript(strings.ReplaceAll(commonLua+lua, "$PUBLISH", publish))
 	}
-	return scripts{notify: src(notifyLua), broadcast: src(broadcastLua), abandon: redis.NewScript(abandonLua)}
+	return scripts{notify: src(notifyLua + notifyOneLua), notifyBatch: src(notifyLua + notifyBatchLua),
+		broadcast: src(broadcastLua), abandon: redis.NewScript(abandonLua)}
 }
 
 // Sharded reports whether rdb is a Redis Cluster client, on which streams

@@ -40,13 +40,19 @@ func (s Stream) String() string {
 // Channel is the stream's Redis Pub/Sub channel under prefix.
 func Channel(prefix string, s Stream) string { return prefix + s.HashTag() + ":events" }
 
-// HistoryKeys are the stream's history (a sorted set of envelopes scored by
-// event id), its last event id, and its floor: below the floor, events may
-// have been trimmed, so a client there cannot be told what it missed. The
-// publisher writes them; package delivery/history reads them.
+// HistoryKeys are the stream's history and its last event id. The history
+// is a Redis stream: one entry per event, its entry id the event id split
+// as <id / 1000>-<id % 1000>, with the envelope (field d) and the id of the
+// event before it (field p), from which a reader learns the floor: the
+// newest event no longer in the history, below which a client cannot be
+// told what it missed (see LuaCommon). The publisher writes them; package
+// delivery/history reads them.
+//
+// The history key is named :log: earlier Herald kept a sorted set under
+// :hist, which a new name leaves to expire (docs/deploy.md, upgrading).
 func HistoryKeys(prefix string, s Stream) []string {
 	base := prefix + s.HashTag()
-	return []string{base + ":hist", base + ":last", base + ":floor"}
+	return []string{base + ":log", base + ":last"}
 }
 
 // The history bounds that HistoryConfig's zero values stand for.

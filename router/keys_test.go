@@ -45,8 +45,8 @@ func TestHostileIdempotencyKeyStaysWithItsUser(t *testing.T) {
 				}
 			}
 			for _, user := range []string{"alice", victim} {
-				hist := r.prefix + presence.HashTag(user) + ":hist"
-				n, err := r.rdb.ZCard(ctx, hist).Result()
+				hist := delivery.HistoryKeys(r.prefix, delivery.UserStream(user))[0]
+				n, err := r.rdb.XLen(ctx, hist).Result()
 				if err != nil {
 					t.Fatalf("history of %q: %v", user, err)
 				}

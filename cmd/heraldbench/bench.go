@@ -162,6 +162,8 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 			err = b.pollPush(ctx)
 		case "offline":
 			err = b.offline(ctx)
+		case "redismem":
+			err = b.redisMem(ctx)
 		}
 		if err != nil {
 			return b.rep, fmt.Errorf("%s: %w", s, err)

@@ -41,6 +41,7 @@ type config struct {
 	tune           selfTuning
 	soak           soakConfig
 	offline        offlineConfig
+	redisMem       redisMemConfig
 }
 
 type namedPID struct {
@@ -57,7 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		c         config
 		secret    = fs.String("jwt-secret", "", "HS256 secret of the edge's client tokens (not with -self)")
 		pids      = fs.String("pids", "", "Herald processes to read RSS and CPU of: name=pid,... (names edge and router are used by the scenarios)")
-		scenarios = fs.String("scenario", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", ")+"; or, when named, "+strings.Join(optionalScenarios, ", ")+" and soak")
+		scenarios = fs.String("scenario", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", ")+"; or, when named, "+strings.Join(optionalScenarios, ", ")+", redismem and soak")
 		rates     = fs.String("rates", "1000,10000", "unicast Notify rates, calls a second, comma-separated")
 		quick     = fs.Bool("quick", false, "small numbers: a run of about a minute")
 		admin     string
@@ -88,6 +89,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.batchCallers, "batch-callers", 8, "router scenario: closed-loop NotifyBatch callers")
 	soakFlags(fs, &c.soak, &admin)
 	offlineFlags(fs, &c.offline)
+	redisMemFlags(fs, &c.redisMem)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -95,15 +97,18 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if *quick {
 		quickDefaults := map[string]func(){
-			"idle-conns":      func() { c.idleConns = 2000 },
-			"conns":           func() { c.conns = 500 },
-			"duration":        func() { c.duration = 3 * time.Second },
-			"base-duration":   func() { c.baseDuration = 2 * time.Second },
-			"broadcast-conns": func() { c.broadcastConns = 1000 },
-			"broadcasts":      func() { c.broadcasts = 3 },
-			"rates":           func() { *rates = "200,1000" },
-			"poll-clients":    func() { c.pollClients = 2000 },
-			"poll-duration":   func() { c.pollDuration = 15 * time.Second },
+			"idle-conns":             func() { c.idleConns = 2000 },
+			"conns":                  func() { c.conns = 500 },
+			"duration":               func() { c.duration = 3 * time.Second },
+			"base-duration":          func() { c.baseDuration = 2 * time.Second },
+			"broadcast-conns":        func() { c.broadcastConns = 1000 },
+			"broadcasts":             func() { c.broadcasts = 3 },
+			"rates":                  func() { *rates = "200,1000" },
+			"poll-clients":           func() { c.pollClients = 2000 },
+			"poll-duration":          func() { c.pollDuration = 15 * time.Second },
+			"redismem-users":         func() { c.redisMem.users = 500 },
+			"redismem-notifications": func() { c.redisMem.notifications = 50000 },
+			"redismem-steady":        func() { c.redisMem.steady = 10000 },
 		}
 		for name, apply := range quickDefaults {
 			if !set[name] {
@@ -125,7 +130,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			continue
 		}
 		found := false
-		for _, a := range append(allScenarios, optionalScenarios...) {
+		for _, a := range append(append(allScenarios, optionalScenarios...), "redismem") {
 			found = found || a == s
 		}
 		if !found {

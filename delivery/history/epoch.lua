@@ -21,12 +21,11 @@ local function isStart(L) return L % 1000 == 999 end
 -- placed reports whether position L, above the floor and below the last id
 -- of the stream with history hist and epoch key epochk, is one the history
 -- accounts for: an event in it, or a start position of this epoch before
--- its oldest event.
-local function placed(hist, epochk, L, keep)
+-- its oldest event (oldest, the oldest entry, or nil).
+local function placed(hist, epochk, L, keep, oldest)
   if not isStart(L) then
-    return redis.call('ZCOUNT', hist, fmt(L), fmt(L)) > 0
+    return redis.call('XRANGE', hist, xid(L), xid(L), 'COUNT', 1)[1] ~= nil
   end
   if L < epochOf(epochk, false, keep) then return false end
-  local oldest = redis.call('ZRANGE', hist, 0, 0, 'WITHSCORES')
-  return oldest[2] ~= nil and L < tonumber(oldest[2])
+  return oldest ~= nil and L < eventID(oldest[1])
 end

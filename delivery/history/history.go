@@ -17,7 +17,8 @@ import (
 )
 
 // sinceScript answers where a client at event id ARGV[1] stands in the
-// stream with keys hist, last, floor, and its slot's epoch key:
+// stream with keys history, last (delivery.HistoryKeys), and its slot's
+// epoch key:
 //
 //	{'pos', P}          ARGV[1] is empty: P is the position to start from
 //	{'ok', P, e1, ...}  the events after ARGV[1], in order; P is the newest id

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/delivery/history"
 	"github.com/herald-push/herald/integration/testenv"
@@ -126,5 +128,31 @@ func TestHistoryShrunk(t *testing.T) {
 	}
 	if got, _ = hist.Since(ctx, s, []*uint64{&ids[2]}); !got[0].Reset {
 		t.Fatalf("before the newest trimmed event: %+v, want a reset", got)
+	}
+}
+
+// TestHistoryAheadOfLast: a history whose newest entry is ahead of the
+// last id (the last id was evicted, or the clock went back) takes the next
+// event after its newest entry, and a client at that entry gets exactly it.
+func TestHistoryAheadOfLast(t *testing.T) {
+	t.Parallel()
+	f := newTestPublisher(t)
+	ctx := context.Background()
+	keys := delivery.HistoryKeys(f.prefix, delivery.UserStream("ada"))
+	ahead := uint64(time.Now().Add(time.Hour).UnixMilli())*1000 + 5
+	if err := f.rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys[0], ID: strconv.FormatUint(ahead/1000, 10) + "-5",
+		Values: []any{"d", "x", "p", "0"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.rdb.Del(ctx, keys[1]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	id := publishEach(t, "ada", f.pub)[0]
+	if id != ahead+1 {
+		t.Fatalf("event id %d, want %d: the one after the history's newest", id, ahead+1)
+	}
+	hist := newTestHistory(t, f.rdb, f.prefix)
+	if got := since(t, hist, delivery.UserStream("ada"), ahead); got.Reset || len(got.Events) != 1 || got.Position != id {
+		t.Fatalf("at the newest entry before it: %+v, want the one event", got)
 	}
 }
