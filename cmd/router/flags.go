@@ -24,6 +24,7 @@ type routerFlags struct {
 	maxDevices int
 	ackDefault time.Duration
 	traceTTL   time.Duration
+	traceRate  int
 	maxPipe    int
 	sec        security
 	lim        limits
@@ -42,6 +43,7 @@ func (f *routerFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxDevices, "max-devices-per-user", devices.DefaultMaxPerUser, "device tokens kept per user; the oldest go first")
 	fs.DurationVar(&f.ackDefault, "ack-deadline", router.DefaultAckDeadline, "ack deadline of ack-or-push notifications that set none")
 	fs.DurationVar(&f.traceTTL, "trace-ttl", delivery.DefaultTraceTTL, "how long each notification's trail is kept for heraldctl trace; 0 keeps none")
+	fs.IntVar(&f.traceRate, "trace-rate", delivery.DefaultTraceRate, "most notifications a second whose trail is kept (the first of each second); -1 traces every one")
 	fs.IntVar(&f.maxPipe, "max-pipeline", delivery.DefaultMaxPipeline, "most concurrent Notify calls sent to Redis in one pipeline; 1 gives each call a round trip of its own")
 	f.sec.register(fs)
 	f.lim.register(fs)
@@ -54,6 +56,7 @@ func (f *routerFlags) publisherConfig() delivery.PublisherConfig {
 		IdempotencyWindow: f.idemWindow,
 		History:           delivery.HistoryConfig{Length: f.histLen, Window: f.histWindow},
 		TraceTTL:          f.traceTTL,
+		TraceRate:         f.traceRate,
 		MaxPipeline:       f.maxPipe,
 	}
 	if f.traceTTL == 0 {
