@@ -29,6 +29,7 @@ type Tracing struct {
 	// tracing is off, which they take as "trace nothing".
 	Provider trace.TracerProvider
 	sdk      *sdktrace.TracerProvider
+	log      *slog.Logger
 }
 
 // Enabled reports whether the environment (looked up by getenv) asks for
@@ -97,7 +98,7 @@ func Setup(ctx context.Context, service string, log *slog.Logger) (*Tracing, err
 	}
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	log.Info("tracing on: exporting spans with OTLP/gRPC", slog.String("service", serviceName(res, service)))
-	return &Tracing{Provider: tp, sdk: tp}, nil
+	return &Tracing{Provider: tp, sdk: tp, log: log}, nil
 }
 
 // serviceName is res' service.name, or def.
@@ -110,7 +111,8 @@ func serviceName(res *resource.Resource, def string) string {
 
 // Shutdown exports the spans still buffered and stops the exporter,
 // within FlushTimeout, even when ctx is already done (as it is at
-// shutdown). With tracing off it does nothing.
+// shutdown). With tracing off it does nothing. A failure is logged, and
+// returned.
 func (t *Tracing) Shutdown(ctx context.Context) error {
 	if t == nil || t.sdk == nil {
 		return nil
@@ -118,6 +120,7 @@ func (t *Tracing) Shutdown(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), FlushTimeout)
 	defer cancel()
 	if err := t.sdk.Shutdown(ctx); err != nil {
+		t.log.Warn("tracing: the last spans were not all exported", slog.Any("err", err))
 		return fmt.Errorf("telemetry: flush spans: %w", err)
 	}
 	return nil
