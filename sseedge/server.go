@@ -39,7 +39,7 @@ type Server struct {
 	metrics  *metrics
 	history  *history.Reader
 	pages    http.Handler
-	budget   *budget // of the bytes held for all streams
+	budget   *budget      // of the bytes held for all streams
 	tracer   trace.Tracer // nil: tracing off
 
 	hubMu sync.Mutex
