@@ -38,7 +38,8 @@ func (w *Worker) startSends(ctx context.Context, items []item) sendSpans {
 }
 
 // end ends the spans with the outcomes of the items' pushes: how many were
-// sent, are to be retried, or failed for good, and the last error code. A
+// sent, failed retryably (retried or, with the budget spent, dead-lettered),
+// or failed for good, and the last error code. A
 // span with pushes that were not sent has an error status. err, if set, is
 // the batch's own failure.
 func (s sendSpans) end(pushes []push, outcomes []outcome, err error) {
@@ -70,7 +71,7 @@ func (s sendSpans) end(pushes []push, outcomes []outcome, err error) {
 		}
 		t := tallies[i]
 		span.SetAttributes(attribute.Int("herald.fcm.pushes", t.pushes), attribute.Int("herald.fcm.sent", t.sent),
-			attribute.Int("herald.fcm.retry_queued", t.retry), attribute.Int("herald.fcm.failed", t.failed))
+			attribute.Int("herald.fcm.retryable", t.retry), attribute.Int("herald.fcm.failed", t.failed))
 		switch {
 		case err != nil:
 			span.RecordError(err)
