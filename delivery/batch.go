@@ -23,6 +23,8 @@ type Notification struct {
 // one notification: the second gets the first's result, with Duplicate
 // set, or the first's error.
 func (p *Publisher) PublishBatch(ctx context.Context, ns []Notification) ([]Result, []error) {
+	ctx, span := p.startSpan(ctx, "herald.publish_batch", nil)
+	defer endSpan(span, Result{}, nil)
 	results, errs := make([]Result, len(ns)), make([]error, len(ns))
 	calls := make([]*notifyCall, len(ns)) // nil: not run
 	dupOf := map[int]int{}
@@ -39,6 +41,9 @@ func (p *Publisher) PublishBatch(ctx context.Context, ns []Notification) ([]Resu
 				continue
 			}
 			first[id] = i
+		}
+		if span != nil {
+			SetTrace(ctx, n.Env)
 		}
 		c, err := p.prepare(ctx, n.Env, n.IdempotencyKey)
 		if err != nil {

@@ -42,6 +42,7 @@ local function notify(KEYS, ARGV)
     else
       redis.call('HSET', trace, 'user', ARGV[11], 'accepted_ms', now, 'route', route, 'subscribers', subs, 'event_id', eid)
     end
+    if ARGV[14] ~= '' then redis.call('HSET', trace, 'trace_id', ARGV[14]) end
     redis.call('PEXPIRE', trace, ARGV[10])
   end
   return {route, tostring(subs), eid}

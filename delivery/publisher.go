@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
@@ -101,6 +102,12 @@ type PublisherConfig struct {
 	// means time.Now. (Event ids and acceptance times in Redis come from
 	// Redis' own clock, in the scripts.)
 	Now func() time.Time
+	// TracerProvider, when set, traces each notification: a span for its
+	// notify script ("herald.publish") and one for its Kafka write
+	// ("herald.kafka.write"), whose contexts the envelope carries to the
+	// edges and to the FCM worker, and the trace id in its trail. Nil, the
+	// default, traces nothing, at no cost.
+	TracerProvider trace.TracerProvider
 }
 
 // ErrNoReceipts is returned for an ack-or-push notification by a publisher
@@ -152,7 +159,8 @@ type Publisher struct {
 	scripts scripts
 	pipe    *autoPipeline
 	traces  traceBudget
-	sharded bool // rdb is a Redis Cluster client
+	sharded bool         // rdb is a Redis Cluster client
+	tracer  trace.Tracer // nil: tracing off
 }
 
 // traceBudget counts the notifications traced in the current second.
@@ -218,6 +226,9 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 	}
 	p := &Publisher{rdb: rdb, presence: reg, cfg: cfg, scripts: newScripts(rdb), sharded: Sharded(rdb)}
 	p.pipe = &autoPipeline{max: cfg.MaxPipeline, run: p.runScripts}
+	if cfg.TracerProvider != nil {
+		p.tracer = cfg.TracerProvider.Tracer(TracerName)
+	}
 	return p, nil
 }
 
@@ -233,27 +244,38 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 // Redis, the calls that arrive wait and go together in the next pipeline
 // (see PublisherConfig.MaxPipeline). A call alone goes at once.
 func (p *Publisher) Publish(ctx context.Context, env *heraldv1.Envelope, idempotencyKey string) (Result, error) {
-	c, err := p.prepare(ctx, env, idempotencyKey)
-	if err != nil {
-		return Result{}, err
-	}
-	if env.GetAckBy() != nil {
-		if err := p.cfg.Receipts.Schedule(ctx, []*heraldv1.Envelope{env})[0]; err != nil {
-			return Result{}, fmt.Errorf("delivery: publish: %w", err)
-		}
-	}
-	p.pipe.do(c)
-	r, queue, err := p.outcome(c)
-	if receiptCreated(env, r, err) {
-		_ = p.cfg.Receipts.Confirm(ctx, []*heraldv1.Envelope{env}) // best effort: see Confirm
-	}
+	sctx, span := p.startSpan(ctx, "herald.publish", env)
+	c, r, queue, err := p.publish(sctx, env, idempotencyKey)
+	endSpan(span, r, err)
 	if !queue {
 		return r, err
 	}
 	env.EventId = r.EventID
-	q := &queued{call: c, res: r, err: p.cfg.Offline.Enqueue(ctx, env)}
+	kctx, span := p.startSpan(ctx, "herald.kafka.write", env)
+	q := &queued{call: c, res: r, err: p.cfg.Offline.Enqueue(kctx, env)}
+	endSpan(span, Result{}, q.err)
 	p.settle(ctx, []*queued{q})
 	return q.res, q.err
+}
+
+// publish runs env's notify script, as Publish describes; queue says that
+// env reached no edge and goes to the offline queue.
+func (p *Publisher) publish(ctx context.Context, env *heraldv1.Envelope, idempotencyKey string) (c *notifyCall, r Result, queue bool, err error) {
+	c, err = p.prepare(ctx, env, idempotencyKey)
+	if err != nil {
+		return nil, Result{}, false, err
+	}
+	if env.GetAckBy() != nil {
+		if err := p.cfg.Receipts.Schedule(ctx, []*heraldv1.Envelope{env})[0]; err != nil {
+			return nil, Result{}, false, fmt.Errorf("delivery: publish: %w", err)
+		}
+	}
+	p.pipe.do(c)
+	r, queue, err = p.outcome(c)
+	if receiptCreated(env, r, err) {
+		_ = p.cfg.Receipts.Confirm(ctx, []*heraldv1.Envelope{env}) // best effort: see Confirm
+	}
+	return c, r, queue, err
 }
 
 // notifyCall is one notification on its way through the notify script.
@@ -309,10 +331,10 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 	if p.cfg.Offline != nil {
 		pending = p.cfg.PendingTimeout.Milliseconds()
 	}
-	args := append(make([]any, 0, 13), Channel(p.presence.Prefix(), UserStream(user)), payload, record,
+	args := append(make([]any, 0, 14), Channel(p.presence.Prefix(), UserStream(user)), payload, record,
 		p.cfg.IdempotencyWindow.Milliseconds())
 	args = append(args, p.cfg.History.args()...)
-	args = append(args, pending, hasKey, traceTTL, user, env.GetCorrelationId(), ackBy)
+	args = append(args, pending, hasKey, traceTTL, user, env.GetCorrelationId(), ackBy, p.traceID(ctx))
 	return &notifyCall{ctx: ctx, env: env, hasKey: idempotencyKey != "", idem: idem, traced: traceTTL > 0,
 		keys: keys, args: args, record: record}, nil
 }

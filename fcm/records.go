@@ -53,7 +53,7 @@ func record(env *heraldv1.Envelope, value proto.Message, extra kafka.Header) kaf
 	return kafka.Message{
 		Key:     []byte(env.GetUserId()),
 		Value:   b,
-		Headers: []kafka.Header{{Key: queue.HeaderNotificationID, Value: []byte(env.GetId())}, extra},
+		Headers: queue.AppendTraceHeaders([]kafka.Header{{Key: queue.HeaderNotificationID, Value: []byte(env.GetId())}, extra}, env),
 	}
 }
 

@@ -33,7 +33,7 @@ type push struct {
 
 // handle pushes a batch and makes every outcome durable: retries and dead
 // letters are written to Kafka before handle returns nil.
-func (w *Worker) handle(ctx context.Context, batch []kafka.Message) error {
+func (w *Worker) handle(ctx context.Context, batch []kafka.Message) (err error) {
 	now := w.deps.Now()
 	items := make([]item, 0, len(batch))
 	var retries, deads []kafka.Message
@@ -57,11 +57,17 @@ func (w *Worker) handle(ctx context.Context, batch []kafka.Message) error {
 		items = append(items, it)
 	}
 
-	pushes, err := w.targets(ctx, items, &deads, trail, now)
+	spans := w.startSends(ctx, items)
+	var (
+		pushes   []push
+		outcomes []outcome
+	)
+	defer func() { spans.end(pushes, outcomes, err) }()
+	pushes, err = w.targets(ctx, items, &deads, trail, now)
 	if err != nil {
 		return err
 	}
-	outcomes, err := w.send(ctx, items, pushes, now)
+	outcomes, err = w.send(ctx, items, pushes, now)
 	if err != nil {
 		return err
 	}

@@ -13,8 +13,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
+	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/delivery/devices"
 	"github.com/herald-push/herald/delivery/queue"
 	"github.com/herald-push/herald/delivery/redact"
@@ -159,6 +161,10 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// TracerProvider, when set, traces the FCM sends of notifications that
+	// carry a trace context ("herald.fcm.send", with the outcome). Nil, the
+	// default, traces nothing.
+	TracerProvider trace.TracerProvider
 }
 
 // Worker drains the offline and retry topics into FCM.
@@ -179,6 +185,8 @@ type Worker struct {
 	// latency, few enough that a burst never opens thousands of
 	// connections at once.
 	calls chan struct{}
+	// tracer is nil when tracing is off.
+	tracer trace.Tracer
 }
 
 // New returns a Worker. Run starts it.
@@ -209,6 +217,9 @@ func New(cfg Config, deps Deps) (*Worker, error) {
 	}
 	w := &Worker{cfg: cfg, deps: deps, log: deps.Logger, metrics: m, retryW: retryW, deadW: deadW, chunk: maxPerCall,
 		calls: make(chan struct{}, 2*cfg.Concurrency)}
+	if deps.TracerProvider != nil {
+		w.tracer = deps.TracerProvider.Tracer(delivery.TracerName)
+	}
 	if cfg.QuotaPerMinute > 0 {
 		perSecond := cfg.QuotaShare * float64(cfg.QuotaPerMinute) / 60
 		// Bursts of a tenth of a second's worth: sends granted together may

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	otelcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -116,6 +118,11 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// TracerProvider, when set, traces the RouterService's calls with
+	// otelgrpc, continuing a caller's W3C trace context, and each Notify's
+	// validation ("herald.validate"). Nil, the default, traces nothing. The
+	// publisher's spans are its own (delivery.PublisherConfig).
+	TracerProvider trace.TracerProvider
 }
 
 // Service implements heraldv1.RouterServiceServer.
@@ -129,6 +136,8 @@ type Service struct {
 	now     func() time.Time
 	metrics *metrics
 	health  *health.Server
+	tp      trace.TracerProvider
+	tracer  trace.Tracer // nil: tracing off
 }
 
 var _ heraldv1.RouterServiceServer = (*Service)(nil)
@@ -177,6 +186,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		now:     deps.Now,
 		metrics: m,
 		health:  health.NewServer(),
+		tp:      deps.TracerProvider,
+		tracer:  newTracer(deps.TracerProvider),
 	}, nil
 }
 
@@ -189,7 +200,17 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 	start := s.now()
 	defer func() { s.metrics.observe(resp, err, s.now().Sub(start)) }()
 
-	if err := s.validate(req); err != nil {
+	if s.tracer != nil {
+		_, span := s.tracer.Start(ctx, "herald.validate")
+		err = s.validate(req)
+		if err != nil {
+			span.SetStatus(otelcodes.Error, err.Error())
+		}
+		span.End()
+	} else {
+		err = s.validate(req)
+	}
+	if err != nil {
 		return nil, err
 	}
 	env, mode := s.notifyEnvelope(start, req, correlationID(ctx))
@@ -402,7 +423,11 @@ func toStatus(ctx context.Context, err error) error {
 func (s *Service) Serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
 	lis = newLimitListener(lis, s.cfg.MaxConns)
 	codec := newDeferringCodec(s.cfg.MaxRequestBytes)
-	srv := grpc.NewServer(append(s.cfg.serverOptions(codec), opts...)...)
+	opts = append(s.cfg.serverOptions(codec), opts...)
+	if o := tracingOption(s.tp); o != nil {
+		opts = append(opts, o)
+	}
+	srv := grpc.NewServer(opts...)
 	srv.RegisterService(codec.deferDecodeErrors(heraldv1.RouterService_ServiceDesc), s)
 	healthpb.RegisterHealthServer(srv, s.health)
 	reflection.Register(srv)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/delivery/history"
@@ -148,6 +149,10 @@ type Deps struct {
 	// HTTPClient fetches an http(s) JWTJWKS. Default http.DefaultClient;
 	// each fetch is bounded to 10s.
 	HTTPClient *http.Client
+	// TracerProvider, when set, traces each write of a notification that
+	// carries a trace context to a stream, as a span ("herald.sse.deliver")
+	// of the router's trace. Nil, the default, traces nothing.
+	TracerProvider trace.TracerProvider
 }
 
 // New returns a Server.
@@ -221,6 +226,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	if cfg.NoTrail {
 		s.trail = nil
+	}
+	if deps.TracerProvider != nil {
+		s.tracer = deps.TracerProvider.Tracer(delivery.TracerName)
 	}
 	m, err := newMetrics(deps.Registerer, func() float64 {
 		if h := s.currentHub(); h != nil {

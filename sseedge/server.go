@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/herald-push/herald/delivery"
@@ -38,7 +39,8 @@ type Server struct {
 	metrics  *metrics
 	history  *history.Reader
 	pages    http.Handler
-	budget   *budget // of the bytes held for all streams
+	budget   *budget      // of the bytes held for all streams
+	tracer   trace.Tracer // nil: tracing off
 
 	hubMu sync.Mutex
 	hub   *hub // set by Serve
@@ -216,6 +218,7 @@ func (s *Server) decode(channel string, payload []byte) *outEvent {
 	if env.GetTopic() == "" {
 		ev.user = env.GetUserId()
 	}
+	ev.trace = s.newEventTrace(env, s.now())
 	return ev
 }
 

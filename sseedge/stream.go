@@ -20,6 +20,9 @@ type outEvent struct {
 	// id is the notification id; user is set for a user's notification (not
 	// a topic's), whose trail the edge extends.
 	id, user, correlation string
+	// trace is the trace context the event came with; nil when tracing is
+	// off, or the event has none.
+	trace *eventTrace
 }
 
 // maxBatch is the most queued events one write carries.

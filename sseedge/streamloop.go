@@ -152,6 +152,9 @@ func (s *Server) delivered(ctx context.Context, st *stream, written []*outEvent)
 		if ev.user != "" && s.trail != nil {
 			s.trail.add(ev.user, ev.id, now)
 		}
+		if ev.trace != nil {
+			s.traceWrite(ctx, st, ev, now)
+		}
 		if debug {
 			s.log.LogAttrs(ctx, slog.LevelDebug, "delivered", slog.String("notification_id", ev.id),
 				slog.String("route", "online"), slog.String("conn", st.conn.ID), s.cfg.UserIDs.Attr(st.user),

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
+	"github.com/herald-push/herald/cmd/internal/telemetry"
 	"github.com/herald-push/herald/delivery/devices"
 	"github.com/herald-push/herald/fcm"
 )
@@ -50,6 +51,11 @@ func run(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	tr, err := telemetry.Setup(ctx, "herald-fcmworker", log)
+	if err != nil {
+		return err
+	}
+	defer tr.Shutdown(ctx)
 
 	rdb := common.Redis()
 	defer rdb.Close()
@@ -68,7 +74,8 @@ func run(args []string) error {
 	cfg := wf.Config(kafka)
 	cfg.RedisPrefix = common.RedisPrefix
 	cfg.UserIDs = common.UserIDs()
-	w, err := fcm.New(cfg, fcm.Deps{Sender: sender, Devices: devices, Redis: rdb, Logger: log, Registerer: reg})
+	w, err := fcm.New(cfg, fcm.Deps{Sender: sender, Devices: devices, Redis: rdb, Logger: log, Registerer: reg,
+		TracerProvider: tr.Provider})
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/herald-push/herald/cmd/herald/embedded"
 	"github.com/herald-push/herald/cmd/internal/daemon"
+	"github.com/herald-push/herald/cmd/internal/telemetry"
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/delivery/devices"
 	"github.com/herald-push/herald/delivery/queue"
@@ -65,6 +66,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	tr, err := telemetry.Setup(ctx, "herald", log)
+	if err != nil {
+		return err
+	}
+	defer tr.Shutdown(ctx)
 	st, err := startStack(*redisAddr, *brokers, *fcmEnd, *fcmAddr, *project)
 	if err != nil {
 		return err
@@ -99,7 +105,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	worker, err := fcm.New(fcm.Config{Kafka: kafka.Config()},
-		fcm.Deps{Sender: sender, Devices: devices, Redis: rdb, Logger: log, Registerer: reg})
+		fcm.Deps{Sender: sender, Devices: devices, Redis: rdb, Logger: log, Registerer: reg, TracerProvider: tr.Provider})
 	if err != nil {
 		return err
 	}
@@ -109,11 +115,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	sys, err := embedded.Start(gctx, g, rdb, embedded.Config{
-		Publisher: delivery.PublisherConfig{Offline: queue, Receipts: receipts},
+		Publisher: delivery.PublisherConfig{Offline: queue, Receipts: receipts, TracerProvider: tr.Provider},
 		Edge:      sseedge.Config{JWTSecret: key, DrainPeriod: time.Second},
 	}, embedded.Deps{
-		Router: router.Deps{Devices: devices, Logger: log, Registerer: reg},
-		Edge:   sseedge.Deps{Logger: log, Registerer: reg, Pages: demopage.Handler()},
+		Router: router.Deps{Devices: devices, Logger: log, Registerer: reg, TracerProvider: tr.Provider},
+		Edge:   sseedge.Deps{Logger: log, Registerer: reg, Pages: demopage.Handler(), TracerProvider: tr.Provider},
 	}, *grpcAddr, *httpAddr)
 	if err != nil {
 		adminLis.Close()

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,32 +20,7 @@ import (
 // instructions it prints, and checks that the printed notify command's
 // notification arrives on the printed stream URL.
 func TestAllInOne(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	out, w := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0",
-			"-admin-addr", "127.0.0.1:0", "-redis-addr=", "-fcm-emulator-addr", "127.0.0.1:0"}, w)
-		w.Close()
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	})
-
-	// Read the banner up to its last line.
-	var banner strings.Builder
-	sc := bufio.NewScanner(out)
-	for sc.Scan() {
-		banner.WriteString(sc.Text() + "\n")
-		if strings.HasPrefix(sc.Text(), "Stop with Ctrl-C") {
-			break
-		}
-	}
-	go func() { _, _ = io.Copy(io.Discard, out) }()
-	text := banner.String()
+	ctx, text, _ := startAllInOne(t)
 	streamURL := regexp.MustCompile(`curl -N '([^']+)'`).FindStringSubmatch(text)
 	notifyCmd := regexp.MustCompile(`heraldctl notify -addr (\S+) -user (\S+) -event (\S+) -data '([^']*)'`).FindStringSubmatch(text)
 	if streamURL == nil || notifyCmd == nil {
@@ -119,4 +95,41 @@ func TestAllInOne(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		return strings.Contains(string(body), queued.GetNotificationId()) && strings.Contains(string(body), register[2])
 	})
+}
+
+// startAllInOne runs the all-in-one on the embedded Redis until the test
+// ends, and returns the banner it printed, and a context that ends with
+// it. stop stops it and waits for it to return; it is idempotent.
+func startAllInOne(t *testing.T) (ctx context.Context, banner string, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	out, w := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-grpc-addr", "127.0.0.1:0", "-http-addr", "127.0.0.1:0",
+			"-admin-addr", "127.0.0.1:0", "-redis-addr=", "-fcm-emulator-addr", "127.0.0.1:0"}, w)
+		w.Close()
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+
+	// Read the banner up to its last line.
+	var b strings.Builder
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		b.WriteString(sc.Text() + "\n")
+		if strings.HasPrefix(sc.Text(), "Stop with Ctrl-C") {
+			break
+		}
+	}
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	return ctx, b.String(), stop
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/herald-push/herald/cmd/herald/embedded"
 	"github.com/herald-push/herald/cmd/internal/daemon"
+	"github.com/herald-push/herald/cmd/internal/telemetry"
+	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/router"
 	"github.com/herald-push/herald/sseedge"
 )
@@ -69,10 +71,18 @@ func startSystem(ctx context.Context, redisAddr string, maxConns int, tune selfT
 	_, _ = rand.Read(tag)
 	prefix := "heraldbench:" + hex.EncodeToString(tag) + ":"
 
+	// Tracing is on when the OTEL_* environment asks, as in the binaries.
+	tr, err := telemetry.Setup(ctx, "heraldbench", log)
+	if err != nil {
+		return fail(err)
+	}
+	closers = append(closers, func() { _ = tr.Shutdown(ctx) })
 	sys, err := embedded.Start(gctx, g, rdb, embedded.Config{
 		Prefix: prefix, LeaseTTL: tune.leaseTTL,
-		Edge: sseedge.Config{JWTSecret: secret, DrainPeriod: time.Second, MaxConns: maxConns, Heartbeat: tune.heartbeat},
-	}, embedded.Deps{Router: router.Deps{Logger: log}, Edge: sseedge.Deps{Logger: log}}, "127.0.0.1:0", "127.0.0.1:0")
+		Publisher: delivery.PublisherConfig{TracerProvider: tr.Provider},
+		Edge:      sseedge.Config{JWTSecret: secret, DrainPeriod: time.Second, MaxConns: maxConns, Heartbeat: tune.heartbeat},
+	}, embedded.Deps{Router: router.Deps{Logger: log, TracerProvider: tr.Provider},
+		Edge: sseedge.Deps{Logger: log, TracerProvider: tr.Provider}}, "127.0.0.1:0", "127.0.0.1:0")
 	if err != nil {
 		return fail(err)
 	}

@@ -118,6 +118,9 @@ func printTrace(w io.Writer, id string, tr trail.Record, dls []deadLetter) error
 		if c := f["correlation_id"]; c != "" {
 			fmt.Fprintf(tw, "correlation id\t%s\n", c)
 		}
+		if t := f["trace_id"]; t != "" {
+			fmt.Fprintf(tw, "trace id\t%s\n", t)
+		}
 		if n := f["sse_writes"]; n != "" {
 			fmt.Fprintf(tw, "sse\twritten to %s connection(s), first at %s\n", n, at("sse_first_ms"))
 		}
@@ -148,9 +151,28 @@ func printTrace(w io.Writer, id string, tr trail.Record, dls []deadLetter) error
 	} else {
 		fmt.Fprintf(tw, "trail\tnone in Redis (older than the trace TTL)\n")
 	}
+	if f["trace_id"] == "" {
+		// Without a trail, a dead letter's envelope still names the trace.
+		for _, d := range dls {
+			if t := traceID(d.DL.GetEnvelope().GetTraceparent()); t != "" {
+				fmt.Fprintf(tw, "trace id\t%s\n", t)
+				break
+			}
+		}
+	}
 	for _, d := range dls {
 		fmt.Fprintf(tw, "dead letter\t%s, %d attempt(s), at %s (partition %d offset %d)\n", d.Code, d.DL.GetAttempts(),
 			d.DL.GetDeadLetteredAt().AsTime().UTC().Format(time.RFC3339), d.Partition, d.Offset)
 	}
 	return tw.Flush()
+}
+
+// traceID is the trace id of a W3C traceparent ("00-<trace id>-<span
+// id>-<flags>"), or "" when tp is not one.
+func traceID(tp string) string {
+	parts := strings.Split(tp, "-")
+	if len(parts) < 4 || len(parts[1]) != 32 {
+		return ""
+	}
+	return parts[1]
 }

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
+	"github.com/herald-push/herald/cmd/internal/telemetry"
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/delivery/devices"
 	"github.com/herald-push/herald/delivery/queue"
@@ -63,6 +64,11 @@ func run(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	tr, err := telemetry.Setup(ctx, "herald-router", log)
+	if err != nil {
+		return err
+	}
+	defer tr.Shutdown(ctx)
 
 	rdb := common.Redis()
 	defer rdb.Close()
@@ -71,6 +77,7 @@ func run(args []string) error {
 		return err
 	}
 	pcfg := f.publisherConfig()
+	pcfg.TracerProvider = tr.Provider
 	ready := []func(context.Context) error{daemon.RedisReady(rdb)}
 	var sweeper *receipts.Sweeper
 	if f.offline {
@@ -100,7 +107,8 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	svc, err := router.New(f.serviceConfig(common.UserIDs()), router.Deps{Publisher: pub, Devices: devices, Logger: log, Registerer: reg})
+	svc, err := router.New(f.serviceConfig(common.UserIDs()), router.Deps{Publisher: pub, Devices: devices, Logger: log, Registerer: reg,
+		TracerProvider: tr.Provider})
 	if err != nil {
 		return err
 	}

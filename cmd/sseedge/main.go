@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
+	"github.com/herald-push/herald/cmd/internal/telemetry"
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/delivery/history"
 	"github.com/herald-push/herald/presence"
@@ -81,6 +82,11 @@ func run(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	tr, err := telemetry.Setup(ctx, "herald-sseedge", log)
+	if err != nil {
+		return err
+	}
+	defer tr.Shutdown(ctx)
 
 	rdb := common.Redis()
 	defer rdb.Close()
@@ -101,7 +107,8 @@ func run(args []string) error {
 		MaxConnsPerIP: *perIP, TrustedProxies: trusted,
 		MaxTopics: *maxTopics, AllowedOrigins: splitList(*origins), BrokerGrace: *grace,
 		UserIDs: common.UserIDs(), NoTrail: !*trail,
-	}, sseedge.Deps{Redis: rdb, Presence: pres, Logger: log, Registerer: reg, History: hist})
+	}, sseedge.Deps{Redis: rdb, Presence: pres, Logger: log, Registerer: reg, History: hist,
+		TracerProvider: tr.Provider})
 	if err != nil {
 		return err
 	}

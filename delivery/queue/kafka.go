@@ -223,8 +223,23 @@ func EnvelopeMessage(env *heraldv1.Envelope) (kafka.Message, error) {
 	return kafka.Message{
 		Key:     []byte(env.GetUserId()),
 		Value:   value,
-		Headers: []kafka.Header{{Key: HeaderNotificationID, Value: []byte(env.GetId())}},
+		Headers: AppendTraceHeaders([]kafka.Header{{Key: HeaderNotificationID, Value: []byte(env.GetId())}}, env),
 	}, nil
+}
+
+// AppendTraceHeaders appends env's W3C trace context, if it carries one, to
+// a record's headers as "traceparent" and "tracestate", so that tools and
+// other consumers can follow the trace without decoding the value. (Herald's
+// worker reads it from the envelope, which retries and dead letters carry
+// too.)
+func AppendTraceHeaders(hs []kafka.Header, env *heraldv1.Envelope) []kafka.Header {
+	if tp := env.GetTraceparent(); tp != "" {
+		hs = append(hs, kafka.Header{Key: delivery.TraceparentKey, Value: []byte(tp)})
+		if ts := env.GetTracestate(); ts != "" {
+			hs = append(hs, kafka.Header{Key: delivery.TracestateKey, Value: []byte(ts)})
+		}
+	}
+	return hs
 }
 
 // ReadTopic reads every record of topic up to each partition's end as of the

@@ -104,7 +104,15 @@ type Envelope struct {
 	Topic string `protobuf:"bytes,10,opt,name=topic,proto3" json:"topic,omitempty"`
 	// Set for DELIVERY_MODE_ACK_OR_PUSH: unless a client acknowledges the
 	// notification by this time, it is pushed through FCM.
-	AckBy         *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=ack_by,json=ackBy,proto3" json:"ack_by,omitempty"`
+	AckBy *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=ack_by,json=ackBy,proto3" json:"ack_by,omitempty"`
+	// The W3C trace context (https://www.w3.org/TR/trace-context/) of the
+	// span that caused this hop, when tracing is on: the router's publish (to
+	// the edges) or its Kafka write (to the FCM worker). Empty when tracing
+	// is off. The edge's delivery and the worker's FCM sends continue this
+	// trace, across retries and a replay from the dead-letter topic.
+	Traceparent string `protobuf:"bytes,12,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	// The W3C tracestate that goes with traceparent; often empty.
+	Tracestate    string `protobuf:"bytes,13,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -216,6 +224,20 @@ func (x *Envelope) GetAckBy() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Envelope) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
+}
+
+func (x *Envelope) GetTracestate() string {
+	if x != nil {
+		return x.Tracestate
+	}
+	return ""
+}
+
 // PushOptions are the fields of a push notification for an offline user.
 type PushOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -293,7 +315,7 @@ var File_herald_v1_envelope_proto protoreflect.FileDescriptor
 
 const file_herald_v1_envelope_proto_rawDesc = "" +
 	"\n" +
-	"\x18herald/v1/envelope.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x03\n" +
+	"\x18herald/v1/envelope.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x03\n" +
 	"\bEnvelope\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x14\n" +
@@ -308,7 +330,11 @@ const file_herald_v1_envelope_proto_rawDesc = "" +
 	"\bevent_id\x18\t \x01(\tR\aeventId\x12\x14\n" +
 	"\x05topic\x18\n" +
 	" \x01(\tR\x05topic\x121\n" +
-	"\x06ack_by\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x05ackBy\"\x8b\x01\n" +
+	"\x06ack_by\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x05ackBy\x12 \n" +
+	"\vtraceparent\x18\f \x01(\tR\vtraceparent\x12\x1e\n" +
+	"\n" +
+	"tracestate\x18\r \x01(\tR\n" +
+	"tracestate\"\x8b\x01\n" +
 	"\vPushOptions\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\tR\x04body\x12!\n" +
