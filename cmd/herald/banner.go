@@ -29,6 +29,9 @@ Open the demo page in a browser (it shows events as they arrive, and reconnects)
 or the raw event stream:
   curl -N 'http://%[2]s/v1/events?access_token=%[3]s'
 
+Web apps read it with the browser client the edge serves (docs/browser-client.md):
+  import { connect } from "http://%[2]s/v1/herald.js";
+
 Send %[4]q a notification, from another terminal:
   go run ./cmd/heraldctl notify -addr %[5]s -user %[4]s -event hello -data '{"msg":"hi"}'
 

@@ -29,6 +29,20 @@ func TestAllInOne(t *testing.T) {
 	if !strings.Contains(text, "embedded") {
 		t.Errorf("banner does not say Redis is embedded:\n%s", text)
 	}
+	clientURL := regexp.MustCompile(`import \{ connect \} from "([^"]+)"`).FindStringSubmatch(text)
+	if clientURL == nil {
+		t.Fatalf("banner lacks the browser client's URL:\n%s", text)
+	}
+	if creq, err := http.NewRequestWithContext(ctx, http.MethodGet, clientURL[1], nil); err != nil {
+		t.Fatal(err)
+	} else if cresp, err := http.DefaultClient.Do(creq); err != nil {
+		t.Fatal(err)
+	} else {
+		cresp.Body.Close()
+		if ct := cresp.Header.Get("Content-Type"); cresp.StatusCode != http.StatusOK || !strings.HasPrefix(ct, "text/javascript") {
+			t.Fatalf("the banner's browser client %s: %s, Content-Type %q", clientURL[1], cresp.Status, ct)
+		}
+	}
 
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, streamURL[1], nil)
 	resp, err := http.DefaultClient.Do(req)
