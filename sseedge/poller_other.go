@@ -21,3 +21,7 @@ func (*poller) remove(*wire) {}
 func (*poller) run(context.Context) {}
 
 func writeNow(int, []byte) (int, error) { return 0, errors.ErrUnsupported }
+
+func dupSocket(int) (int, error) { return -1, errors.ErrUnsupported }
+
+func closeSocket(int) {}
