@@ -17,7 +17,8 @@ import (
 // The writers serve the HTTP/1.1 streams taken over from net/http, so that
 // an idle stream costs no goroutine and no buffers: once the response
 // headers and the first bytes are written, the handler hijacks the
-// connection and returns. From then on
+// connection, keeps a duplicate of its socket and closes the net.Conn (see
+// wire), and returns. From then on
 //
 //   - a poller (epoll) watches every connection, and closes a stream whose
 //     client has gone (client_closed);
