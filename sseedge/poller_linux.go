@@ -88,6 +88,16 @@ func (p *poller) remove(w *wire) {
 	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, w.fd, nil)
 }
 
+// each calls f for every connection watched, with p.mu held: f must not
+// call the poller.
+func (p *poller) each(f func(*wire)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, w := range p.conns {
+		f(w)
+	}
+}
+
 // run waits for events until ctx is done.
 func (p *poller) run(ctx context.Context) {
 	defer p.release()

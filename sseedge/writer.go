@@ -48,9 +48,6 @@ type writers struct {
 	// epoch is when the writers were made: stream.lastWrite counts from
 	// it, on the monotonic clock (see clock).
 	epoch time.Time
-
-	mu      sync.Mutex
-	streams map[*stream]struct{} // for heartbeats and token expiry
 }
 
 // wire is a stream's connection once taken over. The edge keeps the bare
@@ -82,9 +79,8 @@ func newWriters(ctx context.Context, s *Server, p *poller) *writers {
 		poller: p,
 		// A stream waits in work at most once: with room for every
 		// stream, handing one over does not wait.
-		work:    make(chan *stream, s.cfg.MaxConns),
-		streams: make(map[*stream]struct{}),
-		epoch:   time.Now(),
+		work:  make(chan *stream, s.cfg.MaxConns),
+		epoch: time.Now(),
 	}
 }
 
@@ -124,9 +120,6 @@ func (ws *writers) adopt(st *stream, nc net.Conn) bool {
 	// buffers and poll registration, goes.
 	_ = nc.Close()
 	ws.s.handlers.Add(1) // until finish
-	ws.mu.Lock()
-	ws.streams[st] = struct{}{}
-	ws.mu.Unlock()
 	// Whatever arrived while the stream was opening is written now. The
 	// wake channel served the handler goroutine, which is done with it.
 	st.mu.Lock()
@@ -385,9 +378,6 @@ func writeFailed(err error) CloseReason {
 // drain) is written and the connection closed in a goroutine, which then
 // cleans up as a handler would. A replaced stream gets herald.replaced.
 func (ws *writers) end(st *stream, reason CloseReason) {
-	ws.mu.Lock()
-	delete(ws.streams, st)
-	ws.mu.Unlock()
 	w := st.out
 	ws.poller.remove(w)
 	ws.alone.Go(func() {
@@ -440,10 +430,14 @@ func (ws *writers) tick(ctx context.Context) {
 		// handler's ticker, go by the real one.
 		now, clock := ws.clock(), ws.s.now().UnixNano()
 		due, expired = due[:0], expired[:0]
-		ws.mu.Lock()
-		for st := range ws.streams {
+		// The poller's set of connections is the set of streams taken
+		// over: a stream joins it in adopt and leaves it in end.
+		ws.poller.each(func(w *wire) {
+			st := w.st
 			st.mu.Lock()
 			switch {
+			case st.out == nil:
+				// Being adopted: adopt hands it to a writer.
 			case clock >= st.expires:
 				expired = append(expired, st)
 			case !st.busy && time.Duration(now-st.lastWrite) >= ws.s.cfg.Heartbeat:
@@ -451,8 +445,7 @@ func (ws *writers) tick(ctx context.Context) {
 				due = append(due, st)
 			}
 			st.mu.Unlock()
-		}
-		ws.mu.Unlock()
+		})
 		for _, st := range expired {
 			st.close(CloseTokenExpired)
 		}
