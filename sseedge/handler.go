@@ -110,7 +110,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 
 	ctx := r.Context()
 	st := newStream(claims.Subject, s.cfg.EdgeID, s.now(), s.cfg.QueueSize, s.presence.Prefix(), topics)
-	st.expires = claims.ExpiresAt.Time
+	st.expires = expiry(claims.ExpiresAt.Time)
 	cursor := s.checkCursor(lastID, parseCursor(lastID))
 	// A client that resumes past a notification had it: no push for it.
 	s.ackOnReconnect(ctx, st, cursor)

@@ -67,11 +67,8 @@ func (p *poller) add(w *wire) error {
 			break
 		}
 	}
-	var err error
-	cerr := w.rc.Control(func(fd uintptr) {
-		err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &unix.EpollEvent{Events: pollEvents, Fd: p.next})
-	})
-	if err = errors.Join(cerr, err); err != nil {
+	ev := unix.EpollEvent{Events: pollEvents, Fd: p.next}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, w.fd, &ev); err != nil {
 		return err
 	}
 	w.token = p.next
@@ -79,7 +76,8 @@ func (p *poller) add(w *wire) error {
 	return nil
 }
 
-// remove stops watching w. It must be called before w is closed.
+// remove stops watching w. It must be called before w's socket is closed:
+// once it returns, the poller no longer reads from the socket.
 func (p *poller) remove(w *wire) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -87,9 +85,17 @@ func (p *poller) remove(w *wire) {
 	if p.closed {
 		return
 	}
-	_ = w.rc.Control(func(fd uintptr) {
-		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
-	})
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, w.fd, nil)
+}
+
+// each calls f for every connection watched, with p.mu held: f must not
+// call the poller.
+func (p *poller) each(f func(*wire)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, w := range p.conns {
+		f(w)
+	}
 }
 
 // run waits for events until ctx is done.
@@ -118,61 +124,58 @@ func (p *poller) run(ctx context.Context) {
 			if ev.Fd == 0 {
 				return
 			}
+			// The socket is read with mu held: remove, which comes before
+			// the socket is closed, waits, so its number cannot have been
+			// reused by another connection.
 			p.mu.Lock()
 			w := p.conns[ev.Fd]
-			p.mu.Unlock()
 			if w == nil {
+				p.mu.Unlock()
 				continue
 			}
-			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				w.st.close(CloseClientClosed)
-				continue
+			hup := ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+			open, more := true, false
+			if !hup {
+				open, more = discard(w.fd, buf)
+				if open && more {
+					p.rearmLocked(w)
+				}
 			}
-			switch open, more := discard(w, buf); {
-			case !open:
+			p.mu.Unlock()
+			if hup || !open {
 				w.st.close(CloseClientClosed)
-			case more:
-				p.rearm(w)
 			}
 		}
 	}
 }
 
-// discard reads and drops what w's client sent, up to a bound per call. It
-// reports whether the client is still there and, if it is, whether it left
-// more to read.
-func discard(w *wire, buf []byte) (open, more bool) {
-	open, more = true, true
-	_ = w.rc.Control(func(fd uintptr) {
-		for range 16 {
-			n, err := unix.Read(int(fd), buf)
-			switch {
-			case n > 0 || errors.Is(err, unix.EINTR):
-				continue
-			case n == 0 && err == nil:
-				open = false // end of file
-			default:
-				open = errors.Is(err, unix.EAGAIN)
-			}
-			more = false
-			return
+// discard reads and drops what the client on socket fd sent, up to a bound
+// per call. It reports whether the client is still there and, if it is,
+// whether it left more to read.
+func discard(fd int, buf []byte) (open, more bool) {
+	for range 16 {
+		n, err := unix.Read(fd, buf)
+		switch {
+		case n > 0 || errors.Is(err, unix.EINTR):
+			continue
+		case n == 0 && err == nil:
+			return false, false // end of file
+		default:
+			return errors.Is(err, unix.EAGAIN), false
 		}
-	})
-	return open, more
+	}
+	return true, true
 }
 
-// rearm has epoll report w again, after the streams waiting behind it: w
-// still has bytes to read, and an edge-triggered watch reports only what
-// arrives next, which, once the socket's buffer is full, nothing does.
-func (p *poller) rearm(w *wire) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+// rearmLocked has epoll report w again, after the streams waiting behind
+// it: w still has bytes to read, and an edge-triggered watch reports only
+// what arrives next, which, once the socket's buffer is full, nothing does.
+// The caller holds p.mu.
+func (p *poller) rearmLocked(w *wire) {
 	if p.closed || p.conns[w.token] != w {
 		return
 	}
-	_ = w.rc.Control(func(fd uintptr) {
-		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(fd), &unix.EpollEvent{Events: pollEvents, Fd: w.token})
-	})
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, w.fd, &unix.EpollEvent{Events: pollEvents, Fd: w.token})
 }
 
 // release closes the poller's descriptors.
@@ -204,3 +207,11 @@ func writeNow(fd int, b []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// dupSocket returns a close-on-exec duplicate of socket fd.
+func dupSocket(fd int) (int, error) {
+	return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+}
+
+// closeSocket closes a socket descriptor.
+func closeSocket(fd int) { _ = unix.Close(fd) }

@@ -20,4 +20,10 @@ func (*poller) remove(*wire) {}
 
 func (*poller) run(context.Context) {}
 
+func (*poller) each(func(*wire)) {}
+
 func writeNow(int, []byte) (int, error) { return 0, errors.ErrUnsupported }
+
+func dupSocket(int) (int, error) { return -1, errors.ErrUnsupported }
+
+func closeSocket(int) {}

@@ -299,7 +299,7 @@ func (s *Server) fillRetrying(ctx context.Context, st *stream) CloseReason {
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
-		case <-st.done:
+		case <-st.ended():
 			t.Stop()
 			return st.closed()
 		case <-ctx.Done():

@@ -1,6 +1,7 @@
 package sseedge
 
 import (
+	"math"
 	"net/netip"
 	"sync"
 	"time"
@@ -38,28 +39,22 @@ type stream struct {
 	streams  []delivery.Stream // the user's stream, then one per topic
 	names    []string          // cursor names: "" for the user, then the topics
 	channels []string          // the streams' channels
-	// queueSize bounds queue; a stream whose queue is full is too slow.
-	queueSize int
-	// expires is when the client's token expires.
-	expires time.Time
+	// expires is when the client's token expires, in Unix nanoseconds.
+	expires int64
 	// client is the address counted against MaxConnsPerIP for the stream,
 	// if it is counted.
 	client netip.Prefix
 	// budget counts the bytes the edge holds for its streams; nil counts
 	// nothing.
 	budget *budget
-	// done is closed when the stream ends (reason is set).
-	done chan struct{}
 
 	mu sync.Mutex
+	// done is closed when the stream ends (reason is set); made on demand
+	// (see ended), since few streams ever wait on it.
+	done chan struct{}
 	// queue holds the events waiting to be written. It is allocated on
 	// demand, and a backlog's array is let go once written.
 	queue []*outEvent
-	// resync says the stream owes its client a page of catch-up from
-	// history, to write before anything else; relinked that the Redis link
-	// came back, so the catch-up starts (again) from the positions.
-	resync   bool
-	relinked bool
 	// held is what the stream holds, in bytes of event data, counted in
 	// budget: its queue and its catch-up's pages (queueBytes is the queue's
 	// share). A closed stream holds nothing: close gives it all back.
@@ -71,11 +66,18 @@ type stream struct {
 	wake chan struct{}
 	// out is the connection once taken over; with it, busy says a writer
 	// holds the stream, heartbeat that a heartbeat is due, and lastWrite
-	// when the client was last written to.
+	// when the client was last written to (see writers.clock).
 	out       *wire
+	lastWrite int64
 	busy      bool
 	heartbeat bool
-	lastWrite time.Time
+	// resync says the stream owes its client a page of catch-up from
+	// history, to write before anything else; relinked that the Redis link
+	// came back, so the catch-up starts (again) from the positions.
+	resync   bool
+	relinked bool
+	// queueSize bounds queue; a stream whose queue is full is too slow.
+	queueSize int32
 
 	pos []uint64 // the client's position in each stream
 	// replay is the catch-up from history in progress, if any;
@@ -89,9 +91,8 @@ func newStream(user, edge string, now time.Time, queueSize int, prefix string, t
 	st := &stream{
 		user:      user,
 		conn:      presence.Conn{User: user, ID: randomHex(8), Edge: edge, Since: now},
-		queueSize: queueSize,
+		queueSize: int32(min(queueSize, math.MaxInt32)),
 		wake:      make(chan struct{}, 1),
-		done:      make(chan struct{}),
 	}
 	st.add("", delivery.UserStream(user), prefix)
 	for _, t := range topics {
@@ -148,7 +149,7 @@ func (st *stream) offer(ev *outEvent) bool {
 		st.mu.Unlock()
 		return true
 	}
-	if len(st.queue) >= st.queueSize {
+	if len(st.queue) >= int(st.queueSize) {
 		st.mu.Unlock()
 		return false
 	}
@@ -169,7 +170,7 @@ func (st *stream) offerHeld(ev *outEvent) (ok, held bool) {
 		st.mu.Unlock()
 		return true, false
 	}
-	if len(st.queue) >= st.queueSize {
+	if len(st.queue) >= int(st.queueSize) {
 		st.mu.Unlock()
 		return false, false
 	}
@@ -229,10 +230,9 @@ func (st *stream) chargeLocked(n int64) {
 // cut ends a blocked write of a closed, taken-over stream (see wire.cut).
 func (st *stream) cut() {
 	st.mu.Lock()
-	w := st.out
-	st.mu.Unlock()
-	if w != nil {
-		w.cut()
+	defer st.mu.Unlock()
+	if st.out != nil {
+		st.out.cutLocked()
 	}
 }
 
@@ -257,9 +257,33 @@ func (st *stream) close(reason CloseReason) bool {
 	st.held, st.queueBytes = 0, 0
 	clear(st.queue)
 	st.queue = nil
-	close(st.done)
+	if st.done != nil {
+		close(st.done)
+	}
 	st.notifyLocked()
 	return true
+}
+
+// ended returns a channel closed when the stream ends.
+func (st *stream) ended() <-chan struct{} {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done == nil {
+		st.done = make(chan struct{})
+		if st.reason != "" {
+			close(st.done)
+		}
+	}
+	return st.done
+}
+
+// expiry returns t, when a token expires, in Unix nanoseconds, as far as
+// they reach (the year 2262).
+func expiry(t time.Time) int64 {
+	if t.After(time.Unix(0, math.MaxInt64)) {
+		return math.MaxInt64
+	}
+	return t.UnixNano()
 }
 
 // closed returns the reason the stream ended, or "" while it is open.
@@ -273,11 +297,11 @@ func (st *stream) closed() CloseReason {
 // unlocks st.mu. A taken-over stream that no writer holds is handed to the
 // writers, after the unlock: handing over may wait for a free writer.
 func (st *stream) notifyLocked() {
-	out := st.out
+	out, wake := st.out, st.wake
 	if out == nil {
 		st.mu.Unlock()
 		select {
-		case st.wake <- struct{}{}:
+		case wake <- struct{}{}:
 		default:
 		}
 		return

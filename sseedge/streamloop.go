@@ -73,7 +73,7 @@ func (s *Server) serveStream(ctx context.Context, w http.ResponseWriter, r *http
 
 	heartbeat := time.NewTicker(s.cfg.Heartbeat)
 	defer heartbeat.Stop()
-	expiry := time.NewTimer(st.expires.Sub(s.now()))
+	expiry := time.NewTimer(time.Unix(0, st.expires).Sub(s.now()))
 	defer expiry.Stop()
 	var batch []*outEvent
 	for {

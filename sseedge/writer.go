@@ -17,7 +17,8 @@ import (
 // The writers serve the HTTP/1.1 streams taken over from net/http, so that
 // an idle stream costs no goroutine and no buffers: once the response
 // headers and the first bytes are written, the handler hijacks the
-// connection and returns. From then on
+// connection, keeps a duplicate of its socket and closes the net.Conn (see
+// wire), and returns. From then on
 //
 //   - a poller (epoll) watches every connection, and closes a stream whose
 //     client has gone (client_closed);
@@ -46,8 +47,9 @@ type writers struct {
 	// alone counts the goroutines serving one stream each, and the ends.
 	alone sync.WaitGroup
 
-	mu      sync.Mutex
-	streams map[*stream]struct{} // for heartbeats and token expiry
+	// epoch is when the writers were made: stream.lastWrite counts from
+	// it, on the monotonic clock (see clock).
+	epoch time.Time
 
 	// spare holds buffers for pumpHere (*pumpBuffers).
 	spare sync.Pool
@@ -59,20 +61,26 @@ type pumpBuffers struct {
 	batch []*outEvent
 }
 
-// wire is a stream's connection once taken over.
+// wire is a stream's connection once taken over. The edge keeps the bare
+// socket: adopt duplicates net/http's descriptor and closes the net.Conn, so
+// that an idle stream holds no netFD, addresses or runtime poll descriptor.
+// A write that must wait for the socket (a slow client, a catch-up, the last
+// chunk) goes through an *os.File made on the socket when first needed,
+// which then owns it.
 type wire struct {
 	writers *writers
 	st      *stream
-	nc      net.Conn
-	rc      syscall.RawConn
-	// fd is nc's socket, which the pool writes to directly. It stays valid
-	// while the stream has a writer: only end closes nc, after the last.
+	// fd is the socket, which the pool writes to directly. It stays valid
+	// while the stream has a writer: only end closes it, after the last.
 	fd    int
 	token int32 // the poller's registration
 	// broken is set, by the stream's writer, when a write failed: the
 	// connection may hold part of a chunk, so the stream ends without its
 	// last chunk.
 	broken bool
+	// file is fd as an *os.File, for writes with a deadline; guarded by
+	// st.mu, so that cut finds it.
+	file *os.File
 }
 
 func newWriters(ctx context.Context, s *Server, p *poller) *writers {
@@ -82,10 +90,14 @@ func newWriters(ctx context.Context, s *Server, p *poller) *writers {
 		poller: p,
 		// A stream waits in work at most once: with room for every
 		// stream, handing one over does not wait.
-		work:    make(chan *stream, s.cfg.MaxConns),
-		streams: make(map[*stream]struct{}),
+		work:  make(chan *stream, s.cfg.MaxConns),
+		epoch: time.Now(),
 	}
 }
+
+// clock is the time since the writers were made, in nanoseconds: when a
+// stream was last written to.
+func (ws *writers) clock() int64 { return int64(time.Since(ws.epoch)) }
 
 // run serves until ws.ctx is done: the poller, the pool and the ticker. The
 // streams must have ended by then (the drain ends them).
@@ -105,34 +117,48 @@ func (ws *writers) run() {
 // and first bytes are written. It reports false when nc cannot be watched:
 // the caller then ends the stream.
 func (ws *writers) adopt(st *stream, nc net.Conn) bool {
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
+	fd, err := takeSocket(nc)
 	if err != nil {
 		return false
 	}
-	w := &wire{writers: ws, st: st, nc: nc, rc: rc}
-	if err := rc.Control(func(fd uintptr) { w.fd = int(fd) }); err != nil {
-		return false
-	}
+	w := &wire{writers: ws, st: st, fd: fd}
 	if err := ws.poller.add(w); err != nil {
 		ws.s.log.Warn("cannot watch a connection", slog.Any("err", err))
+		closeSocket(fd)
 		return false
 	}
+	// The duplicate holds the connection open: the net.Conn, with its
+	// buffers and poll registration, goes.
+	_ = nc.Close()
 	ws.s.handlers.Add(1) // until finish
-	ws.mu.Lock()
-	ws.streams[st] = struct{}{}
-	ws.mu.Unlock()
-	// Whatever arrived while the stream was opening is written now.
+	// Whatever arrived while the stream was opening is written now. The
+	// wake channel served the handler goroutine, which is done with it.
 	st.mu.Lock()
 	st.out = w
-	st.lastWrite = time.Now()
+	st.wake = nil
+	st.lastWrite = ws.clock()
 	st.busy = true
 	st.mu.Unlock()
 	ws.schedule(st)
 	return true
+}
+
+// takeSocket returns a duplicate of nc's socket descriptor, close-on-exec
+// and, like nc's, non-blocking.
+func takeSocket(nc net.Conn) (int, error) {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return -1, errors.ErrUnsupported
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = dupSocket(int(s)) }); err != nil {
+		return -1, err
+	}
+	return fd, derr
 }
 
 // schedule hands st, which has something to do, to the pool.
@@ -281,23 +307,47 @@ func (ws *writers) goAlone(st *stream, rest []byte, written []*outEvent) {
 // wrote records a write: the events it carried, and when.
 func (ws *writers) wrote(st *stream, written []*outEvent) {
 	ws.s.delivered(ws.ctx, st, written)
-	now := time.Now()
+	now := ws.clock()
 	st.mu.Lock()
 	st.lastWrite = now
 	st.mu.Unlock()
 }
 
+// osFile returns the socket as an *os.File, made on first use; from then
+// on it owns the socket.
+func (w *wire) osFile() *os.File {
+	w.st.mu.Lock()
+	defer w.st.mu.Unlock()
+	if w.file == nil {
+		w.file = os.NewFile(uintptr(w.fd), "sse")
+	}
+	return w.file
+}
+
+// close closes the socket.
+func (w *wire) close() {
+	w.st.mu.Lock()
+	f := w.file
+	w.st.mu.Unlock()
+	if f != nil {
+		_ = f.Close()
+		return
+	}
+	closeSocket(w.fd)
+}
+
 // writeOpen is writeBlocking for an open stream: a stream closed meanwhile
 // is not written to, and a close during the write (cut) ends it at once.
 func (w *wire) writeOpen(b []byte, timeout time.Duration) CloseReason {
+	f := w.osFile()
 	timeout += time.Duration(mathrand.Int64N(int64(timeout)/10 + 1))
-	_ = w.nc.SetWriteDeadline(time.Now().Add(timeout))
+	_ = f.SetWriteDeadline(time.Now().Add(timeout))
 	// After the deadline: a cut after this check moves it to now.
 	if r := w.st.closed(); r != "" {
 		return r
 	}
-	_, err := w.nc.Write(b)
-	_ = w.nc.SetWriteDeadline(time.Time{})
+	_, err := f.Write(b)
+	_ = f.SetWriteDeadline(time.Time{})
 	if err == nil {
 		return ""
 	}
@@ -308,18 +358,32 @@ func (w *wire) writeOpen(b []byte, timeout time.Duration) CloseReason {
 	return writeFailed(err)
 }
 
-// cut ends a write of the stream's that is blocked on a full socket, so
-// that a stream closed to free memory frees it now, not at its write
-// timeout. The stream must be closed.
-func (w *wire) cut() { _ = w.nc.SetWriteDeadline(time.Now()) }
+// cutLocked ends a write of the stream's that is blocked on a full socket,
+// so that a stream closed to free memory frees it now, not at its write
+// timeout. The stream must be closed, and its caller holds st.mu. Without a
+// file no write waits: one that starts after the close sees it.
+func (w *wire) cutLocked() {
+	if w.file != nil {
+		_ = w.file.SetWriteDeadline(time.Now())
+	}
+}
 
 // writeBlocking writes b, waiting for the socket up to timeout, jittered by
 // up to a tenth so that stalled clients are not all cut off at once.
 func (w *wire) writeBlocking(b []byte, timeout time.Duration) CloseReason {
+	n, err := writeNow(w.fd, b)
+	if err == nil {
+		return ""
+	}
+	if !errors.Is(err, syscall.EAGAIN) {
+		w.broken = true
+		return writeFailed(err)
+	}
+	f := w.osFile()
 	timeout += time.Duration(mathrand.Int64N(int64(timeout)/10 + 1))
-	_ = w.nc.SetWriteDeadline(time.Now().Add(timeout))
-	_, err := w.nc.Write(b)
-	_ = w.nc.SetWriteDeadline(time.Time{})
+	_ = f.SetWriteDeadline(time.Now().Add(timeout))
+	_, err = f.Write(b[n:])
+	_ = f.SetWriteDeadline(time.Time{})
 	if err == nil {
 		return ""
 	}
@@ -345,9 +409,6 @@ func writeFailed(err error) CloseReason {
 // drain) is written and the connection closed in a goroutine, which then
 // cleans up as a handler would. A replaced stream gets herald.replaced.
 func (ws *writers) end(st *stream, reason CloseReason) {
-	ws.mu.Lock()
-	delete(ws.streams, st)
-	ws.mu.Unlock()
 	w := st.out
 	ws.poller.remove(w)
 	ws.alone.Go(func() {
@@ -365,7 +426,7 @@ func (ws *writers) end(st *stream, reason CloseReason) {
 			}
 			_ = w.writeBlocking(append(b, "0\r\n\r\n"...), ws.s.cfg.WriteTimeout)
 		}
-		_ = w.nc.Close()
+		w.close()
 		ws.s.finish(ws.ctx, st)
 		ws.s.handlers.Done()
 	})
@@ -398,21 +459,24 @@ func (ws *writers) tick(ctx context.Context) {
 		}
 		// Tokens expire by the edge's clock; heartbeats, like the
 		// handler's ticker, go by the real one.
-		now, clock := time.Now(), ws.s.now()
+		now, clock := ws.clock(), ws.s.now().UnixNano()
 		due, expired = due[:0], expired[:0]
-		ws.mu.Lock()
-		for st := range ws.streams {
+		// The poller's set of connections is the set of streams taken
+		// over: a stream joins it in adopt and leaves it in end.
+		ws.poller.each(func(w *wire) {
+			st := w.st
 			st.mu.Lock()
 			switch {
-			case !clock.Before(st.expires):
+			case st.out == nil:
+				// Being adopted: adopt hands it to a writer.
+			case clock >= st.expires:
 				expired = append(expired, st)
-			case !st.busy && now.Sub(st.lastWrite) >= ws.s.cfg.Heartbeat:
+			case !st.busy && time.Duration(now-st.lastWrite) >= ws.s.cfg.Heartbeat:
 				st.heartbeat, st.busy = true, true
 				due = append(due, st)
 			}
 			st.mu.Unlock()
-		}
-		ws.mu.Unlock()
+		})
 		for _, st := range expired {
 			st.close(CloseTokenExpired)
 		}

@@ -288,6 +288,11 @@ func (b *bench) idle(ctx context.Context) error {
 	}
 	after, _ := readProc(edge.PID)
 	k1 := readKernel()
+	if b.cfg.memProfile != "" && b.sys != nil {
+		if err := writeHeapProfile(b.cfg.memProfile); err != nil {
+			return err
+		}
+	}
 	b.rep.add("idle", "connections held", float64(f.conns), "conns")
 	b.rep.add("idle", "connections opened a second", float64(f.conns)/took.Seconds(), "conn/s")
 	b.rep.add("idle", "child processes", float64(len(f.children)), "procs")

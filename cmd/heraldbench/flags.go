@@ -38,6 +38,7 @@ type config struct {
 	pollClients    int
 	pollDuration   time.Duration
 	cpuProfile     string
+	memProfile     string // idle scenario: heap profile with the connections held
 	tune           selfTuning
 	soak           soakConfig
 	offline        offlineConfig
@@ -71,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.tune.leaseTTL, "self-lease-ttl", 0, "with -self: the presence lease TTL, renewed every third of it (0: the default, 30s)")
 	fs.DurationVar(&c.tune.heartbeat, "self-heartbeat", 0, "with -self: the edge's heartbeat period (0: the default, 15s)")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write this process's CPU profile (with -self: the router's and the edge's) to this file, for go tool pprof")
+	fs.StringVar(&c.memProfile, "memprofile", "", "with -self: write this process's heap profile, taken while the idle scenario holds its connections, to this file, for go tool pprof")
 	fs.IntVar(&c.idleConns, "idle-conns", 19900, "idle scenario: connections held on the edge")
 	fs.IntVar(&c.conns, "conns", 2000, "unicast and router scenarios: connections (users) held")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "length of each measured run")

@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 )
 
@@ -47,6 +48,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
+	}
+	if cfg.memProfile != "" {
+		// Every allocation sampled: the profile divides by the streams.
+		runtime.MemProfileRate = 1
 	}
 	stop, err := startCPUProfile(cfg.cpuProfile)
 	if err != nil {
