@@ -3,6 +3,7 @@ package delivery_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -227,5 +228,39 @@ func TestPublisherClock(t *testing.T) {
 	}
 	if got := tr.Time("queued_ms"); !got.Equal(at) {
 		t.Errorf("queued_ms %v, want the publisher's clock %v", got, at)
+	}
+}
+
+// TestTracedFlag: at most TraceRate notifications a second are traced, and
+// the envelope that goes on (to Kafka here, to the edges alike) says which,
+// so that the edges and the FCM worker add to those trails only. With a
+// rate of 1 and a clock that stands still, the first notification is
+// traced and the second is not.
+func TestTracedFlag(t *testing.T) {
+	t.Parallel()
+	at := time.UnixMilli(1_700_000_000_123)
+	q := &recordingQueue{}
+	f := newPublisherWith(t, delivery.PublisherConfig{Offline: q, TraceRate: 1, Now: func() time.Time { return at }})
+	ctx := context.Background()
+	var ids []string
+	for range 2 {
+		res, err := f.pub.Publish(ctx, envelope("trf", "x"), "")
+		if err != nil || !res.Queued {
+			t.Fatalf("publish to an offline user: %+v, %v; want it queued", res, err)
+		}
+		ids = append(ids, res.ID)
+	}
+	q.mu.Lock()
+	envs := slices.Clone(q.envs)
+	q.mu.Unlock()
+	if len(envs) != 2 || !envs[0].GetTraced() || envs[1].GetTraced() {
+		t.Fatalf("queued %d envelopes, traced %v; want 2, the first traced and the second not",
+			len(envs), []bool{len(envs) > 0 && envs[0].GetTraced(), len(envs) > 1 && envs[1].GetTraced()})
+	}
+	if _, err := trail.Find(ctx, f.rdb, f.prefix, "trf", ids[0]); err != nil {
+		t.Errorf("the traced notification's trail: %v", err)
+	}
+	if _, err := trail.Find(ctx, f.rdb, f.prefix, "trf", ids[1]); !errors.Is(err, trail.ErrNotKept) {
+		t.Errorf("the untraced notification's trail: %v, want trail.ErrNotKept", err)
 	}
 }

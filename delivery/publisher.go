@@ -298,7 +298,15 @@ type notifyCall struct {
 }
 
 // prepare builds env's notify script call; it does no I/O.
+//
+// It sets env.Traced when the notification's trail is kept, so that the
+// edges and the FCM worker add to the trail only then.
 func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempotencyKey string) (*notifyCall, error) {
+	traceTTL := max(p.cfg.TraceTTL.Milliseconds(), 0)
+	if traceTTL > 0 && !p.traces.take(p.cfg.Now(), p.cfg.TraceRate) {
+		traceTTL = 0
+	}
+	env.Traced = traceTTL > 0
 	payload, err := Marshal(env)
 	if err != nil {
 		return nil, err
@@ -312,11 +320,8 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 		keys = append(keys, idem)
 		hasKey = "1"
 	}
-	traceTTL := max(p.cfg.TraceTTL.Milliseconds(), 0)
-	if traceTTL > 0 && p.traces.take(p.cfg.Now(), p.cfg.TraceRate) {
+	if traceTTL > 0 {
 		keys = append(keys, TraceKey(p.presence.Prefix(), user, env.GetId()))
-	} else {
-		traceTTL = 0
 	}
 	var ackBy int64
 	if env.GetAckBy() != nil {

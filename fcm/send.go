@@ -259,7 +259,11 @@ type trailAdd struct {
 	fields []any
 }
 
+// add queues fields for env's trail, if the router keeps one (env.Traced).
 func (t *trails) add(env *heraldv1.Envelope, fields ...any) {
+	if !env.GetTraced() {
+		return
+	}
 	t.adds = append(t.adds, trailAdd{env, fields})
 }
 

@@ -214,6 +214,7 @@ func (s *Server) decode(channel string, payload []byte) *outEvent {
 		accepted:    env.GetAcceptedAt().AsTime(),
 		id:          env.GetId(),
 		correlation: env.GetCorrelationId(),
+		traced:      env.GetTraced(),
 	}
 	if env.GetTopic() == "" {
 		ev.user = env.GetUserId()

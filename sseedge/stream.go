@@ -19,8 +19,10 @@ type outEvent struct {
 	body     []byte // event: and data: fields and the dispatching blank line
 	accepted time.Time
 	// id is the notification id; user is set for a user's notification (not
-	// a topic's), whose trail the edge extends.
+	// a topic's). traced says the router keeps its trail, which the edge
+	// then extends.
 	id, user, correlation string
+	traced                bool
 	// trace is the trace context the event came with; nil when tracing is
 	// off, or the event has none.
 	trace *eventTrace

@@ -149,7 +149,7 @@ func (s *Server) delivered(ctx context.Context, st *stream, written []*outEvent)
 	debug := s.log.Enabled(ctx, slog.LevelDebug)
 	for _, ev := range written {
 		s.metrics.latency.Observe(now.Sub(ev.accepted).Seconds())
-		if ev.user != "" && s.trail != nil {
+		if ev.traced && ev.user != "" && s.trail != nil {
 			s.trail.add(ev.user, ev.id, now)
 		}
 		if ev.trace != nil {

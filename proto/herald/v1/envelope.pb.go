@@ -112,7 +112,11 @@ type Envelope struct {
 	// trace, across retries and a replay from the dead-letter topic.
 	Traceparent string `protobuf:"bytes,12,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
 	// The W3C tracestate that goes with traceparent; often empty.
-	Tracestate    string `protobuf:"bytes,13,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
+	Tracestate string `protobuf:"bytes,13,opt,name=tracestate,proto3" json:"tracestate,omitempty"`
+	// Set by the router when it keeps this notification's trail (see the
+	// router's -trace-rate): only then do the edges and the FCM worker add to
+	// it, so that untraced notifications cost Redis no trail writes.
+	Traced        bool `protobuf:"varint,14,opt,name=traced,proto3" json:"traced,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -238,6 +242,13 @@ func (x *Envelope) GetTracestate() string {
 	return ""
 }
 
+func (x *Envelope) GetTraced() bool {
+	if x != nil {
+		return x.Traced
+	}
+	return false
+}
+
 // PushOptions are the fields of a push notification for an offline user.
 type PushOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -315,7 +326,7 @@ var File_herald_v1_envelope_proto protoreflect.FileDescriptor
 
 const file_herald_v1_envelope_proto_rawDesc = "" +
 	"\n" +
-	"\x18herald/v1/envelope.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x03\n" +
+	"\x18herald/v1/envelope.proto\x12\therald.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x03\n" +
 	"\bEnvelope\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x14\n" +
@@ -334,7 +345,8 @@ const file_herald_v1_envelope_proto_rawDesc = "" +
 	"\vtraceparent\x18\f \x01(\tR\vtraceparent\x12\x1e\n" +
 	"\n" +
 	"tracestate\x18\r \x01(\tR\n" +
-	"tracestate\"\x8b\x01\n" +
+	"tracestate\x12\x16\n" +
+	"\x06traced\x18\x0e \x01(\bR\x06traced\"\x8b\x01\n" +
 	"\vPushOptions\x12\x14\n" +
 	"\x05title\x18\x01 \x01(\tR\x05title\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\tR\x04body\x12!\n" +
