@@ -55,7 +55,7 @@ const MaxTokenBytes = 4096
 var Platforms = []string{"android", "ios", "web"}
 
 // ErrInvalid is returned for a token or platform that cannot be stored.
-var ErrInvalid = errors.New("delivery: invalid device")
+var ErrInvalid = errors.New("devices: invalid device")
 
 // Registry is the registry of users' FCM tokens. A user's tokens live in one
 // sorted set (token → registration time in ms) and one hash (token →
@@ -72,7 +72,7 @@ type Registry struct {
 // New returns a device registry stored through rdb.
 func New(rdb redis.UniversalClient, cfg Config) (*Registry, error) {
 	if rdb == nil {
-		return nil, errors.New("delivery: devices need a redis client")
+		return nil, errors.New("devices: devices need a redis client")
 	}
 	if cfg.Prefix == "" {
 		cfg.Prefix = presence.DefaultPrefix
@@ -84,7 +84,7 @@ func New(rdb redis.UniversalClient, cfg Config) (*Registry, error) {
 		cfg.TTL = DefaultTTL
 	}
 	if cfg.MaxPerUser < 1 || cfg.TTL < time.Second {
-		return nil, fmt.Errorf("delivery: invalid devices config %+v", cfg)
+		return nil, fmt.Errorf("devices: invalid devices config %+v", cfg)
 	}
 	return &Registry{rdb: rdb, cfg: cfg}, nil
 }
@@ -135,7 +135,7 @@ func (d *Registry) Register(ctx context.Context, user, token, platform string) (
 	}
 	res, err := registerScript.Run(ctx, d.rdb, d.keys(user), token, platform, d.cfg.MaxPerUser, d.cfg.TTL.Milliseconds()).Int64Slice()
 	if err != nil {
-		return 0, 0, fmt.Errorf("delivery: register device: %w", err)
+		return 0, 0, fmt.Errorf("devices: register device: %w", err)
 	}
 	return int(res[0]), int(res[1]), nil
 }
@@ -166,7 +166,7 @@ func (d *Registry) Unregister(ctx context.Context, user string, tokens ...string
 		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("delivery: unregister device: %w", err)
+		return 0, fmt.Errorf("devices: unregister device: %w", err)
 	}
 	return int(removed.Val()), nil
 }
@@ -199,7 +199,7 @@ func (d *Registry) ListMany(ctx context.Context, users ...string) (map[string][]
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("delivery: list devices: %w", err)
+		return nil, fmt.Errorf("devices: list devices: %w", err)
 	}
 	out := make(map[string][]Device, len(all))
 	for u, c := range all {

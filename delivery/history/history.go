@@ -48,7 +48,7 @@ type Reader struct {
 // publisher must have the same bounds).
 func New(rdb redis.UniversalClient, prefix string, cfg delivery.HistoryConfig) (*Reader, error) {
 	if rdb == nil {
-		return nil, errors.New("delivery: history needs a redis client")
+		return nil, errors.New("history: history needs a redis client")
 	}
 	cfg, err := cfg.WithDefaults()
 	if err != nil {
@@ -94,10 +94,10 @@ func (h *Reader) Since(ctx context.Context, streams []delivery.Stream, after []*
 // which the next page is read.
 func (h *Reader) SincePage(ctx context.Context, streams []delivery.Stream, after []*uint64, page Page) ([]Replay, error) {
 	if page.Events < 0 || page.Bytes < 0 {
-		return nil, errors.New("delivery: negative history page bound")
+		return nil, errors.New("history: negative history page bound")
 	}
 	if len(streams) != len(after) {
-		return nil, errors.New("delivery: streams and positions differ in length")
+		return nil, errors.New("history: streams and positions differ in length")
 	}
 	run := func() ([]*redis.Cmd, error) {
 		pipe := h.rdb.Pipeline()
@@ -117,22 +117,22 @@ func (h *Reader) SincePage(ctx context.Context, streams []delivery.Stream, after
 	cmds, err := run()
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		if err := sinceScript.Load(ctx, h.rdb).Err(); err != nil {
-			return nil, fmt.Errorf("delivery: history: %w", err)
+			return nil, fmt.Errorf("history: history: %w", err)
 		}
 		cmds, err = run()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("delivery: history: %w", err)
+		return nil, fmt.Errorf("history: history: %w", err)
 	}
 	out := make([]Replay, len(streams))
 	for i, cmd := range cmds {
 		res, err := cmd.StringSlice()
 		if err != nil || len(res) < 2 {
-			return nil, fmt.Errorf("delivery: history of %v: unexpected reply %q: %v", streams[i], res, err)
+			return nil, fmt.Errorf("history: history of %v: unexpected reply %q: %v", streams[i], res, err)
 		}
 		pos, err := strconv.ParseUint(res[1], 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("delivery: history of %v: %w: %q", streams[i], delivery.ErrBadEventID, res[1])
+			return nil, fmt.Errorf("history: history of %v: %w: %q", streams[i], delivery.ErrBadEventID, res[1])
 		}
 		out[i] = Replay{Position: pos, Reset: res[0] == "reset", More: res[0] == "more"}
 		for _, e := range res[2:] {

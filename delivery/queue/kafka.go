@@ -60,7 +60,7 @@ type Config struct {
 
 func (c *Config) setDefaults() error {
 	if len(c.Brokers) == 0 {
-		return errors.New("delivery: kafka needs at least one broker address")
+		return errors.New("queue: kafka needs at least one broker address")
 	}
 	if c.BatchTimeout == 0 {
 		c.BatchTimeout = DefaultBatchTimeout
@@ -75,7 +75,7 @@ func (c *Config) setDefaults() error {
 		c.CallTimeout = c.callTimeout()
 	}
 	if c.BatchTimeout < 0 || c.WriteTimeout <= 0 || c.MaxAttempts < 1 || c.CallTimeout <= 0 {
-		return fmt.Errorf("delivery: invalid kafka config %+v", *c)
+		return fmt.Errorf("queue: invalid kafka config %+v", *c)
 	}
 	return nil
 }
@@ -135,7 +135,7 @@ type TopicSpec struct {
 // left as they are.
 func EnsureTopics(ctx context.Context, brokers []string, topics ...TopicSpec) error {
 	if len(brokers) == 0 {
-		return errors.New("delivery: kafka needs at least one broker address")
+		return errors.New("queue: kafka needs at least one broker address")
 	}
 	req := &kafka.CreateTopicsRequest{Addr: kafka.TCP(brokers...)}
 	for _, t := range topics {
@@ -147,7 +147,7 @@ func EnsureTopics(ctx context.Context, brokers []string, topics ...TopicSpec) er
 	}
 	resp, err := (&kafka.Client{Timeout: 10 * time.Second}).CreateTopics(ctx, req)
 	if err != nil {
-		return fmt.Errorf("delivery: create topics: %w", err)
+		return fmt.Errorf("queue: create topics: %w", err)
 	}
 	var errs []error
 	for name, err := range resp.Errors {
@@ -156,7 +156,7 @@ func EnsureTopics(ctx context.Context, brokers []string, topics ...TopicSpec) er
 		}
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("delivery: create topics: %w", errors.Join(errs...))
+		return fmt.Errorf("queue: create topics: %w", errors.Join(errs...))
 	}
 	return nil
 }

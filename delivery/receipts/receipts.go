@@ -235,7 +235,7 @@ func (r *Receipts) AckUpTo(ctx context.Context, user string, upTo uint64, now ti
 func (r *Receipts) ack(ctx context.Context, user string, args []any, now time.Time) (AckResult, error) {
 	out, err := ackScript.Run(ctx, r.rdb, r.Keys(user), args...).StringSlice()
 	if err != nil {
-		return AckResult{}, fmt.Errorf("delivery: ack: %w", err)
+		return AckResult{}, fmt.Errorf("receipts: ack: %w", err)
 	}
 	var res AckResult
 	i := 0

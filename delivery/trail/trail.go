@@ -37,7 +37,7 @@ func (t Record) Time(field string) time.Time {
 
 // ErrNotKept is returned when no trail of a notification is kept: it is
 // older than the trace TTL, or the id is wrong.
-var ErrNotKept = errors.New("delivery: no trail of that notification (older than the trace TTL, or a wrong id)")
+var ErrNotKept = errors.New("trail: no trail of that notification (older than the trace TTL, or a wrong id)")
 
 // Find returns the trail of notification id. With the user, it is one
 // HGETALL; without, it scans the keyspace for the id (SCAN, on every primary
@@ -66,10 +66,10 @@ func Find(ctx context.Context, rdb redis.UniversalClient, prefix, user, id strin
 	} else if c, ok := rdb.(*redis.Client); ok {
 		err = scan(ctx, c)
 	} else {
-		return Record{}, fmt.Errorf("delivery: cannot scan a %T", rdb)
+		return Record{}, fmt.Errorf("trail: cannot scan a %T", rdb)
 	}
 	if err != nil {
-		return Record{}, fmt.Errorf("delivery: find trace: %w", err)
+		return Record{}, fmt.Errorf("trail: find trace: %w", err)
 	}
 	if len(found) == 0 {
 		return Record{}, ErrNotKept
@@ -80,7 +80,7 @@ func Find(ctx context.Context, rdb redis.UniversalClient, prefix, user, id strin
 func read(ctx context.Context, rdb redis.UniversalClient, id, key string) (Record, error) {
 	m, err := rdb.HGetAll(ctx, key).Result()
 	if err != nil {
-		return Record{}, fmt.Errorf("delivery: read trace: %w", err)
+		return Record{}, fmt.Errorf("trail: read trace: %w", err)
 	}
 	if len(m) == 0 {
 		return Record{}, ErrNotKept
