@@ -2,7 +2,12 @@ package delivery
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strconv"
 	"sync"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // autoPipeline sends the scripts of concurrent Publish calls to Redis
@@ -79,4 +84,141 @@ func (a *autoPipeline) lead(batch []*notifyCall) {
 	a.mu.Unlock()
 	next[0].batch = next
 	next[0].wake <- struct{}{}
+}
+
+// runScripts runs the calls' notify scripts in one pipeline (on a Redis
+// Cluster, one per node), and sets each call's reply or error. The scripts
+// Redis did not have cached are loaded and run again; only those, since
+// the others have run. A call whose context is done is not run.
+func (p *Publisher) runScripts(ctx context.Context, calls []*notifyCall) {
+	cmds := make([]*redis.Cmd, len(calls))
+	run := func(which []int, sha bool) {
+		_, _ = p.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+			for _, i := range which {
+				if sha {
+					cmds[i] = p.scripts.notify.EvalSha(ctx, pl, calls[i].keys, calls[i].args...)
+				} else {
+					cmds[i] = p.scripts.notify.Eval(ctx, pl, calls[i].keys, calls[i].args...)
+				}
+			}
+			return nil
+		})
+	}
+	todo := make([]int, 0, len(calls))
+	for i, c := range calls {
+		if err := c.ctx.Err(); err != nil {
+			c.err = err
+			continue
+		}
+		todo = append(todo, i)
+	}
+	if len(todo) == 0 {
+		return
+	}
+	if len(todo) > 1 && !p.sharded {
+		p.runBatchScripts(ctx, calls, todo)
+		return
+	}
+	run(todo, true)
+	again := todo[:0]
+	for _, i := range todo {
+		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		// EVAL caches the script on the node that runs it, so that the
+		// next pipeline finds it.
+		run(again, false)
+	}
+	for i, c := range calls {
+		if cmds[i] != nil {
+			c.reply, c.err = cmds[i].StringSlice()
+		}
+	}
+}
+
+// maxScriptBatch is the most notifications one notify_batch script
+// carries: about a millisecond of Redis, which other clients wait for.
+const maxScriptBatch = 128
+
+// runBatchScripts runs the calls at todo, on a single Redis, as notify_batch
+// scripts of up to maxScriptBatch notifications, in one pipeline, and sets
+// each call's reply or error.
+func (p *Publisher) runBatchScripts(ctx context.Context, calls []*notifyCall, todo []int) {
+	type chunk struct {
+		idx  []int
+		keys []string
+		args []any
+		cmd  *redis.Cmd
+	}
+	var chunks []*chunk
+	for len(todo) > 0 {
+		n := min(len(todo), maxScriptBatch)
+		ch := &chunk{idx: todo[:n], args: []any{n}}
+		for _, i := range ch.idx {
+			ch.keys = append(ch.keys, calls[i].keys...)
+			ch.args = append(ch.args, calls[i].args...)
+		}
+		chunks, todo = append(chunks, ch), todo[n:]
+	}
+	run := func(which []*chunk, sha bool) {
+		_, _ = p.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+			for _, ch := range which {
+				if sha {
+					ch.cmd = p.scripts.notifyBatch.EvalSha(ctx, pl, ch.keys, ch.args...)
+				} else {
+					ch.cmd = p.scripts.notifyBatch.Eval(ctx, pl, ch.keys, ch.args...)
+				}
+			}
+			return nil
+		})
+	}
+	run(chunks, true)
+	var again []*chunk
+	for _, ch := range chunks {
+		if redis.HasErrorPrefix(ch.cmd.Err(), "NOSCRIPT") {
+			again = append(again, ch)
+		}
+	}
+	if len(again) > 0 {
+		run(again, false)
+	}
+	for _, ch := range chunks {
+		replies, err := ch.cmd.Slice()
+		if err == nil && len(replies) != len(ch.idx) {
+			err = fmt.Errorf("%d replies to %d notifications", len(replies), len(ch.idx))
+		}
+		for k, i := range ch.idx {
+			c := calls[i]
+			if err != nil {
+				c.err = err
+				continue
+			}
+			c.reply, c.err = batchReply(replies[k])
+		}
+	}
+}
+
+// batchReply decodes one notification's reply in a notify_batch reply.
+func batchReply(v any) ([]string, error) {
+	vs, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("unexpected reply %v", v)
+	}
+	out := make([]string, len(vs))
+	for i, x := range vs {
+		switch x := x.(type) {
+		case string:
+			out[i] = x
+		case int64:
+			out[i] = strconv.FormatInt(x, 10)
+		default:
+			return nil, fmt.Errorf("unexpected reply %v", v)
+		}
+	}
+	if len(out) == 2 && out[0] == "err" {
+		return nil, errors.New(out[1])
+	}
+	return out, nil
 }

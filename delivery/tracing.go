@@ -2,6 +2,8 @@ package delivery
 
 import (
 	"context"
+	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -116,4 +118,30 @@ func (p *Publisher) traceID(ctx context.Context) string {
 		return sc.TraceID().String()
 	}
 	return ""
+}
+
+// traceBudget counts the notifications traced in the current second.
+type traceBudget struct {
+	mu   sync.Mutex
+	sec  int64
+	used int
+}
+
+// take reports whether a notification at now may be traced, at most rate a
+// second (a negative rate: every one).
+func (b *traceBudget) take(now time.Time, rate int) bool {
+	if rate < 0 {
+		return true
+	}
+	sec := now.Unix()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if sec != b.sec {
+		b.sec, b.used = sec, 0
+	}
+	if b.used >= rate {
+		return false
+	}
+	b.used++
+	return true
 }
