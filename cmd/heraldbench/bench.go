@@ -164,6 +164,8 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 			err = b.offline(ctx)
 		case "redismem":
 			err = b.redisMem(ctx)
+		case "scale":
+			err = b.scale(ctx)
 		}
 		if err != nil {
 			return b.rep, fmt.Errorf("%s: %w", s, err)

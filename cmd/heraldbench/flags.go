@@ -43,6 +43,7 @@ type config struct {
 	soak           soakConfig
 	offline        offlineConfig
 	redisMem       redisMemConfig
+	scale          scaleConfig
 }
 
 type namedPID struct {
@@ -59,7 +60,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		c         config
 		secret    = fs.String("jwt-secret", "", "HS256 secret of the edge's client tokens (not with -self)")
 		pids      = fs.String("pids", "", "Herald processes to read RSS and CPU of: name=pid,... (names edge and router are used by the scenarios)")
-		scenarios = fs.String("scenario", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", ")+"; or, when named, "+strings.Join(optionalScenarios, ", ")+", redismem and soak")
+		scenarios = fs.String("scenario", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", ")+"; or, when named, "+strings.Join(optionalScenarios, ", ")+", redismem, scale and soak")
 		rates     = fs.String("rates", "1000,10000", "unicast Notify rates, calls a second, comma-separated")
 		quick     = fs.Bool("quick", false, "small numbers: a run of about a minute")
 		admin     string
@@ -92,6 +93,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	soakFlags(fs, &c.soak, &admin)
 	offlineFlags(fs, &c.offline)
 	redisMemFlags(fs, &c.redisMem)
+	scaleFlags(fs, &c.scale)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -111,6 +113,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			"redismem-users":         func() { c.redisMem.users = 500 },
 			"redismem-notifications": func() { c.redisMem.notifications = 50000 },
 			"redismem-steady":        func() { c.redisMem.steady = 10000 },
+			"scale-streams":          func() { c.scale.streams = 500 },
+			"scale-rate":             func() { c.scale.rate = 2000 },
+			"scale-duration":         func() { c.scale.duration = 5 * time.Second },
 		}
 		for name, apply := range quickDefaults {
 			if !set[name] {
@@ -132,7 +137,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			continue
 		}
 		found := false
-		for _, a := range append(append(allScenarios, optionalScenarios...), "redismem") {
+		for _, a := range append(append(allScenarios, optionalScenarios...), "redismem", "scale") {
 			found = found || a == s
 		}
 		if !found {
@@ -163,6 +168,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if c.perChild < 1 || c.conns < 1 || c.idleConns < 1 || c.broadcastConns < 1 || c.pollClients < 1 ||
 		c.duration <= 0 || c.baseDuration <= 0 || c.pollDuration <= 0 {
 		return c, errors.New("counts and durations must be positive")
+	}
+	if err := c.scale.validate(); err != nil {
+		return c, err
 	}
 	return c, c.soak.validate(admin)
 }

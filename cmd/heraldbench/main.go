@@ -26,6 +26,13 @@ func main() {
 		}
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == scaleChildFlag {
+		if err := runScaleChild(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "heraldbench scale holder:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == workerChildFlag {
 		if err := runWorkerChild(os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "heraldbench worker:", err)

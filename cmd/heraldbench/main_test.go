@@ -24,6 +24,13 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if len(os.Args) > 1 && os.Args[1] == scaleChildFlag {
+		if err := runScaleChild(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "heraldbench scale holder:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(os.Args) > 1 && os.Args[1] == workerChildFlag {
 		if err := runWorkerChild(os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "heraldbench worker:", err)
