@@ -159,9 +159,12 @@ func (b *bench) scale(ctx context.Context) (err error) {
 	b.progress("scale: opening %d streams on each of %d edges", c.streams, c.edges)
 	holders, err := openScaleStreams(ctx, b.cfg, rig, prefix, total)
 	defer func() {
+		// Each closes its streams at a measured pace: all at once.
+		var wg sync.WaitGroup
 		for _, h := range holders {
-			_ = h.stop()
+			wg.Go(func() { _ = h.stop() })
 		}
+		wg.Wait()
 	}()
 	if err != nil {
 		return err

@@ -90,6 +90,7 @@ func (b *bench) scaleReport(sc string, c scaleConfig, rig *scaleRig, holders []*
 	}{{"router", rig.router.pid}, {"redis-server", rig.redis.pid}} {
 		w := run.cpu[p.pid]
 		r.add(sc, p.name+" CPU", w.perSecond(), "s/s")
+		r.add(sc, p.name+" CPU, streams held, no events", run.idle[p.pid].perSecond(), "s/s")
 		if run.load.Sent > 0 {
 			per := float64(w.cpu.Microseconds()) / float64(run.load.Sent)
 			if p.name == "router" {
