@@ -186,6 +186,23 @@ func (b *bench) scale(ctx context.Context) (err error) {
 	}
 	run := scaleRun{accepted: newBitset(total)}
 
+	// Warm-up: the processes' first seconds (connections, scripts loaded,
+	// heaps grown) are not the steady state. Its events carry negative ids.
+	warm := min(2*time.Second, c.duration)
+	b.progress("scale: warm-up: %.0f Notify/s for %s", c.rate, warm)
+	var warmOK atomic.Int64
+	openLoop(ctx, c.rate, warm, b.cfg.workers, func(ctx context.Context, i int, sched time.Time) error {
+		e, s := scaleTarget(i, c.edges, c.streams)
+		resp, err := client.Notify(ctx, &heraldv1.NotifyRequest{UserId: scaleUser(prefix, e, s), Event: "bench", Data: notifyData(sched, -1-i)})
+		if err == nil && resp.GetRoute() == heraldv1.Route_ROUTE_ONLINE {
+			warmOK.Add(1)
+		}
+		return err
+	})
+	if _, err := waitScale(ctx, holders, uint64(warmOK.Load()), warmed, nil); err != nil {
+		return err
+	}
+
 	// The baseline, with every stream held and no event sent: the no-op
 	// call at the same rate, and the processes' idle CPU.
 	d := min(b.cfg.baseDuration, c.duration)
@@ -210,7 +227,7 @@ func (b *bench) scale(ctx context.Context) (err error) {
 	expected := uint64(run.accepted.count())
 	// The CPU window ends when the last event arrives, or at the last
 	// progress if some never do.
-	last, err := waitScale(ctx, holders, expected, meter)
+	last, err := waitScale(ctx, holders, expected, received, meter)
 	if err != nil {
 		return err
 	}
@@ -314,21 +331,28 @@ type meterReading struct {
 	cpu map[int]time.Duration
 }
 
-// waitScale polls the holders until want distinct events arrived, or none
-// arrived for scaleDrain, and returns the CPU reading of the last progress.
-func waitScale(ctx context.Context, holders []*scaleHolder, want uint64, m *cpuMeter) (meterReading, error) {
+func received(r scaleReply) uint64 { return r.Received }
+func warmed(r scaleReply) uint64   { return r.Warm }
+
+// waitScale polls the holders until the sum of count over them reaches
+// want, or stops moving for scaleDrain, and returns the CPU reading of the
+// last progress (none without m).
+func waitScale(ctx context.Context, holders []*scaleHolder, want uint64, count func(scaleReply) uint64, m *cpuMeter) (meterReading, error) {
 	var last meterReading
 	var got uint64
 	moved := time.Now()
 	for {
-		at, cpu := m.read()
+		at, cpu := time.Now(), map[int]time.Duration{}
+		if m != nil {
+			at, cpu = m.read()
+		}
 		var sum uint64
 		for _, h := range holders {
 			r, err := h.call(scaleCommand{Op: "report"})
 			if err != nil {
 				return last, err
 			}
-			sum += r.Received
+			sum += count(r)
 		}
 		if sum > got || last.cpu == nil {
 			got, moved, last = sum, at, meterReading{at, cpu}

@@ -63,6 +63,7 @@ type scaleReply struct {
 	// is not its user's; Bad an event whose data is not a bench payload or
 	// whose id is out of range; Closed the streams an edge ended.
 	Received   uint64 `json:"received,omitempty"`
+	Warm       uint64 `json:"warm,omitempty"` // warm-up events (negative ids), not accounted
 	Duplicated uint64 `json:"duplicated,omitempty"`
 	Misrouted  uint64 `json:"misrouted,omitempty"`
 	Bad        uint64 `json:"bad,omitempty"`
@@ -103,7 +104,7 @@ type tally struct {
 	// edges, streams and total are the run's shape, fixed by the first open.
 	edges, streams, total int
 	seen                  bitset
-	dup, misrouted        uint64
+	dup, misrouted, warm  uint64
 }
 
 // runScaleChild is a scale holder's main loop.
@@ -223,7 +224,11 @@ func (t *tally) read(body *bufio.Reader, edge, stream int) {
 // account counts one event with payload p, received at at on stream
 // stream of edge edge. The caller holds t.mu.
 func (t *tally) account(p payload, ok bool, edge, stream int, at time.Time) {
-	if !ok || p.N < 0 || p.N >= int64(t.total) {
+	if ok && p.N < 0 {
+		t.warm++ // the warm-up's: -1-i
+		return
+	}
+	if !ok || p.N >= int64(t.total) {
 		t.bad++
 		return
 	}
@@ -248,7 +253,7 @@ func (t *tally) report(full bool) scaleReply {
 	defer t.mu.Unlock()
 	lat := t.lat
 	lat.Counts = maps.Clone(t.lat.Counts)
-	r := scaleReply{Received: t.received, Duplicated: t.dup, Misrouted: t.misrouted, Bad: t.bad,
+	r := scaleReply{Received: t.received, Warm: t.warm, Duplicated: t.dup, Misrouted: t.misrouted, Bad: t.bad,
 		Closed: int(t.closed.Load()), Latency: &lat}
 	if full {
 		r.Seen = bitset(append([]byte(nil), t.seen...))

@@ -53,7 +53,7 @@ func TestScaleTiny(t *testing.T) {
 
 // A holder counts an id once on its own stream, a second arrival as a
 // duplicate, an arrival on another stream as misrouted (and not seen), and
-// a payload out of range as bad.
+// a payload out of range as bad, and a warm-up event (negative id) apart.
 func TestTallyAccount(t *testing.T) {
 	t.Parallel()
 	tl := &tally{edges: 2, streams: 3, total: 12}
@@ -66,8 +66,9 @@ func TestTallyAccount(t *testing.T) {
 	tl.account(p(4), true, 0, 1, now)
 	tl.account(p(12), true, 0, 0, now)
 	tl.account(payload{}, false, 0, 0, now)
-	if tl.received != 1 || tl.dup != 1 || tl.misrouted != 1 || tl.bad != 2 {
-		t.Errorf("received %d, duplicated %d, misrouted %d, bad %d; want 1, 1, 1, 2", tl.received, tl.dup, tl.misrouted, tl.bad)
+	tl.account(p(-1), true, 0, 0, now)
+	if tl.received != 1 || tl.dup != 1 || tl.misrouted != 1 || tl.bad != 2 || tl.warm != 1 {
+		t.Errorf("received %d, duplicated %d, misrouted %d, bad %d, warm %d; want 1, 1, 1, 2, 1", tl.received, tl.dup, tl.misrouted, tl.bad, tl.warm)
 	}
 	if !tl.seen.has(7) || tl.seen.has(4) {
 		t.Errorf("seen 7: %v, seen 4: %v; want true, false", tl.seen.has(7), tl.seen.has(4))
