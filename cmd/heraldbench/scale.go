@@ -232,14 +232,11 @@ func (b *bench) scale(ctx context.Context) (err error) {
 		return err
 	}
 	run.cpu = meter.since(last.at, last.cpu)
-	if err := rig.exited(); err != nil {
-		return err
-	}
 	if err := collectScale(holders, &run, total); err != nil {
 		return err
 	}
 	b.scaleReport(sc, c, rig, holders, &run, &base)
-	return scaleVerdict(&run)
+	return errors.Join(rig.exited(), scaleVerdict(&run))
 }
 
 // openScaleStreams opens every edge's streams from holder processes of at
