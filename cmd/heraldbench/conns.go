@@ -42,6 +42,9 @@ type command struct {
 	Topic  string   `json:"topic,omitempty"`
 	Addrs  []string `json:"addrs,omitempty"` // source addresses, one per connection; empty lets the kernel choose
 	Dials  int      `json:"dials,omitempty"` // connections being opened at once
+	// H2, when above 0, opens the streams over HTTP/2 without TLS (h2c),
+	// H2 streams a connection (see openH2).
+	H2 int `json:"h2,omitempty"`
 	// poll: Count clients, users Prefix+First..., each GETting Edge+user
 	// every Every, for For (see poll).
 	Every time.Duration `json:"every,omitempty"`
@@ -141,6 +144,9 @@ func runChild(in io.Reader, out io.Writer) error {
 }
 
 func (h *holder) open(c command) reply {
+	if c.H2 > 0 {
+		return h.openH2(c)
+	}
 	type result struct {
 		conn net.Conn
 		err  error
@@ -186,23 +192,10 @@ func (h *holder) open(c command) reply {
 // dialSSE opens one stream over a bare HTTP/1.1 connection: a net/http
 // Transport would spend two goroutines and two buffers per connection.
 func dialSSE(c command, user, src string, now time.Time) (net.Conn, *bufio.Reader, error) {
-	var topics []string
-	if c.Topic != "" {
-		topics = []string{c.Topic}
-	}
-	tok, err := sseedge.IssueToken(c.Secret, user, 24*time.Hour, now, topics...)
+	u, err := streamURL(c, user, now)
 	if err != nil {
 		return nil, nil, err
 	}
-	u, err := url.Parse(c.Edge)
-	if err != nil {
-		return nil, nil, err
-	}
-	q := url.Values{"access_token": {tok}}
-	if c.Topic != "" {
-		q.Set("topic", c.Topic)
-	}
-	u.Path, u.RawQuery = "/v1/events", q.Encode()
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if src != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
@@ -231,6 +224,28 @@ func dialSSE(c command, user, src string, now time.Time) (net.Conn, *bufio.Reade
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return conn, bufio.NewReaderSize(resp.Body, 1024), nil
+}
+
+// streamURL is the edge's stream URL for user, with a token it issues.
+func streamURL(c command, user string, now time.Time) (*url.URL, error) {
+	var topics []string
+	if c.Topic != "" {
+		topics = []string{c.Topic}
+	}
+	tok, err := sseedge.IssueToken(c.Secret, user, 24*time.Hour, now, topics...)
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(c.Edge)
+	if err != nil {
+		return nil, err
+	}
+	q := url.Values{"access_token": {tok}}
+	if c.Topic != "" {
+		q.Set("topic", c.Topic)
+	}
+	u.Path, u.RawQuery = "/v1/events", q.Encode()
+	return u, nil
 }
 
 // read decodes one stream's events until it ends.

@@ -1,0 +1,252 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// Idle streams over HTTP/2: the edge serves h2c (HTTP/2 without TLS, with
+// prior knowledge) beside HTTP/1.1, and an h2 stream stays with net/http
+// (a handler goroutine and its buffers) where an HTTP/1.1 one is taken
+// over. -idle-h2 measures what it costs, the same way as the idle
+// scenario's HTTP/1.1 streams.
+
+// maxH2Streams bounds -idle-h2: net/http's HTTP/2 server, which the edge
+// uses, lets a connection have 250 streams at once, and a client asking
+// for more would wait for a slot that never frees.
+const maxH2Streams = 250
+
+// idleH2Scenario begins the scenario name of each -idle-h2 run.
+const idleH2Scenario = "idle h2c"
+
+// openH2 opens c.Count streams over HTTP/2 connections of c.H2 streams
+// each (the last may have fewer), c.Dials connections being opened at
+// once. A connection's source address is that of its first stream.
+func (h *holder) openH2(c command) reply {
+	per := c.H2
+	nConns := (c.Count + per - 1) / per
+	tr := &http2.Transport{AllowHTTP: true}
+	sem := make(chan struct{}, max(c.Dials, 1))
+	results := make(chan h2Result, nConns)
+	now := time.Now()
+	for j := range nConns {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			first := j * per
+			var src string
+			if len(c.Addrs) > 0 {
+				src = c.Addrs[first%len(c.Addrs)]
+			}
+			results <- h.dialH2(tr, c, first, min(per, c.Count-first), src, now)
+		}()
+	}
+	var r reply
+	for range nConns {
+		res := <-results
+		r.Opened += res.opened
+		r.Failed += res.failed
+		if res.err != nil && r.Error == "" {
+			r.Error = res.err.Error()
+		}
+		if res.conn != nil {
+			h.mu.Lock()
+			h.conns = append(h.conns, res.conn)
+			h.mu.Unlock()
+		}
+	}
+	return r
+}
+
+// h2Result is one HTTP/2 connection's opening: the connection, nil when
+// no stream opened on it.
+type h2Result struct {
+	conn           net.Conn
+	opened, failed int
+	err            error
+}
+
+// dialH2 opens one connection and n streams on it, one after another, for
+// the users from c.First+first. Closing the connection ends them all.
+func (h *holder) dialH2(tr *http2.Transport, c command, first, n int, src string, now time.Time) h2Result {
+	fail := func(conn net.Conn, opened int, err error) h2Result {
+		if opened == 0 {
+			if conn != nil {
+				conn.Close()
+			}
+			conn = nil
+		}
+		return h2Result{conn: conn, opened: opened, failed: n - opened, err: err}
+	}
+	base, err := url.Parse(c.Edge)
+	if err != nil {
+		return fail(nil, 0, err)
+	}
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if src != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
+	conn, err := d.Dial("tcp", base.Host)
+	if err != nil {
+		return fail(nil, 0, err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	cc, err := tr.NewClientConn(conn)
+	if err != nil {
+		return fail(conn, 0, err)
+	}
+	for k := range n {
+		u, err := streamURL(c, c.Prefix+strconv.Itoa(c.First+first+k), now)
+		if err != nil {
+			return fail(conn, k, err)
+		}
+		req, _ := http.NewRequest(http.MethodGet, u.String(), nil)
+		req.Header.Set("Accept", "text/event-stream")
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			return fail(conn, k, err)
+		}
+		if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+			resp.Body.Close()
+			return fail(conn, k, fmt.Errorf("%s %s: %s", resp.Proto, resp.Status, strings.TrimSpace(string(b))))
+		}
+		h.wg.Add(1)
+		go h.read(bufio.NewReaderSize(resp.Body, 1024))
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return h2Result{conn: conn, opened: n}
+}
+
+// idleH2 runs the idle scenario over HTTP/2 once for each -idle-h2 number
+// of streams a connection.
+func (b *bench) idleH2(ctx context.Context) error {
+	for _, per := range b.cfg.idleH2 {
+		if err := b.idleH2Run(ctx, per); err != nil {
+			return fmt.Errorf("h2c, %d streams a connection: %w", per, err)
+		}
+	}
+	return nil
+}
+
+func (b *bench) idleH2Run(ctx context.Context, per int) error {
+	sc := fmt.Sprintf("%s, %d streams/conn", idleH2Scenario, per)
+	if per == 1 {
+		sc = idleH2Scenario + ", 1 stream/conn"
+	}
+	n := b.cfg.idleConns
+	if b.sys != nil {
+		if room := fileRoom(); (n+per-1)/per > room {
+			b.rep.note("%s: %d streams asked, %d held: the edge runs in this process, which may have %d more open files", sc, n, room*per, room)
+			n = room * per
+		}
+	}
+	edge, haveEdge := b.proc("edge")
+	self := haveEdge && b.sys != nil
+	// The edge at rest: what an earlier run closed has gone.
+	time.Sleep(time.Second)
+	var m0, m1 runtime.MemStats
+	if self {
+		freeMemory()
+		runtime.ReadMemStats(&m0)
+	}
+	g0 := runtime.NumGoroutine()
+	before, _ := readProc(edge.PID)
+	k0 := readKernel()
+	b.progress("%s: opening %d streams", sc, n)
+	start := time.Now()
+	cfg := b.fleetConfig(fmt.Sprintf("%s-idleh2x%d-", b.tag, per), n, "")
+	cfg.h2 = per
+	f, err := openFleet(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer f.close()
+	took := time.Since(start)
+	time.Sleep(2 * time.Second) // leases written, buffers settled
+	if self {
+		freeMemory()
+		runtime.ReadMemStats(&m1)
+	}
+	g1 := runtime.NumGoroutine()
+	after, _ := readProc(edge.PID)
+	k1 := readKernel()
+	tcp, tcpErr := edgeConnections(b.cfg.edgeURL)
+
+	b.rep.add(sc, "streams held", float64(f.conns), "streams")
+	if tcpErr == nil {
+		b.rep.add(sc, "TCP connections to the edge (/proc/net/tcp)", float64(tcp), "conns")
+	} else {
+		b.rep.note("%s: TCP connections not counted: %v", sc, tcpErr)
+	}
+	b.rep.add(sc, "streams opened a second", float64(f.conns)/took.Seconds(), "stream/s")
+	if haveEdge {
+		growth := float64(after.RSS-before.RSS) / float64(f.conns) / 1024
+		if h1, ok := b.rep.find("idle", "edge RSS growth per connection"); ok {
+			b.rep.addVs(sc, "edge RSS growth per stream", growth, "KiB", h1.Value, "HTTP/1.1 stream")
+		} else {
+			b.rep.add(sc, "edge RSS growth per stream", growth, "KiB")
+		}
+		b.rep.add(sc, "edge RSS with the streams", float64(after.RSS)/(1<<20), "MiB")
+	} else {
+		b.rep.note("%s: no edge process to read (-pids edge=PID)", sc)
+	}
+	if self {
+		b.rep.add(sc, "edge heap growth per stream", (float64(m1.HeapAlloc)-float64(m0.HeapAlloc))/float64(f.conns)/1024, "KiB")
+		b.rep.add(sc, "edge goroutines per stream", float64(g1-g0)/float64(f.conns), "goroutines")
+	}
+	kern := float64(k1.SUnreclaim-k0.SUnreclaim+k1.TCPMem-k0.TCPMem) / float64(f.conns) / 1024
+	b.rep.add(sc, "kernel memory per stream, both ends (est.)", kern, "KiB")
+	return nil
+}
+
+// edgeConnections counts this machine's established TCP connections to
+// the edge's address: the children's, whether the edge is here or not (the
+// edge's own ends have its address as the local one). With the edge named
+// by a host name, any address with its port counts.
+func edgeConnections(edgeURL string) (int, error) {
+	u, err := url.Parse(edgeURL)
+	if err != nil {
+		return 0, err
+	}
+	port, err := strconv.ParseUint(u.Port(), 10, 16)
+	if err != nil {
+		return 0, fmt.Errorf("edge URL %s: no port", edgeURL)
+	}
+	// /proc/net/tcp prints an IPv4 address as the 32-bit word in host
+	// order: byte-reversed on the little-endian machines Go runs on here.
+	want := fmt.Sprintf(":%04X", port)
+	if ip := net.ParseIP(u.Hostname()).To4(); ip != nil {
+		want = fmt.Sprintf("%02X%02X%02X%02X", ip[3], ip[2], ip[1], ip[0]) + want
+	}
+	n := 0
+	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			if os.IsNotExist(err) && file == "/proc/net/tcp6" {
+				continue
+			}
+			return 0, err
+		}
+		for line := range strings.Lines(string(b)) {
+			// sl local_address rem_address st ...; st 01 is ESTABLISHED.
+			f := strings.Fields(line)
+			if len(f) > 3 && strings.HasSuffix(f[2], want) && !strings.HasSuffix(f[1], want) && f[3] == "01" {
+				n++
+			}
+		}
+	}
+	return n, nil
+}
