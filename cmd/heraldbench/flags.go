@@ -102,17 +102,19 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	goals := slices.Contains(strings.Split(strings.ReplaceAll(*scenarios, " ", ""), ","), "goals")
 	if goals {
-		// The sizes the goals are stated at, unless -quick or a flag says
-		// otherwise.
+		// The sizes the goals are stated at, unless a flag says otherwise;
+		// with -quick, only the rates and the h2c runs.
 		goalDefaults := map[string]func(){
 			"idle-h2":         func() { *idleH2 = "1,100" },
+			"rates":           func() { *rates = "1000,10000" },
 			"conns":           func() { c.conns = 5000 },
 			"broadcast-conns": func() { c.broadcastConns = 19600 },
 			"broadcasts":      func() { c.broadcasts = 30 },
 		}
 		for name, apply := range goalDefaults {
-			if !set[name] && (!*quick || name == "idle-h2") {
+			if !set[name] && (!*quick || name == "idle-h2" || name == "rates") {
 				apply()
+				set[name] = true // before -quick's
 			}
 		}
 	}

@@ -245,7 +245,8 @@ func evaluateGoals(r *report) []goalRow {
 	if okFill && okFull && fill.Value > 0 {
 		full.Ratio, full.Versus = full.Value/fill.Value, "filling"
 	}
-	g.ratio("7 steady state", "Redis CPU, full ÷ filling histories", bar{"≤", 1.1, "×"}, full, okFill && okFull, "")
+	g.ratio("7 steady state", "Redis CPU, full ÷ filling histories", bar{"≤", 1.1, "×"}, full, okFill && okFull,
+		"full histories, offline; "+unitOf(fill.Value, fill.Unit)+" filling")
 
 	// 8. Broadcast.
 	rw, ok = r.find("broadcast", "time to deliver one broadcast to all, worst")

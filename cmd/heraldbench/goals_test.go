@@ -79,7 +79,7 @@ func TestGoalsTable(t *testing.T) {
 		{"6 HTTP/2, 1 stream/conn", goalNotMet, 40, "19,900 streams"},
 		{"6 HTTP/2, 100 streams/conn", goalMet, 7.5, ""},
 		{"6 Redis memory", goalNotMet, 130, "after 500000 to 5000 users"},
-		{"7 steady state", goalNotMet, 1.2, ""},
+		{"7 steady state", goalNotMet, 1.2, "10 µs filling"},
 		{"8 broadcast", goalNotMet, 262, "worst of 30, 19,600 streams"},
 		{"9 scale, lost", goalMet, 0, ""},
 		{"9 scale, duplicated", goalNotMet, 3, ""},
@@ -171,7 +171,7 @@ func TestGoalFlags(t *testing.T) {
 		t.Errorf("-scenario goals: conns %d, broadcasts %d, idle-h2 %v; want 5000, 30, [1 100]", c.conns, c.broadcasts, c.idleH2)
 	}
 	c, _ = parseFlags([]string{"-self", "-quick", "-scenario", "goals,idle", "-conns", "7"}, &bytes.Buffer{})
-	if c.conns != 7 || c.broadcasts != 3 || strings.Count(strings.Join(c.scenarios, ","), "idle") != 1 {
+	if c.conns != 7 || c.broadcasts != 3 || !slices.Equal(c.rates, []float64{1000, 10000}) || strings.Count(strings.Join(c.scenarios, ","), "idle") != 1 {
 		t.Errorf("-quick -scenario goals,idle -conns 7: conns %d, broadcasts %d, scenarios %q", c.conns, c.broadcasts, c.scenarios)
 	}
 	for _, bad := range []string{"0", "251", "x", "1,-2"} {
