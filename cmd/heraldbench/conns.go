@@ -68,12 +68,13 @@ type reply struct {
 	Op       string      `json:"op"`
 	Opened   int         `json:"opened,omitempty"`
 	Failed   int         `json:"failed,omitempty"`
-	Error    string      `json:"error,omitempty"`    // the first failure
-	Received uint64      `json:"received,omitempty"` // events since the last reset
-	Bad      uint64      `json:"bad,omitempty"`      // events without a bench payload
-	Closed   int         `json:"closed,omitempty"`   // connections the edge ended
-	Latency  *hist       `json:"latency,omitempty"`  // receive time minus the payload's t
-	Load     *loadResult `json:"load,omitempty"`     // notify: what the calls measured
+	Error    string      `json:"error,omitempty"`     // the first failure
+	Received uint64      `json:"received,omitempty"`  // events since the last reset
+	Bad      uint64      `json:"bad,omitempty"`       // events without a bench payload
+	Closed   int         `json:"closed,omitempty"`    // connections the edge ended
+	CloseErr string      `json:"close_err,omitempty"` // how the first of them ended
+	Latency  *hist       `json:"latency,omitempty"`   // receive time minus the payload's t
+	Load     *loadResult `json:"load,omitempty"`      // notify: what the calls measured
 }
 
 // payload is the data of every notification heraldbench sends.
@@ -89,6 +90,7 @@ type holder struct {
 	received uint64
 	bad      uint64
 	closed   atomic.Int64
+	closeErr string // how the first stream to end ended
 	conns    []net.Conn
 	wg       sync.WaitGroup
 }
@@ -125,7 +127,7 @@ func runChild(in io.Reader, out io.Writer) error {
 			h.mu.Lock()
 			lat := h.lat // the readers go on recording: copy the buckets
 			lat.Counts = maps.Clone(h.lat.Counts)
-			r = reply{Received: h.received, Bad: h.bad, Latency: &lat}
+			r = reply{Received: h.received, Bad: h.bad, Latency: &lat, CloseErr: h.closeErr}
 			h.mu.Unlock()
 			r.Closed = int(h.closed.Load())
 		case "close":
@@ -255,7 +257,11 @@ func (h *holder) read(body *bufio.Reader) {
 	for {
 		ev, err := dec.Next()
 		if err != nil {
-			h.closed.Add(1)
+			if h.closed.Add(1) == 1 {
+				h.mu.Lock()
+				h.closeErr = err.Error()
+				h.mu.Unlock()
+			}
 			return
 		}
 		if ev.Data == "" {
@@ -290,6 +296,7 @@ func (h *holder) closeAll() {
 	}
 	h.wg.Wait()
 	h.closed.Store(0)
+	h.closeErr = ""
 }
 
 // child is the parent's handle on a connection holder process.

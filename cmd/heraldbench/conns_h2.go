@@ -155,8 +155,10 @@ func (b *bench) idleH2Run(ctx context.Context, per int) error {
 	}
 	edge, haveEdge := b.proc("edge")
 	self := haveEdge && b.sys != nil
-	// The edge at rest: what an earlier run closed has gone.
-	time.Sleep(time.Second)
+	// The edge at rest: the streams of an earlier run have gone.
+	if err := waitEdgeClosed(ctx, b.cfg.edgeURL, 60*time.Second); err != nil {
+		b.rep.note("%s: the edge at rest: %v", sc, err)
+	}
 	var m0, m1 runtime.MemStats
 	if self {
 		freeMemory()
@@ -183,9 +185,24 @@ func (b *bench) idleH2Run(ctx context.Context, per int) error {
 	g1 := runtime.NumGoroutine()
 	after, _ := readProc(edge.PID)
 	k1 := readKernel()
-	tcp, tcpErr := edgeConnections(b.cfg.edgeURL)
+	tcp, _, tcpErr := edgeConnections(b.cfg.edgeURL)
+	rep, err := f.report()
+	if err != nil {
+		return err
+	}
 
-	b.rep.add(sc, "streams held", float64(f.conns), "streams")
+	// Per stream is over the streams still open.
+	open := f.conns - rep.Closed
+	b.rep.add(sc, "streams opened", float64(f.conns), "streams")
+	b.rep.add(sc, "streams held", float64(open), "streams")
+	b.rep.add(sc, "streams the edge ended while held", float64(rep.Closed), "streams")
+	if rep.Closed > 0 {
+		b.rep.note("%s: the edge ended %d of the %d streams opened before they were measured (the first: %s); the figures per stream are over the %d still open",
+			sc, rep.Closed, f.conns, rep.CloseErr, open)
+	}
+	if open <= 0 {
+		return fmt.Errorf("the edge ended all %d streams: %s", f.conns, rep.CloseErr)
+	}
 	if tcpErr == nil {
 		b.rep.add(sc, "TCP connections to the edge (/proc/net/tcp)", float64(tcp), "conns")
 	} else {
@@ -193,7 +210,7 @@ func (b *bench) idleH2Run(ctx context.Context, per int) error {
 	}
 	b.rep.add(sc, "streams opened a second", float64(f.conns)/took.Seconds(), "stream/s")
 	if haveEdge {
-		growth := float64(after.RSS-before.RSS) / float64(f.conns) / 1024
+		growth := float64(after.RSS-before.RSS) / float64(open) / 1024
 		if h1, ok := b.rep.find("idle", "edge RSS growth per connection"); ok {
 			b.rep.addVs(sc, "edge RSS growth per stream", growth, "KiB", h1.Value, "HTTP/1.1 stream")
 		} else {
@@ -204,26 +221,49 @@ func (b *bench) idleH2Run(ctx context.Context, per int) error {
 		b.rep.note("%s: no edge process to read (-pids edge=PID)", sc)
 	}
 	if self {
-		b.rep.add(sc, "edge heap growth per stream", (float64(m1.HeapAlloc)-float64(m0.HeapAlloc))/float64(f.conns)/1024, "KiB")
-		b.rep.add(sc, "edge goroutines per stream", float64(g1-g0)/float64(f.conns), "goroutines")
+		b.rep.add(sc, "edge heap growth per stream", (float64(m1.HeapAlloc)-float64(m0.HeapAlloc))/float64(open)/1024, "KiB")
+		b.rep.add(sc, "edge goroutines per stream", float64(g1-g0)/float64(open), "goroutines")
 	}
-	kern := float64(k1.SUnreclaim-k0.SUnreclaim+k1.TCPMem-k0.TCPMem) / float64(f.conns) / 1024
+	kern := float64(k1.SUnreclaim-k0.SUnreclaim+k1.TCPMem-k0.TCPMem) / float64(open) / 1024
 	b.rep.add(sc, "kernel memory per stream, both ends (est.)", kern, "KiB")
 	return nil
 }
 
+// waitEdgeClosed waits until the edge, when it runs on this machine, holds
+// no connection open (established, or closed by the client only), for at
+// most timeout.
+func waitEdgeClosed(ctx context.Context, edgeURL string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		_, held, err := edgeConnections(edgeURL)
+		if err != nil || held == 0 {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d connections still open after %s", held, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
 // edgeConnections counts this machine's established TCP connections to
-// the edge's address: the children's, whether the edge is here or not (the
-// edge's own ends have its address as the local one). With the edge named
-// by a host name, any address with its port counts.
-func edgeConnections(edgeURL string) (int, error) {
+// the edge's address (clients: the children's, whether the edge is here or
+// not), and the edge's own ends, which have its address as the local one,
+// still open: established, or closed by the client and not yet by the edge
+// (held). With the edge named by a host name, any address with its port
+// counts.
+func edgeConnections(edgeURL string) (clients, held int, err error) {
 	u, err := url.Parse(edgeURL)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	port, err := strconv.ParseUint(u.Port(), 10, 16)
 	if err != nil {
-		return 0, fmt.Errorf("edge URL %s: no port", edgeURL)
+		return 0, 0, fmt.Errorf("edge URL %s: no port", edgeURL)
 	}
 	// /proc/net/tcp prints an IPv4 address as the 32-bit word in host
 	// order: byte-reversed on the little-endian machines Go runs on here.
@@ -231,22 +271,29 @@ func edgeConnections(edgeURL string) (int, error) {
 	if ip := net.ParseIP(u.Hostname()).To4(); ip != nil {
 		want = fmt.Sprintf("%02X%02X%02X%02X", ip[3], ip[2], ip[1], ip[0]) + want
 	}
-	n := 0
 	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		b, err := os.ReadFile(file)
 		if err != nil {
 			if os.IsNotExist(err) && file == "/proc/net/tcp6" {
 				continue
 			}
-			return 0, err
+			return 0, 0, err
 		}
 		for line := range strings.Lines(string(b)) {
-			// sl local_address rem_address st ...; st 01 is ESTABLISHED.
+			// sl local_address rem_address st ...; st 01 is ESTABLISHED,
+			// 08 CLOSE_WAIT.
 			f := strings.Fields(line)
-			if len(f) > 3 && strings.HasSuffix(f[2], want) && !strings.HasSuffix(f[1], want) && f[3] == "01" {
-				n++
+			if len(f) < 4 {
+				continue
+			}
+			local, remote, st := strings.HasSuffix(f[1], want), strings.HasSuffix(f[2], want), f[3]
+			switch {
+			case remote && !local && st == "01":
+				clients++
+			case local && !remote && (st == "01" || st == "08"):
+				held++
 			}
 		}
 	}
-	return n, nil
+	return clients, held, nil
 }

@@ -228,8 +228,11 @@ func evaluateGoals(r *report) []goalRow {
 		if strings.HasPrefix(rw.Scenario, idleH2Scenario) && rw.Figure == "edge RSS growth per stream" {
 			h2 = true
 			per := strings.TrimPrefix(rw.Scenario, idleH2Scenario)
-			g.value("6 HTTP/2"+per, "edge RSS per idle stream", bar{"≤", 8, "KiB"}, rw, true,
-				g.count(rw.Scenario, "streams held", "streams"))
+			ctx := g.count(rw.Scenario, "streams held", "streams")
+			if ended, ok := r.find(rw.Scenario, "streams the edge ended while held"); ok && ended.Value > 0 {
+				ctx += ", " + formatValue(ended.Value) + " more ended by the edge"
+			}
+			g.value("6 HTTP/2"+per, "edge RSS per idle stream", bar{"≤", 8, "KiB"}, rw, true, ctx)
 		}
 	}
 	if !h2 {

@@ -43,6 +43,7 @@ func TestGoalsTable(t *testing.T) {
 	r.add("idle", "connections held", 19681, "conns")
 	r.add("idle", "edge RSS growth per connection", 2.0, "KiB") // at the bar: met
 	r.add("idle h2c, 1 stream/conn", "streams held", 19900, "streams")
+	r.add("idle h2c, 1 stream/conn", "streams the edge ended while held", 12, "streams")
 	r.add("idle h2c, 1 stream/conn", "edge RSS growth per stream", 40, "KiB")
 	r.add("idle h2c, 100 streams/conn", "streams held", 19900, "streams")
 	r.add("idle h2c, 100 streams/conn", "edge RSS growth per stream", 7.5, "KiB")
@@ -76,7 +77,7 @@ func TestGoalsTable(t *testing.T) {
 		{"5 CPU per event", goalNotMet, 530, "333 events/s"},
 		{"5 push vs poll", goalMet, 5.5, ""},
 		{"6 HTTP/1.1", goalMet, 2, "19,681 streams"},
-		{"6 HTTP/2, 1 stream/conn", goalNotMet, 40, "19,900 streams"},
+		{"6 HTTP/2, 1 stream/conn", goalNotMet, 40, "19,900 streams, 12 more ended by the edge"},
 		{"6 HTTP/2, 100 streams/conn", goalMet, 7.5, ""},
 		{"6 Redis memory", goalNotMet, 130, "after 500000 to 5000 users"},
 		{"7 steady state", goalNotMet, 1.2, "10 µs filling"},
@@ -194,6 +195,9 @@ func TestIdleH2(t *testing.T) {
 	}{{"idle h2c, 1 stream/conn", 150}, {"idle h2c, 50 streams/conn", 3}} {
 		if v := fig[tc.sc+"|streams held"].Value; v != 150 {
 			t.Errorf("%s: %v streams held, want 150", tc.sc, v)
+		}
+		if v, ok := fig[tc.sc+"|streams the edge ended while held"]; !ok || v.Value != 0 {
+			t.Errorf("%s: %v streams ended by the edge (found %v), want 0", tc.sc, v.Value, ok)
 		}
 		if v, ok := fig[tc.sc+"|TCP connections to the edge (/proc/net/tcp)"]; !ok || v.Value != tc.conns {
 			t.Errorf("%s: %v TCP connections (found %v), want %v", tc.sc, v.Value, ok, tc.conns)

@@ -279,6 +279,9 @@ func (f *fleet) report() (reply, error) {
 		sum.Received += r.Received
 		sum.Bad += r.Bad
 		sum.Closed += r.Closed
+		if sum.CloseErr == "" {
+			sum.CloseErr = r.CloseErr
+		}
 		sum.Latency.merge(r.Latency)
 	}
 	return sum, nil
