@@ -229,10 +229,16 @@ func evaluateGoals(r *report) []goalRow {
 			h2 = true
 			per := strings.TrimPrefix(rw.Scenario, idleH2Scenario)
 			ctx := g.count(rw.Scenario, "streams held", "streams")
-			if ended, ok := r.find(rw.Scenario, "streams the edge ended while held"); ok && ended.Value > 0 {
+			ended, _ := r.find(rw.Scenario, "streams the edge ended while held")
+			if ended.Value > 0 {
 				ctx += ", " + formatValue(ended.Value) + " more ended by the edge"
 			}
 			g.value("6 HTTP/2"+per, "edge RSS per idle stream", bar{"≤", 8, "KiB"}, rw, true, ctx)
+			if ended.Value > 0 {
+				// An idle stream the edge does not hold is not a cheap one.
+				last := &g.rows[len(g.rows)-1]
+				last.Status, last.Figure = goalNotMet, last.Figure+"; idle streams were ended"
+			}
 		}
 	}
 	if !h2 {
