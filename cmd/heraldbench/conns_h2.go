@@ -13,8 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // Idle streams over HTTP/2: the edge serves h2c (HTTP/2 without TLS, with
@@ -37,7 +35,6 @@ const idleH2Scenario = "idle h2c"
 func (h *holder) openH2(c command) reply {
 	per := c.H2
 	nConns := (c.Count + per - 1) / per
-	tr := &http2.Transport{AllowHTTP: true}
 	sem := make(chan struct{}, max(c.Dials, 1))
 	results := make(chan h2Result, nConns)
 	now := time.Now()
@@ -50,7 +47,7 @@ func (h *holder) openH2(c command) reply {
 			if len(c.Addrs) > 0 {
 				src = c.Addrs[first%len(c.Addrs)]
 			}
-			results <- h.dialH2(tr, c, first, min(per, c.Count-first), src, now)
+			results <- h.dialH2(c, first, min(per, c.Count-first), src, now)
 		}()
 	}
 	var r reply
@@ -79,8 +76,9 @@ type h2Result struct {
 }
 
 // dialH2 opens one connection and n streams on it, one after another, for
-// the users from c.First+first. Closing the connection ends them all.
-func (h *holder) dialH2(tr *http2.Transport, c command, first, n int, src string, now time.Time) h2Result {
+// the users from c.First+first, with net/http's ClientConn: HTTP/2 only,
+// without TLS. Closing the connection ends them all.
+func (h *holder) dialH2(c command, first, n int, src string, now time.Time) h2Result {
 	fail := func(conn net.Conn, opened int, err error) h2Result {
 		if opened == 0 {
 			if conn != nil {
@@ -98,12 +96,20 @@ func (h *holder) dialH2(tr *http2.Transport, c command, first, n int, src string
 	if src != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
 	}
-	conn, err := d.Dial("tcp", base.Host)
-	if err != nil {
-		return fail(nil, 0, err)
-	}
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
-	cc, err := tr.NewClientConn(conn)
+	var conn net.Conn
+	protocols := new(http.Protocols)
+	protocols.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: protocols, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		nc, err := d.DialContext(ctx, network, addr)
+		if err == nil {
+			_ = nc.SetDeadline(time.Now().Add(30 * time.Second))
+			conn = nc
+		}
+		return nc, err
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cc, err := tr.NewClientConn(ctx, "http", base.Host)
 	if err != nil {
 		return fail(conn, 0, err)
 	}
