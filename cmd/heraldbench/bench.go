@@ -151,7 +151,9 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 		var err error
 		switch s {
 		case "idle":
-			err = b.idle(ctx)
+			if err = b.idle(ctx); err == nil {
+				err = b.idleH2(ctx)
+			}
 		case "unicast":
 			err = b.unicast(ctx)
 		case "router":

@@ -42,6 +42,9 @@ type command struct {
 	Topic  string   `json:"topic,omitempty"`
 	Addrs  []string `json:"addrs,omitempty"` // source addresses, one per connection; empty lets the kernel choose
 	Dials  int      `json:"dials,omitempty"` // connections being opened at once
+	// H2, when above 0, opens the streams over HTTP/2 without TLS (h2c),
+	// H2 streams a connection (see openH2).
+	H2 int `json:"h2,omitempty"`
 	// poll: Count clients, users Prefix+First..., each GETting Edge+user
 	// every Every, for For (see poll).
 	Every time.Duration `json:"every,omitempty"`
@@ -65,12 +68,13 @@ type reply struct {
 	Op       string      `json:"op"`
 	Opened   int         `json:"opened,omitempty"`
 	Failed   int         `json:"failed,omitempty"`
-	Error    string      `json:"error,omitempty"`    // the first failure
-	Received uint64      `json:"received,omitempty"` // events since the last reset
-	Bad      uint64      `json:"bad,omitempty"`      // events without a bench payload
-	Closed   int         `json:"closed,omitempty"`   // connections the edge ended
-	Latency  *hist       `json:"latency,omitempty"`  // receive time minus the payload's t
-	Load     *loadResult `json:"load,omitempty"`     // notify: what the calls measured
+	Error    string      `json:"error,omitempty"`     // the first failure
+	Received uint64      `json:"received,omitempty"`  // events since the last reset
+	Bad      uint64      `json:"bad,omitempty"`       // events without a bench payload
+	Closed   int         `json:"closed,omitempty"`    // connections the edge ended
+	CloseErr string      `json:"close_err,omitempty"` // how the first of them ended
+	Latency  *hist       `json:"latency,omitempty"`   // receive time minus the payload's t
+	Load     *loadResult `json:"load,omitempty"`      // notify: what the calls measured
 }
 
 // payload is the data of every notification heraldbench sends.
@@ -86,6 +90,7 @@ type holder struct {
 	received uint64
 	bad      uint64
 	closed   atomic.Int64
+	closeErr string // how the first stream to end ended
 	conns    []net.Conn
 	wg       sync.WaitGroup
 }
@@ -122,7 +127,7 @@ func runChild(in io.Reader, out io.Writer) error {
 			h.mu.Lock()
 			lat := h.lat // the readers go on recording: copy the buckets
 			lat.Counts = maps.Clone(h.lat.Counts)
-			r = reply{Received: h.received, Bad: h.bad, Latency: &lat}
+			r = reply{Received: h.received, Bad: h.bad, Latency: &lat, CloseErr: h.closeErr}
 			h.mu.Unlock()
 			r.Closed = int(h.closed.Load())
 		case "close":
@@ -141,6 +146,9 @@ func runChild(in io.Reader, out io.Writer) error {
 }
 
 func (h *holder) open(c command) reply {
+	if c.H2 > 0 {
+		return h.openH2(c)
+	}
 	type result struct {
 		conn net.Conn
 		err  error
@@ -186,23 +194,10 @@ func (h *holder) open(c command) reply {
 // dialSSE opens one stream over a bare HTTP/1.1 connection: a net/http
 // Transport would spend two goroutines and two buffers per connection.
 func dialSSE(c command, user, src string, now time.Time) (net.Conn, *bufio.Reader, error) {
-	var topics []string
-	if c.Topic != "" {
-		topics = []string{c.Topic}
-	}
-	tok, err := sseedge.IssueToken(c.Secret, user, 24*time.Hour, now, topics...)
+	u, err := streamURL(c, user, now)
 	if err != nil {
 		return nil, nil, err
 	}
-	u, err := url.Parse(c.Edge)
-	if err != nil {
-		return nil, nil, err
-	}
-	q := url.Values{"access_token": {tok}}
-	if c.Topic != "" {
-		q.Set("topic", c.Topic)
-	}
-	u.Path, u.RawQuery = "/v1/events", q.Encode()
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if src != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
@@ -233,6 +228,28 @@ func dialSSE(c command, user, src string, now time.Time) (net.Conn, *bufio.Reade
 	return conn, bufio.NewReaderSize(resp.Body, 1024), nil
 }
 
+// streamURL is the edge's stream URL for user, with a token it issues.
+func streamURL(c command, user string, now time.Time) (*url.URL, error) {
+	var topics []string
+	if c.Topic != "" {
+		topics = []string{c.Topic}
+	}
+	tok, err := sseedge.IssueToken(c.Secret, user, 24*time.Hour, now, topics...)
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(c.Edge)
+	if err != nil {
+		return nil, err
+	}
+	q := url.Values{"access_token": {tok}}
+	if c.Topic != "" {
+		q.Set("topic", c.Topic)
+	}
+	u.Path, u.RawQuery = "/v1/events", q.Encode()
+	return u, nil
+}
+
 // read decodes one stream's events until it ends.
 func (h *holder) read(body *bufio.Reader) {
 	defer h.wg.Done()
@@ -240,7 +257,11 @@ func (h *holder) read(body *bufio.Reader) {
 	for {
 		ev, err := dec.Next()
 		if err != nil {
-			h.closed.Add(1)
+			if h.closed.Add(1) == 1 {
+				h.mu.Lock()
+				h.closeErr = err.Error()
+				h.mu.Unlock()
+			}
 			return
 		}
 		if ev.Data == "" {
@@ -275,6 +296,7 @@ func (h *holder) closeAll() {
 	}
 	h.wg.Wait()
 	h.closed.Store(0)
+	h.closeErr = ""
 }
 
 // child is the parent's handle on a connection holder process.

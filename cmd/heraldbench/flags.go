@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ type config struct {
 	scenarios      []string
 	jsonPath       string
 	idleConns      int
+	idleH2         []int // idle scenario: streams per HTTP/2 connection of each h2c run
 	conns          int
 	rates          []float64
 	duration       time.Duration
@@ -60,9 +62,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		c         config
 		secret    = fs.String("jwt-secret", "", "HS256 secret of the edge's client tokens (not with -self)")
 		pids      = fs.String("pids", "", "Herald processes to read RSS and CPU of: name=pid,... (names edge and router are used by the scenarios)")
-		scenarios = fs.String("scenario", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", ")+"; or, when named, "+strings.Join(optionalScenarios, ", ")+", redismem, scale and soak")
+		scenarios = fs.String("scenario", strings.Join(allScenarios, ","), "scenarios to run, comma-separated: "+strings.Join(allScenarios, ", ")+"; or, when named, "+strings.Join(optionalScenarios, ", ")+", redismem, scale and soak; or goals: every scenario issue 17's goals table reads, at the goals' sizes")
 		rates     = fs.String("rates", "1000,10000", "unicast Notify rates, calls a second, comma-separated")
 		quick     = fs.Bool("quick", false, "small numbers: a run of about a minute")
+		idleH2    = fs.String("idle-h2", "", "idle scenario: also hold -idle-conns streams over HTTP/2 (h2c), this many streams a connection, one run per number, comma-separated (e.g. 1,100; at most 250, the edge's concurrent streams); empty: HTTP/1.1 only")
 		admin     string
 	)
 	fs.BoolVar(&c.self, "self", false, "start the router and an edge in this process instead of using -grpc and -http")
@@ -99,6 +102,24 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	goals := slices.Contains(strings.Split(strings.ReplaceAll(*scenarios, " ", ""), ","), "goals")
+	if goals {
+		// The sizes the goals are stated at, unless a flag says otherwise;
+		// with -quick, only the rates and the h2c runs.
+		goalDefaults := map[string]func(){
+			"idle-h2":         func() { *idleH2 = "1,100" },
+			"rates":           func() { *rates = "1000,10000" },
+			"conns":           func() { c.conns = 5000 },
+			"broadcast-conns": func() { c.broadcastConns = 19600 },
+			"broadcasts":      func() { c.broadcasts = 30 },
+		}
+		for name, apply := range goalDefaults {
+			if !set[name] && (!*quick || name == "idle-h2" || name == "rates") {
+				apply()
+				set[name] = true // before -quick's
+			}
+		}
+	}
 	if *quick {
 		quickDefaults := map[string]func(){
 			"idle-conns":             func() { c.idleConns = 2000 },
@@ -136,14 +157,30 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			c.soak.on = true
 			continue
 		}
-		found := false
-		for _, a := range append(append(allScenarios, optionalScenarios...), "redismem", "scale") {
-			found = found || a == s
+		if s == "goals" {
+			for _, g := range goalScenarios {
+				if knownScenario(g) && !slices.Contains(c.scenarios, g) {
+					c.scenarios = append(c.scenarios, g)
+				}
+			}
+			continue
 		}
-		if !found {
+		if !knownScenario(s) {
 			return c, fmt.Errorf("unknown scenario %q (have %s, soak)", s, strings.Join(allScenarios, ", "))
 		}
-		c.scenarios = append(c.scenarios, s)
+		if !slices.Contains(c.scenarios, s) {
+			c.scenarios = append(c.scenarios, s)
+		}
+	}
+	for _, v := range strings.Split(*idleH2, ",") {
+		if v = strings.TrimSpace(v); v == "" {
+			continue
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxH2Streams {
+			return c, fmt.Errorf("-idle-h2: bad streams per connection %q: want 1 to %d", v, maxH2Streams)
+		}
+		c.idleH2 = append(c.idleH2, n)
 	}
 	for _, r := range strings.Split(*rates, ",") {
 		v, err := strconv.ParseFloat(strings.TrimSpace(r), 64)

@@ -190,6 +190,7 @@ type fleetConfig struct {
 	loopback bool // the edge is on loopback, so 127.0.0.x sources work
 	perChild int
 	dials    int
+	h2       int // streams per HTTP/2 connection; 0: HTTP/1.1
 }
 
 // openFleet opens cfg.count connections spread over child processes and
@@ -213,7 +214,7 @@ func openFleet(ctx context.Context, cfg fleetConfig) (*fleet, error) {
 		first := j * cfg.perChild
 		count := min(cfg.perChild, cfg.count-first)
 		cmd := command{Op: "open", Edge: cfg.edge, Secret: cfg.secret, Prefix: cfg.prefix,
-			First: first, Count: count, Topic: cfg.topic, Dials: cfg.dials}
+			First: first, Count: count, Topic: cfg.topic, Dials: cfg.dials, H2: cfg.h2}
 		if cfg.loopback && cfg.perAddr > 0 {
 			cmd.Addrs = make([]string, count)
 			for i := range count {
@@ -278,6 +279,9 @@ func (f *fleet) report() (reply, error) {
 		sum.Received += r.Received
 		sum.Bad += r.Bad
 		sum.Closed += r.Closed
+		if sum.CloseErr == "" {
+			sum.CloseErr = r.CloseErr
+		}
 		sum.Latency.merge(r.Latency)
 	}
 	return sum, nil

@@ -84,8 +84,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		err = cerr
 	}
 	if rep != nil {
+		rep.Goals = evaluateGoals(rep)
 		rep.print(stdout)
 		soak.print(stdout)
+		printGoals(stdout, rep.Goals)
 		if cfg.jsonPath != "" {
 			if werr := writeReport(cfg.jsonPath, rep, soak); err == nil {
 				err = werr

@@ -60,6 +60,10 @@ func (b *bench) pollPush(ctx context.Context) error {
 	for i, p := range b.serverProcs() {
 		b.rep.add(sc, "push: CPU of "+p.Name, push.each[i], "s/min")
 	}
+	if push.sent > 0 {
+		b.rep.add(sc, "push: events a second", float64(push.sent)/d.Seconds(), "/s")
+		b.rep.add(sc, "push: server CPU per event (streams held, events sent)", push.cpuPerMinute*d.Minutes()*1e6/float64(push.sent), "µs")
+	}
 	if push.cpuPerMinute > 0 {
 		b.rep.add(sc, "CPU of polling ÷ CPU of push", poll.cpuPerMinute/push.cpuPerMinute, "×")
 	}

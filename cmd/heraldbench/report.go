@@ -32,6 +32,8 @@ type report struct {
 	Settings map[string]string `json:"settings"`
 	Notes    []string          `json:"notes,omitempty"`
 	Rows     []row             `json:"rows"`
+	// Goals is issue 17's goals read off Rows (goals.go).
+	Goals []goalRow `json:"goals,omitempty"`
 }
 
 func (r *report) add(scenario, figure string, value float64, unit string) {
