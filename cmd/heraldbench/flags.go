@@ -43,6 +43,7 @@ type config struct {
 	soak           soakConfig
 	offline        offlineConfig
 	redisMem       redisMemConfig
+	stream         streamConfig
 }
 
 type namedPID struct {
@@ -92,6 +93,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	soakFlags(fs, &c.soak, &admin)
 	offlineFlags(fs, &c.offline)
 	redisMemFlags(fs, &c.redisMem)
+	streamFlags(fs, &c.stream)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
