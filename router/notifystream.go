@@ -31,9 +31,12 @@ import (
 //     answered before the stream ends: a notification without a response
 //     was not routed by this stream, or was routed and may be sent again
 //     with its idempotency key.
-//   - One goroutine sends (the handler's), one receives (reader), and each
-//     notification is routed on a goroutine of its own, so that a stream's
-//     notifications share the publisher's Redis pipelines.
+//   - One goroutine receives (reader); each notification is routed, and its
+//     response sent, on a goroutine of its own, so that a stream's
+//     notifications share the publisher's Redis pipelines; sends take
+//     sendMu. The handler's goroutine only waits for the stream to stop
+//     (the caller's end, idle, draining), so that a notification costs no
+//     wake-up of it.
 
 // maxStreamInFlight bounds Config.StreamMaxInFlight.
 const maxStreamInFlight = 1024
@@ -66,7 +69,6 @@ func (s *Service) NotifyStream(stream grpc.BidiStreamingServer[heraldv1.NotifySt
 		admit:       admit,
 		correlation: correlationID(ctx),
 		slots:       make(chan struct{}, s.cfg.StreamMaxInFlight),
-		results:     make(chan *heraldv1.NotifyStreamResponse, s.cfg.StreamMaxInFlight),
 		stop:        make(chan struct{}),
 		last:        time.Now(),
 	}
@@ -83,10 +85,12 @@ type notifyStream struct {
 	admit       admitFunc // nil: a router without authentication
 	correlation string
 
-	slots   chan struct{}                       // one per notification read and not answered
-	results chan *heraldv1.NotifyStreamResponse // never blocks: at most one per slot
-	stop    chan struct{}                       // closed when the stream stops reading
-	sendErr error                               // the first failed Send: the caller is gone
+	slots    chan struct{}  // one per notification read and not answered
+	stop     chan struct{}  // closed when the stream stops reading
+	answered sync.WaitGroup // a notification read, until its response is sent
+
+	sendMu  sync.Mutex
+	sendErr error // the first failed Send: the caller is gone
 
 	mu      sync.Mutex
 	stopped bool      // read nothing more: what is read now is dropped, unanswered
@@ -94,8 +98,8 @@ type notifyStream struct {
 	last    time.Time // the last notification received or answered
 }
 
-// run reads the stream on a goroutine of its own and sends the responses
-// until the stream stops, then answers what is pending and ends it.
+// run reads the stream on a goroutine of its own until the stream stops,
+// then waits for what is pending to be answered and ends it.
 func (n *notifyStream) run() error {
 	readDone := make(chan error, 1) // the reader may outlive run: it never blocks on it
 	go n.read(readDone)
@@ -103,8 +107,6 @@ func (n *notifyStream) run() error {
 	defer idle.Stop()
 	for {
 		select {
-		case r := <-n.results:
-			n.send(r)
 		case err := <-readDone:
 			if errors.Is(err, io.EOF) {
 				err = nil // the caller has sent everything: answer it, end with OK
@@ -135,17 +137,14 @@ func (n *notifyStream) idleFor() time.Duration {
 	return max(0, n.s.cfg.StreamIdleTimeout-time.Since(n.last))
 }
 
-// finish stops reading, sends the response of every notification read
-// before, and returns the stream's status.
+// finish stops reading, waits for the response of every notification read
+// before to be sent, and returns the stream's status.
 func (n *notifyStream) finish(err error) error {
 	n.mu.Lock()
-	n.stopped = true
-	pending := n.pending
+	n.stopped = true // no answered.Add after this
 	n.mu.Unlock()
 	close(n.stop)
-	for ; pending > 0; pending-- {
-		n.send(<-n.results)
-	}
+	n.answered.Wait()
 	if err == nil || status.Code(err) != codes.Unknown {
 		return err
 	}
@@ -155,14 +154,17 @@ func (n *notifyStream) finish(err error) error {
 // send sends one response, unless the stream is already broken, and
 // frees its notification's slot.
 func (n *notifyStream) send(r *heraldv1.NotifyStreamResponse) {
+	n.sendMu.Lock()
 	if n.sendErr == nil {
 		n.sendErr = n.stream.Send(r)
 	}
+	n.sendMu.Unlock()
 	n.mu.Lock()
 	n.pending--
 	n.last = time.Now()
 	n.mu.Unlock()
 	<-n.slots
+	n.answered.Done()
 }
 
 // read receives the stream's notifications, each once a slot is free, and
@@ -192,17 +194,18 @@ func (n *notifyStream) read(done chan<- error) {
 		}
 		n.pending++
 		n.last = time.Now()
+		n.answered.Add(1)
 		n.mu.Unlock()
 		// The caller's checks run here, in the stream's order, so that the
 		// notifications over its rate limit are the later ones; each is a
 		// token bucket and a pattern match, without I/O.
 		notification, err := n.check(req, decodeErr)
 		if err != nil {
-			n.results <- &heraldv1.NotifyStreamResponse{Sequence: req.GetSequence(),
-				Result: &heraldv1.NotifyStreamResponse_Error{Error: streamError(err)}}
+			n.send(&heraldv1.NotifyStreamResponse{Sequence: req.GetSequence(),
+				Result: &heraldv1.NotifyStreamResponse_Error{Error: streamError(err)}})
 			continue
 		}
-		go func() { n.results <- n.route(req.GetSequence(), notification) }()
+		go func() { n.send(n.route(req.GetSequence(), notification)) }()
 	}
 }
 
