@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -25,6 +28,7 @@ import (
 
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/integration/testenv"
+	"github.com/herald-push/herald/presence"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 	"github.com/herald-push/herald/router"
 )
@@ -555,5 +559,78 @@ func TestNotifyStreamIdle(t *testing.T) {
 	got, err := recvAll(t, s) // without CloseSend: the router ends it
 	if err != nil || got[9].GetResponse() == nil || len(got) != 1 {
 		t.Fatalf("%v, %v; want sequence 9 routed, then OK", got, err)
+	}
+}
+
+// TestNotifyStreamTracing: with tracing on, each notification of a stream
+// is a herald.notify span of the stream's trace, with its sequence, and its
+// validation and publication under it.
+func TestNotifyStreamTracing(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	rdb, prefix := testenv.Redis(t)
+	pres, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := delivery.NewPublisher(rdb, pres, delivery.PublisherConfig{TracerProvider: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub, TracerProvider: tp, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := testenv.Serve(t, func(ctx context.Context, lis net.Listener) error { return svc.Serve(ctx, lis) })
+	s, err := heraldv1.NewRouterServiceClient(testenv.GRPCClient(t, srv.Addr)).NotifyStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, seq := range []uint64{5, 6} {
+		if err := s.Send(&heraldv1.NotifyStreamRequest{Sequence: seq, Notification: &heraldv1.NotifyRequest{UserId: "carol"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := recvAll(t, s); err != nil || len(got) != 2 {
+		t.Fatalf("%v, %v", got, err)
+	}
+	var stream sdktrace.ReadOnlySpan
+	testenv.WaitFor(t, 10*time.Second, "the stream's span", func() bool {
+		for _, sp := range rec.Ended() {
+			if sp.Name() == "herald.v1.RouterService/NotifyStream" {
+				stream = sp
+			}
+		}
+		return stream != nil
+	})
+	seqs := make(map[int64]bool)
+	for _, sp := range rec.Ended() {
+		if sp.Name() != "herald.notify" {
+			continue
+		}
+		if sp.Parent().SpanID() != stream.SpanContext().SpanID() {
+			t.Errorf("herald.notify's parent is %v, want the stream's span", sp.Parent().SpanID())
+		}
+		for _, a := range sp.Attributes() {
+			if a.Key == "herald.stream.sequence" {
+				seqs[a.Value.AsInt64()] = true
+			}
+		}
+		var children []string
+		for _, c := range rec.Ended() {
+			if c.Parent().SpanID() == sp.SpanContext().SpanID() {
+				children = append(children, c.Name())
+			}
+		}
+		if !slices.Contains(children, "herald.validate") || !slices.Contains(children, "herald.publish") {
+			t.Errorf("herald.notify's children: %v, want herald.validate and herald.publish", children)
+		}
+	}
+	if !seqs[5] || !seqs[6] || len(seqs) != 2 {
+		t.Errorf("herald.notify spans of sequences %v, want 5 and 6", seqs)
 	}
 }
