@@ -187,6 +187,7 @@ func (b *bench) notifyStream(ctx context.Context) error {
 	for _, rate := range rates {
 		type sums struct {
 			cpu        time.Duration
+			each       []time.Duration // per server process
 			sent, got  int
 			failed     int
 			firstErr   string
@@ -206,7 +207,7 @@ func (b *bench) notifyStream(ctx context.Context) error {
 			cpu0 := b.serverCPU()
 			r, err := child.call(command{Op: "notify", Grpc: b.cfg.grpcAddr, Prefix: prefix, Count: f.conns,
 				Rate: rate, For: b.cfg.duration, Workers: b.cfg.workers, Stream: useStream})
-			cpu, _ := b.cpuSince(cpu0)
+			cpu, each := b.cpuSince(cpu0)
 			if err == nil && r.Error != "" {
 				err = errors.New(r.Error)
 			}
@@ -218,6 +219,12 @@ func (b *bench) notifyStream(ctx context.Context) error {
 				return err
 			}
 			s.cpu += cpu
+			if s.each == nil {
+				s.each = make([]time.Duration, len(each))
+			}
+			for i := range each {
+				s.each[i] += each[i]
+			}
 			s.sent += r.Load.Sent
 			s.failed += r.Load.Failed
 			s.got += int(got.Received)
@@ -233,6 +240,12 @@ func (b *bench) notifyStream(ctx context.Context) error {
 		perEvent := func(s sums) float64 { return float64(s.cpu.Microseconds()) / float64(max(s.got, 1)) }
 		b.rep.add(sc, "unary Notify: server CPU per notification", perEvent(unary), "µs")
 		b.rep.addVs(sc, "NotifyStream: server CPU per notification", perEvent(stream), "µs", perEvent(unary), "unary Notify")
+		for i, p := range b.serverProcs() {
+			u := float64(unary.each[i].Microseconds()) / float64(max(unary.got, 1))
+			st := float64(stream.each[i].Microseconds()) / float64(max(stream.got, 1))
+			b.rep.add(sc, "unary Notify: CPU per notification of "+p.Name, u, "µs")
+			b.rep.addVs(sc, "NotifyStream: CPU per notification of "+p.Name, st, "µs", u, "unary Notify")
+		}
 		b.rep.addVs(sc, "NotifyStream: delivered", float64(stream.got), "events", float64(stream.sent), "sent")
 		b.rep.addVs(sc, "unary Notify: delivered", float64(unary.got), "events", float64(unary.sent), "sent")
 		b.rep.addLatency(sc, "unary Notify→receive", &unary.lat, nil, "")
