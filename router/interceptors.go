@@ -108,12 +108,26 @@ func (cl *caller) fillAckDeadline(r *heraldv1.NotifyRequest) {
 }
 
 // StreamInterceptor authenticates streaming calls other than health and
-// reflection, and refuses them: the API has no streaming method, and one
-// added later must say what it permits before callers can use it.
+// reflection. A NotifyStream is authenticated once, when it opens, and
+// passed on with its caller's name and, for each notification, the checks
+// UnaryInterceptor makes of a Notify (see admitFunc). Any other streaming
+// method is refused: one added later must say what it permits before
+// callers can use it.
 func (c *Callers) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		if publicMethod(info.FullMethod) {
 			return handler(srv, ss)
+		}
+		if info.FullMethod == heraldv1.RouterService_NotifyStream_FullMethodName {
+			cl, err := c.authenticated(ss.Context(), info.FullMethod)
+			if err != nil {
+				return err
+			}
+			ctx := context.WithValue(ss.Context(), callerKey{}, cl.name)
+			ctx = withAdmit(ctx, func(ctx context.Context, n *heraldv1.NotifyRequest) error {
+				return c.admitNotification(ctx, cl, info.FullMethod, n)
+			})
+			return handler(srv, contextStream{ServerStream: ss, ctx: ctx})
 		}
 		cl, err := c.admit(ss.Context(), info.FullMethod, 1)
 		if err != nil {
@@ -123,16 +137,65 @@ func (c *Callers) StreamInterceptor() grpc.StreamServerInterceptor {
 	}
 }
 
+// contextStream is a stream with another context.
+type contextStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s contextStream) Context() context.Context { return s.ctx }
+
+// admitNotification makes the checks of a Notify for one notification of a
+// stream: it spends one of the caller's calls, authorises the user and
+// fills in the caller's ack deadline. A refusal is the notification's, and
+// carries its RetryInfo in the status (there is no trailer per message).
+func (c *Callers) admitNotification(ctx context.Context, cl *caller, method string, n *heraldv1.NotifyRequest) error {
+	if st, _ := c.spend(cl, 1); st != nil {
+		return c.refuse(ctx, refusedRateLimited, cl.name, method, st)
+	}
+	if err := c.authorize(ctx, cl, method, n); err != nil {
+		return err
+	}
+	cl.fillAckDeadline(n)
+	return nil
+}
+
 // admit authenticates a call and spends n tokens of its caller's rate
 // limit: one for a call, one per notification for a batch.
 func (c *Callers) admit(ctx context.Context, method string, n int) (*caller, error) {
-	cl, _ := ctx.Value(tapCallerKey{}).(*caller)
-	if cl == nil {
-		var msg string
-		if cl, msg = c.authenticate(ctx); cl == nil {
-			return nil, c.refuse(ctx, refusedUnauthenticated, "", method, status.New(codes.Unauthenticated, msg))
-		}
+	cl, err := c.authenticated(ctx, method)
+	if err != nil {
+		return nil, err
 	}
+	if st, d := c.spend(cl, n); st != nil {
+		if d > 0 {
+			// The same hint for a client's retry policy (ServiceConfig):
+			// gRPC waits this long before its next attempt, instead of its
+			// backoff.
+			_ = grpc.SetTrailer(ctx, metadata.Pairs(retryPushbackHeader, strconv.FormatInt(d.Milliseconds(), 10)))
+		}
+		return nil, c.refuse(ctx, refusedRateLimited, cl.name, method, st)
+	}
+	return cl, nil
+}
+
+// authenticated is the caller of a call, authenticated by TapHandle or,
+// without it, now.
+func (c *Callers) authenticated(ctx context.Context, method string) (*caller, error) {
+	if cl, _ := ctx.Value(tapCallerKey{}).(*caller); cl != nil {
+		return cl, nil
+	}
+	cl, msg := c.authenticate(ctx)
+	if cl == nil {
+		return nil, c.refuse(ctx, refusedUnauthenticated, "", method, status.New(codes.Unauthenticated, msg))
+	}
+	return cl, nil
+}
+
+// spend spends n tokens of the caller's rate limit. When it cannot, it
+// returns the refusal, and the delay after which they would be there (0
+// when no wait would do).
+func (c *Callers) spend(cl *caller, n int) (*status.Status, time.Duration) {
 	now := c.now()
 	if n > cl.limiter.Burst() && cl.limiter.Limit() != rate.Inf {
 		// No wait would ever let it through: the batch, not the rate, is
@@ -140,24 +203,22 @@ func (c *Callers) admit(ctx context.Context, method string, n int) (*caller, err
 		st := invalidArgument([]violation{{"notifications", fmt.Sprintf(
 			"a batch of %d notifications is more than caller %q's burst of %d on this router; send batches of at most %d",
 			n, cl.name, cl.limiter.Burst(), cl.limiter.Burst())}})
-		return nil, c.refuse(ctx, refusedRateLimited, cl.name, method, status.Convert(st))
+		return status.Convert(st), 0
 	}
 	r := cl.limiter.ReserveN(now, n)
-	if d := r.DelayFrom(now); d > 0 || !r.OK() {
-		r.CancelAt(now)
-		d = (d + time.Millisecond - 1).Truncate(time.Millisecond) // never hint too early
-		st := status.New(codes.ResourceExhausted, fmt.Sprintf(
-			"router: caller %q is over its rate limit of %g calls/s (burst %d) on this router; retry in %v",
-			cl.name, float64(cl.limiter.Limit()), cl.limiter.Burst(), d))
-		if withRetry, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)}); err == nil {
-			st = withRetry
-		}
-		// The same hint for a client's retry policy (ServiceConfig): gRPC
-		// waits this long before its next attempt, instead of its backoff.
-		_ = grpc.SetTrailer(ctx, metadata.Pairs(retryPushbackHeader, strconv.FormatInt(d.Milliseconds(), 10)))
-		return nil, c.refuse(ctx, refusedRateLimited, cl.name, method, st)
+	d := r.DelayFrom(now)
+	if d <= 0 && r.OK() {
+		return nil, 0
 	}
-	return cl, nil
+	r.CancelAt(now)
+	d = (d + time.Millisecond - 1).Truncate(time.Millisecond) // never hint too early
+	st := status.New(codes.ResourceExhausted, fmt.Sprintf(
+		"router: caller %q is over its rate limit of %g calls/s (burst %d) on this router; retry in %v",
+		cl.name, float64(cl.limiter.Limit()), cl.limiter.Burst(), d))
+	if withRetry, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)}); err == nil {
+		st = withRetry
+	}
+	return st, d
 }
 
 // retryPushbackHeader is the trailer in which a refusal tells a gRPC

@@ -15,6 +15,7 @@ import (
 	encproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -48,6 +49,16 @@ const (
 	DefaultKeepaliveMinTime = 10 * time.Second
 	// DefaultMaxConnIdle closes a connection with no call for this long.
 	DefaultMaxConnIdle = 5 * time.Minute
+	// DefaultStreamMaxInFlight bounds the notifications of one NotifyStream
+	// read and not yet answered: enough to keep a stream busy across a
+	// Redis round trip at tens of thousands a second, few enough that a
+	// stream holds at most 64 notifications' memory.
+	DefaultStreamMaxInFlight = 64
+	// DefaultStreamIdleTimeout ends a NotifyStream that has had nothing in
+	// flight and received nothing for this long, as MaxConnIdle closes an
+	// idle connection: a stream is a call in flight, which would keep its
+	// connection open for ever.
+	DefaultStreamIdleTimeout = 5 * time.Minute
 )
 
 // applyLimitDefaults fills in the zero limits of cfg and checks them.
@@ -58,6 +69,8 @@ func (cfg *Config) applyLimitDefaults() error {
 	cfg.MaxConns = cmp.Or(cfg.MaxConns, DefaultMaxConns)
 	cfg.KeepaliveMinTime = cmp.Or(cfg.KeepaliveMinTime, DefaultKeepaliveMinTime)
 	cfg.MaxConnIdle = cmp.Or(cfg.MaxConnIdle, DefaultMaxConnIdle)
+	cfg.StreamMaxInFlight = cmp.Or(cfg.StreamMaxInFlight, DefaultStreamMaxInFlight)
+	cfg.StreamIdleTimeout = cmp.Or(cfg.StreamIdleTimeout, DefaultStreamIdleTimeout)
 	switch {
 	case cfg.MaxHeaderBytes < 1024:
 		return fmt.Errorf("router: max header bytes %d: must be at least 1024 (gRPC's own headers need some)", cfg.MaxHeaderBytes)
@@ -65,6 +78,10 @@ func (cfg *Config) applyLimitDefaults() error {
 		return fmt.Errorf("router: max streams per connection (%d) and max connections (%d) must be at least 1", cfg.MaxStreamsPerConn, cfg.MaxConns)
 	case cfg.KeepaliveMinTime < 0 || cfg.MaxConnIdle < 0:
 		return errors.New("router: keepalive min time and max connection idle must not be negative")
+	case cfg.StreamMaxInFlight < 1 || cfg.StreamMaxInFlight > maxStreamInFlight:
+		return fmt.Errorf("router: stream max in flight %d: must be within [1, %d]", cfg.StreamMaxInFlight, maxStreamInFlight)
+	case cfg.StreamIdleTimeout < 0:
+		return errors.New("router: stream idle timeout must not be negative")
 	}
 	if n := maxNotifyBytes(cfg.MaxPayloadBytes); cfg.MaxRequestBytes < n {
 		return fmt.Errorf("router: max request bytes %d: below %d, the largest valid Notify with a payload limit of %d",
@@ -151,8 +168,39 @@ func (c *deferringCodec) Unmarshal(data mem.BufferSlice, v any) error {
 		if m, ok := v.(proto.Message); ok {
 			proto.Reset(m)
 		}
+		if r, ok := v.(*heraldv1.NotifyStreamRequest); ok {
+			// Its error is answered with its sequence.
+			r.Sequence = streamSequence(data.Materialize())
+		}
 	}
 	return nil
+}
+
+// streamSequence is the sequence of an encoded NotifyStreamRequest that
+// does not decode as a whole, read field by field as protobuf would (the
+// last value wins); 0 when the encoding is broken before it.
+func streamSequence(b []byte) uint64 {
+	var seq uint64
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return seq
+		}
+		b = b[n:]
+		if num == 1 && typ == protowire.VarintType {
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return seq
+			}
+			seq, b = v, b[n:]
+			continue
+		}
+		if n = protowire.ConsumeFieldValue(num, typ, b); n < 0 {
+			return seq
+		}
+		b = b[n:]
+	}
+	return seq
 }
 
 // deferDecodeErrors returns desc with each unary method's request decoding
@@ -193,7 +241,51 @@ func (c *deferringCodec) deferDecodeErrors(desc grpc.ServiceDesc) *grpc.ServiceD
 		methods[i] = m
 	}
 	desc.Methods = methods
+	streams := make([]grpc.StreamDesc, len(desc.Streams))
+	for i, sd := range desc.Streams {
+		h := sd.Handler
+		sd.Handler = func(srv any, ss grpc.ServerStream) error {
+			ds := &decodingStream{ServerStream: ss, codec: c}
+			ds.ctx = context.WithValue(ss.Context(), decodingKey{}, ds)
+			return h(srv, ds)
+		}
+		streams[i] = sd
+	}
+	desc.Streams = streams
 	return &desc
+}
+
+// decodingKey is the context key of a stream's decodingStream.
+type decodingKey struct{}
+
+// decodingStream is deferDecodeErrors for a stream's messages: a message
+// that cannot be decoded is received empty (a NotifyStreamRequest keeps its
+// sequence), and the handler takes its error with decodeError, to answer
+// it and read on.
+type decodingStream struct {
+	grpc.ServerStream
+	ctx   context.Context
+	codec *deferringCodec
+	err   error // the last message's decode error
+}
+
+func (s *decodingStream) Context() context.Context { return s.ctx }
+
+func (s *decodingStream) RecvMsg(m any) error {
+	s.codec.pending.Store(m, nil)
+	err := s.ServerStream.RecvMsg(m)
+	recorded, _ := s.codec.pending.LoadAndDelete(m)
+	s.err, _ = recorded.(error)
+	return err
+}
+
+// decodeError is the decode error of the message last received on ctx's
+// stream, or nil. Only the goroutine that receives may call it.
+func decodeError(ctx context.Context) error {
+	if s, ok := ctx.Value(decodingKey{}).(*decodingStream); ok {
+		return s.err
+	}
+	return nil
 }
 
 // limitListener accepts at most n connections at once: Accept waits for

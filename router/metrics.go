@@ -23,6 +23,7 @@ type metrics struct {
 	broadcasts  *prometheus.CounterVec
 	devices     *prometheus.CounterVec
 	lookups     *prometheus.CounterVec
+	streams     prometheus.Gauge
 
 	// The series every routed notification counts in, looked up once:
 	// WithLabelValues hashes its labels on each call.
@@ -36,11 +37,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		notifies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "herald", Subsystem: "router", Name: "notify_total",
-			Help: "Notify calls, and notifications of NotifyBatch calls, by route taken (online, push_queued, offline, stale, none) and gRPC status code.",
+			Help: "Notify calls, and notifications of NotifyBatch and NotifyStream calls, by route taken (online, push_queued, offline, stale, none) and gRPC status code.",
 		}, []string{"route", "code"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "herald", Subsystem: "router", Name: "notify_duration_seconds",
-			Help:    "Time to handle a Notify call, or a NotifyBatch call once per notification, from receipt to response.",
+			Help:    "Time to handle a Notify call, or a NotifyBatch call once per notification, or a NotifyStream notification, from receipt to response.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 		}),
 		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{
@@ -67,6 +68,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "herald", Subsystem: "router", Name: "broadcast_total",
 			Help: "Broadcast calls by gRPC status code.",
 		}, []string{"code"}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "herald", Subsystem: "router", Name: "notify_streams",
+			Help: "NotifyStream calls open.",
+		}),
 	}
 	m.okRoutes = make(map[string]prometheus.Counter)
 	for _, route := range []string{"online", "push_queued", "offline", "stale"} {
@@ -76,7 +81,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.lookupOffline = m.lookups.WithLabelValues("offline")
 	m.lookupStale = m.lookups.WithLabelValues("stale")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.kafkaErrors, m.duplicates, m.broadcasts, m.devices, m.lookups} {
+		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.kafkaErrors, m.duplicates, m.broadcasts, m.devices, m.lookups, m.streams} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -73,6 +74,14 @@ type Config struct {
 	// MaxConnIdle closes a connection without calls for this long. Default
 	// DefaultMaxConnIdle (5m).
 	MaxConnIdle time.Duration
+	// StreamMaxInFlight bounds the notifications of one NotifyStream read
+	// and not yet answered: the stream is not read further until one is
+	// answered. Default DefaultStreamMaxInFlight (64); at most 1024.
+	StreamMaxInFlight int
+	// StreamIdleTimeout ends, with OK, a NotifyStream that has had nothing
+	// in flight and received nothing for this long. Default
+	// DefaultStreamIdleTimeout (5m).
+	StreamIdleTimeout time.Duration
 }
 
 // Defaults of Config's service fields, as documented on each field.
@@ -138,6 +147,11 @@ type Service struct {
 	health  *health.Server
 	tp      trace.TracerProvider
 	tracer  trace.Tracer // nil: tracing off
+
+	// draining is closed when Serve begins its graceful stop: each
+	// NotifyStream stops reading, answers what it has read and ends.
+	draining  chan struct{}
+	drainOnce sync.Once
 }
 
 var _ heraldv1.RouterServiceServer = (*Service)(nil)
@@ -188,6 +202,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		health:  health.NewServer(),
 		tp:      deps.TracerProvider,
 		tracer:  newTracer(deps.TracerProvider),
+
+		draining: make(chan struct{}),
 	}, nil
 }
 
@@ -196,7 +212,13 @@ func New(cfg Config, deps Deps) (*Service, error) {
 const correlationHeader = "x-correlation-id"
 
 // Notify routes one notification to one user.
-func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp *heraldv1.NotifyResponse, err error) {
+func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (*heraldv1.NotifyResponse, error) {
+	return s.notify(ctx, req, correlationID(ctx))
+}
+
+// notify validates, routes and answers one notification: a Notify call's,
+// or one of a NotifyStream's. ctx is its call's, and carries its caller.
+func (s *Service) notify(ctx context.Context, req *heraldv1.NotifyRequest, correlation string) (resp *heraldv1.NotifyResponse, err error) {
 	start := s.now()
 	defer func() { s.metrics.observe(resp, err, s.now().Sub(start)) }()
 
@@ -213,7 +235,7 @@ func (s *Service) Notify(ctx context.Context, req *heraldv1.NotifyRequest) (resp
 	if err != nil {
 		return nil, err
 	}
-	env, mode := s.notifyEnvelope(start, req, correlationID(ctx))
+	env, mode := s.notifyEnvelope(start, req, correlation)
 	res, err := s.pub.Publish(ctx, env, idempotencyKey(ctx, req.GetIdempotencyKey()))
 	if err != nil {
 		return nil, s.notifyFailed(ctx, env, err)
@@ -442,6 +464,9 @@ func (s *Service) Serve(ctx context.Context, lis net.Listener, opts ...grpc.Serv
 	case <-ctx.Done():
 	}
 	s.health.Shutdown()
+	// GracefulStop waits for every call, and a NotifyStream does not end
+	// by itself: tell the streams to finish what they have read and end.
+	s.drainOnce.Do(func() { close(s.draining) })
 	stopped := make(chan struct{})
 	go func() {
 		srv.GracefulStop()

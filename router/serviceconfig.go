@@ -27,6 +27,12 @@ import "google.golang.org/grpc"
 // after the router published it, and before its answer arrives, is
 // published twice. The router's graceful stop finishes calls in flight, so
 // that takes a crash or a stop past its ShutdownTimeout.
+//
+// NotifyStream is not named: a stream is long-lived, so it takes no
+// timeout, and gRPC does not retry a stream once it has had a response.
+// Its caller resumes a stream that ended by sending the notifications it
+// has no response for again, on a new stream, with their idempotency keys
+// (README, "Calling the router: NotifyStream").
 const ServiceConfig = `{
   "methodConfig": [
     {

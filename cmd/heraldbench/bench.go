@@ -164,6 +164,8 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 			err = b.pollPush(ctx)
 		case "offline":
 			err = b.offline(ctx)
+		case "notifystream":
+			err = b.notifyStream(ctx)
 		case "redismem":
 			err = b.redisMem(ctx)
 		case "scale":
@@ -357,7 +359,12 @@ func (b *bench) unicast(ctx context.Context) error {
 			return err
 		}
 		b.progress("unicast: %.0f/s for %s", rate, b.cfg.duration)
-		res := openLoop(ctx, rate, b.cfg.duration, b.cfg.workers, b.notifier(prefix, f.conns))
+		call, end, err := sender(ctx, b.client, b.cfg.stream.use, prefix, f.conns)
+		if err != nil {
+			return err
+		}
+		res := openLoop(ctx, rate, b.cfg.duration, b.cfg.workers, call)
+		end()
 		got, err := f.waitReceived(uint64(res.Sent-res.Failed), 5*time.Second)
 		if err != nil {
 			return err

@@ -56,6 +56,7 @@ type command struct {
 	Grpc    string  `json:"grpc,omitempty"`
 	Rate    float64 `json:"rate,omitempty"`
 	Workers int     `json:"workers,omitempty"`
+	Stream  bool    `json:"stream,omitempty"` // on one NotifyStream instead of Notify calls
 	// batch: Workers closed-loop callers of NotifyBatch calls of Size
 	// notifications, for For, through Grpc, round robin over the same
 	// users; every notification must take Route.

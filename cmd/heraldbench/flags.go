@@ -46,6 +46,7 @@ type config struct {
 	offline        offlineConfig
 	redisMem       redisMemConfig
 	scale          scaleConfig
+	stream         streamConfig
 }
 
 type namedPID struct {
@@ -97,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	offlineFlags(fs, &c.offline)
 	redisMemFlags(fs, &c.redisMem)
 	scaleFlags(fs, &c.scale)
+	streamFlags(fs, &c.stream)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}

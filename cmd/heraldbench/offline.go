@@ -11,7 +11,7 @@ import (
 )
 
 // optionalScenarios run only when -scenario names them.
-var optionalScenarios = []string{"offline"}
+var optionalScenarios = []string{"offline", "notifystream"}
 
 // offlineConfig is the offline scenario's flags.
 type offlineConfig struct {

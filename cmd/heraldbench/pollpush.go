@@ -265,7 +265,7 @@ func (b *bench) pushPhase(ctx context.Context, n int, d time.Duration) (phaseRes
 	defer sender.stop()
 	cpu0 := b.serverCPU()
 	r, err := sender.call(command{Op: "notify", Grpc: b.cfg.grpcAddr, Prefix: prefix, Count: f.conns,
-		Rate: rate, For: d, Workers: b.cfg.workers})
+		Rate: rate, For: d, Workers: b.cfg.workers, Stream: b.cfg.stream.use})
 	cpu, each := b.cpuSince(cpu0)
 	if err == nil && r.Error != "" {
 		err = errors.New(r.Error)
@@ -293,7 +293,12 @@ func notifyLoad(c command) reply {
 		return reply{Error: err.Error()}
 	}
 	defer conn.Close()
-	res := openLoop(context.Background(), c.Rate, c.For, c.Workers, notifier(heraldv1.NewRouterServiceClient(conn), c.Prefix, c.Count))
+	call, end, err := sender(context.Background(), heraldv1.NewRouterServiceClient(conn), c.Stream, c.Prefix, c.Count)
+	if err != nil {
+		return reply{Error: err.Error()}
+	}
+	res := openLoop(context.Background(), c.Rate, c.For, c.Workers, call)
+	end()
 	return reply{Load: &res}
 }
 

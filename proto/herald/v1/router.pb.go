@@ -591,6 +591,226 @@ func (x *NotifyBatchResult) GetResponse() *NotifyResponse {
 	return nil
 }
 
+// NotifyStreamRequest is one notification of a NotifyStream.
+type NotifyStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's number for the notification, returned in its response.
+	// The router does not interpret it: keep it unique among the stream's
+	// unanswered notifications.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// The notification, exactly as a Notify's request.
+	Notification  *NotifyRequest `protobuf:"bytes,2,opt,name=notification,proto3" json:"notification,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NotifyStreamRequest) Reset() {
+	*x = NotifyStreamRequest{}
+	mi := &file_herald_v1_router_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NotifyStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NotifyStreamRequest) ProtoMessage() {}
+
+func (x *NotifyStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_router_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NotifyStreamRequest.ProtoReflect.Descriptor instead.
+func (*NotifyStreamRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *NotifyStreamRequest) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *NotifyStreamRequest) GetNotification() *NotifyRequest {
+	if x != nil {
+		return x.Notification
+	}
+	return nil
+}
+
+// NotifyStreamResponse answers one notification of a NotifyStream.
+type NotifyStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The notification's sequence, as sent.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// What happened to the notification.
+	//
+	// Types that are valid to be assigned to Result:
+	//
+	//	*NotifyStreamResponse_Response
+	//	*NotifyStreamResponse_Error
+	Result        isNotifyStreamResponse_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NotifyStreamResponse) Reset() {
+	*x = NotifyStreamResponse{}
+	mi := &file_herald_v1_router_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NotifyStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NotifyStreamResponse) ProtoMessage() {}
+
+func (x *NotifyStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_router_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NotifyStreamResponse.ProtoReflect.Descriptor instead.
+func (*NotifyStreamResponse) Descriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *NotifyStreamResponse) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *NotifyStreamResponse) GetResult() isNotifyStreamResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *NotifyStreamResponse) GetResponse() *NotifyResponse {
+	if x != nil {
+		if x, ok := x.Result.(*NotifyStreamResponse_Response); ok {
+			return x.Response
+		}
+	}
+	return nil
+}
+
+func (x *NotifyStreamResponse) GetError() *NotifyStreamError {
+	if x != nil {
+		if x, ok := x.Result.(*NotifyStreamResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isNotifyStreamResponse_Result interface {
+	isNotifyStreamResponse_Result()
+}
+
+type NotifyStreamResponse_Response struct {
+	// What Notify would have returned: the notification was routed.
+	Response *NotifyResponse `protobuf:"bytes,2,opt,name=response,proto3,oneof"`
+}
+
+type NotifyStreamResponse_Error struct {
+	// The status Notify would have failed with: nothing was routed.
+	Error *NotifyStreamError `protobuf:"bytes,3,opt,name=error,proto3,oneof"`
+}
+
+func (*NotifyStreamResponse_Response) isNotifyStreamResponse_Result() {}
+
+func (*NotifyStreamResponse_Error) isNotifyStreamResponse_Result() {}
+
+// NotifyStreamError is the status of a notification of a NotifyStream that
+// was not routed: what a Notify would have failed with.
+type NotifyStreamError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code (google.rpc.Code): INVALID_ARGUMENT,
+	// PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE, ...
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// The error message.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// With RESOURCE_EXHAUSTED for the caller's rate limit: how long to wait
+	// before sending the notification again (google.rpc.RetryInfo's delay).
+	RetryDelay    *durationpb.Duration `protobuf:"bytes,3,opt,name=retry_delay,json=retryDelay,proto3" json:"retry_delay,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NotifyStreamError) Reset() {
+	*x = NotifyStreamError{}
+	mi := &file_herald_v1_router_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NotifyStreamError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NotifyStreamError) ProtoMessage() {}
+
+func (x *NotifyStreamError) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_router_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NotifyStreamError.ProtoReflect.Descriptor instead.
+func (*NotifyStreamError) Descriptor() ([]byte, []int) {
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *NotifyStreamError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *NotifyStreamError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *NotifyStreamError) GetRetryDelay() *durationpb.Duration {
+	if x != nil {
+		return x.RetryDelay
+	}
+	return nil
+}
+
 // RegisterDeviceRequest names a user's device.
 type RegisterDeviceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -607,7 +827,7 @@ type RegisterDeviceRequest struct {
 
 func (x *RegisterDeviceRequest) Reset() {
 	*x = RegisterDeviceRequest{}
-	mi := &file_herald_v1_router_proto_msgTypes[5]
+	mi := &file_herald_v1_router_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +839,7 @@ func (x *RegisterDeviceRequest) String() string {
 func (*RegisterDeviceRequest) ProtoMessage() {}
 
 func (x *RegisterDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[5]
+	mi := &file_herald_v1_router_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +852,7 @@ func (x *RegisterDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterDeviceRequest.ProtoReflect.Descriptor instead.
 func (*RegisterDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{5}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RegisterDeviceRequest) GetUserId() string {
@@ -669,7 +889,7 @@ type RegisterDeviceResponse struct {
 
 func (x *RegisterDeviceResponse) Reset() {
 	*x = RegisterDeviceResponse{}
-	mi := &file_herald_v1_router_proto_msgTypes[6]
+	mi := &file_herald_v1_router_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +901,7 @@ func (x *RegisterDeviceResponse) String() string {
 func (*RegisterDeviceResponse) ProtoMessage() {}
 
 func (x *RegisterDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[6]
+	mi := &file_herald_v1_router_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +914,7 @@ func (x *RegisterDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterDeviceResponse.ProtoReflect.Descriptor instead.
 func (*RegisterDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{6}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RegisterDeviceResponse) GetDevices() int32 {
@@ -724,7 +944,7 @@ type UnregisterDeviceRequest struct {
 
 func (x *UnregisterDeviceRequest) Reset() {
 	*x = UnregisterDeviceRequest{}
-	mi := &file_herald_v1_router_proto_msgTypes[7]
+	mi := &file_herald_v1_router_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +956,7 @@ func (x *UnregisterDeviceRequest) String() string {
 func (*UnregisterDeviceRequest) ProtoMessage() {}
 
 func (x *UnregisterDeviceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[7]
+	mi := &file_herald_v1_router_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +969,7 @@ func (x *UnregisterDeviceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterDeviceRequest.ProtoReflect.Descriptor instead.
 func (*UnregisterDeviceRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{7}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UnregisterDeviceRequest) GetUserId() string {
@@ -777,7 +997,7 @@ type UnregisterDeviceResponse struct {
 
 func (x *UnregisterDeviceResponse) Reset() {
 	*x = UnregisterDeviceResponse{}
-	mi := &file_herald_v1_router_proto_msgTypes[8]
+	mi := &file_herald_v1_router_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -789,7 +1009,7 @@ func (x *UnregisterDeviceResponse) String() string {
 func (*UnregisterDeviceResponse) ProtoMessage() {}
 
 func (x *UnregisterDeviceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[8]
+	mi := &file_herald_v1_router_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -802,7 +1022,7 @@ func (x *UnregisterDeviceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnregisterDeviceResponse.ProtoReflect.Descriptor instead.
 func (*UnregisterDeviceResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{8}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UnregisterDeviceResponse) GetRemoved() bool {
@@ -830,7 +1050,7 @@ type BroadcastRequest struct {
 
 func (x *BroadcastRequest) Reset() {
 	*x = BroadcastRequest{}
-	mi := &file_herald_v1_router_proto_msgTypes[9]
+	mi := &file_herald_v1_router_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +1062,7 @@ func (x *BroadcastRequest) String() string {
 func (*BroadcastRequest) ProtoMessage() {}
 
 func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[9]
+	mi := &file_herald_v1_router_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +1075,7 @@ func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastRequest.ProtoReflect.Descriptor instead.
 func (*BroadcastRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{9}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BroadcastRequest) GetTopic() string {
@@ -903,7 +1123,7 @@ type BroadcastResponse struct {
 
 func (x *BroadcastResponse) Reset() {
 	*x = BroadcastResponse{}
-	mi := &file_herald_v1_router_proto_msgTypes[10]
+	mi := &file_herald_v1_router_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +1135,7 @@ func (x *BroadcastResponse) String() string {
 func (*BroadcastResponse) ProtoMessage() {}
 
 func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_router_proto_msgTypes[10]
+	mi := &file_herald_v1_router_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1148,7 @@ func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastResponse.ProtoReflect.Descriptor instead.
 func (*BroadcastResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_router_proto_rawDescGZIP(), []int{10}
+	return file_herald_v1_router_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BroadcastResponse) GetNotificationId() string {
@@ -990,7 +1210,20 @@ const file_herald_v1_router_proto_rawDesc = "" +
 	"\x11NotifyBatchResult\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x125\n" +
-	"\bresponse\x18\x03 \x01(\v2\x19.herald.v1.NotifyResponseR\bresponse\"w\n" +
+	"\bresponse\x18\x03 \x01(\v2\x19.herald.v1.NotifyResponseR\bresponse\"o\n" +
+	"\x13NotifyStreamRequest\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12<\n" +
+	"\fnotification\x18\x02 \x01(\v2\x18.herald.v1.NotifyRequestR\fnotification\"\xab\x01\n" +
+	"\x14NotifyStreamResponse\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x127\n" +
+	"\bresponse\x18\x02 \x01(\v2\x19.herald.v1.NotifyResponseH\x00R\bresponse\x124\n" +
+	"\x05error\x18\x03 \x01(\v2\x1c.herald.v1.NotifyStreamErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"}\n" +
+	"\x11NotifyStreamError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12:\n" +
+	"\vretry_delay\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"retryDelay\"w\n" +
 	"\x15RegisterDeviceRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12/\n" +
@@ -1027,10 +1260,11 @@ const file_herald_v1_router_proto_rawDesc = "" +
 	"\x11ROUTE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fROUTE_ONLINE\x10\x01\x12\x11\n" +
 	"\rROUTE_OFFLINE\x10\x02\x12\x15\n" +
-	"\x11ROUTE_PUSH_QUEUED\x10\x032\x98\x03\n" +
+	"\x11ROUTE_PUSH_QUEUED\x10\x032\xed\x03\n" +
 	"\rRouterService\x12=\n" +
 	"\x06Notify\x12\x18.herald.v1.NotifyRequest\x1a\x19.herald.v1.NotifyResponse\x12L\n" +
-	"\vNotifyBatch\x12\x1d.herald.v1.NotifyBatchRequest\x1a\x1e.herald.v1.NotifyBatchResponse\x12F\n" +
+	"\vNotifyBatch\x12\x1d.herald.v1.NotifyBatchRequest\x1a\x1e.herald.v1.NotifyBatchResponse\x12S\n" +
+	"\fNotifyStream\x12\x1e.herald.v1.NotifyStreamRequest\x1a\x1f.herald.v1.NotifyStreamResponse(\x010\x01\x12F\n" +
 	"\tBroadcast\x12\x1b.herald.v1.BroadcastRequest\x1a\x1c.herald.v1.BroadcastResponse\x12U\n" +
 	"\x0eRegisterDevice\x12 .herald.v1.RegisterDeviceRequest\x1a!.herald.v1.RegisterDeviceResponse\x12[\n" +
 	"\x10UnregisterDevice\x12\".herald.v1.UnregisterDeviceRequest\x1a#.herald.v1.UnregisterDeviceResponseB8Z6github.com/herald-push/herald/proto/herald/v1;heraldv1b\x06proto3"
@@ -1048,7 +1282,7 @@ func file_herald_v1_router_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_v1_router_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_herald_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_herald_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_herald_v1_router_proto_goTypes = []any{
 	(DeliveryMode)(0),                // 0: herald.v1.DeliveryMode
 	(Platform)(0),                    // 1: herald.v1.Platform
@@ -1058,45 +1292,54 @@ var file_herald_v1_router_proto_goTypes = []any{
 	(*NotifyBatchRequest)(nil),       // 5: herald.v1.NotifyBatchRequest
 	(*NotifyBatchResponse)(nil),      // 6: herald.v1.NotifyBatchResponse
 	(*NotifyBatchResult)(nil),        // 7: herald.v1.NotifyBatchResult
-	(*RegisterDeviceRequest)(nil),    // 8: herald.v1.RegisterDeviceRequest
-	(*RegisterDeviceResponse)(nil),   // 9: herald.v1.RegisterDeviceResponse
-	(*UnregisterDeviceRequest)(nil),  // 10: herald.v1.UnregisterDeviceRequest
-	(*UnregisterDeviceResponse)(nil), // 11: herald.v1.UnregisterDeviceResponse
-	(*BroadcastRequest)(nil),         // 12: herald.v1.BroadcastRequest
-	(*BroadcastResponse)(nil),        // 13: herald.v1.BroadcastResponse
-	(*durationpb.Duration)(nil),      // 14: google.protobuf.Duration
-	(*PushOptions)(nil),              // 15: herald.v1.PushOptions
-	(*timestamppb.Timestamp)(nil),    // 16: google.protobuf.Timestamp
+	(*NotifyStreamRequest)(nil),      // 8: herald.v1.NotifyStreamRequest
+	(*NotifyStreamResponse)(nil),     // 9: herald.v1.NotifyStreamResponse
+	(*NotifyStreamError)(nil),        // 10: herald.v1.NotifyStreamError
+	(*RegisterDeviceRequest)(nil),    // 11: herald.v1.RegisterDeviceRequest
+	(*RegisterDeviceResponse)(nil),   // 12: herald.v1.RegisterDeviceResponse
+	(*UnregisterDeviceRequest)(nil),  // 13: herald.v1.UnregisterDeviceRequest
+	(*UnregisterDeviceResponse)(nil), // 14: herald.v1.UnregisterDeviceResponse
+	(*BroadcastRequest)(nil),         // 15: herald.v1.BroadcastRequest
+	(*BroadcastResponse)(nil),        // 16: herald.v1.BroadcastResponse
+	(*durationpb.Duration)(nil),      // 17: google.protobuf.Duration
+	(*PushOptions)(nil),              // 18: herald.v1.PushOptions
+	(*timestamppb.Timestamp)(nil),    // 19: google.protobuf.Timestamp
 }
 var file_herald_v1_router_proto_depIdxs = []int32{
-	14, // 0: herald.v1.NotifyRequest.ttl:type_name -> google.protobuf.Duration
-	15, // 1: herald.v1.NotifyRequest.push:type_name -> herald.v1.PushOptions
+	17, // 0: herald.v1.NotifyRequest.ttl:type_name -> google.protobuf.Duration
+	18, // 1: herald.v1.NotifyRequest.push:type_name -> herald.v1.PushOptions
 	0,  // 2: herald.v1.NotifyRequest.delivery_mode:type_name -> herald.v1.DeliveryMode
-	14, // 3: herald.v1.NotifyRequest.ack_deadline:type_name -> google.protobuf.Duration
+	17, // 3: herald.v1.NotifyRequest.ack_deadline:type_name -> google.protobuf.Duration
 	2,  // 4: herald.v1.NotifyResponse.route:type_name -> herald.v1.Route
-	16, // 5: herald.v1.NotifyResponse.accepted_at:type_name -> google.protobuf.Timestamp
+	19, // 5: herald.v1.NotifyResponse.accepted_at:type_name -> google.protobuf.Timestamp
 	0,  // 6: herald.v1.NotifyResponse.delivery_mode:type_name -> herald.v1.DeliveryMode
 	3,  // 7: herald.v1.NotifyBatchRequest.notifications:type_name -> herald.v1.NotifyRequest
 	7,  // 8: herald.v1.NotifyBatchResponse.results:type_name -> herald.v1.NotifyBatchResult
 	4,  // 9: herald.v1.NotifyBatchResult.response:type_name -> herald.v1.NotifyResponse
-	1,  // 10: herald.v1.RegisterDeviceRequest.platform:type_name -> herald.v1.Platform
-	14, // 11: herald.v1.BroadcastRequest.ttl:type_name -> google.protobuf.Duration
-	16, // 12: herald.v1.BroadcastResponse.accepted_at:type_name -> google.protobuf.Timestamp
-	3,  // 13: herald.v1.RouterService.Notify:input_type -> herald.v1.NotifyRequest
-	5,  // 14: herald.v1.RouterService.NotifyBatch:input_type -> herald.v1.NotifyBatchRequest
-	12, // 15: herald.v1.RouterService.Broadcast:input_type -> herald.v1.BroadcastRequest
-	8,  // 16: herald.v1.RouterService.RegisterDevice:input_type -> herald.v1.RegisterDeviceRequest
-	10, // 17: herald.v1.RouterService.UnregisterDevice:input_type -> herald.v1.UnregisterDeviceRequest
-	4,  // 18: herald.v1.RouterService.Notify:output_type -> herald.v1.NotifyResponse
-	6,  // 19: herald.v1.RouterService.NotifyBatch:output_type -> herald.v1.NotifyBatchResponse
-	13, // 20: herald.v1.RouterService.Broadcast:output_type -> herald.v1.BroadcastResponse
-	9,  // 21: herald.v1.RouterService.RegisterDevice:output_type -> herald.v1.RegisterDeviceResponse
-	11, // 22: herald.v1.RouterService.UnregisterDevice:output_type -> herald.v1.UnregisterDeviceResponse
-	18, // [18:23] is the sub-list for method output_type
-	13, // [13:18] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	3,  // 10: herald.v1.NotifyStreamRequest.notification:type_name -> herald.v1.NotifyRequest
+	4,  // 11: herald.v1.NotifyStreamResponse.response:type_name -> herald.v1.NotifyResponse
+	10, // 12: herald.v1.NotifyStreamResponse.error:type_name -> herald.v1.NotifyStreamError
+	17, // 13: herald.v1.NotifyStreamError.retry_delay:type_name -> google.protobuf.Duration
+	1,  // 14: herald.v1.RegisterDeviceRequest.platform:type_name -> herald.v1.Platform
+	17, // 15: herald.v1.BroadcastRequest.ttl:type_name -> google.protobuf.Duration
+	19, // 16: herald.v1.BroadcastResponse.accepted_at:type_name -> google.protobuf.Timestamp
+	3,  // 17: herald.v1.RouterService.Notify:input_type -> herald.v1.NotifyRequest
+	5,  // 18: herald.v1.RouterService.NotifyBatch:input_type -> herald.v1.NotifyBatchRequest
+	8,  // 19: herald.v1.RouterService.NotifyStream:input_type -> herald.v1.NotifyStreamRequest
+	15, // 20: herald.v1.RouterService.Broadcast:input_type -> herald.v1.BroadcastRequest
+	11, // 21: herald.v1.RouterService.RegisterDevice:input_type -> herald.v1.RegisterDeviceRequest
+	13, // 22: herald.v1.RouterService.UnregisterDevice:input_type -> herald.v1.UnregisterDeviceRequest
+	4,  // 23: herald.v1.RouterService.Notify:output_type -> herald.v1.NotifyResponse
+	6,  // 24: herald.v1.RouterService.NotifyBatch:output_type -> herald.v1.NotifyBatchResponse
+	9,  // 25: herald.v1.RouterService.NotifyStream:output_type -> herald.v1.NotifyStreamResponse
+	16, // 26: herald.v1.RouterService.Broadcast:output_type -> herald.v1.BroadcastResponse
+	12, // 27: herald.v1.RouterService.RegisterDevice:output_type -> herald.v1.RegisterDeviceResponse
+	14, // 28: herald.v1.RouterService.UnregisterDevice:output_type -> herald.v1.UnregisterDeviceResponse
+	23, // [23:29] is the sub-list for method output_type
+	17, // [17:23] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_herald_v1_router_proto_init() }
@@ -1105,13 +1348,17 @@ func file_herald_v1_router_proto_init() {
 		return
 	}
 	file_herald_v1_envelope_proto_init()
+	file_herald_v1_router_proto_msgTypes[6].OneofWrappers = []any{
+		(*NotifyStreamResponse_Response)(nil),
+		(*NotifyStreamResponse_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_v1_router_proto_rawDesc), len(file_herald_v1_router_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   11,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	RouterService_Notify_FullMethodName           = "/herald.v1.RouterService/Notify"
 	RouterService_NotifyBatch_FullMethodName      = "/herald.v1.RouterService/NotifyBatch"
+	RouterService_NotifyStream_FullMethodName     = "/herald.v1.RouterService/NotifyStream"
 	RouterService_Broadcast_FullMethodName        = "/herald.v1.RouterService/Broadcast"
 	RouterService_RegisterDevice_FullMethodName   = "/herald.v1.RouterService/RegisterDevice"
 	RouterService_UnregisterDevice_FullMethodName = "/herald.v1.RouterService/UnregisterDevice"
@@ -72,6 +73,36 @@ type RouterServiceClient interface {
 	// no wait would let through), is the caller's error: it is refused whole
 	// with INVALID_ARGUMENT, without RetryInfo, and nothing is routed.
 	NotifyBatch(ctx context.Context, in *NotifyBatchRequest, opts ...grpc.CallOption) (*NotifyBatchResponse, error)
+	// NotifyStream routes notifications sent one by one on a long-lived
+	// stream, for callers that send steadily: the per-call cost of a unary
+	// Notify (headers, stream set-up, trailers) is paid once per stream.
+	// Each request carries a sequence number of the caller's choosing and a
+	// NotifyRequest; each gets exactly one response, carrying its sequence,
+	// and either the NotifyResponse a Notify would have returned or its error.
+	// Responses come in the order notifications finish, not the order sent:
+	// notifications of a stream are routed concurrently.
+	//
+	// The caller is authenticated once, when the stream opens. Each
+	// notification is then authorised, rate limited (one of the caller's
+	// calls), validated, deduplicated by idempotency key and routed exactly as
+	// a Notify: one refused or invalid notification gets its error in its own
+	// response and the stream goes on. A notification over the caller's rate
+	// limit gets RESOURCE_EXHAUSTED with the delay after which it may be sent
+	// again (retry_delay).
+	//
+	// Limits (docs/security.md): at most 64 notifications in flight per stream
+	// (sent and not yet answered); the router stops reading the stream until
+	// one is answered. A stream counts as one of the connection's calls in
+	// flight (100). A stream with nothing in flight and nothing sent for 5
+	// minutes is ended with OK. When the router shuts down, it stops reading,
+	// answers every notification it has read, and ends the stream with
+	// UNAVAILABLE.
+	//
+	// gRPC does not retry a stream. When a stream ends, whatever its status,
+	// the caller sends the notifications it has no response for again, on a
+	// new stream or with Notify, with the same idempotency keys: one the router
+	// routed before the stream ended answers duplicate.
+	NotifyStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[NotifyStreamRequest, NotifyStreamResponse], error)
 	// Broadcast fans one message out to every client subscribed to a topic, on
 	// every edge. Clients may read a topic only when their token allows it.
 	Broadcast(ctx context.Context, in *BroadcastRequest, opts ...grpc.CallOption) (*BroadcastResponse, error)
@@ -111,6 +142,19 @@ func (c *routerServiceClient) NotifyBatch(ctx context.Context, in *NotifyBatchRe
 	}
 	return out, nil
 }
+
+func (c *routerServiceClient) NotifyStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[NotifyStreamRequest, NotifyStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &RouterService_ServiceDesc.Streams[0], RouterService_NotifyStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[NotifyStreamRequest, NotifyStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RouterService_NotifyStreamClient = grpc.BidiStreamingClient[NotifyStreamRequest, NotifyStreamResponse]
 
 func (c *routerServiceClient) Broadcast(ctx context.Context, in *BroadcastRequest, opts ...grpc.CallOption) (*BroadcastResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -188,6 +232,36 @@ type RouterServiceServer interface {
 	// no wait would let through), is the caller's error: it is refused whole
 	// with INVALID_ARGUMENT, without RetryInfo, and nothing is routed.
 	NotifyBatch(context.Context, *NotifyBatchRequest) (*NotifyBatchResponse, error)
+	// NotifyStream routes notifications sent one by one on a long-lived
+	// stream, for callers that send steadily: the per-call cost of a unary
+	// Notify (headers, stream set-up, trailers) is paid once per stream.
+	// Each request carries a sequence number of the caller's choosing and a
+	// NotifyRequest; each gets exactly one response, carrying its sequence,
+	// and either the NotifyResponse a Notify would have returned or its error.
+	// Responses come in the order notifications finish, not the order sent:
+	// notifications of a stream are routed concurrently.
+	//
+	// The caller is authenticated once, when the stream opens. Each
+	// notification is then authorised, rate limited (one of the caller's
+	// calls), validated, deduplicated by idempotency key and routed exactly as
+	// a Notify: one refused or invalid notification gets its error in its own
+	// response and the stream goes on. A notification over the caller's rate
+	// limit gets RESOURCE_EXHAUSTED with the delay after which it may be sent
+	// again (retry_delay).
+	//
+	// Limits (docs/security.md): at most 64 notifications in flight per stream
+	// (sent and not yet answered); the router stops reading the stream until
+	// one is answered. A stream counts as one of the connection's calls in
+	// flight (100). A stream with nothing in flight and nothing sent for 5
+	// minutes is ended with OK. When the router shuts down, it stops reading,
+	// answers every notification it has read, and ends the stream with
+	// UNAVAILABLE.
+	//
+	// gRPC does not retry a stream. When a stream ends, whatever its status,
+	// the caller sends the notifications it has no response for again, on a
+	// new stream or with Notify, with the same idempotency keys: one the router
+	// routed before the stream ended answers duplicate.
+	NotifyStream(grpc.BidiStreamingServer[NotifyStreamRequest, NotifyStreamResponse]) error
 	// Broadcast fans one message out to every client subscribed to a topic, on
 	// every edge. Clients may read a topic only when their token allows it.
 	Broadcast(context.Context, *BroadcastRequest) (*BroadcastResponse, error)
@@ -213,6 +287,9 @@ func (UnimplementedRouterServiceServer) Notify(context.Context, *NotifyRequest) 
 }
 func (UnimplementedRouterServiceServer) NotifyBatch(context.Context, *NotifyBatchRequest) (*NotifyBatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method NotifyBatch not implemented")
+}
+func (UnimplementedRouterServiceServer) NotifyStream(grpc.BidiStreamingServer[NotifyStreamRequest, NotifyStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method NotifyStream not implemented")
 }
 func (UnimplementedRouterServiceServer) Broadcast(context.Context, *BroadcastRequest) (*BroadcastResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Broadcast not implemented")
@@ -279,6 +356,13 @@ func _RouterService_NotifyBatch_Handler(srv interface{}, ctx context.Context, de
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _RouterService_NotifyStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(RouterServiceServer).NotifyStream(&grpc.GenericServerStream[NotifyStreamRequest, NotifyStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type RouterService_NotifyStreamServer = grpc.BidiStreamingServer[NotifyStreamRequest, NotifyStreamResponse]
 
 func _RouterService_Broadcast_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(BroadcastRequest)
@@ -362,6 +446,13 @@ var RouterService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _RouterService_UnregisterDevice_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "NotifyStream",
+			Handler:       _RouterService_NotifyStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "herald/v1/router.proto",
 }
