@@ -37,6 +37,11 @@ func (s *Server) serveStream(ctx context.Context, w http.ResponseWriter, r *http
 		}
 		switch {
 		case err == nil:
+			// Clear the deadline: on HTTP/2, net/http resets the stream
+			// when a write deadline passes, whether or not a write is
+			// waiting, so a stream quiet for WriteTimeout (less than
+			// the heartbeat by default) would be reset.
+			_ = rc.SetWriteDeadline(time.Time{})
 			return ""
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			return CloseWriteTimeout
