@@ -119,6 +119,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzEnvelope$$' -fuzztime $(FUZZTIME) ./delivery/
 	$(GO) test -run '^$$' -fuzz '^FuzzDeadLetter$$' -fuzztime $(FUZZTIME) ./cmd/heraldctl/
 	$(GO) test -run '^$$' -fuzz '^FuzzSend$$' -fuzztime $(FUZZTIME) ./fcm/fcmtest/
+	$(GO) test -run '^$$' -fuzz '^FuzzStreamSequence$$' -fuzztime $(FUZZTIME) ./router/
 
 clean:
 	rm -rf $(BIN)
