@@ -150,46 +150,61 @@ func (h *holder) open(c command) reply {
 	if c.H2 > 0 {
 		return h.openH2(c)
 	}
+	now := time.Now()
+	conns, failed, first := dialAll(c.Count, c.Dials, c.Addrs, func(i int, src string) (net.Conn, error) {
+		conn, body, err := dialSSE(c, c.Prefix+strconv.Itoa(c.First+i), src, now)
+		if err == nil {
+			h.wg.Add(1)
+			go h.read(body)
+		}
+		return conn, err
+	})
+	h.mu.Lock()
+	h.conns = append(h.conns, conns...)
+	h.mu.Unlock()
+	return reply{Opened: len(conns), Failed: failed, Error: first}
+}
+
+// dialAll opens count streams with open, at most dials at once, the i-th
+// from source address addrs[i % len(addrs)] (none: the kernel's choice).
+// It returns the connections opened, how many failed, and the first
+// failure.
+func dialAll(count, dials int, addrs []string, open func(i int, src string) (net.Conn, error)) ([]net.Conn, int, string) {
 	type result struct {
 		conn net.Conn
 		err  error
 	}
-	dials := max(c.Dials, 1)
-	sem := make(chan struct{}, dials)
-	results := make(chan result, c.Count)
-	now := time.Now()
-	for i := range c.Count {
+	sem := make(chan struct{}, max(dials, 1))
+	results := make(chan result, count)
+	for i := range count {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem }()
 			var src string
-			if len(c.Addrs) > 0 {
-				src = c.Addrs[i%len(c.Addrs)]
+			if len(addrs) > 0 {
+				src = addrs[i%len(addrs)]
 			}
-			conn, body, err := dialSSE(c, c.Prefix+strconv.Itoa(c.First+i), src, now)
-			if err == nil {
-				h.wg.Add(1)
-				go h.read(body)
-			}
+			conn, err := open(i, src)
 			results <- result{conn, err}
 		}()
 	}
-	var r reply
-	for range c.Count {
+	var (
+		conns  []net.Conn
+		failed int
+		first  string
+	)
+	for range count {
 		res := <-results
 		if res.err != nil {
-			if r.Failed == 0 {
-				r.Error = res.err.Error()
+			if failed == 0 {
+				first = res.err.Error()
 			}
-			r.Failed++
+			failed++
 			continue
 		}
-		r.Opened++
-		h.mu.Lock()
-		h.conns = append(h.conns, res.conn)
-		h.mu.Unlock()
+		conns = append(conns, res.conn)
 	}
-	return r
+	return conns, failed, first
 }
 
 // dialSSE opens one stream over a bare HTTP/1.1 connection: a net/http

@@ -157,46 +157,20 @@ func (t *tally) open(c scaleCommand) scaleReply {
 		return scaleReply{Error: "open: the run's shape changed between opens"}
 	}
 	dial := command{Edge: c.URL, Secret: c.Secret}
-	sem := make(chan struct{}, max(c.Dials, 1))
-	type result struct {
-		conn net.Conn
-		err  error
-	}
-	results := make(chan result, c.Count)
 	now := time.Now()
-	for i := range c.Count {
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem }()
-			var src string
-			if len(c.Addrs) > 0 {
-				src = c.Addrs[i%len(c.Addrs)]
-			}
-			stream := c.First + i
-			conn, body, err := dialSSE(dial, scaleUser(c.Prefix, c.Edge, stream), src, now)
-			if err == nil {
-				t.wg.Add(1)
-				go t.read(body, c.Edge, stream)
-			}
-			results <- result{conn, err}
-		}()
-	}
-	var r scaleReply
-	for range c.Count {
-		res := <-results
-		if res.err != nil {
-			if r.Failed == 0 {
-				r.Error = res.err.Error()
-			}
-			r.Failed++
-			continue
+	conns, failed, first := dialAll(c.Count, c.Dials, c.Addrs, func(i int, src string) (net.Conn, error) {
+		stream := c.First + i
+		conn, body, err := dialSSE(dial, scaleUser(c.Prefix, c.Edge, stream), src, now)
+		if err == nil {
+			t.wg.Add(1)
+			go t.read(body, c.Edge, stream)
 		}
-		r.Opened++
-		t.mu.Lock()
-		t.conns = append(t.conns, res.conn)
-		t.mu.Unlock()
-	}
-	return r
+		return conn, err
+	})
+	t.mu.Lock()
+	t.conns = append(t.conns, conns...)
+	t.mu.Unlock()
+	return scaleReply{Opened: len(conns), Failed: failed, Error: first}
 }
 
 // read accounts for one stream's events until it ends.
