@@ -11,6 +11,8 @@ import (
 type limits struct {
 	headerBytes, requestBytes, streamsPerConn, conns int
 	keepaliveMinTime, maxConnIdle                    time.Duration
+	streamInFlight                                   int
+	streamIdle                                       time.Duration
 }
 
 func (l *limits) register(fs *flag.FlagSet) {
@@ -20,6 +22,8 @@ func (l *limits) register(fs *flag.FlagSet) {
 	fs.IntVar(&l.conns, "grpc-max-conns", router.DefaultMaxConns, "most open gRPC connections; more wait to be accepted")
 	fs.DurationVar(&l.keepaliveMinTime, "grpc-keepalive-min-time", router.DefaultKeepaliveMinTime, "shortest ping interval a client may use; faster pingers are disconnected")
 	fs.DurationVar(&l.maxConnIdle, "grpc-max-conn-idle", router.DefaultMaxConnIdle, "close a connection with no call for this long")
+	fs.IntVar(&l.streamInFlight, "notify-stream-max-in-flight", router.DefaultStreamMaxInFlight, "most notifications of one NotifyStream read and not yet answered (at most 1024); the router stops reading at it")
+	fs.DurationVar(&l.streamIdle, "notify-stream-idle-timeout", router.DefaultStreamIdleTimeout, "end a NotifyStream with nothing sent and nothing in flight for this long")
 }
 
 // apply sets cfg's limits from the flags.
@@ -27,4 +31,5 @@ func (l limits) apply(cfg *router.Config) {
 	cfg.MaxHeaderBytes, cfg.MaxRequestBytes = l.headerBytes, l.requestBytes
 	cfg.MaxStreamsPerConn, cfg.MaxConns = l.streamsPerConn, l.conns
 	cfg.KeepaliveMinTime, cfg.MaxConnIdle = l.keepaliveMinTime, l.maxConnIdle
+	cfg.StreamMaxInFlight, cfg.StreamIdleTimeout = l.streamInFlight, l.streamIdle
 }
