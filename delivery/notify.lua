@@ -1,49 +1,67 @@
 
--- notify is one notification's work, with its own KEYS and ARGV (see
--- notifyLua in scripts.go); it returns the reply.
-local function notify(KEYS, ARGV)
-  local idem, trace
-  local k = 4
-  if ARGV[9] == '1' then idem = KEYS[k]; k = k + 1 end
-  if tonumber(ARGV[10]) > 0 then trace = KEYS[k]; k = k + 1 end
-  local receipts, envs
-  if tonumber(ARGV[13]) > 0 then receipts = KEYS[k]; envs = KEYS[k + 1] end
+-- liveAfter is ZCOUNT's bound for the leases live now.
+local liveAfter = '(' .. fmt(now)
+
+-- config parses the publisher's settings, which start at ARGV[i]: the
+-- same for every notification of a script, so parsed once (see notifyLua
+-- in scripts.go). Numbers go to Redis as the strings they came as: a Lua
+-- number costs a float format per command.
+local function config(i)
+  local window = tonumber(ARGV[i + 2])
+  local tenth = math.max(math.floor(window / 10), 1)
+  return {idemWindow = ARGV[i], maxlen = ARGV[i + 1], tenth = tenth, ttl = fmt(window + 2 * tenth),
+    keep = ARGV[i + 3], pending = ARGV[i + 4], queues = ARGV[i + 4] ~= '0'}
+end
+
+-- notify is one notification's work: its KEYS start after KEYS[k], its
+-- ARGV after ARGV[a] (see notifyLua in scripts.go); C is config's. It
+-- returns the reply.
+local function notify(k, a, C)
+  local presence, hist, lastk = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local channel, envelope, rec, hasKey, traceTTL = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local ackBy = ARGV[a + 8]
+  k = k + 3
+  local idem, trace, receipts, envs
+  if hasKey == '1' then idem = KEYS[k + 1]; k = k + 1 end
+  if traceTTL ~= '0' then trace = KEYS[k + 1]; k = k + 1 end
+  if ackBy ~= '0' then receipts = KEYS[k + 1]; envs = KEYS[k + 2] end
   if idem then
     local prev = redis.call('GET', idem)
     if prev then return {'dup', prev} end
   end
-  local eid, payload = record(KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
-  local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+  local eid, payload = record(hist, lastk, envelope, C.maxlen, C.tenth, C.ttl, C.keep)
+  local live = redis.call('ZCOUNT', presence, liveAfter, '+inf')
   local route = 'offline'
   local subs = 0
   if live > 0 then
-    subs = redis.call('$PUBLISH', ARGV[1], payload)
+    subs = redis.call('$PUBLISH', channel, payload)
     if subs > 0 then route = 'online' else route = 'stale' end
   end
   if idem then
-    if route ~= 'online' and tonumber(ARGV[8]) > 0 then
-      redis.call('SET', idem, 'pending|' .. ARGV[3], 'PX', ARGV[8])
+    if route ~= 'online' and C.queues then
+      redis.call('SET', idem, 'pending|' .. rec, 'PX', C.pending)
     else
-      redis.call('SET', idem, route .. '|' .. subs .. '|' .. eid .. '|' .. ARGV[3], 'PX', ARGV[4])
+      redis.call('SET', idem, route .. '|' .. subs .. '|' .. eid .. '|' .. rec, 'PX', C.idemWindow)
     end
   end
   if receipts and route == 'online' then
-    local rid, racc = string.match(ARGV[3], '^(.*)|(%d+)|%d+$')
-    redis.call('HSET', receipts, rid, 'pending|' .. eid .. '|' .. racc .. '|' .. ARGV[13])
+    local rid, racc = string.match(rec, '^(.*)|(%d+)|%d+$')
+    redis.call('HSET', receipts, rid, 'pending|' .. eid .. '|' .. racc .. '|' .. ackBy)
     redis.call('HSET', envs, rid, payload)
-    local keep = tonumber(ARGV[13]) - now + 3600000
+    local keep = tonumber(ackBy) - now + 3600000
     redis.call('PEXPIRE', receipts, keep)
     redis.call('PEXPIRE', envs, keep)
   end
   if trace then
-    if ARGV[12] ~= '' then
-      redis.call('HSET', trace, 'user', ARGV[11], 'accepted_ms', now, 'route', route, 'subscribers', subs, 'event_id', eid,
-        'correlation_id', ARGV[12])
+    local user, corr, traceID = ARGV[a + 6], ARGV[a + 7], ARGV[a + 9]
+    if corr ~= '' then
+      redis.call('HSET', trace, 'user', user, 'accepted_ms', now, 'route', route, 'subscribers', subs, 'event_id', eid,
+        'correlation_id', corr)
     else
-      redis.call('HSET', trace, 'user', ARGV[11], 'accepted_ms', now, 'route', route, 'subscribers', subs, 'event_id', eid)
+      redis.call('HSET', trace, 'user', user, 'accepted_ms', now, 'route', route, 'subscribers', subs, 'event_id', eid)
     end
-    if ARGV[14] ~= '' then redis.call('HSET', trace, 'trace_id', ARGV[14]) end
-    redis.call('PEXPIRE', trace, ARGV[10])
+    if traceID ~= '' then redis.call('HSET', trace, 'trace_id', traceID) end
+    redis.call('PEXPIRE', trace, traceTTL)
   end
   return {route, tostring(subs), eid}
 end

@@ -1,22 +1,22 @@
 
--- ARGV[1] notifications follow, each with the 14 ARGV of notify and its
--- KEYS (3, then one for an idempotency key, one for a trace, two for
--- receipts), in order. The reply is each one's, or {'err', message} for
--- one that failed: the others still run.
-local out, ki, ai = {}, 1, 2
+-- ARGV[1] notifications follow the publisher's settings (ARGV[2] to
+-- ARGV[6]), each with its 9 ARGV and its KEYS (3, then one for an
+-- idempotency key, one for a trace, two for receipts), in order. The reply
+-- is each one's, or {'err', message} for one that failed: the others still
+-- run.
+local C = config(2)
+local out, k, a = {}, 0, 6
 for i = 1, tonumber(ARGV[1]) do
-  local A = {unpack(ARGV, ai, ai + 13)}
-  local nk = 3
-  if A[9] == '1' then nk = nk + 1 end
-  if tonumber(A[10]) > 0 then nk = nk + 1 end
-  if tonumber(A[13]) > 0 then nk = nk + 2 end
-  local K = {unpack(KEYS, ki, ki + nk - 1)}
-  ki, ai = ki + nk, ai + 14
-  local ok, r = pcall(notify, K, A)
+  local ok, r = pcall(notify, k, a, C)
   if not ok then
     if type(r) == 'table' and r.err then r = r.err end
     r = {'err', tostring(r)}
   end
   out[i] = r
+  k = k + 3
+  if ARGV[a + 4] == '1' then k = k + 1 end
+  if ARGV[a + 5] ~= '0' then k = k + 1 end
+  if ARGV[a + 8] ~= '0' then k = k + 2 end
+  a = a + 9
 end
 return out

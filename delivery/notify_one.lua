@@ -1,2 +1,2 @@
 
-return notify(KEYS, ARGV)
+return notify(0, 5, config(1))

@@ -155,10 +155,11 @@ func (p *Publisher) runBatchScripts(ctx context.Context, calls []*notifyCall, to
 	var chunks []*chunk
 	for len(todo) > 0 {
 		n := min(len(todo), maxScriptBatch)
-		ch := &chunk{idx: todo[:n], args: []any{n}}
+		// The publisher's settings, the same in every call, go once.
+		ch := &chunk{idx: todo[:n], args: append([]any{n}, calls[todo[0]].args[:scriptConfigArgs]...)}
 		for _, i := range ch.idx {
 			ch.keys = append(ch.keys, calls[i].keys...)
-			ch.args = append(ch.args, calls[i].args...)
+			ch.args = append(ch.args, calls[i].args[scriptConfigArgs:]...)
 		}
 		chunks, todo = append(chunks, ch), todo[n:]
 	}

@@ -309,10 +309,10 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 	if p.cfg.Offline != nil {
 		pending = p.cfg.PendingTimeout.Milliseconds()
 	}
-	args := append(make([]any, 0, 14), Channel(p.presence.Prefix(), UserStream(user)), payload, record,
-		p.cfg.IdempotencyWindow.Milliseconds())
+	args := append(make([]any, 0, scriptConfigArgs+9), p.cfg.IdempotencyWindow.Milliseconds())
 	args = append(args, p.cfg.History.args()...)
-	args = append(args, pending, hasKey, traceTTL, user, env.GetCorrelationId(), ackBy, p.traceID(ctx))
+	args = append(args, pending, Channel(p.presence.Prefix(), UserStream(user)), payload, record, hasKey, traceTTL,
+		user, env.GetCorrelationId(), ackBy, p.traceID(ctx))
 	return &notifyCall{ctx: ctx, env: env, hasKey: idempotencyKey != "", idem: idem, traced: traceTTL > 0,
 		keys: keys, args: args, record: record}, nil
 }

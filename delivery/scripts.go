@@ -14,30 +14,36 @@ import (
 // common.lua.
 //
 //	KEYS: presence, history, last (HistoryKeys), [idempotency key], [trace]
-//	ARGV: channel, envelope, idempotency record, idempotency window ms,
-//	      history length, window ms, keep ms, pending timeout ms,
+//	ARGV: the publisher's settings (scriptConfigArgs of them): idempotency
+//	      window ms, history length, window ms, keep ms, pending timeout ms;
+//	      then the notification's: channel, envelope, idempotency record,
 //	      has idempotency key (1 or 0), trace ttl ms (0: no trace), user,
-//	      correlation id, ack deadline ms (0: fire and forget)
+//	      correlation id, ack deadline ms (0: fire and forget), trace id
 //	KEYS with an ack deadline, after those: receipts, receipt envelopes
 //
 // With an idempotency key it first returns the stored record, if any. Then it
 // records the envelope in the user's history, counts live leases, publishes
-// when there is one, and stores "route|subscribers|event id|" .. ARGV[3]
-// under the idempotency key, where ARGV[3] is "id|accepted ms|ack deadline
+// when there is one, and stores "route|subscribers|event id|" .. record
+// under the idempotency key, where the record is "id|accepted ms|ack deadline
 // ms" (0: fire and forget): a duplicate is answered with what was applied
 // (see parseRecord). When the notification still has to be queued
-// for the offline path (ARGV[8] > 0 and it was not published to anyone), it
-// stores "pending|" .. ARGV[3] for ARGV[8] ms instead, and the caller stores
-// the final record once the queue has taken it. With a trace key (a
-// notification the publisher traces: see PublisherConfig.TraceRate) it
-// starts the notification's trail there. Each Redis command it runs costs
-// (about 1 µs each, on top of the script's own start): GET and SET of the
-// last id, XADD (which trims), PEXPIRE, ZCOUNT of the presence lease, and
-// PUBLISH when there is one; the idempotency, receipt and trail writes only
-// when asked for.
+// for the offline path (a pending timeout > 0 and it was not published to
+// anyone), it stores "pending|" .. record for the pending timeout instead,
+// and the caller stores the final record once the queue has taken it. With
+// a trace key (a notification the publisher traces: see
+// PublisherConfig.TraceRate) it starts the notification's trail there.
+// Each Redis command it runs costs (about 1 µs each, on top of the script's
+// own start): GET and SET of the last id, XADD (which trims whole nodes),
+// ZCOUNT of the presence lease, and PUBLISH when there is one; PEXPIRE of
+// the history once per tenth of its window; the idempotency, receipt and
+// trail writes only when asked for.
 //
 //go:embed notify.lua
 var notifyLua string
+
+// scriptConfigArgs is how many of notifyLua's ARGV are the publisher's
+// settings.
+const scriptConfigArgs = 5
 
 // notifyOneLua runs notify.lua's function for the script's KEYS and ARGV.
 //
@@ -45,7 +51,7 @@ var notifyLua string
 var notifyOneLua string
 
 // notifyBatchLua runs notify.lua's function for several notifications in
-// one script: on a single Redis, a pipeline of notifications is one script
+// one script, which carries the publisher's settings once: on a single Redis, a pipeline of notifications is one script
 // call, which saves each notification the call's own cost: the script's
 // start, TIME and the reply (docs/benchmarks.md). On a Redis Cluster, whose scripts must
 // keep to one slot, each notification keeps its own script.

@@ -66,9 +66,13 @@ const (
 // publisher, which writes it, and the edges' history readers
 // (delivery/history) must agree on it.
 type HistoryConfig struct {
-	// Length is the most events kept per stream. Default 100: far more than
-	// a client misses in a reconnect, and small enough (about 100 × the
-	// payload size per active user) to keep in Redis memory.
+	// Length is the fewest events kept per stream, as long as the window
+	// allows: Redis trims a stream in whole nodes (XADD MAXLEN ~), so it
+	// holds at most a node more (stream-node-max-entries, 100 by default,
+	// or stream-node-max-bytes, 4 KiB), and readers serve those too.
+	// Default 100: far more than a client misses in a reconnect, and small
+	// enough (about 100 × the payload size per active user) to keep in
+	// Redis memory.
 	Length int
 	// Window is how long an event is kept. Default 10 minutes: a client away
 	// longer than that re-fetches its state (it gets herald.reset) instead of

@@ -226,7 +226,7 @@ func TestBrowserClientResetAfterGap(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.waitOffline(t, "bo")
-	for i := range 10 { // twice what history keeps
+	for i := range beyondHistory {
 		s.notifyData(t, "bo", fmt.Sprintf("gone%d", i))
 	}
 	s.edges[0] = s.startEdge(t, "edge-0-restarted", edge.Addr)

@@ -97,7 +97,7 @@ func TestGapBeyondHistory(t *testing.T) {
 	last := expectData(t, c, []string{"seen"})
 	c.close()
 	s.waitOffline(t, "gus")
-	for i := range 8 { // more than the 5 kept
+	for i := range beyondHistory {
 		s.notify(t, &heraldv1.NotifyRequest{UserId: "gus", Data: []byte(strconv.Itoa(i))})
 	}
 	c = connectFrom(t, eventsURL(s.edges[0], tok), last.ID)

@@ -106,6 +106,13 @@ func (e *testEdge) gauge(name string) float64 {
 	return -1
 }
 
+// beyondHistory events, published while a client is away, leave a history
+// of 5 (HistoryConfig.Length) without the first of them: Redis trims a
+// stream in whole nodes, which hold at most 100 entries
+// (stream-node-max-entries, by default), so a history of 5 holds at most
+// 104, and the client's last event and the first it missed are gone.
+const beyondHistory = 5 + 100
+
 // options shape a system; the zero value is one edge on the shared Redis.
 type options struct {
 	edges    int

@@ -37,7 +37,7 @@ func (f *routerFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.defaultTTL, "default-ttl", router.DefaultNotifyTTL, "TTL of a notification that sets none")
 	fs.DurationVar(&f.idemWindow, "idempotency-window", delivery.DefaultIdempotencyWindow, "how long idempotency keys are remembered")
 	fs.DurationVar(&f.shutdown, "shutdown-timeout", router.DefaultShutdownTimeout, "graceful stop limit before in-flight calls are cut")
-	fs.IntVar(&f.histLen, "history-length", delivery.DefaultHistoryLength, "events kept per user and topic for Last-Event-ID recovery")
+	fs.IntVar(&f.histLen, "history-length", delivery.DefaultHistoryLength, "events kept per user and topic for Last-Event-ID recovery (at least; Redis trims whole stream nodes)")
 	fs.DurationVar(&f.histWindow, "history-window", delivery.DefaultHistoryWindow, "how long events are kept for recovery; must match the edges'")
 	fs.BoolVar(&f.offline, "offline", true, "queue offline users' notifications to Kafka for FCM; false only records them in history")
 	fs.IntVar(&f.maxDevices, "max-devices-per-user", devices.DefaultMaxPerUser, "device tokens kept per user; the oldest go first")

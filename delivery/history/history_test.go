@@ -59,13 +59,8 @@ func TestHistorySince(t *testing.T) {
 	if got[0].Reset || len(got[0].Events) != 0 {
 		t.Fatalf("at the head: %+v, want nothing", got)
 	}
-	if _, err := pub.Publish(ctx, envelope("hal", "3"), ""); err != nil { // trims event 0
-		t.Fatal(err)
-	}
-	got, _ = hist.Since(ctx, s, []*uint64{&ids[0]})
-	if got[0].Reset || len(got[0].Events) != 3 {
-		t.Fatalf("after event 0 (still covered): %+v, want 3 events", got)
-	}
+	ids = publishUntilTrimmed(t, rdb, prefix, "hal", pub, ids)
+	checkFloor(t, hist, rdb, prefix, "hal", ids)
 	got, _ = hist.Since(ctx, s, []*uint64{&pos})
 	if !got[0].Reset {
 		t.Fatalf("from before the trimmed event: %+v, want a reset", got)
@@ -118,17 +113,19 @@ func TestHistoryShrunk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	ids := publishEach(t, "ivy", publisher(5), publisher(5), publisher(5), publisher(5), publisher(5), publisher(2))
-	// Events 0 to 3 were trimmed; 4 and 5 are kept.
-	s := []delivery.Stream{delivery.UserStream("ivy")}
-	got, err := hist.Since(ctx, s, []*uint64{&ids[3]})
-	if err != nil || got[0].Reset || len(got[0].Events) != 2 {
-		t.Fatalf("after the newest trimmed event: %+v, %v; want events 4 and 5", got, err)
+	long := publisher(1000)
+	var ids []uint64
+	for range 250 { // more than two full stream nodes, none trimmed
+		ids = append(ids, publishEach(t, "ivy", long)...)
 	}
-	if got, _ = hist.Since(ctx, s, []*uint64{&ids[2]}); !got[0].Reset {
-		t.Fatalf("before the newest trimmed event: %+v, want a reset", got)
+	if k := oldestKept(t, rdb, prefix, "ivy", ids); k != 0 {
+		t.Fatalf("the oldest entry is event %d; want 0", k)
 	}
+	ids = append(ids, publishEach(t, "ivy", publisher(2))...)
+	if k := oldestKept(t, rdb, prefix, "ivy", ids); k < 2 {
+		t.Fatalf("after an event with a length of 2, the oldest entry is event %d; want whole nodes trimmed", k)
+	}
+	checkFloor(t, hist, rdb, prefix, "ivy", ids)
 }
 
 // TestHistoryAheadOfLast: a history whose newest entry is ahead of the
