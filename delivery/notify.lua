@@ -41,7 +41,7 @@ local function notify(k, a, C)
     if route ~= 'online' and C.queues then
       redis.call('SET', idem, 'pending|' .. rec, 'PX', C.pending)
     else
-      redis.call('SET', idem, route .. '|' .. subs .. '|' .. eid .. '|' .. rec, 'PX', C.idemWindow)
+      redis.call('SET', idem, route .. '|' .. fmt(subs) .. '|' .. eid .. '|' .. rec, 'PX', C.idemWindow)
     end
   end
   if receipts and route == 'online' then
@@ -63,5 +63,5 @@ local function notify(k, a, C)
     if traceID ~= '' then redis.call('HSET', trace, 'trace_id', traceID) end
     redis.call('PEXPIRE', trace, traceTTL)
   end
-  return {route, tostring(subs), eid}
+  return {route, subs, eid}
 end

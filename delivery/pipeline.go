@@ -133,7 +133,11 @@ func (p *Publisher) runScripts(ctx context.Context, calls []*notifyCall) {
 	}
 	for i, c := range calls {
 		if cmds[i] != nil {
-			c.reply, c.err = cmds[i].StringSlice()
+			if v, err := cmds[i].Result(); err != nil {
+				c.err = err
+			} else {
+				c.reply, c.err = batchReply(v)
+			}
 		}
 	}
 }
@@ -201,7 +205,9 @@ func (p *Publisher) runBatchScripts(ctx context.Context, calls []*notifyCall, to
 	}
 }
 
-// batchReply decodes one notification's reply in a notify_batch reply.
+// batchReply decodes one notification's reply: a notify script's, or one
+// in a notify_batch reply. Its subscriber count is an integer (a Lua
+// number made a string costs Redis a float format).
 func batchReply(v any) ([]string, error) {
 	vs, ok := v.([]any)
 	if !ok {
