@@ -76,11 +76,11 @@ func TestPublishBatch(t *testing.T) {
 	q := &recordingQueue{fail: map[string]bool{"broken": true}}
 	f := newOfflinePublisher(t, q)
 	ctx := context.Background()
-	ps := f.subscribe(t, "ann")
-	f.online(t, "ann")
+	ps := f.Subscribe(t, "ann")
+	f.Lease(t, "ann")
 
 	// A key already used by a Publish.
-	earlier, err := f.pub.Publish(ctx, envelope("ann", "earlier"), "seen")
+	earlier, err := f.Pub.Publish(ctx, envelope("ann", "earlier"), "seen")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestPublishBatch(t *testing.T) {
 		{Env: envelope("broken", "7"), IdempotencyKey: "k7"}, // the queue fails
 		{Env: envelope("carl", "8"), IdempotencyKey: "k2"},   // same key, another user
 	}
-	res, errs := f.pub.PublishBatch(ctx, ns)
+	res, errs := f.Pub.PublishBatch(ctx, ns)
 	if len(res) != len(ns) || len(errs) != len(ns) {
 		t.Fatalf("%d results and %d errors for %d notifications", len(res), len(errs), len(ns))
 	}
@@ -138,7 +138,7 @@ func TestPublishBatch(t *testing.T) {
 
 	// Exactly 0 and 2 reached ann's channel, in order, then the marker.
 	marker := envelope("ann", "marker")
-	if _, err := f.pub.Publish(ctx, marker, ""); err != nil {
+	if _, err := f.Pub.Publish(ctx, marker, ""); err != nil {
 		t.Fatal(err)
 	}
 	got := fmt.Sprint(receiveIDs(t, ps, 4))
@@ -153,7 +153,7 @@ func TestPublishBatch(t *testing.T) {
 	// The keys are remembered: a Publish retrying any of them is a
 	// duplicate, and the failed one's key is free for its retry.
 	for _, i := range []int{1, 2} {
-		again, err := f.pub.Publish(ctx, envelope(ns[i].Env.UserId, "retry"), ns[i].IdempotencyKey)
+		again, err := f.Pub.Publish(ctx, envelope(ns[i].Env.UserId, "retry"), ns[i].IdempotencyKey)
 		if err != nil || !again.Duplicate || again.ID != ns[i].Env.Id || again.Queued != res[i].Queued {
 			t.Errorf("retry of %d: %+v, %v; want the batch's result as a duplicate", i, again, err)
 		}
@@ -162,7 +162,7 @@ func TestPublishBatch(t *testing.T) {
 	q.fail = nil
 	q.mu.Unlock()
 	retry := envelope("broken", "7 again")
-	if r, err := f.pub.Publish(ctx, retry, "k7"); err != nil || r.Duplicate || !r.Queued || r.ID != retry.Id {
+	if r, err := f.Pub.Publish(ctx, retry, "k7"); err != nil || r.Duplicate || !r.Queued || r.ID != retry.Id {
 		t.Errorf("retry of the failed one: %+v, %v; want it routed and queued anew", r, err)
 	}
 }
@@ -243,14 +243,14 @@ func TestPublishAutoPipelined(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{rdb: rdb, reg: reg, pub: pub, prefix: prefix}
+	f := &fixture{RDB: rdb, Reg: reg, Pub: pub, Prefix: prefix}
 	ctx := context.Background()
 	const users, calls = 8, 400
 	subs := make([]*redis.PubSub, users)
 	for u := range users {
-		subs[u] = f.subscribe(t, "u"+strconv.Itoa(u))
+		subs[u] = f.Subscribe(t, "u"+strconv.Itoa(u))
 		if u%2 == 0 { // odd users are offline
-			f.online(t, "u"+strconv.Itoa(u))
+			f.Lease(t, "u"+strconv.Itoa(u))
 		}
 	}
 	counter.pipelines.Store(0)

@@ -17,17 +17,17 @@ func TestHistoryExpiry(t *testing.T) {
 	const window = 10 * time.Minute
 	f := newPublisherWith(t, delivery.PublisherConfig{History: delivery.HistoryConfig{Window: window}})
 	ctx := context.Background()
-	keys := delivery.HistoryKeys(f.prefix, delivery.UserStream("eve"))
+	keys := delivery.HistoryKeys(f.Prefix, delivery.UserStream("eve"))
 	ttl := func(what string, lo, hi time.Duration) {
 		t.Helper()
-		got, err := f.rdb.PTTL(ctx, keys[0]).Result()
+		got, err := f.RDB.PTTL(ctx, keys[0]).Result()
 		if err != nil || got <= lo || got > hi {
 			t.Fatalf("%s: the history's ttl is %v, %v; want it in (%v, %v]", what, got, err, lo, hi)
 		}
 	}
 	publish := func() uint64 {
 		t.Helper()
-		r, err := f.pub.Publish(ctx, envelope("eve", "x"), "")
+		r, err := f.Pub.Publish(ctx, envelope("eve", "x"), "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -43,7 +43,7 @@ func TestHistoryExpiry(t *testing.T) {
 	ttl("after the first event", window+window/10-time.Minute, window+window/5)
 
 	// An event in the same tenth leaves the expiry; one in the next sets it.
-	if err := f.rdb.PExpire(ctx, keys[0], window/2).Err(); err != nil {
+	if err := f.RDB.PExpire(ctx, keys[0], window/2).Err(); err != nil {
 		t.Fatal(err)
 	}
 	if second := publish(); tenth(second) == tenth(first) {
@@ -54,15 +54,15 @@ func TestHistoryExpiry(t *testing.T) {
 
 	// The stream is lost, its last id is not: the next event makes it
 	// again, with an expiry.
-	if err := f.rdb.Del(ctx, keys[0]).Err(); err != nil {
+	if err := f.RDB.Del(ctx, keys[0]).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if n := f.rdb.Exists(ctx, keys[1]).Val(); n != 1 {
+	if n := f.RDB.Exists(ctx, keys[1]).Val(); n != 1 {
 		t.Fatalf("the last id is gone too (%d)", n)
 	}
 	publish()
 	ttl("after the stream was lost", window, window+window/5)
-	if n := f.rdb.XLen(ctx, keys[0]).Val(); n != 1 {
+	if n := f.RDB.XLen(ctx, keys[0]).Val(); n != 1 {
 		t.Fatalf("the remade stream holds %d entries, want 1", n)
 	}
 }

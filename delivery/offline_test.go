@@ -28,7 +28,7 @@ func newOfflinePublisher(tb testing.TB, q delivery.OfflineQueue) *fixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &fixture{rdb: rdb, reg: reg, pub: pub, prefix: prefix}
+	return &fixture{RDB: rdb, Reg: reg, Pub: pub, Prefix: prefix}
 }
 
 func kafkaQueue(tb testing.TB, brokers []string) *queue.Kafka {
@@ -51,7 +51,7 @@ func TestOfflineQueuedToKafka(t *testing.T) {
 	envs := map[string]*heraldv1.Envelope{}
 	for _, user := range []string{"dave", "erin", "dave"} {
 		env := envelope(user, `{"n":1}`)
-		res, err := f.pub.Publish(ctx, env, "")
+		res, err := f.Pub.Publish(ctx, env, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,7 +88,7 @@ func TestOfflineKafkaDownIsNotAcknowledged(t *testing.T) {
 	ctx := context.Background()
 
 	k.Stop()
-	_, err := f.pub.Publish(ctx, envelope("frank", "x"), "key-1")
+	_, err := f.Pub.Publish(ctx, envelope("frank", "x"), "key-1")
 	var oe *delivery.OfflineError
 	if !errors.As(err, &oe) {
 		t.Fatalf("Publish with Kafka down: %v, want an *OfflineError", err)
@@ -100,13 +100,13 @@ func TestOfflineKafkaDownIsNotAcknowledged(t *testing.T) {
 	env := envelope("frank", "x")
 	var res delivery.Result
 	testenv.WaitFor(t, 10*time.Second, "a publish once Kafka is back", func() bool {
-		res, err = f.pub.Publish(ctx, env, "key-1")
+		res, err = f.Pub.Publish(ctx, env, "key-1")
 		return err == nil
 	})
 	if res.Duplicate || !res.Queued || res.ID != env.Id {
 		t.Fatalf("retry after Kafka came back: %+v, want a fresh queued notification %s", res, env.Id)
 	}
-	again, err := f.pub.Publish(ctx, envelope("frank", "x"), "key-1")
+	again, err := f.Pub.Publish(ctx, envelope("frank", "x"), "key-1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,10 +142,10 @@ func TestOfflineSameKeyInFlight(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		first, firstErr = f.pub.Publish(ctx, envelope("gina", "x"), "k")
+		first, firstErr = f.Pub.Publish(ctx, envelope("gina", "x"), "k")
 	}()
 	<-q.entered
-	if _, err := f.pub.Publish(ctx, envelope("gina", "x"), "k"); !errors.Is(err, delivery.ErrInFlight) {
+	if _, err := f.Pub.Publish(ctx, envelope("gina", "x"), "k"); !errors.Is(err, delivery.ErrInFlight) {
 		t.Fatalf("same key while the first call is queueing: %v, want ErrInFlight", err)
 	}
 	q.release <- nil
@@ -153,7 +153,7 @@ func TestOfflineSameKeyInFlight(t *testing.T) {
 	if firstErr != nil || !first.Queued {
 		t.Fatalf("first call: %+v, %v", first, firstErr)
 	}
-	dup, err := f.pub.Publish(ctx, envelope("gina", "x"), "k")
+	dup, err := f.Pub.Publish(ctx, envelope("gina", "x"), "k")
 	if err != nil || !dup.Duplicate || dup.ID != first.ID {
 		t.Fatalf("after the first call: %+v, %v; want its duplicate", dup, err)
 	}
@@ -163,9 +163,9 @@ func TestOfflineOnlineUserIsNotQueued(t *testing.T) {
 	t.Parallel()
 	q := &blockingQueue{entered: make(chan struct{}, 1), release: make(chan error, 1)}
 	f := newOfflinePublisher(t, q)
-	f.subscribe(t, "hank")
-	f.online(t, "hank")
-	res, err := f.pub.Publish(context.Background(), envelope("hank", "x"), "k")
+	f.Subscribe(t, "hank")
+	f.Lease(t, "hank")
+	res, err := f.Pub.Publish(context.Background(), envelope("hank", "x"), "k")
 	if err != nil || res.Route != delivery.RouteOnline || res.Queued {
 		t.Fatalf("online user: %+v, %v; want online and not queued", res, err)
 	}
@@ -183,12 +183,12 @@ func TestTrace(t *testing.T) {
 	ctx := context.Background()
 	env := envelope("jo", "x")
 	env.CorrelationId = "req-7"
-	res, err := f.pub.Publish(ctx, env, "")
+	res, err := f.Pub.Publish(ctx, env, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, user := range []string{"jo", ""} { // direct, and by scanning
-		tr, err := trail.Find(ctx, f.rdb, f.prefix, user, res.ID)
+		tr, err := trail.Find(ctx, f.RDB, f.Prefix, user, res.ID)
 		if err != nil {
 			t.Fatalf("trail.Find(user %q): %v", user, err)
 		}
@@ -196,17 +196,17 @@ func TestTrace(t *testing.T) {
 			tr.Fields["correlation_id"] != "req-7" || tr.Time("queued_ms").IsZero() || tr.Time("accepted_ms").IsZero() {
 			t.Fatalf("trail %v, want jo's offline, queued notification with its event and correlation ids", tr.Fields)
 		}
-		if ttl := f.rdb.PTTL(ctx, tr.Key).Val(); ttl <= 0 || ttl > delivery.DefaultTraceTTL {
+		if ttl := f.RDB.PTTL(ctx, tr.Key).Val(); ttl <= 0 || ttl > delivery.DefaultTraceTTL {
 			t.Fatalf("trail TTL %v, want at most %v", ttl, delivery.DefaultTraceTTL)
 		}
 	}
-	trail.Add(ctx, f.rdb, f.prefix, "jo", res.ID, "fcm_sent_ms", 1, "fcm_devices", 2)
-	trail.Add(ctx, f.rdb, f.prefix, "jo", "no-such-id", "fcm_sent_ms", 1)
-	tr, _ := trail.Find(ctx, f.rdb, f.prefix, "jo", res.ID)
+	trail.Add(ctx, f.RDB, f.Prefix, "jo", res.ID, "fcm_sent_ms", 1, "fcm_devices", 2)
+	trail.Add(ctx, f.RDB, f.Prefix, "jo", "no-such-id", "fcm_sent_ms", 1)
+	tr, _ := trail.Find(ctx, f.RDB, f.Prefix, "jo", res.ID)
 	if tr.Fields["fcm_devices"] != "2" {
 		t.Fatalf("trail after trail.Add: %v", tr.Fields)
 	}
-	if _, err := trail.Find(ctx, f.rdb, f.prefix, "jo", "no-such-id"); !errors.Is(err, trail.ErrNotKept) {
+	if _, err := trail.Find(ctx, f.RDB, f.Prefix, "jo", "no-such-id"); !errors.Is(err, trail.ErrNotKept) {
 		t.Fatalf("trail.Add created a trail that was not kept, or trail.Find found one: %v", err)
 	}
 }
@@ -218,11 +218,11 @@ func TestPublisherClock(t *testing.T) {
 	at := time.UnixMilli(1_700_000_000_123)
 	f := newPublisherWith(t, delivery.PublisherConfig{Offline: &recordingQueue{}, Now: func() time.Time { return at }})
 	ctx := context.Background()
-	res, err := f.pub.Publish(ctx, envelope("clo", "x"), "")
+	res, err := f.Pub.Publish(ctx, envelope("clo", "x"), "")
 	if err != nil || !res.Queued {
 		t.Fatalf("publish to an offline user: %+v, %v; want it queued", res, err)
 	}
-	tr, err := trail.Find(ctx, f.rdb, f.prefix, "clo", res.ID)
+	tr, err := trail.Find(ctx, f.RDB, f.Prefix, "clo", res.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +244,7 @@ func TestTracedFlag(t *testing.T) {
 	ctx := context.Background()
 	var ids []string
 	for range 2 {
-		res, err := f.pub.Publish(ctx, envelope("trf", "x"), "")
+		res, err := f.Pub.Publish(ctx, envelope("trf", "x"), "")
 		if err != nil || !res.Queued {
 			t.Fatalf("publish to an offline user: %+v, %v; want it queued", res, err)
 		}
@@ -257,10 +257,10 @@ func TestTracedFlag(t *testing.T) {
 		t.Fatalf("queued %d envelopes, traced %v; want 2, the first traced and the second not",
 			len(envs), []bool{len(envs) > 0 && envs[0].GetTraced(), len(envs) > 1 && envs[1].GetTraced()})
 	}
-	if _, err := trail.Find(ctx, f.rdb, f.prefix, "trf", ids[0]); err != nil {
+	if _, err := trail.Find(ctx, f.RDB, f.Prefix, "trf", ids[0]); err != nil {
 		t.Errorf("the traced notification's trail: %v", err)
 	}
-	if _, err := trail.Find(ctx, f.rdb, f.prefix, "trf", ids[1]); !errors.Is(err, trail.ErrNotKept) {
+	if _, err := trail.Find(ctx, f.RDB, f.Prefix, "trf", ids[1]); !errors.Is(err, trail.ErrNotKept) {
 		t.Errorf("the untraced notification's trail: %v, want trail.ErrNotKept", err)
 	}
 }

@@ -6,89 +6,38 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/integration/testenv"
-	"github.com/herald-push/herald/presence"
-	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
-type fixture struct {
-	rdb    *redis.Client
-	reg    *presence.Registry
-	pub    *delivery.Publisher
-	prefix string
-}
+// fixture is a publisher with its presence registry.
+type fixture = testenv.PublisherFixture
 
 func newTestPublisher(tb testing.TB) *fixture {
 	tb.Helper()
 	rdb, prefix := testenv.Redis(tb)
 	reg, pub := testenv.Publisher(tb, rdb, prefix, 5*time.Second)
-	return &fixture{rdb: rdb, reg: reg, pub: pub, prefix: prefix}
+	return &fixture{RDB: rdb, Reg: reg, Pub: pub, Prefix: prefix}
 }
 
 // newPublisherWith returns a fixture whose publisher has cfg.
 func newPublisherWith(tb testing.TB, cfg delivery.PublisherConfig) *fixture {
 	tb.Helper()
 	rdb, prefix := testenv.Redis(tb)
-	return newPublisherOn(tb, rdb, prefix, cfg)
+	return testenv.PublisherOn(tb, rdb, prefix, cfg)
 }
 
-// newPublisherOn returns a fixture on rdb, under prefix, whose publisher has
-// cfg.
-func newPublisherOn(tb testing.TB, rdb *redis.Client, prefix string, cfg delivery.PublisherConfig) *fixture {
-	tb.Helper()
-	reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pub, err := delivery.NewPublisher(rdb, reg, cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return &fixture{rdb: rdb, reg: reg, pub: pub, prefix: prefix}
-}
-
-// subscribe listens on user's channel the way an edge does.
-func (f *fixture) subscribe(tb testing.TB, user string) *redis.PubSub {
-	tb.Helper()
-	ps := f.rdb.Subscribe(context.Background(), delivery.Channel(f.prefix, delivery.UserStream(user)))
-	if _, err := ps.Receive(context.Background()); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { ps.Close() })
-	return ps
-}
-
-func (f *fixture) online(tb testing.TB, user string) {
-	tb.Helper()
-	c := presence.Conn{User: user, ID: "c-" + user, Edge: "edge", Since: time.Now()}
-	if err := f.reg.Lease(context.Background(), c); err != nil {
-		tb.Fatal(err)
-	}
-}
-
-func envelope(user, data string) *heraldv1.Envelope {
-	now := time.Now()
-	return &heraldv1.Envelope{
-		Id:         delivery.NewID(now),
-		UserId:     user,
-		Event:      "update",
-		Data:       []byte(data),
-		AcceptedAt: timestamppb.New(now),
-	}
-}
+var envelope = testenv.Envelope
 
 func TestPublishOnline(t *testing.T) {
 	t.Parallel()
 	f := newTestPublisher(t)
-	ps := f.subscribe(t, "alice")
-	f.online(t, "alice")
+	ps := f.Subscribe(t, "alice")
+	f.Lease(t, "alice")
 	env := envelope("alice", `{"n":1}`)
-	res, err := f.pub.Publish(context.Background(), env, "")
+	res, err := f.Pub.Publish(context.Background(), env, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +66,7 @@ func TestPublishOfflineAndStale(t *testing.T) {
 	f := newTestPublisher(t)
 	ctx := context.Background()
 
-	res, err := f.pub.Publish(ctx, envelope("bob", "x"), "")
+	res, err := f.Pub.Publish(ctx, envelope("bob", "x"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,8 +75,8 @@ func TestPublishOfflineAndStale(t *testing.T) {
 	}
 
 	// A lease with nobody subscribed: an edge died before its lease expired.
-	f.online(t, "carol")
-	res, err = f.pub.Publish(ctx, envelope("carol", "x"), "")
+	f.Lease(t, "carol")
+	res, err = f.Pub.Publish(ctx, envelope("carol", "x"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,14 +89,14 @@ func TestPublishIdempotent(t *testing.T) {
 	t.Parallel()
 	f := newTestPublisher(t)
 	ctx := context.Background()
-	ps := f.subscribe(t, "dan")
-	f.online(t, "dan")
+	ps := f.Subscribe(t, "dan")
+	f.Lease(t, "dan")
 
-	first, err := f.pub.Publish(ctx, envelope("dan", "one"), "order-42")
+	first, err := f.Pub.Publish(ctx, envelope("dan", "one"), "order-42")
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, err := f.pub.Publish(ctx, envelope("dan", "two"), "order-42")
+	second, err := f.Pub.Publish(ctx, envelope("dan", "two"), "order-42")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,14 +105,14 @@ func TestPublishIdempotent(t *testing.T) {
 		t.Fatalf("retry = %+v, want duplicate of %+v", second, first)
 	}
 	// The same key for another user is another notification.
-	other, err := f.pub.Publish(ctx, envelope("erin", "x"), "order-42")
+	other, err := f.Pub.Publish(ctx, envelope("erin", "x"), "order-42")
 	if err != nil || other.Duplicate {
 		t.Fatalf("other user with same key = %+v, %v; want not duplicate", other, err)
 	}
 	// A third, distinct publish proves the retry was not published: it must be
 	// the second message on the channel.
 	marker := envelope("dan", "marker")
-	if _, err := f.pub.Publish(ctx, marker, ""); err != nil {
+	if _, err := f.Pub.Publish(ctx, marker, ""); err != nil {
 		t.Fatal(err)
 	}
 	var ids []string

@@ -16,17 +16,17 @@ import (
 
 // forget deletes every key under f's prefix: what a Redis that restarted
 // without its data has of them.
-func (f *fixture) forget(tb testing.TB) {
+func forget(tb testing.TB, f *fixture) {
 	tb.Helper()
 	ctx := context.Background()
-	keys, err := f.rdb.Keys(ctx, f.prefix+"*").Result()
+	keys, err := f.RDB.Keys(ctx, f.Prefix+"*").Result()
 	if err != nil {
 		tb.Fatal(err)
 	}
 	if len(keys) == 0 {
 		tb.Fatal("nothing to forget: the test stored nothing under its prefix")
 	}
-	if err := f.rdb.Del(ctx, keys...).Err(); err != nil {
+	if err := f.RDB.Del(ctx, keys...).Err(); err != nil {
 		tb.Fatal(err)
 	}
 }
@@ -77,10 +77,10 @@ func TestHistoryLost(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			f := newTestPublisher(t)
-			hist := newTestHistory(t, f.rdb, f.prefix)
-			s, publish := delivery.UserStream("lou"), func() uint64 { return publishEach(t, "lou", f.pub)[0] }
+			hist := newTestHistory(t, f.RDB, f.Prefix)
+			s, publish := delivery.UserStream("lou"), func() uint64 { return publishEach(t, "lou", f.Pub)[0] }
 			if tc.topic {
-				s, publish = delivery.TopicStream("news"), func() uint64 { return broadcastTo(t, f.pub, "news") }
+				s, publish = delivery.TopicStream("news"), func() uint64 { return broadcastTo(t, f.Pub, "news") }
 			}
 			pos := since(t, hist, s, 0).Position
 			publish()
@@ -95,7 +95,7 @@ func TestHistoryLost(t *testing.T) {
 				t.Fatalf("before the loss: %+v, want the events after the client's position", got)
 			}
 
-			f.forget(t)
+			forget(t, f)
 			var after uint64
 			if tc.eventAfter {
 				after = publish()
@@ -121,7 +121,7 @@ func TestHistoryLost(t *testing.T) {
 func TestHistoryNotLost(t *testing.T) {
 	t.Parallel()
 	f := newTestPublisher(t)
-	hist := newTestHistory(t, f.rdb, f.prefix)
+	hist := newTestHistory(t, f.RDB, f.Prefix)
 	for _, s := range []delivery.Stream{delivery.UserStream("nia"), delivery.TopicStream("quiet")} {
 		start := since(t, hist, s, 0).Position
 		if got := since(t, hist, s, start); got.Reset || got.Position != start || len(got.Events) != 0 {
@@ -130,7 +130,7 @@ func TestHistoryNotLost(t *testing.T) {
 	}
 	user := delivery.UserStream("nia")
 	start := since(t, hist, user, 0).Position
-	ids := publishEach(t, "nia", f.pub, f.pub)
+	ids := publishEach(t, "nia", f.Pub, f.Pub)
 	if got := since(t, hist, user, start); got.Reset || len(got.Events) != 2 || got.Position != ids[1] {
 		t.Fatalf("at the start, the stream's first events since: %+v, want both", got)
 	}
@@ -139,7 +139,7 @@ func TestHistoryNotLost(t *testing.T) {
 	}
 	topic := delivery.TopicStream("quiet")
 	tstart := since(t, hist, topic, 0).Position
-	tid := broadcastTo(t, f.pub, "quiet")
+	tid := broadcastTo(t, f.Pub, "quiet")
 	if got := since(t, hist, topic, tstart); got.Reset || len(got.Events) != 1 || got.Position != tid {
 		t.Fatalf("topic at the start, its first event since: %+v, want it", got)
 	}
@@ -147,9 +147,9 @@ func TestHistoryNotLost(t *testing.T) {
 	// out: it cannot say what came before.
 	// The invented one: a start position (…999) between two events, so
 	// an event is published in a later millisecond than the last one.
-	next := publishEach(t, "nia", f.pub)[0]
+	next := publishEach(t, "nia", f.Pub)[0]
 	for next/1000 == ids[1]/1000 {
-		next = publishEach(t, "nia", f.pub)[0]
+		next = publishEach(t, "nia", f.Pub)[0]
 	}
 	if got := since(t, hist, user, next/1000*1000-1); !got.Reset {
 		t.Fatalf("an invented position between events: %+v, want a reset", got)
@@ -161,24 +161,24 @@ func TestHistoryNotLost(t *testing.T) {
 func TestHistoryStartPositions(t *testing.T) {
 	t.Parallel()
 	f := newTestPublisher(t)
-	hist := newTestHistory(t, f.rdb, f.prefix)
+	hist := newTestHistory(t, f.RDB, f.Prefix)
 	if pos := since(t, hist, delivery.UserStream("sol"), 0).Position; pos%1000 != 999 {
 		t.Fatalf("start position %d, want one that ends in 999", pos)
 	}
 	// The slot's epoch outlives the start position's keep (24h), and
 	// expires after.
-	ttl, err := f.rdb.PTTL(context.Background(), history.EpochKey(f.prefix, delivery.UserStream("sol"))).Result()
+	ttl, err := f.RDB.PTTL(context.Background(), history.EpochKey(f.Prefix, delivery.UserStream("sol"))).Result()
 	if err != nil || ttl < 24*time.Hour || ttl > 48*time.Hour {
 		t.Fatalf("epoch TTL %v, %v; want between 24h and 48h", ttl, err)
 	}
-	first := publishEach(t, "sol", f.pub)[0]
+	first := publishEach(t, "sol", f.Pub)[0]
 	// The next id would be ahead of the clock, and end in 999.
 	last := first + 100_000 - first%1000 + 998
-	lastKey := strings.TrimSuffix(delivery.Channel(f.prefix, delivery.UserStream("sol")), ":events") + ":last"
-	if err := f.rdb.Set(context.Background(), lastKey, strconv.FormatUint(last, 10), time.Hour).Err(); err != nil {
+	lastKey := strings.TrimSuffix(delivery.Channel(f.Prefix, delivery.UserStream("sol")), ":events") + ":last"
+	if err := f.RDB.Set(context.Background(), lastKey, strconv.FormatUint(last, 10), time.Hour).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if id := publishEach(t, "sol", f.pub)[0]; id != last+2 {
+	if id := publishEach(t, "sol", f.Pub)[0]; id != last+2 {
 		t.Fatalf("after %d: id %d, want %d", last, id, last+2)
 	}
 }

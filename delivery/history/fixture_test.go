@@ -9,42 +9,27 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/delivery/history"
 	"github.com/herald-push/herald/integration/testenv"
-	"github.com/herald-push/herald/presence"
-	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
 // fixture is a publisher that writes the histories the tests read.
-type fixture struct {
-	rdb    *redis.Client
-	pub    *delivery.Publisher
-	prefix string
-}
+type fixture = testenv.PublisherFixture
 
 func newTestPublisher(tb testing.TB) *fixture {
 	tb.Helper()
 	rdb, prefix := testenv.Redis(tb)
-	_, pub := testenv.Publisher(tb, rdb, prefix, 5*time.Second)
-	return &fixture{rdb: rdb, pub: pub, prefix: prefix}
+	reg, pub := testenv.Publisher(tb, rdb, prefix, 5*time.Second)
+	return &fixture{RDB: rdb, Reg: reg, Pub: pub, Prefix: prefix}
 }
 
 // newPublisherWith returns a fixture whose publisher has cfg.
 func newPublisherWith(tb testing.TB, cfg delivery.PublisherConfig) *fixture {
 	tb.Helper()
 	rdb, prefix := testenv.Redis(tb)
-	reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pub, err := delivery.NewPublisher(rdb, reg, cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return &fixture{rdb: rdb, pub: pub, prefix: prefix}
+	return testenv.PublisherOn(tb, rdb, prefix, cfg)
 }
 
 // publishEach publishes an event to user through each of pubs in turn and
@@ -66,16 +51,7 @@ func publishEach(tb testing.TB, user string, pubs ...*delivery.Publisher) []uint
 	return ids
 }
 
-func envelope(user, data string) *heraldv1.Envelope {
-	now := time.Now()
-	return &heraldv1.Envelope{
-		Id:         delivery.NewID(now),
-		UserId:     user,
-		Event:      "update",
-		Data:       []byte(data),
-		AcceptedAt: timestamppb.New(now),
-	}
-}
+var envelope = testenv.Envelope
 
 // publishUntilTrimmed publishes to user through pub until the user's
 // history no longer holds ids[0], and returns ids with the new events'.

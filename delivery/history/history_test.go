@@ -75,13 +75,13 @@ func TestHistorySince(t *testing.T) {
 func TestHistoryTimeTrimFloor(t *testing.T) {
 	t.Parallel()
 	f := newPublisherWith(t, delivery.PublisherConfig{History: delivery.HistoryConfig{Window: 200 * time.Millisecond}})
-	hist, err := history.New(f.rdb, f.prefix, delivery.HistoryConfig{Window: time.Hour})
+	hist, err := history.New(f.RDB, f.Prefix, delivery.HistoryConfig{Window: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids := publishEach(t, "tia", f.pub, f.pub)
+	ids := publishEach(t, "tia", f.Pub, f.Pub)
 	time.Sleep(300 * time.Millisecond) // events 0 and 1 are now older than the router's window
-	ids = append(ids, publishEach(t, "tia", f.pub)...)
+	ids = append(ids, publishEach(t, "tia", f.Pub)...)
 	ctx := context.Background()
 	s := []delivery.Stream{delivery.UserStream("tia")}
 	if got, err := hist.Since(ctx, s, []*uint64{&ids[0]}); err != nil || !got[0].Reset {
@@ -135,20 +135,20 @@ func TestHistoryAheadOfLast(t *testing.T) {
 	t.Parallel()
 	f := newTestPublisher(t)
 	ctx := context.Background()
-	keys := delivery.HistoryKeys(f.prefix, delivery.UserStream("ada"))
+	keys := delivery.HistoryKeys(f.Prefix, delivery.UserStream("ada"))
 	ahead := uint64(time.Now().Add(time.Hour).UnixMilli())*1000 + 5
-	if err := f.rdb.XAdd(ctx, &redis.XAddArgs{Stream: keys[0], ID: strconv.FormatUint(ahead/1000, 10) + "-5",
+	if err := f.RDB.XAdd(ctx, &redis.XAddArgs{Stream: keys[0], ID: strconv.FormatUint(ahead/1000, 10) + "-5",
 		Values: []any{"d", "x", "p", "0"}}).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.rdb.Del(ctx, keys[1]).Err(); err != nil {
+	if err := f.RDB.Del(ctx, keys[1]).Err(); err != nil {
 		t.Fatal(err)
 	}
-	id := publishEach(t, "ada", f.pub)[0]
+	id := publishEach(t, "ada", f.Pub)[0]
 	if id != ahead+1 {
 		t.Fatalf("event id %d, want %d: the one after the history's newest", id, ahead+1)
 	}
-	hist := newTestHistory(t, f.rdb, f.prefix)
+	hist := newTestHistory(t, f.RDB, f.Prefix)
 	if got := since(t, hist, delivery.UserStream("ada"), ahead); got.Reset || len(got.Events) != 1 || got.Position != id {
 		t.Fatalf("at the newest entry before it: %+v, want the one event", got)
 	}

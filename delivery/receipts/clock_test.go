@@ -57,13 +57,13 @@ func TestSweeperClock(t *testing.T) {
 	rc := receipts.New(rdb, receipts.Config{Prefix: prefix, SweepEvery: 10 * time.Millisecond,
 		Now: func() time.Time { return later }})
 	f := newPublisherOn(t, rdb, prefix, delivery.PublisherConfig{Offline: q, Receipts: rc})
-	f.subscribe(t, "sam")
-	f.online(t, "sam")
+	f.Subscribe(t, "sam")
+	f.Lease(t, "sam")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	env := envelope("sam", "ack me")
 	env.AckBy = timestamppb.New(time.Now().Add(time.Hour))
-	res, err := f.pub.Publish(ctx, env, "")
+	res, err := f.Pub.Publish(ctx, env, "")
 	if err != nil || res.Route != delivery.RouteOnline {
 		t.Fatalf("publish: %+v, %v; want it online", res, err)
 	}

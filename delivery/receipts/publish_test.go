@@ -27,9 +27,9 @@ func TestReceiptSweptBeforeItExists(t *testing.T) {
 	// notify script goes to Redis.
 	hook := &scheduleHook{Receipts: rc}
 	f := newPublisherOn(t, rdb, prefix, delivery.PublisherConfig{Offline: q, Receipts: hook})
-	pub := f.pub
-	f.subscribe(t, "ann")
-	f.online(t, "ann")
+	pub := f.Pub
+	f.Subscribe(t, "ann")
+	f.Lease(t, "ann")
 	ctx := context.Background()
 	sweeper := rc.NewSweeper(q, nil)
 	later := time.Now().Add(time.Minute)
