@@ -67,10 +67,16 @@ const ServiceConfig = `{
 //     these options);
 //   - a retry buffer that holds such a request, so that every request the
 //     router accepts can be retried (gRPC's default, 256 KiB, gives up
-//     retrying a larger NotifyBatch).
+//     retrying a larger NotifyBatch);
+//   - fixed flow-control windows, which turn off gRPC's bandwidth-delay
+//     estimator: with it on, a client sends a PING after the first
+//     response of each quiet spell, so that at low rates every call cost
+//     the router a PING read and its answer's write, on top of the call's.
 func DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithDefaultServiceConfig(ServiceConfig),
+		grpc.WithStaticStreamWindowSize(streamWindowBytes),
+		grpc.WithStaticConnWindowSize(connWindowBytes),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallSendMsgSize(DefaultMaxRequestBytes),
 			// The message and its 5-byte gRPC frame header.

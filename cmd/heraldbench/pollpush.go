@@ -20,6 +20,7 @@ import (
 
 	"github.com/herald-push/herald/cmd/internal/daemon"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+	"github.com/herald-push/herald/router"
 )
 
 // The poll-vs-push scenario compares what the servers spend to keep clients
@@ -288,7 +289,8 @@ func notifyLoad(c command) reply {
 	if c.Count < 1 || c.Rate <= 0 || c.For <= 0 {
 		return reply{Error: fmt.Sprintf("notify: count %d, rate %v and for %v must be positive", c.Count, c.Rate, c.For)}
 	}
-	conn, err := grpc.NewClient(c.Grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// It dials as the README tells a Go backend to: router.DialOptions.
+	conn, err := grpc.NewClient(c.Grpc, append(router.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		return reply{Error: err.Error()}
 	}
