@@ -36,8 +36,8 @@ const (
 //
 // platform is the token's, as registered (one of devices.Platforms): the
 // message carries that platform's options only, since FCM applies each
-// platform's block to that platform's devices alone and ignores the others.
-// They would cost the worker JSON encoding on every push. An empty or
+// platform's block to that platform's devices alone and ignores the others,
+// which would only cost the worker JSON encoding on every push. An empty or
 // unknown platform (a retry, whose record keeps the tokens only) gets all
 // three.
 func message(env *heraldv1.Envelope, token, platform string, now time.Time, maxData int) *messaging.Message {
