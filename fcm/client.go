@@ -238,6 +238,10 @@ func transport(h2c bool) *http.Transport {
 		// Past the send timeout's default: the context is what ends a slow
 		// send; this ends one whose caller set no deadline.
 		ResponseHeaderTimeout: 30 * time.Second,
+		// FCM's answer is a message name or an error, a few hundred bytes:
+		// asking for it gzipped would only cost a decompressor per send
+		// whenever the server obliges.
+		DisableCompression: true,
 	}
 	if h2c {
 		t.Protocols = new(http.Protocols)

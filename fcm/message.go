@@ -33,8 +33,16 @@ const (
 // allows 4 KB of payload in all, so a larger data field is left out and the
 // push says so: the app then fetches what changed, as it would on a
 // "herald.reset".
-func message(env *heraldv1.Envelope, token string, now time.Time, maxData int) *messaging.Message {
-	data := map[string]string{DataID: env.GetId()}
+//
+// platform is the token's, as registered (one of devices.Platforms): the
+// message carries that platform's options only, since FCM applies each
+// platform's block to that platform's devices alone and ignores the others,
+// which would only cost the worker JSON encoding on every push. An empty or
+// unknown platform (a retry, whose record keeps the tokens only) gets all
+// three.
+func message(env *heraldv1.Envelope, token, platform string, now time.Time, maxData int) *messaging.Message {
+	data := make(map[string]string, 4)
+	data[DataID] = env.GetId()
 	if env.GetEvent() != "" {
 		data[DataEvent] = env.GetEvent()
 	}
@@ -55,47 +63,58 @@ func message(env *heraldv1.Envelope, token string, now time.Time, maxData int) *
 	}
 	high := p.GetPriority() == heraldv1.Priority_PRIORITY_HIGH
 	expires := env.GetExpiresAt().AsTime()
-	ttl := expires.Sub(now).Truncate(time.Second)
-	if ttl < 0 {
-		ttl = 0
+	ttl := max(expires.Sub(now).Truncate(time.Second), 0)
+	android, ios, web := true, true, true
+	switch platform {
+	case "android":
+		ios, web = false, false
+	case "ios":
+		android, web = false, false
+	case "web":
+		android, ios = false, false
 	}
 
-	android := &messaging.AndroidConfig{CollapseKey: p.GetCollapseKey(), Priority: "normal", TTL: &ttl}
-	if high {
-		android.Priority = "high"
-	}
-	m.Android = android
-
-	// APNs: a visible alert may be sent at priority 10 (at once); a
-	// data-only ("background") push must use 5 and content-available.
-	apnsPriority, pushType := "5", "background"
-	if visible {
-		pushType = "alert"
+	if android {
+		m.Android = &messaging.AndroidConfig{CollapseKey: p.GetCollapseKey(), Priority: "normal", TTL: &ttl}
 		if high {
-			apnsPriority = "10"
+			m.Android.Priority = "high"
 		}
 	}
-	headers := map[string]string{
-		"apns-priority":   apnsPriority,
-		"apns-push-type":  pushType,
-		"apns-expiration": strconv.FormatInt(expires.Unix(), 10),
-	}
-	if ck := p.GetCollapseKey(); ck != "" && len(ck) <= 64 {
-		headers["apns-collapse-id"] = ck
-	}
-	m.APNS = &messaging.APNSConfig{
-		Headers: headers,
-		Payload: &messaging.APNSPayload{Aps: &messaging.Aps{ContentAvailable: !visible}},
+
+	if ios {
+		// APNs: a visible alert may be sent at priority 10 (at once); a
+		// data-only ("background") push must use 5 and content-available.
+		apnsPriority, pushType := "5", "background"
+		if visible {
+			pushType = "alert"
+			if high {
+				apnsPriority = "10"
+			}
+		}
+		headers := map[string]string{
+			"apns-priority":   apnsPriority,
+			"apns-push-type":  pushType,
+			"apns-expiration": strconv.FormatInt(expires.Unix(), 10),
+		}
+		if ck := p.GetCollapseKey(); ck != "" && len(ck) <= 64 {
+			headers["apns-collapse-id"] = ck
+		}
+		m.APNS = &messaging.APNSConfig{
+			Headers: headers,
+			Payload: &messaging.APNSPayload{Aps: &messaging.Aps{ContentAvailable: !visible}},
+		}
 	}
 
-	urgency := "normal"
-	if high {
-		urgency = "high"
+	if web {
+		urgency := "normal"
+		if high {
+			urgency = "high"
+		}
+		m.Webpush = &messaging.WebpushConfig{Headers: map[string]string{
+			"TTL":     strconv.FormatInt(int64(ttl/time.Second), 10),
+			"Urgency": urgency,
+		}}
 	}
-	m.Webpush = &messaging.WebpushConfig{Headers: map[string]string{
-		"TTL":     strconv.FormatInt(int64(ttl/time.Second), 10),
-		"Urgency": urgency,
-	}}
 	return m
 }
 

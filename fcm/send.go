@@ -29,6 +29,9 @@ type item struct {
 type push struct {
 	item  int
 	token string
+	// platform is the token's, from the registry; empty for a retry's
+	// tokens (see message).
+	platform string
 }
 
 // handle pushes a batch and makes every outcome durable: retries and dead
@@ -132,7 +135,7 @@ func (w *Worker) targets(ctx context.Context, items []item, deads *[]kafka.Messa
 	for i, it := range items {
 		if it.task != nil {
 			for _, t := range it.task.GetTokens() {
-				candidates = append(candidates, push{i, t})
+				candidates = append(candidates, push{item: i, token: t})
 			}
 			continue
 		}
@@ -145,7 +148,7 @@ func (w *Worker) targets(ctx context.Context, items []item, deads *[]kafka.Messa
 			continue
 		}
 		for _, d := range ds {
-			candidates = append(candidates, push{i, d.Token})
+			candidates = append(candidates, push{item: i, token: d.Token, platform: d.Platform})
 		}
 	}
 	seen := make([]*redis.BoolCmd, len(candidates))
@@ -197,7 +200,7 @@ func (w *Worker) send(ctx context.Context, items []item, pushes []push, now time
 			msgs := make([]*messaging.Message, len(part))
 			for k, j := range part {
 				p := pushes[j]
-				msgs[k] = message(items[p.item].env, p.token, now, w.cfg.MaxDataBytes)
+				msgs[k] = message(items[p.item].env, p.token, p.platform, now, w.cfg.MaxDataBytes)
 			}
 			if w.limiter != nil {
 				if waitErr = w.limiter.WaitN(ctx, len(msgs)); waitErr != nil {

@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -42,6 +43,8 @@ type workerSpec struct {
 	Quota       int
 	H2C         bool
 	Partitions  int
+	// GOGC, when not 0, is the worker's GC percent.
+	GOGC int
 }
 
 // buckets is a snapshot of a Prometheus histogram: upper bounds and
@@ -141,6 +144,9 @@ func runWorkerChild(in io.Reader, out io.Writer) error {
 	var spec workerSpec
 	if err := json.Unmarshal(sc.Bytes(), &spec); err != nil {
 		return err
+	}
+	if spec.GOGC != 0 {
+		debug.SetGCPercent(spec.GOGC)
 	}
 	stop, err := startCPUProfile(os.Getenv("HERALDBENCH_WORKER_CPUPROFILE"))
 	if err != nil {
