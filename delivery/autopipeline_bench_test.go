@@ -36,7 +36,7 @@ import (
 // process, in turns, to compare them on a shared machine:
 //
 //	go test -c -o /tmp/delivery.test ./delivery/
-//	/tmp/delivery.test -test.run '^$' -test.bench 'AutoPipeliner/^publisher$' -test.benchtime 20000x
+//	/tmp/delivery.test -test.run '^$' -test.bench 'AutoPipeliner/^publisher$' -test.benchtime 40000x
 func BenchmarkAutoPipeliner(b *testing.B) {
 	delay := &redis.AutoPipelineOptions{MaxBatchSize: 300, MaxConcurrentBatches: 1, MaxFlushDelay: 100 * time.Microsecond}
 	fd := &redis.AutoPipelineOptions{MaxBatchSize: 300, MaxConcurrentBatches: 1, FullDuplex: true}
