@@ -3,6 +3,7 @@ package presence_test
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -158,5 +159,43 @@ func TestScriptsReloadAfterRestart(t *testing.T) {
 	}
 	if got, err := reg.Online(ctx, "u"); err != nil || got["u"] != 1 {
 		t.Fatalf("Online after restart = %v, %v; want u:1", got, err)
+	}
+}
+
+// TestLeaseManyUsers: a renewal wave of more users than one script renews
+// (on a single Redis, several users share a script) leases every
+// connection, and each user's key expires with its last lease.
+func TestLeaseManyUsers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rdb, prefix := testenv.Redis(t)
+	const ttl = 5 * time.Second
+	reg, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []presence.Conn
+	var users []string
+	for u := range 150 {
+		user := "u" + strconv.Itoa(u)
+		users = append(users, user)
+		for c := range 1 + u%3 { // 1 to 3 connections each
+			conns = append(conns, presence.Conn{User: user, ID: "c" + strconv.Itoa(c), Edge: "e", Since: time.Now()})
+		}
+	}
+	if err := reg.Lease(ctx, conns...); err != nil {
+		t.Fatal(err)
+	}
+	got, err := reg.Online(ctx, users...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for u, user := range users {
+		if got[user] != 1+u%3 {
+			t.Errorf("%s has %d live leases, want %d", user, got[user], 1+u%3)
+		}
+		if pttl := rdb.PTTL(ctx, reg.Key(user)).Val(); pttl <= 0 || pttl > ttl {
+			t.Errorf("%s's key expires in %v, want within %v", user, pttl, ttl)
+		}
 	}
 }
