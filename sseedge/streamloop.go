@@ -97,15 +97,23 @@ func (s *Server) writeFunc(ctx context.Context, w http.ResponseWriter, st *strea
 // the stream, its heartbeat and its token's expiry come from the held
 // set's one ticker, and its turns (turn) take their buffers from a pool.
 func (s *Server) hold(ctx context.Context, w http.ResponseWriter, st *stream) CloseReason {
-	s.held.add(st)
-	defer s.held.remove(st)
-	stop := context.AfterFunc(ctx, func() { st.close(CloseClientClosed) })
-	defer stop()
+	defer s.watch(ctx, st)()
 	for {
 		<-st.wake
 		if reason := s.turn(ctx, w, st); reason != "" {
 			return reason
 		}
+	}
+}
+
+// watch puts st in the held set, and has the client's going away (the end
+// of ctx) close it, until the function it returns is called.
+func (s *Server) watch(ctx context.Context, st *stream) (unwatch func()) {
+	s.held.add(st)
+	stop := context.AfterFunc(ctx, func() { st.close(CloseClientClosed) })
+	return func() {
+		stop()
+		s.held.remove(st)
 	}
 }
 
