@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/herald-push/herald/integration/testenv"
 	"github.com/herald-push/herald/sseedge"
 )
 
@@ -48,4 +50,72 @@ func TestH2QuietStreamOutlivesWriteTimeout(t *testing.T) {
 			return
 		}
 	}
+}
+
+// openH2 opens a stream over HTTP/2 without TLS; cancelling ctx resets it.
+func openH2(t *testing.T, ctx context.Context, e *testEdge, tok string) *bufio.Reader {
+	t.Helper()
+	protocols := new(http.Protocols)
+	protocols.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: protocols}}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.url+"/v1/events?access_token="+tok, nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusOK {
+		t.Fatalf("served %s %d", resp.Proto, resp.StatusCode)
+	}
+	return bufio.NewReader(resp.Body)
+}
+
+// A quiet HTTP/2 stream, served on its handler goroutine, gets its
+// heartbeats from the edge's one ticker for such streams, and its events,
+// and ends cleanly when its token expires (token_expired).
+func TestH2HeldStreamHeartbeatsAndExpires(t *testing.T) {
+	t.Parallel()
+	e := newTestEdge(t, sseedge.Config{Heartbeat: 50 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const user = "held-h2"
+	r := openH2(t, ctx, e, tokenFor(t, user, 1500*time.Millisecond))
+	readUntil := func(want string) {
+		t.Helper()
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("stream ended waiting for %q: %v", want, err)
+			}
+			if strings.Contains(line, want) {
+				return
+			}
+		}
+	}
+	readUntil(": hb")
+	readUntil(": hb")
+	e.publish(t, user, []byte("between-heartbeats"))
+	readUntil("between-heartbeats")
+	readUntil(": hb")
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		t.Fatalf("stream ended with %v, want its end at the token's expiry", err)
+	}
+	waitClosed(t, e, sseedge.CloseTokenExpired, 1)
+}
+
+// A client that resets its HTTP/2 stream while it is quiet frees it at
+// once: it is counted as client_closed and leaves no open stream.
+func TestH2ClientResetClosesHeldStream(t *testing.T) {
+	t.Parallel()
+	e := newTestEdge(t, sseedge.Config{Heartbeat: time.Hour})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	streamCtx, reset := context.WithCancel(ctx)
+	r := openH2(t, streamCtx, e, tokenFor(t, "reset-h2", time.Hour))
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	reset()
+	waitClosed(t, e, sseedge.CloseClientClosed, 1)
+	testenv.WaitFor(t, 5*time.Second, "no stream open", func() bool { return e.openConns() == 0 })
 }

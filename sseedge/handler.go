@@ -30,22 +30,46 @@ func (s *Server) refuse(w http.ResponseWriter, status int, code, msg string) {
 	writeError(w, status, code, msg)
 }
 
-// handleEvents serves GET /v1/events.
+// handleEvents serves GET /v1/events. An HTTP/2 stream's goroutine waits
+// in this frame and hold's for the stream's life: the work of opening it
+// is in openEvents, whose frame is gone by then.
 func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	s.handlers.Add(1)
 	defer s.handlers.Done()
-	if !s.cors(w, r) {
+	st := s.openEvents(w, r)
+	if st == nil {
 		return
+	}
+	ctx := r.Context()
+	reason, adopted := s.serveStream(ctx, w, r, st)
+	if adopted {
+		// The writers serve the stream from here, and finish it.
+		return
+	}
+	if reason == "" {
+		reason = s.hold(ctx, w, st)
+	}
+	// The first reason wins: a stream closed as slow_consumer whose blocked
+	// write then times out is counted as slow_consumer, once.
+	st.close(reason)
+	s.finish(ctx, st)
+}
+
+// openEvents admits and opens the stream a request for /v1/events asks
+// for, or answers the request with why not and returns nil.
+func (s *Server) openEvents(w http.ResponseWriter, r *http.Request) *stream {
+	if !s.cors(w, r) {
+		return nil
 	}
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", "GET, OPTIONS")
 		s.refuse(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET")
-		return
+		return nil
 	}
 	if s.draining.Load() {
 		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.Retry.Seconds())+1))
 		s.refuse(w, http.StatusServiceUnavailable, "draining", "this edge is shutting down; reconnect to another")
-		return
+		return nil
 	}
 	// This request holds a place from here until its stream is in the hub
 	// (and counted there) or it gave up. It takes its place before reading
@@ -66,7 +90,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if s.hub.count()+int(ahead) > s.cfg.MaxConns {
 		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.Retry.Seconds())+1))
 		s.refuse(w, http.StatusServiceUnavailable, "edge_full", fmt.Sprintf("this edge holds its limit of %d streams; retry", s.cfg.MaxConns))
-		return
+		return nil
 	}
 	// client is counted against MaxConnsPerIP until the request ends, or
 	// its stream does.
@@ -76,7 +100,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.Retry.Seconds())+1))
 			s.refuse(w, http.StatusTooManyRequests, "too_many_connections",
 				fmt.Sprintf("this client address holds its limit of %d streams on this edge", s.cfg.MaxConnsPerIP))
-			return
+			return nil
 		}
 		client = p
 		defer func() {
@@ -90,18 +114,18 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	query, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		s.refuse(w, http.StatusBadRequest, "bad_query", "the query string is malformed: "+err.Error())
-		return
+		return nil
 	}
 	claims, err := s.auth.authenticate(r)
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		s.refuse(w, http.StatusUnauthorized, "unauthorized", err.Error())
-		return
+		return nil
 	}
 	topics := query["topic"]
 	if status, code, msg := s.checkTopics(topics, claims.topics(s.cfg.TopicsClaim)); status != 0 {
 		s.refuse(w, status, code, msg)
-		return
+		return nil
 	}
 	lastID := r.Header.Get("Last-Event-ID")
 	if lastID == "" {
@@ -120,21 +144,13 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 		s.log.Warn("stream setup failed", slog.Any("err", err))
 		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.Retry.Seconds())+1))
 		s.refuse(w, http.StatusServiceUnavailable, "broker_unavailable", "the edge could not reach Redis; retry")
-		return
+		return nil
 	}
 
 	s.metrics.open.Inc()
 	// The stream holds the client's place from here: finish gives it back.
 	st.client, client = client, netip.Prefix{}
-	reason, adopted := s.serveStream(ctx, w, r, st)
-	if adopted {
-		// The writers serve the stream from here, and finish it.
-		return
-	}
-	// The first reason wins: a stream closed as slow_consumer whose blocked
-	// write then times out is counted as slow_consumer, once.
-	st.close(reason)
-	s.finish(ctx, st)
+	return st
 }
 
 // finish cleans up after a stream that ended: it counts it, leaves the hub,

@@ -46,7 +46,11 @@ type Server struct {
 	hub   *hub // set by Serve
 	// writers serve the HTTP/1.1 streams taken over from net/http; set by
 	// Serve, nil where streams stay on their handler goroutines.
-	writers  *writers
+	writers *writers
+	// held holds the streams served on their handler goroutines; set by
+	// Serve. turnBufs pools their turns' buffers (*turnBuffers).
+	held     *held
+	turnBufs sync.Pool
 	draining atomic.Bool
 	handlers sync.WaitGroup
 	// opening counts the requests that passed the MaxConns check and whose
@@ -80,12 +84,18 @@ func (s *Server) handler() http.Handler {
 		mux.Handle("/", s.pages)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// An HTTP/2 stream's goroutine waits below this frame for the
+		// stream's life (see hold): the refusal has a frame of its own.
 		if len(r.RequestURI) > maxRequestURI {
-			s.refuse(w, http.StatusRequestURITooLong, "uri_too_long", fmt.Sprintf("the URL is over %d bytes", maxRequestURI))
+			s.refuseLongURI(w)
 			return
 		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+func (s *Server) refuseLongURI(w http.ResponseWriter) {
+	s.refuse(w, http.StatusRequestURITooLong, "uri_too_long", fmt.Sprintf("the URL is over %d bytes", maxRequestURI))
 }
 
 // maxRequestURI bounds a request's URL, as common proxies do: a token, 16
@@ -129,6 +139,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 			s.log.Info("streams are served one goroutine each", slog.Any("err", err))
 		}
 	}
+	s.held = newHeld(s)
 	s.hubMu.Unlock()
 
 	protocols := new(http.Protocols)
@@ -149,6 +160,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		hubDone.Go(s.writers.run)
 	}
 	hubDone.Go(func() { s.auth.refreshKeys(hubCtx) })
+	// The held set's ticker stops after the drain, like the writers'.
+	hubDone.Go(func() { s.held.run(hubCtx) })
 
 	g, gctx := errgroup.WithContext(ctx)
 	// The edge's record outlives serving, like the hub: it shows the drain.

@@ -67,8 +67,9 @@ type stream struct {
 	// goroutine.
 	wake chan struct{}
 	// out is the connection once taken over; with it, busy says a writer
-	// holds the stream, heartbeat that a heartbeat is due, and lastWrite
-	// when the client was last written to (see writers.clock).
+	// holds the stream. heartbeat says a heartbeat is due, and lastWrite
+	// is when the client was last written to (see writers.clock, or
+	// held.clock for a stream served on its handler goroutine).
 	out       *wire
 	lastWrite int64
 	busy      bool

@@ -191,6 +191,12 @@ func (b *bench) idleH2Run(ctx context.Context, per int) error {
 	g1 := runtime.NumGoroutine()
 	after, _ := readProc(edge.PID)
 	k1 := readKernel()
+	if b.cfg.memProfile != "" && self {
+		// One profile a run: FILE.h2x<streams a connection>.
+		if err := writeHeapProfile(fmt.Sprintf("%s.h2x%d", b.cfg.memProfile, per)); err != nil {
+			return err
+		}
+	}
 	tcp, _, tcpErr := edgeConnections(b.cfg.edgeURL)
 	rep, err := f.report()
 	if err != nil {
@@ -228,6 +234,7 @@ func (b *bench) idleH2Run(ctx context.Context, per int) error {
 	}
 	if self {
 		b.rep.add(sc, "edge heap growth per stream", (float64(m1.HeapAlloc)-float64(m0.HeapAlloc))/float64(open)/1024, "KiB")
+		b.rep.add(sc, "edge goroutine stacks per stream", (float64(m1.StackInuse)-float64(m0.StackInuse))/float64(open)/1024, "KiB")
 		b.rep.add(sc, "edge goroutines per stream", float64(g1-g0)/float64(open), "goroutines")
 	}
 	kern := float64(k1.SUnreclaim-k0.SUnreclaim+k1.TCPMem-k0.TCPMem) / float64(open) / 1024
