@@ -47,9 +47,6 @@ func (h *scheduleHook) Schedule(ctx context.Context, envs []*heraldv1.Envelope) 
 	return errs
 }
 
-// fixture is a publisher with its presence registry.
-type fixture = testenv.PublisherFixture
-
 var (
 	newPublisherOn = testenv.PublisherOn
 	envelope       = testenv.Envelope
