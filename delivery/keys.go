@@ -42,13 +42,47 @@ func IdempotencyKey(caller, key string) string {
 	}
 	// ':' and '%' are escaped in the caller's name, so that the first ':'
 	// ends it: ("a", "b:c") and ("a:b", "c") stay apart.
-	return strings.NewReplacer("%", "%25", ":", "%3A").Replace(caller) + ":" + key
+	return callerEscaper.Replace(caller) + ":" + key
 }
+
+// callerEscaper escapes a caller's name in an idempotency key; a Replacer
+// is safe for concurrent use, and building one costs more than using it.
+var callerEscaper = strings.NewReplacer("%", "%25", ":", "%3A")
 
 // idempotencyKeyName is the key that remembers user's idempotency key (as
 // IdempotencyKey scopes it).
 func idempotencyKeyName(prefix, user, key string) string {
 	return prefix + presence.HashTag(user) + ":idem:" + presence.EscapeKeyPart(key)
+}
+
+// notifyNames are the names every notify script call of user takes: the
+// presence key, the history keys and the channel, as presence.Registry.Key,
+// HistoryKeys and Channel name them, built as one string that they are
+// parts of (one allocation instead of nine).
+type notifyNames struct{ presence, log, last, channel string }
+
+// The suffixes after a user's hash tag of the names of notifyNames.
+const (
+	presenceSuffix = ":presence"
+	logSuffix      = ":log"
+	lastSuffix     = ":last"
+	channelSuffix  = ":events"
+)
+
+func userNotifyNames(prefix, user string) notifyNames {
+	tag := presence.HashTag(user)
+	base := len(prefix) + len(tag)
+	b := make([]byte, 0, 4*base+len(presenceSuffix)+len(logSuffix)+len(lastSuffix)+len(channelSuffix))
+	for _, suffix := range [...]string{presenceSuffix, logSuffix, lastSuffix, channelSuffix} {
+		b = append(append(append(b, prefix...), tag...), suffix...)
+	}
+	all := string(b)
+	cut := func(suffix string) string {
+		name := all[:base+len(suffix)]
+		all = all[len(name):]
+		return name
+	}
+	return notifyNames{presence: cut(presenceSuffix), log: cut(logSuffix), last: cut(lastSuffix), channel: cut(channelSuffix)}
 }
 
 // ReceiptKeys are user's receipt hashes.

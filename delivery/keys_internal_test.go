@@ -114,3 +114,25 @@ func TestEscapeKeepsPlainIDs(t *testing.T) {
 		t.Errorf("TraceKey = %q", got)
 	}
 }
+
+// TestUserNotifyNames checks that the names the publisher builds in one
+// piece are the ones presence.Registry.Key, HistoryKeys and Channel give.
+func TestUserNotifyNames(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:0"}) // never dialled
+	defer rdb.Close()
+	for _, prefix := range []string{"herald:", "", "t-1:%:"} {
+		reg, err := presence.New(rdb, presence.Config{Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefix = reg.Prefix()
+		for _, user := range hostile {
+			got := userNotifyNames(prefix, user)
+			hist := HistoryKeys(prefix, UserStream(user))
+			want := notifyNames{presence: reg.Key(user), log: hist[0], last: hist[1], channel: Channel(prefix, UserStream(user))}
+			if got != want {
+				t.Errorf("prefix %q, user %q: names %q, want %q", prefix, user, got, want)
+			}
+		}
+	}
+}

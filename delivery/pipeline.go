@@ -47,10 +47,10 @@ func (a *autoPipeline) do(c *notifyCall) {
 		a.lead([]*notifyCall{c})
 		return
 	}
-	c.wake = make(chan struct{}, 1)
+	c.wake.Add(1)
 	a.queue = append(a.queue, c)
 	a.mu.Unlock()
-	<-c.wake
+	c.wake.Wait()
 	if c.batch != nil {
 		a.lead(c.batch)
 	}
@@ -67,7 +67,7 @@ func (a *autoPipeline) lead(batch []*notifyCall) {
 	}
 	a.run(ctx, batch)
 	for _, c := range batch[1:] {
-		c.wake <- struct{}{}
+		c.wake.Done()
 	}
 	a.mu.Lock()
 	n := min(len(a.queue), a.max)
@@ -83,7 +83,7 @@ func (a *autoPipeline) lead(batch []*notifyCall) {
 	a.queue = a.queue[:rest]
 	a.mu.Unlock()
 	next[0].batch = next
-	next[0].wake <- struct{}{}
+	next[0].wake.Done()
 }
 
 // runScripts runs the calls' notify scripts in one pipeline (on a Redis
@@ -160,7 +160,13 @@ func (p *Publisher) runBatchScripts(ctx context.Context, calls []*notifyCall, to
 	for len(todo) > 0 {
 		n := min(len(todo), maxScriptBatch)
 		// The publisher's settings, the same in every call, go once.
-		ch := &chunk{idx: todo[:n], args: append([]any{n}, calls[todo[0]].args[:scriptConfigArgs]...)}
+		nkeys, nargs := 0, 1+scriptConfigArgs
+		for _, i := range todo[:n] {
+			nkeys += len(calls[i].keys)
+			nargs += len(calls[i].args) - scriptConfigArgs
+		}
+		ch := &chunk{idx: todo[:n], keys: make([]string, 0, nkeys), args: make([]any, 0, nargs)}
+		ch.args = append(append(ch.args, n), calls[todo[0]].args[:scriptConfigArgs]...)
 		for _, i := range ch.idx {
 			ch.keys = append(ch.keys, calls[i].keys...)
 			ch.args = append(ch.args, calls[i].args[scriptConfigArgs:]...)

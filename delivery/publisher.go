@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -160,6 +161,9 @@ type Publisher struct {
 	traces  traceBudget
 	sharded bool         // rdb is a Redis Cluster client
 	tracer  trace.Tracer // nil: tracing off
+	// configArgs are the notify script's first scriptConfigArgs arguments,
+	// the publisher's settings, boxed once: each call shares them.
+	configArgs []any
 }
 
 // NewPublisher returns a Publisher that looks presence up in reg and publishes
@@ -199,6 +203,14 @@ func NewPublisher(rdb redis.Cmdable, reg *presence.Registry, cfg PublisherConfig
 	}
 	p := &Publisher{rdb: rdb, presence: reg, cfg: cfg, scripts: newScripts(rdb), sharded: Sharded(rdb)}
 	p.pipe = &autoPipeline{max: cfg.MaxPipeline, run: p.runScripts}
+	var pending int64
+	if cfg.Offline != nil {
+		pending = cfg.PendingTimeout.Milliseconds()
+	}
+	p.configArgs = append(append([]any{cfg.IdempotencyWindow.Milliseconds()}, cfg.History.args()...), pending)
+	if len(p.configArgs) != scriptConfigArgs {
+		return nil, fmt.Errorf("delivery: %d script settings, want %d", len(p.configArgs), scriptConfigArgs)
+	}
 	if cfg.TracerProvider != nil {
 		p.tracer = cfg.TracerProvider.Tracer(TracerName)
 	}
@@ -264,10 +276,14 @@ type notifyCall struct {
 	// reply and err are the script's.
 	reply []string
 	err   error
-	// wake is signalled when the auto-pipeliner has run the call, or has
-	// made it lead the pipeline batch.
-	wake  chan struct{}
+	// wake is done when the auto-pipeliner has run the call, or has made
+	// it lead the pipeline batch: a queued call waits once, on a wait
+	// group allocated with the call rather than a channel of its own.
+	wake  sync.WaitGroup
 	batch []*notifyCall
+	// keyBuf and argBuf hold keys and args, allocated with the call.
+	keyBuf [8]string
+	argBuf [scriptConfigArgs + 9]any
 }
 
 // prepare builds env's notify script call; it does no I/O.
@@ -285,13 +301,14 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 		return nil, err
 	}
 	user := env.GetUserId()
-	keys := append(make([]string, 0, 8), p.presence.Key(user))
-	keys = append(keys, HistoryKeys(p.presence.Prefix(), UserStream(user))...)
-	hasKey, idem := "0", ""
+	c := &notifyCall{ctx: ctx, env: env}
+	names := userNotifyNames(p.presence.Prefix(), user)
+	keys := append(c.keyBuf[:0], names.presence, names.log, names.last)
+	hasKey, idem := any("0"), "" // boxed constants: no allocation
 	if idempotencyKey != "" {
 		idem = idempotencyKeyName(p.presence.Prefix(), user, idempotencyKey)
 		keys = append(keys, idem)
-		hasKey = "1"
+		hasKey = any("1")
 	}
 	if traceTTL > 0 {
 		keys = append(keys, TraceKey(p.presence.Prefix(), user, env.GetId()))
@@ -304,17 +321,25 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 		ackBy = env.GetAckBy().AsTime().UnixMilli()
 		keys = append(keys, p.cfg.Receipts.Keys(user)...)
 	}
-	record := env.GetId() + "|" + strconv.FormatInt(env.GetAcceptedAt().AsTime().UnixMilli(), 10) + "|" + strconv.FormatInt(ackBy, 10)
-	var pending int64
-	if p.cfg.Offline != nil {
-		pending = p.cfg.PendingTimeout.Milliseconds()
-	}
-	args := append(make([]any, 0, scriptConfigArgs+9), p.cfg.IdempotencyWindow.Milliseconds())
-	args = append(args, p.cfg.History.args()...)
-	args = append(args, pending, Channel(p.presence.Prefix(), UserStream(user)), payload, record, hasKey, traceTTL,
+	record := idemRecord(env.GetId(), env.GetAcceptedAt().AsTime().UnixMilli(), ackBy)
+	args := append(c.argBuf[:0], p.configArgs...)
+	args = append(args, names.channel, payload, record, hasKey, traceTTL,
 		user, env.GetCorrelationId(), ackBy, p.traceID(ctx))
-	return &notifyCall{ctx: ctx, env: env, hasKey: idempotencyKey != "", idem: idem, traced: traceTTL > 0,
-		keys: keys, args: args, record: record}, nil
+	c.hasKey, c.idem, c.traced = idempotencyKey != "", idem, traceTTL > 0
+	c.keys, c.args, c.record = keys, args, record
+	return c, nil
+}
+
+// idemRecord is an idempotency record's "id|accepted ms|ack deadline ms",
+// built in one allocation.
+func idemRecord(id string, acceptedMs, ackByMs int64) string {
+	b := make([]byte, 0, 80)
+	b = append(b, id...)
+	b = append(b, '|')
+	b = strconv.AppendInt(b, acceptedMs, 10)
+	b = append(b, '|')
+	b = strconv.AppendInt(b, ackByMs, 10)
+	return string(b)
 }
 
 // outcome decodes a call's reply. queue says that the notification reached
