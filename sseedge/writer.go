@@ -163,6 +163,14 @@ func takeSocket(nc net.Conn) (int, error) {
 
 // schedule hands st, which has something to do, to the pool.
 func (ws *writers) schedule(st *stream) {
+	// Without waiting first: work has room for every stream (a select on
+	// two channels costs more than the send, once per delivery in a
+	// broadcast).
+	select {
+	case ws.work <- st:
+		return
+	default:
+	}
 	select {
 	case ws.work <- st:
 	case <-ws.ctx.Done():
@@ -176,18 +184,25 @@ func (ws *writers) write(ctx context.Context) {
 		batch []*outEvent
 	)
 	for {
+		var st *stream
+		// A stream waiting is taken without the select on ctx (see
+		// schedule); an idle writer waits on both.
 		select {
-		case <-ctx.Done():
-			return
-		case st := <-ws.work:
-			buf, batch = ws.pump(st, false, buf, batch)
-			if cap(buf) > 64<<10 {
-				buf = nil // after a burst of large events
+		case st = <-ws.work:
+		default:
+			select {
+			case <-ctx.Done():
+				return
+			case st = <-ws.work:
 			}
-			// The events written are done with: let them go now rather
-			// than at this writer's next use.
-			clear(batch[:cap(batch)])
 		}
+		buf, batch = ws.pump(st, false, buf, batch)
+		if cap(buf) > 64<<10 {
+			buf = nil // after a burst of large events
+		}
+		// The events written are done with: let them go now rather than
+		// at this writer's next use.
+		clear(batch[:cap(batch)])
 	}
 }
 
