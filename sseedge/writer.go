@@ -163,11 +163,8 @@ func takeSocket(nc net.Conn) (int, error) {
 
 // schedule hands st, which has something to do, to the pool.
 func (ws *writers) schedule(st *stream) {
-	// Without waiting first: work has room for every stream (a select on
-	// two channels costs more than the send, once per delivery in a
-	// broadcast).
 	select {
-	case ws.work <- st:
+	case ws.work <- st: // room for every stream: no select on ctx as well
 		return
 	default:
 	}
@@ -185,10 +182,8 @@ func (ws *writers) write(ctx context.Context) {
 	)
 	for {
 		var st *stream
-		// A stream waiting is taken without the select on ctx (see
-		// schedule); an idle writer waits on both.
 		select {
-		case st = <-ws.work:
+		case st = <-ws.work: // one waiting: no select on ctx as well
 		default:
 			select {
 			case <-ctx.Done():
