@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 )
 
 // Event is one Server-Sent Event as the client sees it.
@@ -76,6 +77,31 @@ func appendBody(b []byte, event, data string) []byte {
 		data = data[i+1:]
 	}
 	return append(b, '\n')
+}
+
+// bodySize is room enough for appendBody's fields for an event's name and
+// data: the data's bytes, and a "data: " and a newline for each of its
+// lines, counting CRLF as two.
+func bodySize(event string, data []byte) int {
+	lines := 1
+	for _, c := range data {
+		if c == '\n' || c == '\r' {
+			lines++
+		}
+	}
+	return len("event: \n") + len(event) + len(data) + lines*len("data: \n") + 1
+}
+
+// bytesAsString returns b as a string without copying it. The caller must
+// not change b while the string is in use, nor keep the string.
+func bytesAsString(b []byte) string {
+	return unsafe.String(unsafe.SliceData(b), len(b))
+}
+
+// stringAsBytes returns s as a byte slice without copying it. The bytes
+// must not be changed.
+func stringAsBytes(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 // appendRetry appends a retry: field that sets the client's reconnection

@@ -3,6 +3,12 @@ package sseedge
 import (
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/herald-push/herald/delivery"
+	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
 
 // Benchmarks of the SSE framing, the per-event work of every delivery:
@@ -45,5 +51,29 @@ func BenchmarkFrameDelivery(b *testing.B) {
 		buf = append(buf, body...)
 		_ = chunk(buf)
 		pos[1]++
+	}
+}
+
+// BenchmarkDecode is the edge's work on each message it reads from Redis
+// before any stream sees it: the envelope's protobuf decode and the framing
+// of its body (Server.decode).
+//
+//	go test -run '^$' -bench 'Decode' -benchmem ./sseedge/
+func BenchmarkDecode(b *testing.B) {
+	now := time.Now()
+	env := &heraldv1.Envelope{
+		Id: delivery.NewID(now), UserId: "u:1234567", Event: "account.changed", EventId: "1764400000000000123",
+		CorrelationId: "c-42", Data: []byte(`{"t":1764400000000000000,"n":12345,"changed":["holdings","cash"]}`),
+		AcceptedAt: timestamppb.New(now),
+	}
+	payload, err := delivery.Marshal(env)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := &Server{now: time.Now}
+	for b.Loop() {
+		if s.decode("herald:u:1234567", payload) == nil {
+			b.Fatal("dropped")
+		}
 	}
 }

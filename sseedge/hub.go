@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,6 +78,10 @@ type channelEntry struct {
 	// fail is closed when asking for the subscription failed, for the joins
 	// waiting then; guarded by hub.mu, and replaced after.
 	fail *failure
+	// name is the channel's name, and cursor the name its streams give it
+	// in their cursors (stream.names); the streams that read the channel
+	// hold these same strings (see join).
+	name, cursor string
 }
 
 // failure tells the joins waiting on a channel that its subscription could
@@ -86,8 +91,10 @@ type failure struct {
 	err  error // set before done is closed
 }
 
-func newChannelEntry() *channelEntry {
+func newChannelEntry(name, cursor string) *channelEntry {
 	return &channelEntry{
+		name:    name,
+		cursor:  cursor,
 		streams: make(map[*stream]struct{}),
 		ready:   make(chan struct{}),
 		fail:    &failure{done: make(chan struct{})},
@@ -147,11 +154,18 @@ func (h *hub) join(ctx context.Context, st *stream) error {
 	waits := make([]wait, 0, len(st.channels))
 	h.mu.Lock()
 	fresh := false
-	for _, ch := range st.channels {
+	for i, ch := range st.channels {
 		e, ok := h.channels[ch]
 		if !ok {
-			e = newChannelEntry()
+			e = newChannelEntry(ch, st.names[i])
 			h.channels[ch] = e
+		}
+		// One copy of the names for every stream, which a broadcast's
+		// writes find in cache: st is not yet reachable by deliveries,
+		// which read them once it is in e.streams.
+		st.channels[i] = e.name
+		if st.names[i] == e.cursor {
+			st.names[i] = e.cursor
 		}
 		if !e.sent {
 			h.todo[ch] = struct{}{}
@@ -216,17 +230,25 @@ func (h *hub) kick() {
 
 // readers returns a snapshot of the streams that read channel.
 func (h *hub) readers(channel string) []*stream {
+	out, _ := h.appendReaders(nil, channel)
+	return out
+}
+
+// appendReaders appends the streams that read channel to buf, and returns
+// the hub's copy of the channel's name (channel itself when no stream reads
+// it).
+func (h *hub) appendReaders(buf []*stream, channel string) ([]*stream, string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	e, ok := h.channels[channel]
 	if !ok {
-		return nil
+		return buf, channel
 	}
-	out := make([]*stream, 0, len(e.streams))
+	buf = slices.Grow(buf, len(e.streams))
 	for st := range e.streams {
-		out = append(out, st)
+		buf = append(buf, st)
 	}
-	return out
+	return buf, e.name
 }
 
 // all returns a snapshot of every stream.
@@ -394,7 +416,7 @@ func (c *classicSubscriber) run(ctx context.Context) {
 				c.hub.confirmed(m.Channel)
 			}
 		case *redis.Message:
-			c.hub.deliver(m.Channel, []byte(m.Payload))
+			c.hub.deliver(m.Channel, stringAsBytes(m.Payload)) // read, never kept (decode copies)
 		}
 	}
 }

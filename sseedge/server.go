@@ -60,6 +60,9 @@ type Server struct {
 
 	ipMu  sync.Mutex
 	perIP map[netip.Prefix]int // streams and requests in flight by client address
+
+	// snapshots pools deliver's lists of a channel's streams (*[]*stream).
+	snapshots sync.Pool
 }
 
 func (s *Server) currentHub() *hub {
@@ -220,10 +223,11 @@ func (s *Server) decode(channel string, payload []byte) *outEvent {
 		s.metrics.dropped.WithLabelValues("expired").Inc()
 		return nil
 	}
+	data := env.GetData()
 	ev := &outEvent{
 		channel:     channel,
 		eventID:     eid,
-		body:        appendBody(nil, env.GetEvent(), string(env.GetData())),
+		body:        appendBody(make([]byte, 0, bodySize(env.GetEvent(), data)), env.GetEvent(), bytesAsString(data)),
 		accepted:    env.GetAcceptedAt().AsTime(),
 		id:          env.GetId(),
 		correlation: env.GetCorrelationId(),
@@ -244,7 +248,21 @@ func (s *Server) deliver(channel string, payload []byte) {
 	if ev == nil {
 		return
 	}
-	readers := s.hub.readers(channel)
+	snap, _ := s.snapshots.Get().(*[]*stream)
+	if snap == nil {
+		snap = new([]*stream)
+	}
+	defer func() {
+		clear(*snap)
+		*snap = (*snap)[:0]
+		s.snapshots.Put(snap)
+	}()
+	var readers []*stream
+	// The hub's own copy of the channel name: the streams hold the same
+	// one, so that matching an event to a stream (appendLive) compares
+	// pointers, not bytes.
+	readers, ev.channel = s.hub.appendReaders((*snap)[:0], channel)
+	*snap = readers
 	if len(readers) == 1 {
 		// A user's one stream: written here, on the Pub/Sub reader's
 		// goroutine, rather than handed to a writer, which would be woken

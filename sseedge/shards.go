@@ -299,7 +299,7 @@ func (s *shardedSubscriber) read(l *shardLink) {
 				s.kick()
 			}
 		case *redis.Message:
-			s.hub.deliver(m.Channel, []byte(m.Payload))
+			s.hub.deliver(m.Channel, stringAsBytes(m.Payload)) // read, never kept (decode copies)
 		}
 	}
 }

@@ -164,6 +164,11 @@ func takeSocket(nc net.Conn) (int, error) {
 // schedule hands st, which has something to do, to the pool.
 func (ws *writers) schedule(st *stream) {
 	select {
+	case ws.work <- st: // room for every stream: no select on ctx as well
+		return
+	default:
+	}
+	select {
 	case ws.work <- st:
 	case <-ws.ctx.Done():
 	}
@@ -176,18 +181,23 @@ func (ws *writers) write(ctx context.Context) {
 		batch []*outEvent
 	)
 	for {
+		var st *stream
 		select {
-		case <-ctx.Done():
-			return
-		case st := <-ws.work:
-			buf, batch = ws.pump(st, false, buf, batch)
-			if cap(buf) > 64<<10 {
-				buf = nil // after a burst of large events
+		case st = <-ws.work: // one waiting: no select on ctx as well
+		default:
+			select {
+			case <-ctx.Done():
+				return
+			case st = <-ws.work:
 			}
-			// The events written are done with: let them go now rather
-			// than at this writer's next use.
-			clear(batch[:cap(batch)])
 		}
+		buf, batch = ws.pump(st, false, buf, batch)
+		if cap(buf) > 64<<10 {
+			buf = nil // after a burst of large events
+		}
+		// The events written are done with: let them go now rather than
+		// at this writer's next use.
+		clear(batch[:cap(batch)])
 	}
 }
 

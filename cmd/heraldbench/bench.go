@@ -363,13 +363,22 @@ func (b *bench) unicast(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		c0, a0 := readSelf(b), heapAllocs()
 		res := openLoop(ctx, rate, b.cfg.duration, b.cfg.workers, call)
 		end()
 		got, err := f.waitReceived(uint64(res.Sent-res.Failed), 5*time.Second)
 		if err != nil {
 			return err
 		}
+		c1, a1 := readSelf(b), heapAllocs()
 		sc := fmt.Sprintf("unicast %s/s", formatValue(rate))
+		if b.sys != nil && got.Received > 0 {
+			// With -self the process is the router and the edge; the
+			// clients are child processes.
+			n := float64(got.Received)
+			b.rep.add(sc, "process CPU per delivered event (router and edge)", float64((c1-c0).Nanoseconds())/1e3/n, "µs")
+			b.rep.add(sc, "process heap allocations per delivered event (router and edge)", float64(a1-a0)/n, "objects")
+		}
 		b.rep.addVs(sc, "sent a second (at send time)", res.Rate, "/s", rate, "target rate")
 		b.rep.add(sc, "sent", float64(res.Sent), "calls")
 		b.rep.add(sc, "failed", float64(res.Failed), "calls")
@@ -384,6 +393,15 @@ func (b *bench) unicast(ctx context.Context) error {
 			ms(base.quantile(0.99)), "no-op gRPC same rate")
 	}
 	return nil
+}
+
+// readSelf is the CPU time of the -self process so far, or zero.
+func readSelf(b *bench) time.Duration {
+	if b.sys == nil {
+		return 0
+	}
+	p, _ := readProc(b.procs[0].PID)
+	return p.CPU
 }
 
 func (b *bench) router(ctx context.Context) error {
@@ -446,12 +464,13 @@ func (b *bench) broadcast(ctx context.Context) error {
 	var all hist
 	var toAll []time.Duration
 	var cpu time.Duration
-	var delivered uint64
+	var delivered, allocs uint64
 	for k := range b.cfg.broadcasts {
 		if err := f.reset(); err != nil {
 			return err
 		}
 		c0, _ := readProc(edge.PID)
+		a0 := heapAllocs()
 		now := time.Now()
 		if _, err := b.client.Broadcast(ctx, &heraldv1.BroadcastRequest{Topic: topic, Event: "bench", Data: notifyData(now, k)}); err != nil {
 			return err
@@ -463,6 +482,7 @@ func (b *bench) broadcast(ctx context.Context) error {
 			return err
 		}
 		c1, _ := readProc(edge.PID)
+		allocs += heapAllocs() - a0
 		cpu += c1.CPU - c0.CPU
 		delivered += got.Received
 		all.merge(got.Latency)
@@ -477,8 +497,14 @@ func (b *bench) broadcast(ctx context.Context) error {
 	b.rep.add(sc, "time to deliver one broadcast to all, worst", ms(toAll[len(toAll)-1]), "ms")
 	b.rep.add(sc, "per-connection delivery p50", ms(all.quantile(0.5)), "ms")
 	b.rep.add(sc, "per-connection delivery p99", ms(all.quantile(0.99)), "ms")
+	if b.sys != nil && delivered > 0 {
+		// The clients are child processes: this process's allocations are
+		// the edge's (the router's 30 calls are noise).
+		b.rep.add(sc, "edge heap allocations per delivery", float64(allocs)/float64(delivered), "objects")
+	}
 	if haveEdge && cpu > 0 {
 		b.rep.addVs(sc, "deliveries per edge core-second", float64(delivered)/cpu.Seconds(), "/core-s", b.publishRate, "pipelined PUBLISH msg/s")
+		b.rep.add(sc, "edge CPU per delivery", float64(cpu.Nanoseconds())/1e3/float64(delivered), "µs")
 	} else if haveEdge {
 		b.rep.note("broadcast: edge CPU time did not move (10 ms ticks); use more connections or broadcasts")
 	}
