@@ -85,22 +85,7 @@ func BenchmarkPublishUnary(b *testing.B) {
 
 func BenchmarkPublishParallel(b *testing.B) {
 	pub, rdb := newBenchPublisher(b, benchUsers)
-	ctx := context.Background()
-	b.SetParallelism(16)
-	cpu0 := redisCPU(b, rdb)
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		i := 0
-		for pb.Next() {
-			if _, err := pub.Publish(ctx, benchEnvelope("u"+strconv.Itoa(i%benchUsers)), ""); err != nil {
-				b.Error(err)
-				return
-			}
-			i++
-		}
-	})
-	b.StopTimer()
-	b.ReportMetric(float64((redisCPU(b, rdb)-cpu0).Microseconds())/float64(b.N), "redis-µs/op")
+	runPublishParallel(b, pub, rdb)
 }
 
 // BenchmarkPublishBatch100: an op is one notification, sent in batches of

@@ -59,20 +59,9 @@ func (h *held) wrote(st *stream) {
 // expired, until ctx is done. A heartbeat comes between Heartbeat and
 // Heartbeat plus a tick after the last write.
 func (h *held) run(ctx context.Context) {
-	every := min(max(h.s.cfg.Heartbeat/4, 10*time.Millisecond), time.Second)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	var due, expired []*stream
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		// Tokens expire by the edge's clock; heartbeats go by the real one.
-		now, clock := h.clock(), h.s.now().UnixNano()
-		due, expired = due[:0], expired[:0]
+	sweep(ctx, h.s, h.clock, func(now, clock int64, due, expired []*stream) ([]*stream, []*stream) {
 		h.mu.Lock()
+		defer h.mu.Unlock()
 		for st := range h.streams {
 			st.mu.Lock()
 			switch {
@@ -85,14 +74,37 @@ func (h *held) run(ctx context.Context) {
 			}
 			st.mu.Unlock()
 		}
-		h.mu.Unlock()
+		return due, expired
+	}, func(st *stream) {
+		st.mu.Lock()
+		st.heartbeat = true
+		st.notifyLocked()
+	})
+}
+
+// sweep is the heartbeat tickers' loop: every quarter of the heartbeat
+// (10 ms to 1 s) until ctx is done, scan appends the streams due a
+// heartbeat and those whose token has expired, given now by clock and the
+// edge's time in ns (tokens expire by the edge's clock; heartbeats go by
+// the real one); sweep closes the expired and hands the due to beat.
+func sweep(ctx context.Context, s *Server, clock func() int64,
+	scan func(now, wall int64, due, expired []*stream) ([]*stream, []*stream), beat func(*stream)) {
+	every := min(max(s.cfg.Heartbeat/4, 10*time.Millisecond), time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var due, expired []*stream
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		due, expired = scan(clock(), s.now().UnixNano(), due[:0], expired[:0])
 		for _, st := range expired {
 			st.close(CloseTokenExpired)
 		}
 		for _, st := range due {
-			st.mu.Lock()
-			st.heartbeat = true
-			st.notifyLocked()
+			beat(st)
 		}
 		clear(due)
 		clear(expired)

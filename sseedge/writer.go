@@ -457,20 +457,7 @@ func chunk(b []byte) []byte {
 // expired, until ctx is done. One ticker serves every stream: a heartbeat
 // comes between Heartbeat and Heartbeat plus a tick after the last write.
 func (ws *writers) tick(ctx context.Context) {
-	every := min(max(ws.s.cfg.Heartbeat/4, 10*time.Millisecond), time.Second)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	var due, expired []*stream
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		// Tokens expire by the edge's clock; heartbeats, like the
-		// handler's ticker, go by the real one.
-		now, clock := ws.clock(), ws.s.now().UnixNano()
-		due, expired = due[:0], expired[:0]
+	sweep(ctx, ws.s, ws.clock, func(now, clock int64, due, expired []*stream) ([]*stream, []*stream) {
 		// The poller's set of connections is the set of streams taken
 		// over: a stream joins it in adopt and leaves it in end.
 		ws.poller.each(func(w *wire) {
@@ -487,13 +474,6 @@ func (ws *writers) tick(ctx context.Context) {
 			}
 			st.mu.Unlock()
 		})
-		for _, st := range expired {
-			st.close(CloseTokenExpired)
-		}
-		for _, st := range due {
-			ws.schedule(st)
-		}
-		clear(due)
-		clear(expired)
-	}
+		return due, expired
+	}, ws.schedule)
 }
