@@ -246,16 +246,17 @@ func (r *Registry) Lease(ctx context.Context, conns ...Conn) error {
 // leaseBatchScript per leaseBatchUsers users, in one pipeline.
 func (r *Registry) leaseBatches(ctx context.Context, ttl int64, users []string, members map[string][]any) error {
 	_, err := r.runPipelined(ctx, leaseBatchScript, func(pipe redis.Pipeliner) []*redis.Cmd {
+		// queue runs again after a NOSCRIPT: it must not use users up.
 		var cmds []*redis.Cmd
-		for len(users) > 0 {
-			n := min(len(users), leaseBatchUsers)
+		for todo := users; len(todo) > 0; {
+			n := min(len(todo), leaseBatchUsers)
 			keys, args := make([]string, 0, n), []any{ttl}
-			for _, u := range users[:n] {
+			for _, u := range todo[:n] {
 				keys = append(keys, r.Key(u))
 				args = append(append(args, len(members[u])), members[u]...)
 			}
 			cmds = append(cmds, leaseBatchScript.EvalSha(ctx, pipe, keys, args...))
-			users = users[n:]
+			todo = todo[n:]
 		}
 		return cmds
 	})

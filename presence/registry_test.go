@@ -199,3 +199,36 @@ func TestLeaseManyUsers(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseManyUsersLoadsScript: the first renewal wave on a Redis that
+// has not seen the scripts (a new or restarted server) leases every user:
+// the pipeline sent again after NOSCRIPT carries every script.
+func TestLeaseManyUsersLoadsScript(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := testenv.StartRedisServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	reg, err := presence.New(rdb, presence.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []presence.Conn
+	var users []string
+	for u := range 150 {
+		users = append(users, "u"+strconv.Itoa(u))
+		conns = append(conns, presence.Conn{User: users[u], ID: "c", Edge: "e", Since: time.Now()})
+	}
+	if err := reg.Lease(ctx, conns...); err != nil {
+		t.Fatal(err)
+	}
+	got, err := reg.Online(ctx, users...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range users {
+		if got[u] != 1 {
+			t.Fatalf("%s has %d live leases after the first renewal, want 1", u, got[u])
+		}
+	}
+}
