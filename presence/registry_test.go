@@ -136,18 +136,26 @@ func TestNewValidates(t *testing.T) {
 	}
 }
 
+// newOwnRegistry returns a registry on a redis-server of the test's own,
+// which has none of the scripts loaded, and the server.
+func newOwnRegistry(tb testing.TB) (*testenv.RedisServer, *presence.Registry) {
+	tb.Helper()
+	srv := testenv.StartRedisServer(tb)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	tb.Cleanup(func() { rdb.Close() })
+	reg, err := presence.New(rdb, presence.Config{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return srv, reg
+}
+
 // After a Redis restart the scripts are gone from its cache; the registry
 // must load them again rather than fail.
 func TestScriptsReloadAfterRestart(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	srv := testenv.StartRedisServer(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { rdb.Close() })
-	reg, err := presence.New(rdb, presence.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, reg := newOwnRegistry(t)
 	c := presence.Conn{User: "u", ID: "c", Edge: "e", Since: time.Now()}
 	if err := reg.Lease(ctx, c); err != nil {
 		t.Fatal(err)
@@ -206,13 +214,7 @@ func TestLeaseManyUsers(t *testing.T) {
 func TestLeaseManyUsersLoadsScript(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	srv := testenv.StartRedisServer(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
-	t.Cleanup(func() { rdb.Close() })
-	reg, err := presence.New(rdb, presence.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, reg := newOwnRegistry(t)
 	var conns []presence.Conn
 	var users []string
 	for u := range 150 {
