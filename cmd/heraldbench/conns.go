@@ -100,16 +100,7 @@ type holder struct {
 func runChild(in io.Reader, out io.Writer) error {
 	h := &holder{}
 	defer h.closeAll()
-	dec := json.NewDecoder(in)
-	enc := json.NewEncoder(out)
-	for {
-		var c command
-		if err := dec.Decode(&c); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
+	return serveCommands(in, out, func(c command) (reply, bool) {
 		var r reply
 		switch c.Op {
 		case "open":
@@ -137,10 +128,29 @@ func runChild(in io.Reader, out io.Writer) error {
 			r.Error = "unknown op " + c.Op
 		}
 		r.Op = c.Op
+		return r, c.Op == "close"
+	})
+}
+
+// serveCommands is a child process's loop: it decodes each command from in,
+// writes handle's reply to out, and returns at the end of in or after the
+// reply to the command handle says is the last.
+func serveCommands[C, R any](in io.Reader, out io.Writer, handle func(C) (reply R, last bool)) error {
+	dec := json.NewDecoder(in)
+	enc := json.NewEncoder(out)
+	for {
+		var c C
+		if err := dec.Decode(&c); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		r, last := handle(c)
 		if err := enc.Encode(r); err != nil {
 			return err
 		}
-		if c.Op == "close" {
+		if last {
 			return nil
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -111,16 +110,7 @@ type tally struct {
 func runScaleChild(in io.Reader, out io.Writer) error {
 	t := &tally{}
 	defer t.closeAll()
-	dec := json.NewDecoder(in)
-	enc := json.NewEncoder(out)
-	for {
-		var c scaleCommand
-		if err := dec.Decode(&c); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
+	return serveCommands(in, out, func(c scaleCommand) (scaleReply, bool) {
 		var r scaleReply
 		switch c.Op {
 		case "open":
@@ -133,13 +123,8 @@ func runScaleChild(in io.Reader, out io.Writer) error {
 			r.Error = "unknown op " + c.Op
 		}
 		r.Op = c.Op
-		if err := enc.Encode(r); err != nil {
-			return err
-		}
-		if c.Op == "close" {
-			return nil
-		}
-	}
+		return r, c.Op == "close"
+	})
 }
 
 func (t *tally) open(c scaleCommand) scaleReply {
