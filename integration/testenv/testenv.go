@@ -1,6 +1,9 @@
 // Package testenv gives Herald's tests the real parts they run against: a
 // Redis connection with a key prefix of the test's own, redis-server processes
-// on free ports, and polling helpers.
+// and Redis Clusters on free ports, an in-process Kafka (kfake) and the
+// offline path on it, a publisher with its presence registry (and users
+// online as an edge makes them), a daemon served on a free port, an OTLP
+// collector, metric readers, and polling helpers.
 package testenv
 
 import (
