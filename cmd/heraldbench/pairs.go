@@ -59,9 +59,10 @@ func inPairs(ctx context.Context, pairs int, base, subject func(round int) error
 	return nil
 }
 
-// roundLength is d split in pairs rounds, each at least 100 ms.
+// roundLength is d split in pairs rounds, to the millisecond, each at
+// least 100 ms.
 func roundLength(d time.Duration, pairs int) time.Duration {
-	return max(d/time.Duration(max(pairs, 1)), 100*time.Millisecond)
+	return max((d / time.Duration(max(pairs, 1))).Round(time.Millisecond), 100*time.Millisecond)
 }
 
 // addRound adds one round's load to a run of rounds: the counts summed, the
