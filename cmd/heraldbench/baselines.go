@@ -17,6 +17,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/herald-push/herald/fcm/fcmtest"
+	"github.com/herald-push/herald/router"
 )
 
 // baselinePublish publishes 100-byte messages in pipelines of pipe for d
@@ -65,7 +66,11 @@ func baselinePublish(ctx context.Context, addr string, workers, pipe int, d time
 
 // noopGRPC is a gRPC server whose only service is the standard health
 // service, whose Check does nothing but read a map: the cost of a unary call
-// on this machine, with this client, and nothing else.
+// on this machine, with this client, and nothing else. Its client dials
+// with router.DialOptions and its server has the router's fixed
+// flow-control windows, as the router's callers and the router do: gRPC's
+// bandwidth estimator, which those turn off, would cost the no-op call a
+// PING now and then that the router's calls do not pay.
 type noopGRPC struct {
 	srv    *grpc.Server
 	conn   *grpc.ClientConn
@@ -77,10 +82,14 @@ func startNoopGRPC() (*noopGRPC, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(
+		// router/limits.go's streamWindowBytes and connWindowBytes.
+		grpc.StaticStreamWindowSize(1<<20),
+		grpc.StaticConnWindowSize(2<<20),
+	)
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	go func() { _ = srv.Serve(lis) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(lis.Addr().String(), append(router.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		srv.Stop()
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+	"github.com/herald-push/herald/router"
 )
 
 // batcher makes the i-th NotifyBatch call of a run through client: size
@@ -57,7 +58,7 @@ func batchLoad(c command) reply {
 	if !ok {
 		return reply{Error: "batch: unknown route " + c.Route}
 	}
-	conn, err := grpc.NewClient(c.Grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(c.Grpc, append(router.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		return reply{Error: err.Error()}
 	}
@@ -70,7 +71,8 @@ func batchLoad(c command) reply {
 // routerBatch measures NotifyBatch, closed loop: -batch-callers callers
 // each send batches of -batch notifications, one after another, to the
 // users of f (prefix). Its rate is compared to pipelined PUBLISH, which is
-// what a batch is built on. The callers run in a child process, so that the
+// what a batch is built on, measured in -pairs pairs of rounds, a round of
+// PUBLISH then one of NotifyBatch (pairs.go). The callers run in a child process, so that the
 // router's CPU is its own (with -self, with the edge's). It then runs the
 // same load to users with no connection, for the CPU of the router alone:
 // the edge has nothing to write then.
@@ -78,9 +80,6 @@ func (b *bench) routerBatch(ctx context.Context, f *fleet, prefix string) error 
 	size, callers := b.cfg.batch, b.cfg.batchCallers
 	if size <= 0 || callers <= 0 {
 		return nil
-	}
-	if err := f.reset(); err != nil {
-		return err
 	}
 	rt, haveRouter := b.proc("router")
 	rpid, haveRedis := b.proc("redis-server")
@@ -108,23 +107,54 @@ func (b *bench) routerBatch(ctx context.Context, f *fleet, prefix string) error 
 		return *r.Load, cpu1.CPU - cpu0.CPU, redis1.CPU - redis0.CPU
 	}
 
-	b.progress("router: NotifyBatch of %d, %d callers for %s", size, callers, b.cfg.duration)
-	res, cpu, redisCPU := measure(prefix, f.conns, b.cfg.duration, heraldv1.Route_ROUTE_ONLINE)
-	if measureErr != nil {
-		return measureErr
-	}
-	sent := res.Sent * size
-	got, err := f.waitReceived(uint64((res.Sent-res.Failed)*size), 5*time.Second)
+	// Online, in pairs of rounds: pipelined PUBLISH, then NotifyBatch.
+	pairs := b.cfg.pairs
+	baseD, subjD := roundLength(b.cfg.baseDuration, pairs), roundLength(b.cfg.duration, pairs)
+	var (
+		res             loadResult // the rounds together
+		cpu, redisCPU   time.Duration
+		sent            int
+		received        uint64
+		rates, pubRates []float64 // per round
+		pubSum          float64
+	)
+	b.progress("router: NotifyBatch of %d, %d callers, %d pairs of rounds: pipelined PUBLISH for %s, then NotifyBatch for %s",
+		size, callers, pairs, baseD, subjD)
+	err = inPairs(ctx, pairs, func(int) error {
+		rate, err := baselinePublish(ctx, b.cfg.redisAddr, 4, b.cfg.pipeline, baseD)
+		if err != nil {
+			return fmt.Errorf("PUBLISH baseline: %w", err)
+		}
+		pubRates, pubSum = append(pubRates, rate), pubSum+rate
+		return nil
+	}, func(int) error {
+		if err := f.reset(); err != nil {
+			return err
+		}
+		r, c, rc := measure(prefix, f.conns, subjD, heraldv1.Route_ROUTE_ONLINE)
+		if measureErr != nil {
+			return measureErr
+		}
+		got, err := f.waitReceived(uint64((r.Sent-r.Failed)*size), 5*time.Second)
+		if err != nil {
+			return err
+		}
+		res.addRound(r)
+		cpu, redisCPU, sent, received = cpu+c, redisCPU+rc, sent+r.Sent*size, received+got.Received
+		rates = append(rates, float64(r.Sent*size)/r.Elapsed.Seconds())
+		return nil
+	})
 	if err != nil {
 		return err
 	}
 	sc := "router batch"
 	rate := float64(sent) / res.Elapsed.Seconds()
-	b.rep.addVs(sc, fmt.Sprintf("notifications a second, batches of %d, closed loop, %d callers", size, callers), rate, "/s",
-		b.publishRate, "pipelined PUBLISH")
+	b.rep.addPaired(sc, fmt.Sprintf("notifications a second, batches of %d, closed loop, %d callers", size, callers), rate, "/s",
+		pairedRatios(pubRates, rates), "pipelined PUBLISH")
+	b.rep.add(sc, fmt.Sprintf("Redis PUBLISH, pipelines of %d, 4 clients, in the rounds between", b.cfg.pipeline), pubSum/float64(len(pubRates)), "msg/s")
 	b.rep.addVs(sc, "notifications a second, against the no-op call", rate, "/s", b.noop.Rate, "no-op gRPC")
 	b.rep.add(sc, "failed batches", float64(res.Failed), "calls")
-	b.rep.addVs(sc, "delivered", float64(got.Received), "events", float64(sent), "sent")
+	b.rep.addVs(sc, "delivered", float64(received), "events", float64(sent), "sent")
 	if res.FirstErr != "" {
 		b.rep.note("router batch: first failure: %s", res.FirstErr)
 	}

@@ -11,7 +11,6 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +22,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+	"github.com/herald-push/herald/router"
 )
 
 // bench is one run: the system under test, the clients, the baselines and
@@ -38,15 +38,15 @@ type bench struct {
 
 	procs []namedPID
 	// Baselines.
-	publishRate  float64
-	noop         loadResult
-	noopCPU      float64 // µs of this process's CPU per no-op call
-	fcm          loadResult
-	noopOpenLoop map[float64]*hist
+	publishRate float64
+	noop        loadResult
+	noopCPU     float64   // µs of this process's CPU per no-op call
+	noopSrv     *noopGRPC // the no-op gRPC server, kept for the paired rounds
+	fcm         loadResult
 }
 
 func newBench(ctx context.Context, cfg config, log io.Writer) (*bench, error) {
-	b := &bench{cfg: cfg, log: log, noopOpenLoop: map[float64]*hist{}}
+	b := &bench{cfg: cfg, log: log}
 	tag := make([]byte, 3)
 	_, _ = rand.Read(tag)
 	b.tag = "hb" + hex.EncodeToString(tag)
@@ -67,7 +67,7 @@ func newBench(ctx context.Context, cfg config, log io.Writer) (*bench, error) {
 	if pid := redisPID(ctx, b.cfg.redisAddr); pid > 0 {
 		b.procs = append(b.procs, namedPID{"redis-server", pid})
 	}
-	conn, err := grpc.NewClient(b.cfg.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(b.cfg.grpcAddr, append(router.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		b.close()
 		return nil, err
@@ -91,6 +91,9 @@ func newBench(ctx context.Context, cfg config, log io.Writer) (*bench, error) {
 func (b *bench) close() error {
 	if b.conn != nil {
 		b.conn.Close()
+	}
+	if b.noopSrv != nil {
+		b.noopSrv.close()
 	}
 	if b.sys != nil {
 		return b.sys.stop()
@@ -195,13 +198,9 @@ func (b *bench) baselines(ctx context.Context) error {
 	b.rep.add("baseline", fmt.Sprintf("Redis PUBLISH, pipelines of %d, 4 clients", b.cfg.pipeline), rate, "msg/s")
 
 	b.progress("baseline: no-op gRPC for %s", d)
-	noop, err := startNoopGRPC()
+	noop, err := b.noopServer(ctx)
 	if err != nil {
 		return err
-	}
-	defer noop.close()
-	if err := noop.call(ctx, 0, time.Now()); err != nil {
-		return fmt.Errorf("no-op gRPC baseline: %w", err)
 	}
 	self0, _ := readProc(os.Getpid())
 	b.noop = closedLoop(ctx, b.cfg.callers, d, noop.call)
@@ -214,13 +213,6 @@ func (b *bench) baselines(ctx context.Context) error {
 	b.rep.add("baseline", "no-op gRPC CPU per call (client and server)", b.noopCPU, "µs")
 	b.rep.add("baseline", "no-op gRPC round trip p50", ms(b.noop.Latency.quantile(0.5)), "ms")
 	b.rep.add("baseline", "no-op gRPC round trip p99", ms(b.noop.Latency.quantile(0.99)), "ms")
-	if slices.Contains(b.cfg.scenarios, "unicast") {
-		for _, r := range b.cfg.rates {
-			b.progress("baseline: no-op gRPC open loop at %.0f/s", r)
-			res := openLoop(ctx, r, min(d, b.cfg.duration), b.cfg.workers, noop.call)
-			b.noopOpenLoop[r] = &res.Latency
-		}
-	}
 
 	b.progress("baseline: FCM emulator sends for %s", d)
 	fb, err := startFCMBaseline(ctx)
@@ -237,6 +229,24 @@ func (b *bench) baselines(ctx context.Context) error {
 	}
 	b.rep.add("baseline", fmt.Sprintf("FCM emulator Send, closed loop, %d callers", min(b.cfg.callers, 16)), b.fcm.Rate, "send/s")
 	return nil
+}
+
+// noopServer is the run's no-op gRPC server, started and called once the
+// first time it is asked for.
+func (b *bench) noopServer(ctx context.Context) (*noopGRPC, error) {
+	if b.noopSrv != nil {
+		return b.noopSrv, nil
+	}
+	noop, err := startNoopGRPC()
+	if err != nil {
+		return nil, err
+	}
+	if err := noop.call(ctx, 0, time.Now()); err != nil {
+		noop.close()
+		return nil, fmt.Errorf("no-op gRPC baseline: %w", err)
+	}
+	b.noopSrv = noop
+	return noop, nil
 }
 
 func (b *bench) fleetConfig(prefix string, count int, topic string) fleetConfig {
@@ -345,6 +355,10 @@ func notifier(client heraldv1.RouterServiceClient, prefix string, users int) cal
 	}
 }
 
+// unicast sends Notify open loop at each of -rates over -conns streams, in
+// -pairs pairs of rounds: the no-op gRPC call at the same rate, then
+// Notify, so that each latency's ratio to the no-op call's is taken over
+// the same seconds (pairs.go).
 func (b *bench) unicast(ctx context.Context) error {
 	prefix := b.tag + "-uni-"
 	b.progress("unicast: opening %d connections", b.cfg.conns)
@@ -353,44 +367,79 @@ func (b *bench) unicast(ctx context.Context) error {
 		return err
 	}
 	defer f.close()
+	noop, err := b.noopServer(ctx)
+	if err != nil {
+		return err
+	}
 	b.rep.add("unicast", "connections held", float64(f.conns), "conns")
+	pairs := b.cfg.pairs
+	baseD, subjD := roundLength(min(b.cfg.baseDuration, b.cfg.duration), pairs), roundLength(b.cfg.duration, pairs)
 	for _, rate := range b.cfg.rates {
-		if err := f.reset(); err != nil {
-			return err
-		}
-		b.progress("unicast: %.0f/s for %s", rate, b.cfg.duration)
-		call, end, err := sender(ctx, b.client, b.cfg.stream.use, prefix, f.conns)
+		var (
+			res, base            loadResult // the rounds together
+			recv                 hist       // Notify→receive, the rounds together
+			received, allocs     uint64
+			cpu                  time.Duration
+			baseLat, calls, lats []*hist // per round
+		)
+		b.progress("unicast: %.0f/s, %d pairs of rounds: the no-op gRPC call for %s, then Notify for %s", rate, pairs, baseD, subjD)
+		err := inPairs(ctx, pairs, func(int) error {
+			r := openLoop(ctx, rate, baseD, b.cfg.workers, noop.call)
+			if r.Failed > 0 {
+				return fmt.Errorf("no-op gRPC at %.0f/s: %d failed: %s", rate, r.Failed, r.FirstErr)
+			}
+			base.addRound(r)
+			baseLat = append(baseLat, &r.Latency)
+			return nil
+		}, func(int) error {
+			if err := f.reset(); err != nil {
+				return err
+			}
+			call, end, err := sender(ctx, b.client, b.cfg.stream.use, prefix, f.conns)
+			if err != nil {
+				return err
+			}
+			c0, a0 := readSelf(b), heapAllocs()
+			r := openLoop(ctx, rate, subjD, b.cfg.workers, call)
+			end()
+			got, err := f.waitReceived(uint64(r.Sent-r.Failed), 5*time.Second)
+			if err != nil {
+				return err
+			}
+			c1, a1 := readSelf(b), heapAllocs()
+			cpu, allocs, received = cpu+c1-c0, allocs+a1-a0, received+got.Received
+			res.addRound(r)
+			recv.merge(got.Latency)
+			lat := got.Latency
+			if lat == nil {
+				lat = &hist{}
+			}
+			calls, lats = append(calls, &r.Latency), append(lats, lat)
+			return nil
+		})
 		if err != nil {
 			return err
 		}
-		c0, a0 := readSelf(b), heapAllocs()
-		res := openLoop(ctx, rate, b.cfg.duration, b.cfg.workers, call)
-		end()
-		got, err := f.waitReceived(uint64(res.Sent-res.Failed), 5*time.Second)
-		if err != nil {
-			return err
-		}
-		c1, a1 := readSelf(b), heapAllocs()
 		sc := fmt.Sprintf("unicast %s/s", formatValue(rate))
-		if b.sys != nil && got.Received > 0 {
+		if b.sys != nil && received > 0 {
 			// With -self the process is the router and the edge; the
 			// clients are child processes.
-			n := float64(got.Received)
-			b.rep.add(sc, "process CPU per delivered event (router and edge)", float64((c1-c0).Nanoseconds())/1e3/n, "µs")
-			b.rep.add(sc, "process heap allocations per delivered event (router and edge)", float64(a1-a0)/n, "objects")
+			n := float64(received)
+			b.rep.add(sc, "process CPU per delivered event (router and edge)", float64(cpu.Nanoseconds())/1e3/n, "µs")
+			b.rep.add(sc, "process heap allocations per delivered event (router and edge)", float64(allocs)/n, "objects")
 		}
 		b.rep.addVs(sc, "sent a second (at send time)", res.Rate, "/s", rate, "target rate")
 		b.rep.add(sc, "sent", float64(res.Sent), "calls")
 		b.rep.add(sc, "failed", float64(res.Failed), "calls")
 		b.rep.add(sc, "abandoned (never sent: the run overran)", float64(res.Abandoned), "calls")
-		b.rep.addVs(sc, "delivered", float64(got.Received), "events", float64(res.Sent), "sent")
+		b.rep.addVs(sc, "delivered", float64(received), "events", float64(res.Sent), "sent")
 		if res.FirstErr != "" {
 			b.rep.note("%s: first failure: %s", sc, res.FirstErr)
 		}
-		base := b.noopOpenLoop[rate]
-		b.rep.addLatency(sc, "Notify→receive", got.Latency, base, "no-op gRPC same rate")
-		b.rep.addVs(sc, "Notify call p99 (from schedule)", ms(res.Latency.quantile(0.99)), "ms",
-			ms(base.quantile(0.99)), "no-op gRPC same rate")
+		b.rep.add(sc, "no-op gRPC round trip p50, same rate, in the rounds between", ms(base.Latency.quantile(0.5)), "ms")
+		b.rep.addLatencyPaired(sc, "Notify→receive", &recv, latencyRatios(baseLat, lats), "no-op gRPC same rate")
+		b.rep.addPaired(sc, "Notify call p99 (from schedule)", ms(res.Latency.quantile(0.99)), "ms",
+			latencyRatios(baseLat, calls)[q99], "no-op gRPC same rate")
 	}
 	return nil
 }
@@ -402,52 +451,4 @@ func readSelf(b *bench) time.Duration {
 	}
 	p, _ := readProc(b.procs[0].PID)
 	return p.CPU
-}
-
-func (b *bench) router(ctx context.Context) error {
-	prefix := b.tag + "-rt-"
-	b.progress("router: opening %d connections", b.cfg.conns)
-	f, err := openFleet(ctx, b.fleetConfig(prefix, b.cfg.conns, ""))
-	if err != nil {
-		return err
-	}
-	defer f.close()
-	rt, haveRouter := b.proc("router")
-	var redis0 procSample
-	rpid, haveRedis := b.proc("redis-server")
-	haveRedis = haveRedis && rpid.Name == "redis-server"
-	if haveRedis {
-		redis0, _ = readProc(rpid.PID)
-	}
-	cpu0, _ := readProc(rt.PID)
-	b.progress("router: %d callers for %s", b.cfg.callers, b.cfg.duration)
-	res := closedLoop(ctx, b.cfg.callers, b.cfg.duration, b.notifier(prefix, f.conns))
-	cpu1, _ := readProc(rt.PID)
-	got, err := f.waitReceived(uint64(res.Sent-res.Failed), 5*time.Second)
-	if err != nil {
-		return err
-	}
-	sc := "router"
-	b.rep.addVs(sc, fmt.Sprintf("Notify a second, closed loop, %d callers", b.cfg.callers), res.Rate, "/s", b.publishRate, "pipelined PUBLISH")
-	b.rep.addVs(sc, "Notify a second, against the no-op call", res.Rate, "/s", b.noop.Rate, "no-op gRPC")
-	b.rep.add(sc, "failed", float64(res.Failed), "calls")
-	b.rep.addVs(sc, "delivered", float64(got.Received), "events", float64(res.Sent), "sent")
-	if res.FirstErr != "" {
-		b.rep.note("router: first failure: %s", res.FirstErr)
-	}
-	b.rep.addVs(sc, "Notify round trip p50", ms(res.Latency.quantile(0.5)), "ms", ms(b.noop.Latency.quantile(0.5)), "no-op gRPC")
-	b.rep.addVs(sc, "Notify round trip p99", ms(res.Latency.quantile(0.99)), "ms", ms(b.noop.Latency.quantile(0.99)), "no-op gRPC")
-	if haveRouter {
-		cpu := float64((cpu1.CPU - cpu0.CPU).Microseconds()) / float64(res.Sent)
-		what := "router CPU per notification"
-		if b.sys != nil {
-			what = "process CPU per notification (router, edge, client)"
-		}
-		b.rep.addVs(sc, what, cpu, "µs", b.noopCPU, "no-op gRPC")
-	}
-	if haveRedis {
-		redis1, _ := readProc(rpid.PID)
-		b.rep.add(sc, "redis-server CPU per notification", float64((redis1.CPU-redis0.CPU).Microseconds())/float64(res.Sent), "µs")
-	}
-	return b.routerBatch(ctx, f, prefix)
 }

@@ -27,6 +27,7 @@ type config struct {
 	rates          []float64
 	duration       time.Duration
 	baseDuration   time.Duration
+	pairs          int // rounds of each baseline and subject measured in alternation (pairs.go)
 	callers        int
 	workers        int
 	pipeline       int
@@ -82,6 +83,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.conns, "conns", 2000, "unicast and router scenarios: connections (users) held")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "length of each measured run")
 	fs.DurationVar(&c.baseDuration, "base-duration", 5*time.Second, "length of each baseline run")
+	fs.IntVar(&c.pairs, "pairs", 5, "router and unicast scenarios: a ratio a goal reads is measured in this many pairs of rounds, a round of its baseline then one of the figure, -base-duration and -duration split among them; the ratio is the pairs' median")
 	fs.IntVar(&c.callers, "callers", 64, "closed-loop callers (router scenario and the gRPC and FCM baselines)")
 	fs.IntVar(&c.workers, "workers", 256, "open-loop worker pool")
 	fs.IntVar(&c.pipeline, "pipeline", 64, "PUBLISH baseline: commands per pipeline")
@@ -128,6 +130,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			"conns":                  func() { c.conns = 500 },
 			"duration":               func() { c.duration = 3 * time.Second },
 			"base-duration":          func() { c.baseDuration = 2 * time.Second },
+			"pairs":                  func() { c.pairs = 3 },
 			"broadcast-conns":        func() { c.broadcastConns = 1000 },
 			"broadcasts":             func() { c.broadcasts = 3 },
 			"rates":                  func() { *rates = "200,1000" },
@@ -204,7 +207,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			c.pids = append(c.pids, namedPID{strings.TrimSpace(name), pid})
 		}
 	}
-	if c.perChild < 1 || c.conns < 1 || c.idleConns < 1 || c.broadcastConns < 1 || c.pollClients < 1 ||
+	if c.perChild < 1 || c.pairs < 1 || c.conns < 1 || c.idleConns < 1 || c.broadcastConns < 1 || c.pollClients < 1 ||
 		c.duration <= 0 || c.baseDuration <= 0 || c.pollDuration <= 0 {
 		return c, errors.New("counts and durations must be positive")
 	}

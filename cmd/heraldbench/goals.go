@@ -29,6 +29,12 @@ type goalRow struct {
 	Measured string  `json:"measured,omitempty"`
 	Figure   string  `json:"figure,omitempty"`
 	Value    float64 `json:"value"`
+	// Pairs, RatioMin and RatioMax are the spread of a ratio measured in
+	// alternating rounds (row's fields of the same names): Value is then
+	// the median of the pairs' ratios.
+	Pairs    int     `json:"pairs,omitempty"`
+	RatioMin float64 `json:"ratio_min,omitempty"`
+	RatioMax float64 `json:"ratio_max,omitempty"`
 	Status   string  `json:"status"`
 	Source   string  `json:"source,omitempty"` // scenario | figure read
 }
@@ -137,7 +143,8 @@ func (g *goalBuilder) value(goal, what string, b bar, rw row, ok bool, context s
 	g.finish(&gr, b)
 }
 
-// ratio adds a goal judged on a row's ratio to its baseline.
+// ratio adds a goal judged on a row's ratio to its baseline; a ratio
+// measured in pairs of rounds shows its spread.
 func (g *goalBuilder) ratio(goal, what string, b bar, rw row, ok bool, context string) {
 	if !ok || rw.Versus == "" {
 		gr := goalRow{Goal: goal, Bar: b.String(), Status: goalNotRun}
@@ -153,6 +160,10 @@ func (g *goalBuilder) ratio(goal, what string, b bar, rw row, ok bool, context s
 		gr.Measured += ", " + context
 	}
 	gr.Figure = fmt.Sprintf("%s = %.3g", what, rw.Ratio)
+	if rw.Pairs > 0 {
+		gr.Pairs, gr.RatioMin, gr.RatioMax = rw.Pairs, rw.RatioMin, rw.RatioMax
+		gr.Figure += fmt.Sprintf(" (median of %d pairs, %.3g–%.3g)", rw.Pairs, rw.RatioMin, rw.RatioMax)
+	}
 	g.finish(&gr, b)
 }
 

@@ -133,7 +133,7 @@ func runReport(t *testing.T, args ...string) (string, map[string]row) {
 
 func TestRunSelfQuick(t *testing.T) {
 	table, fig := runReport(t, "-self", "-quick", "-redis", testRedis(t),
-		"-idle-conns", "150", "-conns", "60", "-rates", "100", "-duration", "1s", "-base-duration", "300ms",
+		"-idle-conns", "150", "-conns", "60", "-rates", "100", "-duration", "1s", "-base-duration", "300ms", "-pairs", "2",
 		"-callers", "8", "-workers", "16", "-broadcast-conns", "120", "-broadcasts", "2", "-per-addr", "50", "-per-child", "100",
 		"-poll-clients", "80", "-poll-duration", "3s")
 	for _, r := range fig {
@@ -179,6 +179,12 @@ func TestRunSelfQuick(t *testing.T) {
 			t.Errorf("Notify→receive %s = %v ms, after %v: want positive and ordered", q, v, prev)
 		}
 		prev = v
+	}
+	// The goals' ratios come from the pairs of rounds, with their spread.
+	for _, k := range []string{"router|Notify a second, against the no-op call", "unicast 100/s|Notify→receive p50"} {
+		if r := get(k); r.Pairs != 2 || r.Ratio <= 0 || r.RatioMin > r.Ratio || r.Ratio > r.RatioMax {
+			t.Errorf("%s: %d pairs, ratio %v (%v–%v); want 2 pairs, the median within its spread", k, r.Pairs, r.Ratio, r.RatioMin, r.RatioMax)
+		}
 	}
 	if r := get("router|delivered"); r.Ratio != 1 {
 		t.Errorf("router delivered %v, ratio to sent %v; want 1", r.Value, r.Ratio)

@@ -99,7 +99,7 @@ func startOfflineRig(ctx context.Context, redisAddr, tag string, c offlineConfig
 	sctx, cancel := context.WithCancel(ctx)
 	r.cancel, r.served = cancel, make(chan error, 1)
 	go func() { r.served <- svc.Serve(sctx, lis) }()
-	r.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	r.conn, err = grpc.NewClient(lis.Addr().String(), append(router.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		return r, err
 	}

@@ -22,6 +22,12 @@ type row struct {
 	// figure has no baseline.
 	Ratio  float64 `json:"ratio,omitempty"`
 	Versus string  `json:"versus,omitempty"`
+	// Pairs, when not 0, says the figure and its baseline were measured in
+	// that many pairs of alternating rounds (pairs.go): Ratio is the median
+	// of the pairs' ratios, RatioMin and RatioMax the least and greatest.
+	Pairs    int     `json:"pairs,omitempty"`
+	RatioMin float64 `json:"ratio_min,omitempty"`
+	RatioMax float64 `json:"ratio_max,omitempty"`
 }
 
 // report is the whole run, as -json writes it.
@@ -50,6 +56,17 @@ func (r *report) addVs(scenario, figure string, value float64, unit string, base
 	r.Rows = append(r.Rows, rw)
 }
 
+// addPaired adds a figure with its ratio to a baseline measured in
+// alternating rounds: the median of the pairs' ratios, with their spread
+// (skipped when no pair had a baseline).
+func (r *report) addPaired(scenario, figure string, value float64, unit string, s spread, versus string) {
+	rw := row{Scenario: scenario, Figure: figure, Value: value, Unit: unit}
+	if s.Pairs > 0 {
+		rw.Ratio, rw.Versus, rw.Pairs, rw.RatioMin, rw.RatioMax = s.Median, versus, s.Pairs, s.Min, s.Max
+	}
+	r.Rows = append(r.Rows, rw)
+}
+
 func (r *report) note(format string, args ...any) {
 	r.Notes = append(r.Notes, fmt.Sprintf(format, args...))
 }
@@ -59,15 +76,20 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // addLatency adds the p50, p90, p99, p99.9 and max of h, each against the
 // same percentile of base when base is not nil.
 func (r *report) addLatency(scenario, what string, h *hist, base *hist, versus string) {
-	for _, q := range []struct {
-		name string
-		q    float64
-	}{{"p50", 0.5}, {"p90", 0.9}, {"p99", 0.99}, {"p99.9", 0.999}, {"max", 1}} {
+	for _, q := range quantiles {
 		var b float64
 		if base != nil && base.N > 0 {
 			b = ms(base.quantile(q.q))
 		}
 		r.addVs(scenario, what+" "+q.name, ms(h.quantile(q.q)), "ms", b, versus)
+	}
+}
+
+// addLatencyPaired adds the percentiles of h, the subject's rounds merged,
+// each with the spread of its ratio to the baseline's rounds (latencyRatios).
+func (r *report) addLatencyPaired(scenario, what string, h *hist, ratios []spread, versus string) {
+	for k, q := range quantiles {
+		r.addPaired(scenario, what+" "+q.name, ms(h.quantile(q.q)), "ms", ratios[k], versus)
 	}
 }
 
@@ -108,11 +130,15 @@ func (r *report) print(w io.Writer) {
 	t := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(t, "scenario\tfigure\tvalue\tunit\tratio\tto baseline")
 	for _, rw := range r.Rows {
-		ratio := ""
+		ratio, versus := "", rw.Versus
 		if rw.Versus != "" {
 			ratio = strconv.FormatFloat(rw.Ratio, 'f', 3, 64)
 		}
-		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\n", rw.Scenario, rw.Figure, formatValue(rw.Value), rw.Unit, ratio, rw.Versus)
+		if rw.Pairs > 0 {
+			ratio += " (" + strconv.FormatFloat(rw.RatioMin, 'f', 3, 64) + "–" + strconv.FormatFloat(rw.RatioMax, 'f', 3, 64) + ")"
+			versus += fmt.Sprintf(", median of %d pairs (least–greatest)", rw.Pairs)
+		}
+		fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\n", rw.Scenario, rw.Figure, formatValue(rw.Value), rw.Unit, ratio, versus)
 	}
 	t.Flush()
 	for _, n := range r.Notes {

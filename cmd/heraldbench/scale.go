@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
+	"github.com/herald-push/herald/router"
 )
 
 // The scale scenario (issue 17, goal 9): several edge processes, each
@@ -169,7 +170,7 @@ func (b *bench) scale(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(rig.grpc, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(rig.grpc, append(router.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		return err
 	}
