@@ -11,11 +11,11 @@ import (
 // timeout: an HTTP/1.1 keep-alive connection between requests, or an
 // HTTP/2 connection with no stream open. It follows the connections'
 // states (http.Server.ConnState) and stands in for http.Server.IdleTimeout,
-// which cannot be used with h2c: net/http's HTTP/2 server stops its idle
+// which the edge cannot use: net/http's HTTP/2 server stops its idle
 // timer when a connection ends, then closes the streams still open, and
 // closing the last one starts the timer again. Every connection a client
 // drops with a stream open (an SSE connection always has one) then stays
-// reachable from the timer, about 8 KiB each, for the whole timeout.
+// reachable from the timer, about 6.5 KiB each, for the whole timeout.
 //
 // A connection that leaves the idle state here is forgotten at once, and
 // the timer's function reaches only an idleConn whose conn is cleared, so a
