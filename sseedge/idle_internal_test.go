@@ -56,15 +56,17 @@ func (s *idleServer) closedConns() int {
 func TestIdleConnsCloseIdleOnly(t *testing.T) {
 	t.Parallel()
 	const timeout = 50 * time.Millisecond
-	s := newIdleServer(t, timeout, func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write([]byte("ok\n"))
-		w.(http.Flusher).Flush()
-		if r.URL.Path == "/hold" {
-			<-r.Context().Done()
-		}
-	})
 	for _, proto := range []string{"HTTP/1.1", "HTTP/2.0"} {
 		t.Run(proto, func(t *testing.T) {
+			// A server of its own: the other's held connection closes
+			// when its test ends.
+			s := newIdleServer(t, timeout, func(w http.ResponseWriter, r *http.Request) {
+				_, _ = w.Write([]byte("ok\n"))
+				w.(http.Flusher).Flush()
+				if r.URL.Path == "/hold" {
+					<-r.Context().Done()
+				}
+			})
 			protocols := new(http.Protocols)
 			if proto == "HTTP/2.0" {
 				protocols.SetUnencryptedHTTP2(true)
@@ -89,7 +91,7 @@ func TestIdleConnsCloseIdleOnly(t *testing.T) {
 					t.Fatalf("read %q, %v", line, err)
 				}
 			}
-			closed := s.closedConns()
+			closed := 0
 			waitClosed := func() {
 				t.Helper()
 				closed++
