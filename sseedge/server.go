@@ -110,7 +110,8 @@ const maxRequestURI = 8 << 10
 // cursor and the usual cookies.
 const maxHeaderBytes = 16 << 10
 
-// idleTimeout closes keep-alive connections that carry no request.
+// idleTimeout closes keep-alive connections that carry no request, and
+// HTTP/2 connections with no stream open (see idleConns).
 const idleTimeout = 2 * time.Minute
 
 // Serve serves the edge on lis until ctx is done, then drains: it refuses new
@@ -152,9 +153,10 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		Handler:           s.handler(),
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
-		IdleTimeout:       idleTimeout,
-		Protocols:         protocols,
-		ErrorLog:          newServerLog(s.log, s.metrics.acceptErrors),
+		// Not IdleTimeout: see idleConns.
+		ConnState: newIdleConns(idleTimeout).connState,
+		Protocols: protocols,
+		ErrorLog:  newServerLog(s.log, s.metrics.acceptErrors),
 	}
 	var hubDone sync.WaitGroup
 	hubDone.Go(func() { _ = h.run(hubCtx) })

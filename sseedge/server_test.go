@@ -55,6 +55,13 @@ func newTestEdge(tb testing.TB, cfg sseedge.Config) *testEdge {
 // newTestEdgeOn serves an edge on rdb under prefix.
 func newTestEdgeOn(tb testing.TB, rdb *redis.Client, prefix string, cfg sseedge.Config) *testEdge {
 	tb.Helper()
+	return newTestEdgeWrapped(tb, rdb, prefix, cfg, nil)
+}
+
+// newTestEdgeWrapped is newTestEdgeOn serving on wrap(listener), unless wrap
+// is nil.
+func newTestEdgeWrapped(tb testing.TB, rdb *redis.Client, prefix string, cfg sseedge.Config, wrap func(net.Listener) net.Listener) *testEdge {
+	tb.Helper()
 	if cfg.DrainPeriod == 0 {
 		cfg.DrainPeriod = 100 * time.Millisecond
 	}
@@ -65,7 +72,11 @@ func newTestEdgeOn(tb testing.TB, rdb *redis.Client, prefix string, cfg sseedge.
 	if err != nil {
 		tb.Fatal(err)
 	}
-	srv := testenv.Serve(tb, edge.Serve)
+	serve := edge.Serve
+	if wrap != nil {
+		serve = func(ctx context.Context, lis net.Listener) error { return edge.Serve(ctx, wrap(lis)) }
+	}
+	srv := testenv.Serve(tb, serve)
 	return &testEdge{url: "http://" + srv.Addr, srv: srv, rdb: rdb, reg: reg, pub: pub, metrics: metrics}
 }
 

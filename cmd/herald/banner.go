@@ -37,7 +37,7 @@ Send %[4]q a notification, from another terminal:
 
 Offline users get a push instead. Register a device for "bob", who is not
 connected, notify him, and see the push the FCM emulator received:
-  go run ./cmd/heraldctl device register -addr %[5]s -user bob -token demo-device-1
+  go run ./cmd/heraldctl device register -addr %[5]s -user bob -token demo-device-1 -platform android
   go run ./cmd/heraldctl notify -addr %[5]s -user bob -title "Order filled" -body "100 ACME" -data '{"order":42}'
   curl -s %[9]s/emulator/messages
 
