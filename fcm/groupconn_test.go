@@ -355,3 +355,38 @@ func TestGroupedTransportHTTP1(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestGroupedTransportHTTP2TLS: over TLS, where HTTP/2 comes by ALPN as at
+// FCM, concurrent requests share grouped connections and each gets its own
+// answer.
+func TestGroupedTransportHTTP2TLS(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		_, _ = w.Write(append([]byte(r.Proto+" "), b...))
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	tr := transport(false, true)
+	tr.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() {
+			body := strconv.Itoa(i) + strings.Repeat(".", i*50)
+			resp, err := c.Post(srv.URL, "text/plain", strings.NewReader(body))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			got, err := io.ReadAll(resp.Body)
+			if err != nil || string(got) != "HTTP/2.0 "+body {
+				t.Errorf("request %d answered %.20q, %v", i, got, err)
+			}
+		})
+	}
+	wg.Wait()
+}
