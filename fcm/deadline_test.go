@@ -19,8 +19,7 @@ import (
 // their own: the SDK's default client, and the one fcmworker builds (over
 // HTTP/1.1 and h2c). The worker must cut the call at SendTimeout, queue a
 // retry as DEADLINE_EXCEEDED and commit the offline partition past the
-// hung record;
-// once FCM answers again, the push is delivered, once.
+// hung record; once FCM answers again, the push is delivered, once.
 func TestWorkerCutsHungSend(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
