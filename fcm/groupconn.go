@@ -82,7 +82,7 @@ func (g *groupConn) Write(p []byte) (int, error) {
 			// Nothing of p is queued, so the conn is not failed.
 			return 0, os.ErrDeadlineExceeded
 		}
-		if len(g.pending) == 0 || len(g.pending)+len(p) <= g.maxPending {
+		if len(p) == 0 || len(g.pending) == 0 || len(g.pending)+len(p) <= g.maxPending {
 			break
 		}
 		// Woken when the writer takes the pending bytes, or when its
