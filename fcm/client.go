@@ -41,6 +41,10 @@ type ClientConfig struct {
 	// fcm/fcmtest serves it. Default false: HTTP/1.1, which any emulator
 	// serves.
 	H2C bool
+
+	// ungrouped turns off groupConn where it would be used, for
+	// BenchmarkSenderCPU's comparison.
+	ungrouped bool
 }
 
 // DefaultConns is NewSender's default ClientConfig.Conns.
@@ -199,7 +203,7 @@ func clientOptions(ctx context.Context, cfg ClientConfig) ([]option.ClientOption
 			return nil, errors.New("fcm: a project id is required with an endpoint")
 		}
 		return []option.ClientOption{option.WithEndpoint(cfg.Endpoint), option.WithoutAuthentication(),
-			option.WithHTTPClient(&http.Client{Transport: transport(cfg.H2C)})}, nil
+			option.WithHTTPClient(&http.Client{Transport: transport(cfg.H2C, cfg.H2C && !cfg.ungrouped)})}, nil
 	}
 	auth := []option.ClientOption{option.WithScopes(scopes...)}
 	if cfg.CredentialsFile != "" {
@@ -207,8 +211,8 @@ func clientOptions(ctx context.Context, cfg ClientConfig) ([]option.ClientOption
 	}
 	// The token source keeps this context and fetches tokens with its
 	// HTTP client.
-	tctx := context.WithValue(ctx, oauth2.HTTPClient, &http.Client{Timeout: tokenTimeout, Transport: transport(false)})
-	rt, err := htransport.NewTransport(tctx, transport(false), auth...)
+	tctx := context.WithValue(ctx, oauth2.HTTPClient, &http.Client{Timeout: tokenTimeout, Transport: transport(false, false)})
+	rt, err := htransport.NewTransport(tctx, transport(false, !cfg.ungrouped), auth...)
 	if err != nil {
 		return nil, fmt.Errorf("fcm: credentials: %w", err)
 	}
@@ -221,10 +225,27 @@ func clientOptions(ctx context.Context, cfg ClientConfig) ([]option.ClientOption
 // thousand concurrent sends (over HTTP/1.1, one each), over HTTP/2 without
 // TLS with h2c. It bounds the dial, the TLS handshake and the wait for a
 // response's headers; the send's context bounds the whole.
-func transport(h2c bool) *http.Transport {
+//
+// With group, its connections are groupConns, so that the HTTP/2 frames
+// (in TLS records, for FCM) of concurrent sends on one connection go out
+// in one write(2). It is for HTTP/2, where many sends share a connection;
+// over HTTP/1.1 a connection carries one send at a time, and grouping
+// would only add the writer's wake-up to each.
+func transport(h2c, group bool) *http.Transport {
+	dial := (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	if group {
+		plain := dial
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := plain(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return newGroupConn(c, groupMaxPending), nil
+		}
+	}
 	t := &http.Transport{
 		Proxy:             http.ProxyFromEnvironment,
-		DialContext:       (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:       dial,
 		ForceAttemptHTTP2: true,
 		// Over HTTP/1.1 each send in flight needs a connection of its own,
 		// and one beyond the idle limit is closed after its answer and

@@ -16,10 +16,10 @@ import (
 
 // TestWorkerCutsHungSend hangs FCM with the emulator's latency fault, far
 // past any deadline, under senders whose HTTP clients have no timeout of
-// their own: the SDK's default client, and the one fcmworker builds. The
-// worker must cut the call at SendTimeout, queue a retry as
-// DEADLINE_EXCEEDED and commit the offline partition past the hung record;
-// once FCM answers again, the push is delivered, once.
+// their own: the SDK's default client, and the one fcmworker builds (over
+// HTTP/1.1 and h2c). The worker must cut the call at SendTimeout, queue a
+// retry as DEADLINE_EXCEEDED and commit the offline partition past the
+// hung record; once FCM answers again, the push is delivered, once.
 func TestWorkerCutsHungSend(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -35,6 +35,14 @@ func TestWorkerCutsHungSend(t *testing.T) {
 		}},
 		{name: "worker_sender", sender: func(t *testing.T, endpoint string) fcm.Sender {
 			s, err := fcm.NewSender(t.Context(), fcm.ClientConfig{Project: "herald-test", Endpoint: endpoint, Conns: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}},
+		{name: "worker_sender_h2c", sender: func(t *testing.T, endpoint string) fcm.Sender {
+			// HTTP/2 as to FCM, over group-commit connections.
+			s, err := fcm.NewSender(t.Context(), fcm.ClientConfig{Project: "herald-test", Endpoint: endpoint, Conns: 2, H2C: true})
 			if err != nil {
 				t.Fatal(err)
 			}

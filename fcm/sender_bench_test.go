@@ -121,7 +121,8 @@ func cpuTime(b *testing.B) time.Duration {
 // sends in flight, about the quota's 9,500 a second at FCM's latency);
 // cpu-µs/push is the figure. platform=all is a message with the options of
 // all three platforms, as a retry's; platform=android one with Android's
-// only, as a registered device's.
+// only, as a registered device's. group says whether h2c's connections are
+// groupConns, as they are in the worker.
 //
 //	go test -run '^$' -bench SenderCPU -benchtime 30000x ./fcm/
 func BenchmarkSenderCPU(b *testing.B) {
@@ -131,10 +132,15 @@ func BenchmarkSenderCPU(b *testing.B) {
 	for _, c := range []struct {
 		platform string
 		h2c      bool
-	}{{"", false}, {"android", false}, {"", true}, {"android", true}} {
+		group    bool
+	}{{"", false, false}, {"android", false, false}, {"", true, false}, {"android", true, false}, {"android", true, true}} {
 		h2c := c.h2c
-		b.Run("platform="+cmp.Or(c.platform, "all")+"/h2c="+strconv.FormatBool(h2c), func(b *testing.B) {
-			s, err := NewSender(b.Context(), ClientConfig{Project: "bench", Endpoint: endpoint, H2C: h2c})
+		name := "platform=" + cmp.Or(c.platform, "all") + "/h2c=" + strconv.FormatBool(h2c)
+		if h2c {
+			name += "/group=" + strconv.FormatBool(c.group)
+		}
+		b.Run(name, func(b *testing.B) {
+			s, err := NewSender(b.Context(), ClientConfig{Project: "bench", Endpoint: endpoint, H2C: h2c, ungrouped: !c.group})
 			if err != nil {
 				b.Fatal(err)
 			}
