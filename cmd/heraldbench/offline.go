@@ -38,7 +38,7 @@ func offlineFlags(fs *flag.FlagSet, c *offlineConfig) {
 	fs.IntVar(&c.quota, "offline-quota", 600000, "offline scenario: the FCM project quota, messages a minute, enforced by the emulator and given to the worker")
 	fs.DurationVar(&c.latency, "offline-latency", 30*time.Millisecond, "offline scenario: the emulator's latency per send")
 	fs.DurationVar(&c.jitter, "offline-jitter", 10*time.Millisecond, "offline scenario: the emulator's latency jitter, either way")
-	fs.BoolVar(&c.h2c, "offline-h2c", false, "offline scenario: the worker speaks HTTP/2 (h2c) to the emulator, as to FCM, instead of HTTP/1.1")
+	fs.BoolVar(&c.h2c, "offline-h2c", true, "offline scenario: the worker speaks HTTP/2 (h2c) to the emulator, as to FCM; false for HTTP/1.1")
 	fs.IntVar(&c.gogc, "offline-gogc", 300, "offline scenario: the worker's GOGC, as docs/deploy/fcmworker.yaml sets it (100 is Go's default); 0 leaves the environment's")
 }
 
