@@ -130,7 +130,7 @@ type Figures struct {
 	Writes     float64 // write(2)
 	Reads      float64 // read(2)
 	EpollWaits float64 // epoll_pwait
-	Nanosleeps float64 // nanosleep (the scheduler's spinning threads)
+	Nanosleeps float64 // nanosleep (sysmon's polls, idle threads' steals)
 	RedisCPU   float64 // µs of redis-server's user and system, when measured
 }
 
@@ -149,6 +149,9 @@ func (p *Proc) Measure(tb testing.TB, rdb *redis.Client, ops func() int64, d tim
 	time.Sleep(d)
 	cpu1, sys1, vol1, inv1 := p.sample(tb)
 	n := float64(ops() - n0)
+	if n == 0 {
+		tb.Fatal("lowrate: no operation was made in the window")
+	}
 	f := Figures{
 		CPU:       float64((cpu1 - cpu0).Microseconds()) / n,
 		System:    float64((sys1 - sys0).Microseconds()) / n,
