@@ -323,13 +323,9 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 	}
 	record := idemRecord(env.GetId(), env.GetAcceptedAt().AsTime().UnixMilli(), ackBy)
 	args := append(c.argBuf[:0], p.configArgs...)
-	args = append(args, names.channel, payload)
-	// The rest only when one of them is used: each argument costs Redis
-	// about a thousand instructions (parsed, made a Lua string, collected).
-	if idempotencyKey == "" && traceTTL == 0 && ackBy == 0 {
-		args = append(args, "0")
-	} else {
-		args = append(args, "1", record, hasKey, traceTTL, user, env.GetCorrelationId(), ackBy, p.traceID(ctx))
+	args = append(args, names.channel, payload, "0") // "0": nothing more (see notifyLua)
+	if idempotencyKey != "" || traceTTL > 0 || ackBy != 0 {
+		args = append(args[:len(args)-1], "1", record, hasKey, traceTTL, user, env.GetCorrelationId(), ackBy, p.traceID(ctx))
 	}
 	c.hasKey, c.idem, c.traced = idempotencyKey != "", idem, traceTTL > 0
 	c.keys, c.args, c.record = keys, args, record
