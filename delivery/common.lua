@@ -18,9 +18,42 @@ local function eventID(x)
   return tonumber(ms) * 1000 + tonumber(seq)
 end
 
+-- nowID is the event id now * 1000, which most events get, as a string,
+-- and nowX its entry id: built once per script, not per event (a number
+-- formatted or parsed costs Redis' Lua about a thousand instructions).
+local nowID = fmt(now * 1000)
+local nowX = fmt(now) .. '-0'
+
+-- idField is the envelope's event_id field (9) for sid: length-delimited
+-- (tag 9 * 8 + 2 = 74), and an id of at most 20 digits has a one-byte
+-- length.
+local function idField(sid) return string.char(74, #sid) .. sid end
+local nowField = idField(nowID)
+
+-- history is record's settings: the trim length maxlen, the window's
+-- tenth, the stream's ttl and the last id's keep (strings, as Redis takes
+-- them: a Lua number passed to redis.call costs a float format), and from,
+-- the first event id of now's tenth.
+local function history(maxlen, window, keep)
+  local tenth = math.max(math.floor(window / 10), 1)
+  return {maxlen = maxlen, tenth = tenth, ttl = fmt(window + 2 * tenth), keep = keep,
+    from = fmt(math.floor(now / tenth) * tenth * 1000)}
+end
+
+-- add appends entry x to hist, with NOMKSTREAM unless mk: the XADD's reply
+-- (a table with err on failure) and whether the stream may have been made.
+local function add(hist, maxlen, x, payload, prev, mk)
+  if not mk then
+    local ok = redis.pcall('XADD', hist, 'NOMKSTREAM', 'MAXLEN', '~', maxlen, x, 'd', payload, 'p', prev)
+    if ok then return ok, false end
+  end
+  return redis.pcall('XADD', hist, 'MAXLEN', '~', maxlen, x, 'd', payload, 'p', prev), true
+end
+
 -- record appends envelope to the history stream hist, whose last event id
--- is kept in lastk, trims it to about maxlen entries, and returns the event
--- id and the envelope with its event_id field (9) set.
+-- is kept in lastk, trims it to about H.maxlen entries (H is history's),
+-- and returns the event id and the envelope with its event_id field (9)
+-- set.
 --
 -- Each entry holds the envelope (field d) and the id of the event before
 -- it (field p; 0 for none known), so that a reader learns the newest event
@@ -29,6 +62,10 @@ end
 -- entry's predecessor is the newest trimmed or uncounted (or expired with
 -- the key: a stream that expired starts again after the last id, which
 -- lastk keeps keep ms).
+--
+-- The last id is read and written in one SET ... GET: the event id is
+-- now * 1000 unless the last id is not below it (several events in one
+-- millisecond, or a clock that went back), and then lastk is set again.
 --
 -- Trimming is approximate (MAXLEN ~): Redis drops only whole nodes of the
 -- stream, so it holds at least maxlen entries and at most a node more (a
@@ -41,35 +78,27 @@ end
 -- the window themselves. Its expiry is set by the first event of each tenth
 -- (by event id), not by every event; an event in the same tenth as the one
 -- before adds to the stream only if it exists (NOMKSTREAM), so that a
--- stream lost while lastk survived is made again with an expiry. maxlen,
--- ttl and keep are strings: a number passed to redis.call costs a float
--- format.
-local function record(hist, lastk, envelope, maxlen, tenth, ttl, keep)
-  local lastS = redis.call('GET', lastk)
-  local last = tonumber(lastS)
-  local id = now * 1000
-  if last ~= nil and last >= id then id = last + 1 end
-  if id % 1000 == 999 then id = id + 1 end
-  local prev = lastS or '0'
-  local renew = last == nil or math.floor(last / 1000 / tenth) ~= math.floor(id / 1000 / tenth)
-  local function entry()
-    local sid = fmt(id)
-    -- event_id is field 9, length-delimited (tag 9 * 8 + 2 = 74); an id of
-    -- at most 20 digits has a one-byte length.
-    return sid, envelope .. string.char(74, #sid) .. sid
-  end
-  local sid, payload = entry()
-  -- add appends the entry: a table with err on failure.
-  local function add()
-    local x = xid(id, sid)
-    if not renew then
-      local ok = redis.pcall('XADD', hist, 'NOMKSTREAM', 'MAXLEN', '~', maxlen, x, 'd', payload, 'p', prev)
-      if ok then return ok end
-      renew = true
+-- stream lost while lastk survived is made again with an expiry.
+local function record(hist, lastk, envelope, H)
+  local lastS = redis.call('SET', lastk, nowID, 'PX', H.keep, 'GET')
+  local id, sid, x, payload = now * 1000, nowID, nowX, envelope .. nowField
+  local prev, renew = lastS or '0', true
+  if lastS and #lastS == #nowID and lastS < nowID then
+    -- The usual case, a last event before now: decimal strings of one
+    -- length order as their numbers do, and none is parsed.
+    renew = lastS < H.from
+  elseif lastS and tonumber(lastS) then
+    local last = tonumber(lastS)
+    if last >= id then
+      id = last + 1
+      if id % 1000 == 999 then id = id + 1 end
+      sid = fmt(id)
+      x, payload = xid(id, sid), envelope .. idField(sid)
     end
-    return redis.pcall('XADD', hist, 'MAXLEN', '~', maxlen, x, 'd', payload, 'p', prev)
+    renew = math.floor(last / 1000 / H.tenth) ~= math.floor(id / 1000 / H.tenth)
   end
-  local ok = add()
+  local ok
+  ok, renew = add(hist, H.maxlen, x, payload, prev, renew)
   if type(ok) == 'table' and ok.err then
     -- The stream is ahead of lastk (which was evicted or lost): go on
     -- after its newest entry.
@@ -79,12 +108,13 @@ local function record(hist, lastk, envelope, maxlen, tenth, ttl, keep)
       prev = fmt(p)
       id = math.max(id, p + 1)
       if id % 1000 == 999 then id = id + 1 end
-      sid, payload = entry()
+      sid = fmt(id)
+      x, payload = xid(id, sid), envelope .. idField(sid)
     end
-    ok = add()
+    ok, renew = add(hist, H.maxlen, x, payload, prev, renew)
     if type(ok) == 'table' and ok.err then error(ok.err) end
   end
-  redis.call('SET', lastk, sid, 'PX', keep)
-  if renew then redis.call('PEXPIRE', hist, ttl) end
+  if sid ~= nowID then redis.call('SET', lastk, sid, 'PX', H.keep) end
+  if renew then redis.call('PEXPIRE', hist, H.ttl) end
   return sid, payload
 end

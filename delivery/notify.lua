@@ -7,19 +7,21 @@ local liveAfter = '(' .. fmt(now)
 -- in scripts.go). Numbers go to Redis as the strings they came as: a Lua
 -- number costs a float format per command.
 local function config(i)
-  local window = tonumber(ARGV[i + 2])
-  local tenth = math.max(math.floor(window / 10), 1)
-  return {idemWindow = ARGV[i], maxlen = ARGV[i + 1], tenth = tenth, ttl = fmt(window + 2 * tenth),
-    keep = ARGV[i + 3], pending = ARGV[i + 4], queues = ARGV[i + 4] ~= '0'}
+  return {idemWindow = ARGV[i], history = history(ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]),
+    pending = ARGV[i + 4], queues = ARGV[i + 4] ~= '0'}
 end
 
 -- notify is one notification's work: its KEYS start after KEYS[k], its
 -- ARGV after ARGV[a] (see notifyLua in scripts.go); C is config's. It
--- returns the reply.
+-- returns the reply's values: route, subscribers and event id, or 'dup' and
+-- the stored record.
 local function notify(k, a, C)
   local presence, hist, lastk = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  local channel, envelope, rec, hasKey, traceTTL = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  local ackBy = ARGV[a + 8]
+  local channel, envelope = ARGV[a + 1], ARGV[a + 2]
+  local rec, hasKey, traceTTL, ackBy = '', '0', '0', '0'
+  if ARGV[a + 3] == '1' then
+    rec, hasKey, traceTTL, ackBy = ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 9]
+  end
   k = k + 3
   local idem, trace, receipts, envs
   if hasKey == '1' then idem = KEYS[k + 1]; k = k + 1 end
@@ -27,9 +29,9 @@ local function notify(k, a, C)
   if ackBy ~= '0' then receipts = KEYS[k + 1]; envs = KEYS[k + 2] end
   if idem then
     local prev = redis.call('GET', idem)
-    if prev then return {'dup', prev} end
+    if prev then return 'dup', prev end
   end
-  local eid, payload = record(hist, lastk, envelope, C.maxlen, C.tenth, C.ttl, C.keep)
+  local eid, payload = record(hist, lastk, envelope, C.history)
   local live = redis.call('ZCOUNT', presence, liveAfter, '+inf')
   local route = 'offline'
   local subs = 0
@@ -53,7 +55,7 @@ local function notify(k, a, C)
     redis.call('PEXPIRE', envs, keep)
   end
   if trace then
-    local user, corr, traceID = ARGV[a + 6], ARGV[a + 7], ARGV[a + 9]
+    local user, corr, traceID = ARGV[a + 7], ARGV[a + 8], ARGV[a + 10]
     if corr ~= '' then
       redis.call('HSET', trace, 'user', user, 'accepted_ms', now, 'route', route, 'subscribers', subs, 'event_id', eid,
         'correlation_id', corr)
@@ -63,5 +65,5 @@ local function notify(k, a, C)
     if traceID ~= '' then redis.call('HSET', trace, 'trace_id', traceID) end
     redis.call('PEXPIRE', trace, traceTTL)
   end
-  return {route, subs, eid}
+  return route, subs, eid
 end

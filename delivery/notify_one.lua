@@ -1,2 +1,2 @@
 
-return notify(0, 5, config(1))
+return {notify(0, 5, config(1))}

@@ -197,8 +197,8 @@ func (p *Publisher) runBatchScripts(ctx context.Context, calls []*notifyCall, to
 	}
 	for _, ch := range chunks {
 		replies, err := ch.cmd.Slice()
-		if err == nil && len(replies) != len(ch.idx) {
-			err = fmt.Errorf("%d replies to %d notifications", len(replies), len(ch.idx))
+		if err == nil && len(replies) != 3*len(ch.idx) {
+			err = fmt.Errorf("%d reply values to %d notifications", len(replies), len(ch.idx))
 		}
 		for k, i := range ch.idx {
 			c := calls[i]
@@ -206,9 +206,21 @@ func (p *Publisher) runBatchScripts(ctx context.Context, calls []*notifyCall, to
 				c.err = err
 				continue
 			}
-			c.reply, c.err = batchReply(replies[k])
+			c.reply, c.err = batchReply(flatReply(replies[3*k : 3*k+3]))
 		}
 	}
+}
+
+// flatReply is one notification's reply in a notify_batch reply, which is
+// flat, three values each (a table per notification cost Redis about 5,000
+// instructions to convert): route, subscribers and event id, or "dup" and
+// the stored record, or "err" and the message, each of those two with an
+// empty third.
+func flatReply(vs []any) []any {
+	if s, _ := vs[0].(string); s == "dup" || s == "err" {
+		return vs[:2]
+	}
+	return vs
 }
 
 // batchReply decodes one notification's reply: a notify script's, or one

@@ -283,7 +283,7 @@ type notifyCall struct {
 	batch []*notifyCall
 	// keyBuf and argBuf hold keys and args, allocated with the call.
 	keyBuf [8]string
-	argBuf [scriptConfigArgs + 9]any
+	argBuf [scriptConfigArgs + 10]any
 }
 
 // prepare builds env's notify script call; it does no I/O.
@@ -323,8 +323,10 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 	}
 	record := idemRecord(env.GetId(), env.GetAcceptedAt().AsTime().UnixMilli(), ackBy)
 	args := append(c.argBuf[:0], p.configArgs...)
-	args = append(args, names.channel, payload, record, hasKey, traceTTL,
-		user, env.GetCorrelationId(), ackBy, p.traceID(ctx))
+	args = append(args, names.channel, payload, "0") // "0": nothing more (see notifyLua)
+	if idempotencyKey != "" || traceTTL > 0 || ackBy != 0 {
+		args = append(args[:len(args)-1], "1", record, hasKey, traceTTL, user, env.GetCorrelationId(), ackBy, p.traceID(ctx))
+	}
 	c.hasKey, c.idem, c.traced = idempotencyKey != "", idem, traceTTL > 0
 	c.keys, c.args, c.record = keys, args, record
 	return c, nil

@@ -16,9 +16,12 @@ import (
 //	KEYS: presence, history, last (HistoryKeys), [idempotency key], [trace]
 //	ARGV: the publisher's settings (scriptConfigArgs of them): idempotency
 //	      window ms, history length, window ms, keep ms, pending timeout ms;
-//	      then the notification's: channel, envelope, idempotency record,
-//	      has idempotency key (1 or 0), trace ttl ms (0: no trace), user,
-//	      correlation id, ack deadline ms (0: fire and forget), trace id
+//	      then the notification's: channel, envelope, and 0 (nothing more:
+//	      no idempotency key, trace or ack deadline) or 1 and idempotency
+//	      record, has idempotency key (1 or 0), trace ttl ms (0: no trace),
+//	      user, correlation id, ack deadline ms (0: fire and forget), trace
+//	      id (each argument costs Redis about a thousand instructions, so
+//	      the plain notification sends three)
 //	KEYS with an ack deadline, after those: receipts, receipt envelopes
 //
 // With an idempotency key it first returns the stored record, if any. Then it
@@ -33,10 +36,11 @@ import (
 // a trace key (a notification the publisher traces: see
 // PublisherConfig.TraceRate) it starts the notification's trail there.
 // Each Redis command it runs costs (about 1 µs each, on top of the script's
-// own start): GET and SET of the last id, XADD (which trims whole nodes),
-// ZCOUNT of the presence lease, and PUBLISH when there is one; PEXPIRE of
-// the history once per tenth of its window; the idempotency, receipt and
-// trail writes only when asked for.
+// own start): SET ... GET of the last id (and a second SET when several
+// events share a millisecond), XADD (which trims whole nodes), ZCOUNT of
+// the presence lease, and PUBLISH when there is one; PEXPIRE of the history
+// once per tenth of its window; the idempotency, receipt and trail writes
+// only when asked for.
 //
 //go:embed notify.lua
 var notifyLua string
@@ -51,10 +55,12 @@ const scriptConfigArgs = 5
 var notifyOneLua string
 
 // notifyBatchLua runs notify.lua's function for several notifications in
-// one script, which carries the publisher's settings once: on a single Redis, a pipeline of notifications is one script
-// call, which saves each notification the call's own cost: the script's
-// start, TIME and the reply (docs/benchmarks.md). On a Redis Cluster, whose scripts must
-// keep to one slot, each notification keeps its own script.
+// one script, which carries the publisher's settings once: on a single
+// Redis, a pipeline of notifications is one script call, which saves each
+// notification the call's own cost: the script's start, TIME and the reply
+// (docs/benchmarks.md). Its reply is flat, three values a notification (see
+// flatReply). On a Redis Cluster, whose scripts must keep to one slot, each
+// notification keeps its own script.
 //
 //go:embed notify_batch.lua
 var notifyBatchLua string
