@@ -29,6 +29,24 @@ func forget(tb testing.TB, f *fixture) {
 	if err := f.RDB.Del(ctx, keys...).Err(); err != nil {
 		tb.Fatal(err)
 	}
+	// A real loss (a restart, a failover) takes longer than a millisecond.
+	// This one is instant, and an event in the lost event's millisecond
+	// would take its id again, since nothing remembers it: wait until
+	// Redis' clock has moved on.
+	t0, err := f.RDB.Time(ctx).Result()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for {
+		t1, err := f.RDB.Time(ctx).Result()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if t1.Sub(t0) > 2*time.Millisecond {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // since asks hist where a client at pos stands in s (from the start with
