@@ -107,7 +107,7 @@ func maxNotifyBytes(maxPayload int) int {
 // over twice MaxRequestBytes unread, RESOURCE_EXHAUSTED (it has no other
 // code); codec refuses one over MaxRequestBytes as the caller's error.
 func (cfg Config) serverOptions(codec *deferringCodec) []grpc.ServerOption {
-	return []grpc.ServerOption{
+	return append([]grpc.ServerOption{
 		grpc.ForceServerCodecV2(codec),
 		grpc.MaxHeaderListSize(uint32(cfg.MaxHeaderBytes)),
 		grpc.MaxRecvMsgSize(transportMaxBytes(cfg.MaxRequestBytes)),
@@ -118,12 +118,6 @@ func (cfg Config) serverOptions(codec *deferringCodec) []grpc.ServerOption {
 		// on Redis for its call), gRPC starts a goroutine for the call as
 		// before, so the pool bounds nothing and delays nothing.
 		grpc.NumStreamWorkers(streamWorkers()),
-		// Fixed flow-control windows, which turn off gRPC's bandwidth-delay
-		// estimator: with it on, the first DATA frame after a quiet spell
-		// starts a new sample, so at low rates every call cost the router a
-		// PING write and the read of its answer, each with a wake-up.
-		grpc.StaticStreamWindowSize(streamWindowBytes),
-		grpc.StaticConnWindowSize(connWindowBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
 			MaxConnectionIdle: cfg.MaxConnIdle,
@@ -131,7 +125,7 @@ func (cfg Config) serverOptions(codec *deferringCodec) []grpc.ServerOption {
 			// is not answered within 20 s: a vanished peer frees its slot.
 			Time: time.Minute, Timeout: 20 * time.Second,
 		}),
-	}
+	}, WindowServerOptions()...)
 }
 
 // The gRPC flow-control windows, the router's and its callers'
@@ -144,6 +138,19 @@ const (
 	streamWindowBytes = 1 << 20
 	connWindowBytes   = 2 << 20
 )
+
+// WindowServerOptions are the router's fixed flow-control windows, for a
+// server that should answer its callers as the router does (heraldbench's
+// no-op baseline). Fixed windows turn off gRPC's bandwidth-delay
+// estimator: with it on, the first DATA frame after a quiet spell starts a
+// new sample, so at low rates every call cost the router a PING write and
+// the read of its answer, each with a wake-up.
+func WindowServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.StaticStreamWindowSize(streamWindowBytes),
+		grpc.StaticConnWindowSize(connWindowBytes),
+	}
+}
 
 // streamWorkers is the size of the gRPC server's pool of call goroutines:
 // enough for the calls in flight of a busy router, whose calls each wait

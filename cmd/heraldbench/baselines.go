@@ -82,11 +82,7 @@ func startNoopGRPC() (*noopGRPC, error) {
 	if err != nil {
 		return nil, err
 	}
-	srv := grpc.NewServer(
-		// router/limits.go's streamWindowBytes and connWindowBytes.
-		grpc.StaticStreamWindowSize(1<<20),
-		grpc.StaticConnWindowSize(2<<20),
-	)
+	srv := grpc.NewServer(router.WindowServerOptions()...)
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	go func() { _ = srv.Serve(lis) }()
 	conn, err := grpc.NewClient(lis.Addr().String(), append(router.DialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
