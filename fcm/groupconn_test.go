@@ -329,26 +329,35 @@ func TestGroupConnPastDeadlineQueuesNothing(t *testing.T) {
 // grouped transport answers as the plain one.
 func TestGroupedTransportHTTP1(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		_, _ = w.Write(append([]byte(r.Proto+" "), b...))
-	}))
+	srv := httptest.NewServer(echoProto)
 	defer srv.Close()
 	tr := transport(false, true)
 	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr}
+	postEach(t, &http.Client{Transport: tr}, srv.URL, 40, 100, "HTTP/1.1")
+}
+
+// echoProto answers a request with its protocol and its body.
+var echoProto = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	_, _ = w.Write(append([]byte(r.Proto+" "), b...))
+})
+
+// postEach posts n bodies at once to url (the i-th padded with i*pad
+// bytes) and fails unless each comes back whole over proto (echoProto).
+func postEach(t *testing.T, c *http.Client, url string, n, pad int, proto string) {
+	t.Helper()
 	var wg sync.WaitGroup
-	for i := range 40 {
+	for i := range n {
 		wg.Go(func() {
-			body := strconv.Itoa(i) + strings.Repeat(".", i*100)
-			resp, err := c.Post(srv.URL, "text/plain", strings.NewReader(body))
+			body := strconv.Itoa(i) + strings.Repeat(".", i*pad)
+			resp, err := c.Post(url, "text/plain", strings.NewReader(body))
 			if err != nil {
 				t.Error(err)
 				return
 			}
 			defer resp.Body.Close()
 			got, err := io.ReadAll(resp.Body)
-			if err != nil || string(got) != "HTTP/1.1 "+body {
+			if err != nil || string(got) != proto+" "+body {
 				t.Errorf("request %d answered %.20q, %v", i, got, err)
 			}
 		})
@@ -361,32 +370,12 @@ func TestGroupedTransportHTTP1(t *testing.T) {
 // answer.
 func TestGroupedTransportHTTP2TLS(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		_, _ = w.Write(append([]byte(r.Proto+" "), b...))
-	}))
+	srv := httptest.NewUnstartedServer(echoProto)
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	defer srv.Close()
 	tr := transport(false, true)
 	tr.TLSClientConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
 	defer tr.CloseIdleConnections()
-	c := &http.Client{Transport: tr}
-	var wg sync.WaitGroup
-	for i := range 200 {
-		wg.Go(func() {
-			body := strconv.Itoa(i) + strings.Repeat(".", i*50)
-			resp, err := c.Post(srv.URL, "text/plain", strings.NewReader(body))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer resp.Body.Close()
-			got, err := io.ReadAll(resp.Body)
-			if err != nil || string(got) != "HTTP/2.0 "+body {
-				t.Errorf("request %d answered %.20q, %v", i, got, err)
-			}
-		})
-	}
-	wg.Wait()
+	postEach(t, &http.Client{Transport: tr}, srv.URL, 200, 50, "HTTP/2.0")
 }

@@ -231,6 +231,22 @@ func (b *bench) baselines(ctx context.Context) error {
 	return nil
 }
 
+// fleetAndNoop opens scenario's fleet of -conns streams on prefix, and
+// the no-op server its rounds pair with.
+func (b *bench) fleetAndNoop(ctx context.Context, scenario, prefix string) (*fleet, *noopGRPC, error) {
+	b.progress("%s: opening %d connections", scenario, b.cfg.conns)
+	f, err := openFleet(ctx, b.fleetConfig(prefix, b.cfg.conns, ""))
+	if err != nil {
+		return nil, nil, err
+	}
+	noop, err := b.noopServer(ctx)
+	if err != nil {
+		f.close()
+		return nil, nil, err
+	}
+	return f, noop, nil
+}
+
 // noopServer is the run's no-op gRPC server, started and called once the
 // first time it is asked for.
 func (b *bench) noopServer(ctx context.Context) (*noopGRPC, error) {
@@ -361,16 +377,11 @@ func notifier(client heraldv1.RouterServiceClient, prefix string, users int) cal
 // the same seconds (pairs.go).
 func (b *bench) unicast(ctx context.Context) error {
 	prefix := b.tag + "-uni-"
-	b.progress("unicast: opening %d connections", b.cfg.conns)
-	f, err := openFleet(ctx, b.fleetConfig(prefix, b.cfg.conns, ""))
+	f, noop, err := b.fleetAndNoop(ctx, "unicast", prefix)
 	if err != nil {
 		return err
 	}
 	defer f.close()
-	noop, err := b.noopServer(ctx)
-	if err != nil {
-		return err
-	}
 	b.rep.add("unicast", "connections held", float64(f.conns), "conns")
 	pairs := b.cfg.pairs
 	baseD, subjD := roundLength(min(b.cfg.baseDuration, b.cfg.duration), pairs), roundLength(b.cfg.duration, pairs)

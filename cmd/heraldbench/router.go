@@ -14,16 +14,11 @@ import (
 // seconds (pairs.go). Then the NotifyBatch runs (batch.go).
 func (b *bench) router(ctx context.Context) error {
 	prefix := b.tag + "-rt-"
-	b.progress("router: opening %d connections", b.cfg.conns)
-	f, err := openFleet(ctx, b.fleetConfig(prefix, b.cfg.conns, ""))
+	f, noop, err := b.fleetAndNoop(ctx, "router", prefix)
 	if err != nil {
 		return err
 	}
 	defer f.close()
-	noop, err := b.noopServer(ctx)
-	if err != nil {
-		return err
-	}
 	rt, haveRouter := b.proc("router")
 	rpid, haveRedis := b.proc("redis-server")
 	haveRedis = haveRedis && rpid.Name == "redis-server"
