@@ -54,10 +54,11 @@ func buildStatic(t *testing.T) string {
 	buildFlags := []string{"-trimpath", "-ldflags=-s -w"} // the Dockerfile's
 	dir := t.TempDir()
 	// A cold build cache on a loaded machine can take minutes: the build
-	// may use the test's whole time, less a minute to report.
+	// may use the test's whole time, less a tenth of what is left (at most
+	// a minute) to report.
 	deadline := time.Now().Add(8 * time.Minute)
 	if d, ok := t.Deadline(); ok {
-		deadline = d.Add(-time.Minute)
+		deadline = d.Add(-min(time.Minute, time.Until(d)/10))
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()

@@ -144,16 +144,22 @@ func (g *groupConn) Close() error {
 		g.wake <- struct{}{}
 	}
 	g.mu.Unlock()
+	timedOut := false
 	if first {
 		t := time.NewTimer(groupCloseWait)
 		select {
 		case <-g.done:
 		case <-t.C:
-			// Closing the conn beneath fails the writer's system call.
+			timedOut = true
 		}
 		t.Stop()
 	}
 	err := g.Conn.Close()
+	if timedOut {
+		// Closing the conn beneath fails the writer's system call at once;
+		// its error says that bytes were dropped.
+		<-g.done
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.err != nil {

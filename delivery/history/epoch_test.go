@@ -29,10 +29,11 @@ func forget(tb testing.TB, f *fixture) {
 	if err := f.RDB.Del(ctx, keys...).Err(); err != nil {
 		tb.Fatal(err)
 	}
-	// A real loss (a restart, a failover) takes longer than a millisecond.
-	// This one is instant, and an event in the lost event's millisecond
-	// would take its id again, since nothing remembers it: wait until
-	// Redis' clock has moved on.
+	// This loss is instant, and an event in the lost event's millisecond
+	// would take its id again, since nothing remembers it (a limit
+	// docs/reliability.md states, for a Redis whose clock has not passed
+	// the lost ids): wait until Redis' clock has moved on, as it has after
+	// a restart.
 	t0, err := f.RDB.Time(ctx).Result()
 	if err != nil {
 		tb.Fatal(err)
