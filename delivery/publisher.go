@@ -318,7 +318,9 @@ func (p *Publisher) prepare(ctx context.Context, env *heraldv1.Envelope, idempot
 		if p.cfg.Receipts == nil || p.cfg.Offline == nil {
 			return nil, ErrNoReceipts
 		}
-		ackBy = env.GetAckBy().AsTime().UnixMilli()
+		if ackBy = env.GetAckBy().AsTime().UnixMilli(); ackBy <= 0 { // "0": none, to the script (its keys uncounted)
+			return nil, fmt.Errorf("delivery: an ack deadline at or before 1970 (%d ms)", ackBy)
+		}
 		keys = append(keys, p.cfg.Receipts.Keys(user)...)
 	}
 	record := idemRecord(env.GetId(), env.GetAcceptedAt().AsTime().UnixMilli(), ackBy)

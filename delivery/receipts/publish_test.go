@@ -57,3 +57,26 @@ func TestReceiptSweptBeforeItExists(t *testing.T) {
 		t.Errorf("the notification fell back %d times, want once", got)
 	}
 }
+
+// TestPublishBatchRefusesEpochAckBy: an ack deadline at 1970 is refused
+// alone. The script reads a deadline of 0 as none and would not count the
+// notification's receipt keys, so that the next one in the batch would
+// take them for its own.
+func TestPublishBatchRefusesEpochAckBy(t *testing.T) {
+	t.Parallel()
+	rdb, prefix := testenv.Redis(t)
+	f := newPublisherOn(t, rdb, prefix, delivery.PublisherConfig{Offline: &recordingQueue{},
+		Receipts: receipts.New(rdb, receipts.Config{Prefix: prefix})})
+	f.Subscribe(t, "cy")
+	f.Lease(t, "cy")
+	bad := envelope("cy", "at 1970")
+	bad.AckBy = timestamppb.New(time.UnixMilli(0))
+	good := envelope("cy", "plain")
+	results, errs := f.Pub.PublishBatch(context.Background(), []delivery.Notification{{Env: bad}, {Env: good}})
+	if errs[0] == nil {
+		t.Errorf("an ack deadline at 1970 was taken: %+v", results[0])
+	}
+	if errs[1] != nil || results[1].Route != delivery.RouteOnline {
+		t.Fatalf("the notification after it: %+v, %v; want online", results[1], errs[1])
+	}
+}
