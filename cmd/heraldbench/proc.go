@@ -9,11 +9,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
-)
 
-// clockTicks is the kernel's USER_HZ, the unit of /proc/<pid>/stat times:
-// 100 on every Linux architecture Go supports.
-const clockTicks = 100
+	"github.com/herald-push/herald/cmd/internal/proc"
+)
 
 // procSample is one reading of a process's memory and CPU time.
 type procSample struct {
@@ -36,24 +34,8 @@ func readProc(pid int) (procSample, error) {
 			}
 		}
 	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return s, err
-	}
-	// The command name, field 2, is in parentheses and may hold spaces:
-	// count the fields from the last ')'.
-	rest := string(stat)
-	if i := strings.LastIndexByte(rest, ')'); i >= 0 {
-		rest = rest[i+1:]
-	}
-	f := strings.Fields(rest) // f[0] is field 3, state
-	if len(f) < 13 {
-		return s, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	utime, _ := strconv.ParseInt(f[11], 10, 64) // field 14
-	stime, _ := strconv.ParseInt(f[12], 10, 64) // field 15
-	s.CPU = time.Duration(utime+stime) * time.Second / clockTicks
-	return s, nil
+	s.CPU, _, err = proc.CPU(pid)
+	return s, err
 }
 
 // kernelSample is the kernel memory that grows with sockets: the

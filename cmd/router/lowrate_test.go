@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,7 +44,7 @@ func BenchmarkLowRateNotify(b *testing.B) {
 	}
 	testenv.Online(b, rdb, reg, "lowrate")
 
-	addr := lowrate.FreeAddr(b)
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(b))
 	args := []string{"-grpc-addr", addr, "-admin-addr", "", "-redis-addr", testenv.RedisAddr(),
 		"-redis-prefix", prefix, "-insecure-no-auth", "-offline=false", "-log-level", "error"}
 	args = append(args, strings.Fields(os.Getenv("HERALD_LOWRATE_ARGS"))...)

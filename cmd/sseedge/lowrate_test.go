@@ -53,7 +53,7 @@ func BenchmarkLowRateEvents(b *testing.B) {
 	_, pub := testenv.Publisher(b, rdb, prefix, 30*time.Second)
 	secret := []byte(strings.Repeat("s", 32))
 
-	addr := lowrate.FreeAddr(b)
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(b))
 	args := []string{"-http-addr", addr, "-admin-addr", "", "-redis-addr", testenv.RedisAddr(),
 		"-redis-prefix", prefix, "-jwt-secret", string(secret), "-log-level", "error",
 		"-max-conns", strconv.Itoa(streams + 100), "-max-conns-per-ip", "-1"}

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/herald-push/herald/cmd/internal/proc"
 )
 
 const (
@@ -91,17 +93,6 @@ func (p *Proc) WaitListening(tb testing.TB, addr string) {
 	}
 	out, _ := os.ReadFile(p.log)
 	tb.Fatalf("child did not listen on %s: %s", addr, out)
-}
-
-// FreeAddr returns a loopback address with a port free a moment ago.
-func FreeAddr(tb testing.TB) string {
-	tb.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer lis.Close()
-	return lis.Addr().String()
 }
 
 // Window is the span a trial measures: $HERALD_LOWRATE_WINDOW, or 8 s.
@@ -190,16 +181,10 @@ func (f Figures) Report(b *testing.B) {
 // threads' context switches.
 func (p *Proc) sample(tb testing.TB) (cpu, sys time.Duration, vol, inv int64) {
 	tb.Helper()
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Pid))
+	cpu, sys, err := proc.CPU(p.Pid)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	// The fields after the command's closing parenthesis; utime and stime
-	// are the 14th and 15th of the line, in clock ticks of 10 ms.
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
-	ut, _ := strconv.ParseInt(fields[11], 10, 64)
-	st, _ := strconv.ParseInt(fields[12], 10, 64)
-	cpu, sys = time.Duration(ut+st)*10*time.Millisecond, time.Duration(st)*10*time.Millisecond
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", p.Pid))
 	for _, t := range tasks {
 		f, err := os.Open(t)
