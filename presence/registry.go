@@ -94,30 +94,15 @@ func (r *Registry) Key(user string) string {
 // Prefix is the configured key prefix.
 func (r *Registry) Prefix() string { return r.cfg.Prefix }
 
-// leaseScript adds or renews the leases in ARGV[2:] with a deadline of
-// Redis' now + ARGV[1] ms, drops expired leases, and sets the key to expire
-// with its last lease.
+// leaseScript adds or renews leases, for each of its keys (users): with a
+// deadline of Redis' now + ARGV[1] ms, it drops the key's expired leases,
+// adds its leases, and sets it to expire with its last lease. After
+// ARGV[1] come, for each key in turn, its number of leases and the leases.
+// One script for many users saves each user the script call's own cost,
+// which was most of a renewal's; a Redis Cluster script must keep to one
+// slot, so there it has one user. The deadline goes to ZADD as a string,
+// as a Lua number would cost a float format per call.
 var leaseScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local deadline = now + tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[1], deadline, ARGV[i])
-end
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if last[2] then redis.call('PEXPIREAT', KEYS[1], last[2]) end
-return #ARGV - 1
-`)
-
-// leaseBatchScript is leaseScript for several users' keys at once, on a
-// single Redis (a Redis Cluster script must keep to one slot): KEYS are the
-// users' keys; ARGV[1] is the TTL in ms, then for each key in turn its
-// number of leases and the leases. One script for many users saves each
-// user the script call's own cost, which was most of a renewal's; the
-// deadline goes to ZADD as a string, as a Lua number would cost a float
-// format per call.
-var leaseBatchScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nowS = string.format('%d', now)
@@ -137,8 +122,8 @@ end
 return #KEYS
 `)
 
-// leaseBatchUsers is the most users one leaseBatchScript renews: about
-// half a millisecond of Redis, which other clients wait for.
+// leaseBatchUsers is the most users one leaseScript renews on a single
+// Redis: about half a millisecond of Redis, which other clients wait for.
 const leaseBatchUsers = 64
 
 // removeScript removes the leases in ARGV and drops expired ones.
@@ -225,37 +210,21 @@ func (r *Registry) Lease(ctx context.Context, conns ...Conn) error {
 		return err
 	}
 	ttl := r.cfg.LeaseTTL.Milliseconds()
-	if _, cluster := r.rdb.(*redis.ClusterClient); !cluster && len(users) > 1 {
-		return r.leaseBatches(ctx, ttl, users, members)
+	per := leaseBatchUsers
+	if _, cluster := r.rdb.(*redis.ClusterClient); cluster {
+		per = 1
 	}
 	_, err = r.runPipelined(ctx, leaseScript, func(pipe redis.Pipeliner) []*redis.Cmd {
-		cmds := make([]*redis.Cmd, 0, len(users))
-		for _, u := range users {
-			args := append([]any{ttl}, members[u]...)
-			cmds = append(cmds, leaseScript.EvalSha(ctx, pipe, []string{r.Key(u)}, args...))
-		}
-		return cmds
-	})
-	if err != nil {
-		return fmt.Errorf("presence: lease: %w", err)
-	}
-	return nil
-}
-
-// leaseBatches leases members, grouped by users, on a single Redis: one
-// leaseBatchScript per leaseBatchUsers users, in one pipeline.
-func (r *Registry) leaseBatches(ctx context.Context, ttl int64, users []string, members map[string][]any) error {
-	_, err := r.runPipelined(ctx, leaseBatchScript, func(pipe redis.Pipeliner) []*redis.Cmd {
 		// queue runs again after a NOSCRIPT: it must not use users up.
 		var cmds []*redis.Cmd
 		for todo := users; len(todo) > 0; {
-			n := min(len(todo), leaseBatchUsers)
+			n := min(len(todo), per)
 			keys, args := make([]string, 0, n), []any{ttl}
 			for _, u := range todo[:n] {
 				keys = append(keys, r.Key(u))
 				args = append(append(args, len(members[u])), members[u]...)
 			}
-			cmds = append(cmds, leaseBatchScript.EvalSha(ctx, pipe, keys, args...))
+			cmds = append(cmds, leaseScript.EvalSha(ctx, pipe, keys, args...))
 			todo = todo[n:]
 		}
 		return cmds
