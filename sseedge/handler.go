@@ -52,7 +52,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	// The first reason wins: a stream closed as slow_consumer whose blocked
 	// write then times out is counted as slow_consumer, once.
 	st.close(reason)
-	s.finish(ctx, st)
+	s.finish(ctx, st, s.count(st))
 }
 
 // openEvents admits and opens the stream a request for /v1/events asks
@@ -153,14 +153,19 @@ func (s *Server) openEvents(w http.ResponseWriter, r *http.Request) *stream {
 	return st
 }
 
-// finish cleans up after a stream that ended: it counts it, leaves the hub,
-// and removes the stream's lease and its place in MaxConnsPerIP.
-func (s *Server) finish(ctx context.Context, st *stream) {
+// count counts a stream that ended, before its connection is closed, so
+// that a client that sees the close also finds it in the metrics.
+func (s *Server) count(st *stream) CloseReason {
 	reason := st.closed()
 	s.metrics.open.Dec()
 	s.metrics.closed.WithLabelValues(string(reason)).Inc()
 	s.metrics.duration.Observe(s.now().Sub(st.conn.Since).Seconds())
+	return reason
+}
 
+// finish cleans up after a stream that ended and was counted: it leaves the
+// hub, and removes the stream's lease and its place in MaxConnsPerIP.
+func (s *Server) finish(ctx context.Context, st *stream, reason CloseReason) {
 	cleanupCtx := context.WithoutCancel(ctx)
 	s.hub.leave(cleanupCtx, st)
 	rmCtx, cancel := context.WithTimeout(cleanupCtx, 2*time.Second)

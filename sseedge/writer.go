@@ -422,6 +422,8 @@ func (ws *writers) end(st *stream, reason CloseReason) {
 	w := st.out
 	ws.poller.remove(w)
 	ws.alone.Go(func() {
+		// Counted before the client can see the end.
+		counted := ws.s.count(st)
 		// A client that hung up, or that stopped reading (slow_consumer,
 		// write_timeout), is not written to again: a blocking write to it
 		// would hold the stream, its lease and its socket for the whole
@@ -437,7 +439,7 @@ func (ws *writers) end(st *stream, reason CloseReason) {
 			_ = w.writeBlocking(append(b, "0\r\n\r\n"...), ws.s.cfg.WriteTimeout)
 		}
 		w.close()
-		ws.s.finish(ws.ctx, st)
+		ws.s.finish(ws.ctx, st, counted)
 		ws.s.handlers.Done()
 	})
 }
