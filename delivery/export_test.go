@@ -11,13 +11,14 @@ import (
 // gathering concurrent calls in its own auto-pipeliner and notify_batch
 // scripts. Everything else in Publish stays as it is.
 func SendEachThrough(p *Publisher, s redis.Scripter) {
+	notify := redis.NewScript(p.scripts.notify.src)
 	p.pipe = &autoPipeline{max: 1, run: func(ctx context.Context, calls []*notifyCall) {
 		for _, c := range calls {
 			if err := c.ctx.Err(); err != nil {
 				c.err = err
 				continue
 			}
-			v, err := p.scripts.notify.Run(ctx, s, c.keys, c.args...).Result()
+			v, err := notify.Run(ctx, s, c.keys, c.args...).Result()
 			if err != nil {
 				c.err = err
 				continue

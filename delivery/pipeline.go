@@ -95,11 +95,7 @@ func (p *Publisher) runScripts(ctx context.Context, calls []*notifyCall) {
 	run := func(which []int, sha bool) {
 		_, _ = p.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
 			for _, i := range which {
-				if sha {
-					cmds[i] = p.scripts.notify.EvalSha(ctx, pl, calls[i].keys, calls[i].args...)
-				} else {
-					cmds[i] = p.scripts.notify.Eval(ctx, pl, calls[i].keys, calls[i].args...)
-				}
+				cmds[i] = p.scripts.notify.queue(ctx, pl, sha, calls[i].keys, calls[i].args...)
 			}
 			return nil
 		})
@@ -122,7 +118,7 @@ func (p *Publisher) runScripts(ctx context.Context, calls []*notifyCall) {
 	run(todo, true)
 	again := todo[:0]
 	for _, i := range todo {
-		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
+		if noScript(cmds[i].Err()) {
 			again = append(again, i)
 		}
 	}
@@ -176,11 +172,7 @@ func (p *Publisher) runBatchScripts(ctx context.Context, calls []*notifyCall, to
 	run := func(which []*chunk, sha bool) {
 		_, _ = p.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
 			for _, ch := range which {
-				if sha {
-					ch.cmd = p.scripts.notifyBatch.EvalSha(ctx, pl, ch.keys, ch.args...)
-				} else {
-					ch.cmd = p.scripts.notifyBatch.Eval(ctx, pl, ch.keys, ch.args...)
-				}
+				ch.cmd = p.scripts.notifyBatch.queue(ctx, pl, sha, ch.keys, ch.args...)
 			}
 			return nil
 		})
@@ -188,7 +180,7 @@ func (p *Publisher) runBatchScripts(ctx context.Context, calls []*notifyCall, to
 	run(chunks, true)
 	var again []*chunk
 	for _, ch := range chunks {
-		if redis.HasErrorPrefix(ch.cmd.Err(), "NOSCRIPT") {
+		if noScript(ch.cmd.Err()) {
 			again = append(again, ch)
 		}
 	}

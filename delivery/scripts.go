@@ -80,8 +80,10 @@ var broadcastLua string
 var abandonLua string
 
 // scripts are the publisher's scripts, for a classic Redis or a cluster.
+// The ones that record and publish go out at most once (onceScript).
 type scripts struct {
-	notify, notifyBatch, broadcast, abandon *redis.Script
+	notify, notifyBatch, broadcast onceScript
+	abandon                        *redis.Script
 }
 
 // newScripts returns the publisher's scripts for rdb. In them, $PUBLISH is
@@ -94,8 +96,8 @@ func newScripts(rdb redis.Cmdable) scripts {
 	if Sharded(rdb) {
 		publish = "SPUBLISH"
 	}
-	src := func(lua string) *redis.Script {
-		return redis.NewScript(strings.ReplaceAll(commonLua+lua, "$PUBLISH", publish))
+	src := func(lua string) onceScript {
+		return newOnceScript(strings.ReplaceAll(commonLua+lua, "$PUBLISH", publish))
 	}
 	return scripts{notify: src(notifyLua + notifyOneLua), notifyBatch: src(notifyLua + notifyBatchLua),
 		broadcast: src(broadcastLua), abandon: redis.NewScript(abandonLua)}

@@ -433,8 +433,9 @@ func toStatus(ctx context.Context, err error) error {
 	case errors.Is(err, context.Canceled) || ctx.Err() == context.Canceled:
 		return status.Error(codes.Canceled, "router: call canceled before the notification was routed")
 	default:
-		// Redis (or, later, Kafka) is unreachable or failed: nothing was
-		// routed, so the caller may retry, with the same idempotency key.
+		// Redis is unreachable or failed. A timeout may come after Redis
+		// ran the script (docs/reliability.md, "Redis stalls"): the retry
+		// with the same idempotency key finds what it did.
 		return status.Error(codes.Unavailable, "router: routing backend unavailable; retry with the same idempotency_key")
 	}
 }

@@ -7,6 +7,7 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -151,6 +152,30 @@ func (s *RedisServer) Shutdown() {
 		_ = s.cmd.Process.Signal(syscall.SIGTERM)
 		_ = s.cmd.Wait()
 		s.cmd = nil
+	}
+}
+
+// Pause stops the server's process (SIGSTOP) and waits until it is
+// stopped: it answers nothing, while the kernel still takes connections and
+// bytes for it, as in a stall. Resume lets it go on.
+func (s *RedisServer) Pause() {
+	s.tb.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		s.tb.Fatalf("stop redis-server: %v", err)
+	}
+	stat := "/proc/" + strconv.Itoa(s.cmd.Process.Pid) + "/stat"
+	WaitFor(s.tb, 10*time.Second, "redis-server to stop", func() bool {
+		b, err := os.ReadFile(stat)
+		i := bytes.LastIndexByte(b, ')')
+		return err == nil && i > 0 && len(b) > i+2 && b[i+2] == 'T'
+	})
+}
+
+// Resume continues a paused server (SIGCONT).
+func (s *RedisServer) Resume() {
+	s.tb.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		s.tb.Fatalf("continue redis-server: %v", err)
 	}
 }
 

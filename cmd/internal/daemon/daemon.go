@@ -97,10 +97,11 @@ func NewRedis(addrs, password string) redis.UniversalClient {
 // One attempt of a command waits at most RedisPoolTimeout for a
 // connection, RedisDialTimeout to open one, RedisWriteTimeout to send and
 // RedisReadTimeout for the answer, whatever its context; go-redis makes up
-// to 4 attempts. The socket deadlines are these timeouts, not the caller's
-// context (ContextTimeoutEnabled stays off): a gRPC caller's short deadline
-// would otherwise close a pooled connection at each timeout, and the
-// reconnections would pile onto a Redis already slow. Pub/Sub links read
+// to 4 attempts, but for the scripts that record and publish an event,
+// which go once (delivery/once.go). The socket deadlines are these
+// timeouts, not the caller's context (ContextTimeoutEnabled stays off): a
+// gRPC caller's short deadline would otherwise close a pooled connection at
+// each timeout, and the reconnections would pile onto a Redis already slow. Pub/Sub links read
 // without a deadline, as they must; go-redis pings them every few seconds
 // instead.
 const (
