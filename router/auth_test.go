@@ -77,6 +77,13 @@ type authRouter struct {
 
 func newAuthRouter(tb testing.TB, callers []router.CallerConfig, opts ...grpc.ServerOption) *authRouter {
 	tb.Helper()
+	return newAuthRouterConfig(tb, router.Config{}, router.AuthConfig{Callers: callers}, opts...)
+}
+
+// newAuthRouterConfig is newAuthRouter with the router's and the
+// authentication's configuration.
+func newAuthRouterConfig(tb testing.TB, cfg router.Config, acfg router.AuthConfig, opts ...grpc.ServerOption) *authRouter {
+	tb.Helper()
 	r := &authRouter{metrics: prometheus.NewPedanticRegistry(), logs: &syncBuffer{}, clock: &fakeClock{now: time.Unix(1e9, 0)}}
 	r.rdb, r.prefix = testenv.Redis(tb)
 	var err error
@@ -101,12 +108,11 @@ func newAuthRouter(tb testing.TB, callers []router.CallerConfig, opts ...grpc.Se
 		tb.Fatal(err)
 	}
 	log := slog.New(router.CallerLogHandler(slog.NewJSONHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	svc, err := router.New(router.Config{}, router.Deps{Publisher: pub, Devices: devices, Logger: log, Registerer: r.metrics})
+	svc, err := router.New(cfg, router.Deps{Publisher: pub, Devices: devices, Logger: log, Registerer: r.metrics})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	auth, err := router.NewCallers(router.AuthConfig{Callers: callers},
-		router.AuthDeps{Logger: log, Registerer: r.metrics, Now: r.clock.Now})
+	auth, err := router.NewCallers(acfg, router.AuthDeps{Logger: log, Registerer: r.metrics, Now: r.clock.Now})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -349,40 +355,67 @@ func TestAuthPermissions(t *testing.T) {
 	}
 }
 
-// TestAuthPublicMethods: health checking and reflection need no
-// credentials.
+// TestAuthPublicMethods: the unary health check needs no credentials;
+// health's Watch and reflection, streams a client may hold open for ever,
+// are refused UNAUTHENTICATED without them and served with them.
 func TestAuthPublicMethods(t *testing.T) {
-	r := newAuthRouter(t, nil)
+	r := newAuthRouter(t, []router.CallerConfig{{Name: "ops", KeySHA256: router.HashKey("k1")}})
 	conn := testenv.GRPCClient(t, r.addr)
-	ctx := context.Background()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: heraldv1.RouterService_ServiceDesc.ServiceName})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	health := healthpb.NewHealthClient(conn)
+	resp, err := health.Check(ctx, &healthpb.HealthCheckRequest{Service: heraldv1.RouterService_ServiceDesc.ServiceName})
 	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Fatalf("health check without credentials: %v, %v", resp, err)
 	}
-	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
-	if err != nil {
-		t.Fatal(err)
+	// listServices opens a reflection stream on ctx and lists the services.
+	listServices := func(ctx context.Context) (string, error) {
+		stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+		if err != nil {
+			return "", err
+		}
+		defer stream.CloseSend()
+		// A refused stream's Send fails io.EOF; Recv has its status.
+		_ = stream.Send(&reflectionpb.ServerReflectionRequest{
+			MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}})
+		list, err := stream.Recv()
+		return list.String(), err
 	}
-	if err := stream.Send(&reflectionpb.ServerReflectionRequest{
-		MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
-		t.Fatal(err)
+	// watch opens a health Watch on ctx and reads its first status.
+	watch := func(ctx context.Context) (healthpb.HealthCheckResponse_ServingStatus, error) {
+		stream, err := health.Watch(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			return 0, err
+		}
+		resp, err := stream.Recv()
+		return resp.GetStatus(), err
 	}
-	list, err := stream.Recv()
-	if err != nil {
-		t.Fatalf("reflection without credentials: %v", err)
+
+	if _, err := listServices(ctx); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("reflection without credentials: %v, want Unauthenticated", err)
 	}
-	_ = stream.CloseSend()
-	if !strings.Contains(list.String(), heraldv1.RouterService_ServiceDesc.ServiceName) {
-		t.Fatalf("reflection lists %v, want the router service", list)
+	if _, err := watch(ctx); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("health Watch without credentials: %v, want Unauthenticated", err)
 	}
-	if _, err := r.client.Notify(ctx, &heraldv1.NotifyRequest{UserId: "a"}); status.Code(err) != codes.Unauthenticated {
-		t.Fatalf("Notify on a router with no callers: %v, want Unauthenticated", err)
+	if n := r.refused(t, "unauthenticated"); n != 2 {
+		t.Errorf("auth_refused_total{unauthenticated} = %v, want 2", n)
+	}
+
+	authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer k1")
+	if list, err := listServices(authed); err != nil || !strings.Contains(list, heraldv1.RouterService_ServiceDesc.ServiceName) {
+		t.Errorf("reflection with credentials: %v, %s; want the router service listed", err, list)
+	}
+	if st, err := watch(authed); err != nil || st != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health Watch with credentials: %v, %v; want SERVING", st, err)
+	}
+	if _, err := r.client.Notify(authed, &heraldv1.NotifyRequest{UserId: "a"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("Notify by a caller with no users: %v, want PermissionDenied", err)
 	}
 }
 
-// TestAuthStreamInterceptor: a streaming method other than health and
-// reflection is refused even to an authenticated caller, as no permission
-// rule covers it.
+// TestAuthStreamInterceptor: a streaming method other than NotifyStream,
+// health's Watch and reflection is refused even to an authenticated caller,
+// as no permission rule covers it; health's Watch needs credentials.
 func TestAuthStreamInterceptor(t *testing.T) {
 	auth, err := router.NewCallers(router.AuthConfig{Callers: []router.CallerConfig{
 		{Name: "svc", KeySHA256: router.HashKey("k"), Users: []string{"*"}},
@@ -398,8 +431,12 @@ func TestAuthStreamInterceptor(t *testing.T) {
 		t.Fatalf("unknown streaming method: %v (handler called: %v), want PermissionDenied", err, called)
 	}
 	err = auth.StreamInterceptor()(nil, fakeStream{ctx: context.Background()}, &grpc.StreamServerInfo{FullMethod: "/grpc.health.v1.Health/Watch"}, handler)
+	if status.Code(err) != codes.Unauthenticated || called {
+		t.Fatalf("health Watch without credentials: %v (handler called: %v), want Unauthenticated", err, called)
+	}
+	err = auth.StreamInterceptor()(nil, fakeStream{ctx: ctx}, &grpc.StreamServerInfo{FullMethod: "/grpc.health.v1.Health/Watch"}, handler)
 	if err != nil || !called {
-		t.Fatalf("health Watch: %v (handler called: %v), want it served", err, called)
+		t.Fatalf("health Watch with credentials: %v (handler called: %v), want it served", err, called)
 	}
 }
 

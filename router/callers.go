@@ -2,6 +2,7 @@ package router
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,11 +58,23 @@ type CallerConfig struct {
 // AuthConfig configures publisher authentication.
 type AuthConfig struct {
 	// Callers are the callers allowed to use the API. None refuses every call
-	// but health checking and reflection.
+	// but the unary health check.
 	Callers []CallerConfig
 	// UserIDs says whether refusal logs show user ids or their hashes.
 	UserIDs redact.UserIDs
+	// MaxCallsPerCaller bounds the calls and streams one caller has in
+	// flight on this router; one more is refused RESOURCE_EXHAUSTED.
+	// Default DefaultMaxCallsPerCaller (1000); negative: no bound.
+	MaxCallsPerCaller int
 }
+
+// DefaultMaxCallsPerCaller is AuthConfig.MaxCallsPerCaller's default. A
+// caller's unary calls in flight are its rate times the router's latency
+// (10,000 calls/s at 2 ms: 20), besides which it holds a NotifyStream or
+// a health Watch per sender at most: 1000 leave a busy caller room many
+// times over, and one caller can hold about 1% of the 102,400 calls the
+// router's connections carry (DefaultMaxConns × DefaultMaxStreamsPerConn).
+const DefaultMaxCallsPerCaller = 1000
 
 // AuthDeps are Callers' dependencies.
 type AuthDeps struct {
@@ -83,6 +97,8 @@ type Callers struct {
 	log     *slog.Logger
 	now     func() time.Time
 	refused *prometheus.CounterVec
+	// maxCalls is MaxCallsPerCaller, negative for no bound.
+	maxCalls int
 	// logLimit bounds refusal log lines: a misbehaving caller must not
 	// flood the logs. The metric counts every refusal.
 	logLimit *rate.Limiter
@@ -102,6 +118,7 @@ type caller struct {
 	users       []string
 	topics      []string
 	ackDeadline time.Duration
+	calls       atomic.Int64 // calls and streams in flight (Callers.enter)
 }
 
 // Refusal reasons, the values of herald_router_auth_refused_total's label.
@@ -109,6 +126,7 @@ const (
 	refusedUnauthenticated  = "unauthenticated"
 	refusedPermissionDenied = "permission_denied"
 	refusedRateLimited      = "rate_limited"
+	refusedTooManyCalls     = "too_many_calls"
 )
 
 // ReadCallersFile reads a callers file: a JSON array of CallerConfig.
@@ -145,15 +163,16 @@ func NewCallers(cfg AuthConfig, deps AuthDeps) (*Callers, error) {
 		callers:  make(map[string]*caller),
 		enabled:  make(map[string]bool),
 		userIDs:  cfg.UserIDs,
+		maxCalls: cmp.Or(cfg.MaxCallsPerCaller, DefaultMaxCallsPerCaller),
 		log:      deps.Logger,
 		now:      deps.Now,
 		logLimit: rate.NewLimiter(5, 20),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "herald", Subsystem: "router", Name: "auth_refused_total",
-			Help: "API calls refused by publisher security: unauthenticated, permission_denied or rate_limited.",
+			Help: "API calls refused by publisher security: unauthenticated, permission_denied, rate_limited or too_many_calls.",
 		}, []string{"reason"}),
 	}
-	for _, r := range []string{refusedUnauthenticated, refusedPermissionDenied, refusedRateLimited} {
+	for _, r := range []string{refusedUnauthenticated, refusedPermissionDenied, refusedRateLimited, refusedTooManyCalls} {
 		c.refused.WithLabelValues(r)
 	}
 	first := make(map[string]CallerConfig)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -32,10 +33,19 @@ func CallerFrom(ctx context.Context) (string, bool) {
 }
 
 // publicMethod reports whether a method is served without credentials:
-// health checking (load balancer and Kubernetes probes) and reflection
-// (grpcurl list), which reveal nothing but the API's shape.
+// the unary health check, which load balancers, Kubernetes' gRPC probe and
+// grpc_health_probe call, and which ends as soon as it is answered.
+// Health's Watch and reflection are streams that a caller keeps open for
+// as long as it likes, so they need credentials, as every other call.
 func publicMethod(fullMethod string) bool {
-	return strings.HasPrefix(fullMethod, "/grpc.health.v1.Health/") || strings.HasPrefix(fullMethod, "/grpc.reflection.")
+	return fullMethod == healthpb.Health_Check_FullMethodName
+}
+
+// openStream reports whether a streaming method other than NotifyStream is
+// served to every authenticated caller: health watching and reflection
+// (grpcurl), which reveal the router's health and the API's shape.
+func openStream(fullMethod string) bool {
+	return fullMethod == healthpb.Health_Watch_FullMethodName || strings.HasPrefix(fullMethod, "/grpc.reflection.")
 }
 
 // tapCallerKey is the context key of the caller TapHandle authenticated.
@@ -80,6 +90,7 @@ func (c *Callers) UnaryInterceptor() grpc.UnaryServerInterceptor {
 		if err != nil {
 			return nil, err
 		}
+		defer cl.exit()
 		if isBatch {
 			if len(batch.GetNotifications()) <= maxBatch {
 				ctx = c.authorizeBatch(ctx, cl, info.FullMethod, batch)
@@ -107,22 +118,24 @@ func (cl *caller) fillAckDeadline(r *heraldv1.NotifyRequest) {
 	}
 }
 
-// StreamInterceptor authenticates streaming calls other than health and
-// reflection. A NotifyStream is authenticated once, when it opens, and
-// passed on with its caller's name and, for each notification, the checks
-// UnaryInterceptor makes of a Notify (see admitFunc). Any other streaming
-// method is refused: one added later must say what it permits before
-// callers can use it.
+// StreamInterceptor authenticates streaming calls, each of which is one of
+// its caller's calls in flight for as long as it is open. A NotifyStream is
+// authenticated once, when it opens, and passed on with its caller's name
+// and, for each notification, the checks UnaryInterceptor makes of a Notify
+// (see admitFunc). Health's Watch and reflection are served to every
+// caller (openStream). Any other streaming method is refused: one added
+// later must say what it permits before callers can use it.
 func (c *Callers) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if publicMethod(info.FullMethod) {
-			return handler(srv, ss)
-		}
 		if info.FullMethod == heraldv1.RouterService_NotifyStream_FullMethodName {
 			cl, err := c.authenticated(ss.Context(), info.FullMethod)
 			if err != nil {
 				return err
 			}
+			if err := c.enter(ss.Context(), cl, info.FullMethod); err != nil {
+				return err
+			}
+			defer cl.exit()
 			ctx := context.WithValue(ss.Context(), callerKey{}, cl.name)
 			ctx = withAdmit(ctx, func(ctx context.Context, n *heraldv1.NotifyRequest) error {
 				return c.admitNotification(ctx, cl, info.FullMethod, n)
@@ -132,6 +145,10 @@ func (c *Callers) StreamInterceptor() grpc.StreamServerInterceptor {
 		cl, err := c.admit(ss.Context(), info.FullMethod, 1)
 		if err != nil {
 			return err
+		}
+		defer cl.exit()
+		if openStream(info.FullMethod) {
+			return handler(srv, contextStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), callerKey{}, cl.name)})
 		}
 		return c.authorize(ss.Context(), cl, info.FullMethod, nil)
 	}
@@ -160,14 +177,20 @@ func (c *Callers) admitNotification(ctx context.Context, cl *caller, method stri
 	return nil
 }
 
-// admit authenticates a call and spends n tokens of its caller's rate
-// limit: one for a call, one per notification for a batch.
+// admit authenticates a call, counts it among its caller's calls in flight
+// (enter) and spends n tokens of its caller's rate limit: one for a call,
+// one per notification for a batch. The caller of an admitted call calls
+// exit when it ends.
 func (c *Callers) admit(ctx context.Context, method string, n int) (*caller, error) {
 	cl, err := c.authenticated(ctx, method)
 	if err != nil {
 		return nil, err
 	}
+	if err := c.enter(ctx, cl, method); err != nil {
+		return nil, err
+	}
 	if st, d := c.spend(cl, n); st != nil {
+		cl.exit()
 		if d > 0 {
 			// The same hint for a client's retry policy (ServiceConfig):
 			// gRPC waits this long before its next attempt, instead of its
@@ -178,6 +201,23 @@ func (c *Callers) admit(ctx context.Context, method string, n int) (*caller, err
 	}
 	return cl, nil
 }
+
+// enter counts a call among its caller's calls in flight, unless the
+// caller holds MaxCallsPerCaller of them: then the call is refused
+// RESOURCE_EXHAUSTED, without RetryInfo (no delay is known: one of the
+// caller's own calls must end). A call entered calls cl.exit when it ends.
+func (c *Callers) enter(ctx context.Context, cl *caller, method string) error {
+	if n := cl.calls.Add(1); c.maxCalls >= 0 && n > int64(c.maxCalls) {
+		cl.exit()
+		return c.refuse(ctx, refusedTooManyCalls, cl.name, method, status.Newf(codes.ResourceExhausted,
+			"router: caller %q has %d calls and streams in flight on this router, its limit; "+
+				"wait for one to end (streams end when closed)", cl.name, c.maxCalls))
+	}
+	return nil
+}
+
+// exit ends a call that enter counted.
+func (cl *caller) exit() { cl.calls.Add(-1) }
 
 // authenticated is the caller of a call, authenticated by TapHandle or,
 // without it, now.

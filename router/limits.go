@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"runtime"
 	"sync"
 	"time"
@@ -42,6 +41,16 @@ const (
 	// new connections wait in the listen queue. Callers are backend
 	// services, each with a few connections.
 	DefaultMaxConns = 1024
+	// DefaultMaxConnsPerIP bounds the open connections from one client
+	// address (IPv6: its /64), which connects without credentials: a
+	// service's host holds one connection, or a pool of a few; 64 leave it
+	// room, and one address can take at most 1/16 of DefaultMaxConns.
+	DefaultMaxConnsPerIP = 64
+	// DefaultHandshakeTimeout closes a connection that has not completed
+	// its TLS and HTTP/2 handshakes (grpc-go's default: 120 s, during which
+	// a socket that sends nothing holds a slot of MaxConns). A caller in
+	// the same network needs milliseconds.
+	DefaultHandshakeTimeout = 10 * time.Second
 	// DefaultKeepaliveMinTime is the shortest interval at which a client
 	// may ping; one that pings faster is disconnected (GOAWAY
 	// "too_many_pings"). grpc-go's 5 minutes would disconnect clients that
@@ -67,6 +76,8 @@ func (cfg *Config) applyLimitDefaults() error {
 	cfg.MaxRequestBytes = cmp.Or(cfg.MaxRequestBytes, DefaultMaxRequestBytes)
 	cfg.MaxStreamsPerConn = cmp.Or(cfg.MaxStreamsPerConn, DefaultMaxStreamsPerConn)
 	cfg.MaxConns = cmp.Or(cfg.MaxConns, DefaultMaxConns)
+	cfg.MaxConnsPerIP = cmp.Or(cfg.MaxConnsPerIP, DefaultMaxConnsPerIP)
+	cfg.HandshakeTimeout = cmp.Or(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
 	cfg.KeepaliveMinTime = cmp.Or(cfg.KeepaliveMinTime, DefaultKeepaliveMinTime)
 	cfg.MaxConnIdle = cmp.Or(cfg.MaxConnIdle, DefaultMaxConnIdle)
 	cfg.StreamMaxInFlight = cmp.Or(cfg.StreamMaxInFlight, DefaultStreamMaxInFlight)
@@ -76,8 +87,8 @@ func (cfg *Config) applyLimitDefaults() error {
 		return fmt.Errorf("router: max header bytes %d: must be at least 1024 (gRPC's own headers need some)", cfg.MaxHeaderBytes)
 	case cfg.MaxStreamsPerConn < 1 || cfg.MaxConns < 1:
 		return fmt.Errorf("router: max streams per connection (%d) and max connections (%d) must be at least 1", cfg.MaxStreamsPerConn, cfg.MaxConns)
-	case cfg.KeepaliveMinTime < 0 || cfg.MaxConnIdle < 0:
-		return errors.New("router: keepalive min time and max connection idle must not be negative")
+	case cfg.KeepaliveMinTime < 0 || cfg.MaxConnIdle < 0 || cfg.HandshakeTimeout < 0:
+		return errors.New("router: keepalive min time, max connection idle and handshake timeout must not be negative")
 	case cfg.StreamMaxInFlight < 1 || cfg.StreamMaxInFlight > maxStreamInFlight:
 		return fmt.Errorf("router: stream max in flight %d: must be within [1, %d]", cfg.StreamMaxInFlight, maxStreamInFlight)
 	case cfg.StreamIdleTimeout < 0:
@@ -112,6 +123,7 @@ func (cfg Config) serverOptions(codec *deferringCodec) []grpc.ServerOption {
 		grpc.MaxHeaderListSize(uint32(cfg.MaxHeaderBytes)),
 		grpc.MaxRecvMsgSize(transportMaxBytes(cfg.MaxRequestBytes)),
 		grpc.MaxConcurrentStreams(uint32(cfg.MaxStreamsPerConn)),
+		grpc.ConnectionTimeout(cfg.HandshakeTimeout),
 		// Calls run on a pool of goroutines that keep their grown stacks,
 		// instead of a new goroutine per call whose stack grows, by
 		// copying, on every call. When every worker is busy (each waits
@@ -310,49 +322,4 @@ func decodeError(ctx context.Context) error {
 		return s.err
 	}
 	return nil
-}
-
-// limitListener accepts at most n connections at once: Accept waits for
-// one of them to close.
-type limitListener struct {
-	net.Listener
-	slots chan struct{}
-	done  chan struct{}
-	once  sync.Once
-}
-
-func newLimitListener(l net.Listener, n int) *limitListener {
-	return &limitListener{Listener: l, slots: make(chan struct{}, n), done: make(chan struct{})}
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	select {
-	case l.slots <- struct{}{}:
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-	c, err := l.Listener.Accept()
-	if err != nil {
-		<-l.slots
-		return nil, err
-	}
-	return &limitConn{Conn: c, release: func() { <-l.slots }}, nil
-}
-
-func (l *limitListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return l.Listener.Close()
-}
-
-// limitConn gives its listener's slot back when closed, once.
-type limitConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *limitConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.release)
-	return err
 }

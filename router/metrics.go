@@ -24,6 +24,9 @@ type metrics struct {
 	devices     *prometheus.CounterVec
 	lookups     *prometheus.CounterVec
 	streams     prometheus.Gauge
+	// connsRefused counts connections closed on accept: their client
+	// address held MaxConnsPerIP.
+	connsRefused prometheus.Counter
 
 	// The series every routed notification counts in, looked up once:
 	// WithLabelValues hashes its labels on each call.
@@ -72,6 +75,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "herald", Subsystem: "router", Name: "notify_streams",
 			Help: "NotifyStream calls open.",
 		}),
+		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "herald", Subsystem: "router", Name: "conns_refused_total",
+			Help: "gRPC connections closed as soon as accepted: their client address (IPv6: its /64) held its limit of open connections.",
+		}),
 	}
 	m.okRoutes = make(map[string]prometheus.Counter)
 	for _, route := range []string{"online", "push_queued", "offline", "stale"} {
@@ -81,7 +88,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.lookupOffline = m.lookups.WithLabelValues("offline")
 	m.lookupStale = m.lookups.WithLabelValues("stale")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.kafkaErrors, m.duplicates, m.broadcasts, m.devices, m.lookups, m.streams} {
+		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.kafkaErrors, m.duplicates, m.broadcasts, m.devices, m.lookups, m.streams, m.connsRefused} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -68,6 +68,13 @@ type Config struct {
 	// MaxConns bounds the open connections; more wait to be accepted.
 	// Default DefaultMaxConns (1024).
 	MaxConns int
+	// MaxConnsPerIP bounds the open connections from one client address
+	// (IPv6: its /64); more are closed as they are accepted. Default
+	// DefaultMaxConnsPerIP (64); negative: no bound per address.
+	MaxConnsPerIP int
+	// HandshakeTimeout closes a connection whose TLS and HTTP/2 handshakes
+	// take longer. Default DefaultHandshakeTimeout (10s).
+	HandshakeTimeout time.Duration
 	// KeepaliveMinTime is the shortest ping interval a client may use.
 	// Default DefaultKeepaliveMinTime (10s).
 	KeepaliveMinTime time.Duration
@@ -444,7 +451,7 @@ func toStatus(ctx context.Context, err error) error {
 // on lis until ctx is done, then stops gracefully, falling back to a hard
 // stop after ShutdownTimeout. The Config's limits apply; opts add to them.
 func (s *Service) Serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
-	lis = newLimitListener(lis, s.cfg.MaxConns)
+	lis = newLimitListener(lis, s.cfg.MaxConns, s.cfg.MaxConnsPerIP, s.metrics.connsRefused)
 	codec := newDeferringCodec(s.cfg.MaxRequestBytes)
 	opts = append(s.cfg.serverOptions(codec), opts...)
 	if o := tracingOption(s.tp); o != nil {

@@ -50,8 +50,8 @@ type routerProc struct {
 
 // newTestRouterProc starts the router (this test binary, as its main) with
 // one caller of key "k1", against the shared Redis under a prefix of its
-// own, and waits until it listens.
-func newTestRouterProc(tb testing.TB) *routerProc {
+// own, and waits until it listens. flags are added to its command line.
+func newTestRouterProc(tb testing.TB, flags ...string) *routerProc {
 	tb.Helper()
 	callers := filepath.Join(tb.TempDir(), "callers.json")
 	b, _ := json.Marshal([]router.CallerConfig{{Name: "svc", KeySHA256: router.HashKey("k1"), Users: []string{"*"}}})
@@ -59,8 +59,9 @@ func newTestRouterProc(tb testing.TB) *routerProc {
 		tb.Fatal(err)
 	}
 	_, prefix := testenv.Redis(tb)
-	cmd := exec.Command(os.Args[0], "-grpc-addr", "127.0.0.1:0", "-admin-addr", "", "-offline=false",
-		"-callers-file", callers, "-redis-addr", testenv.RedisAddr(), "-redis-prefix", prefix, "-log-format", "json")
+	args := []string{"-grpc-addr", "127.0.0.1:0", "-admin-addr", "", "-offline=false",
+		"-callers-file", callers, "-redis-addr", testenv.RedisAddr(), "-redis-prefix", prefix, "-log-format", "json"}
+	cmd := exec.Command(os.Args[0], append(args, flags...)...)
 	cmd.Env = append(os.Environ(), childEnv+"=1")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

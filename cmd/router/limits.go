@@ -10,7 +10,8 @@ import (
 // limits holds the flags of the gRPC server's limits (docs/security.md).
 type limits struct {
 	headerBytes, requestBytes, streamsPerConn, conns int
-	keepaliveMinTime, maxConnIdle                    time.Duration
+	connsPerIP                                       int
+	keepaliveMinTime, maxConnIdle, handshake         time.Duration
 	streamInFlight                                   int
 	streamIdle                                       time.Duration
 }
@@ -20,6 +21,8 @@ func (l *limits) register(fs *flag.FlagSet) {
 	fs.IntVar(&l.requestBytes, "grpc-max-request-bytes", router.DefaultMaxRequestBytes, "largest request message, and so NotifyBatch; larger is refused INVALID_ARGUMENT")
 	fs.IntVar(&l.streamsPerConn, "grpc-max-streams-per-conn", router.DefaultMaxStreamsPerConn, "most calls in flight on one connection")
 	fs.IntVar(&l.conns, "grpc-max-conns", router.DefaultMaxConns, "most open gRPC connections; more wait to be accepted")
+	fs.IntVar(&l.connsPerIP, "grpc-max-conns-per-ip", router.DefaultMaxConnsPerIP, "most open gRPC connections from one client address (IPv6: per /64); more are closed when accepted; -1 disables")
+	fs.DurationVar(&l.handshake, "grpc-handshake-timeout", router.DefaultHandshakeTimeout, "close a connection that has not completed its TLS and HTTP/2 handshakes within this")
 	fs.DurationVar(&l.keepaliveMinTime, "grpc-keepalive-min-time", router.DefaultKeepaliveMinTime, "shortest ping interval a client may use; faster pingers are disconnected")
 	fs.DurationVar(&l.maxConnIdle, "grpc-max-conn-idle", router.DefaultMaxConnIdle, "close a connection with no call for this long")
 	fs.IntVar(&l.streamInFlight, "notify-stream-max-in-flight", router.DefaultStreamMaxInFlight, "most notifications of one NotifyStream read and not yet answered (at most 1024); the router stops reading at it")
@@ -29,7 +32,8 @@ func (l *limits) register(fs *flag.FlagSet) {
 // apply sets cfg's limits from the flags.
 func (l limits) apply(cfg *router.Config) {
 	cfg.MaxHeaderBytes, cfg.MaxRequestBytes = l.headerBytes, l.requestBytes
-	cfg.MaxStreamsPerConn, cfg.MaxConns = l.streamsPerConn, l.conns
+	cfg.MaxStreamsPerConn, cfg.MaxConns, cfg.MaxConnsPerIP = l.streamsPerConn, l.conns, l.connsPerIP
+	cfg.HandshakeTimeout = l.handshake
 	cfg.KeepaliveMinTime, cfg.MaxConnIdle = l.keepaliveMinTime, l.maxConnIdle
 	cfg.StreamMaxInFlight, cfg.StreamIdleTimeout = l.streamInFlight, l.streamIdle
 }

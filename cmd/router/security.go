@@ -18,6 +18,7 @@ import (
 type security struct {
 	callersFile, tlsCert, tlsKey, tlsClientCA string
 	noAuth                                    bool
+	callsPerCaller                            int
 }
 
 func (s *security) register(fs *flag.FlagSet) {
@@ -25,6 +26,7 @@ func (s *security) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.tlsCert, "tls-cert", "", "TLS certificate (PEM) of the gRPC listener; empty serves plaintext")
 	fs.StringVar(&s.tlsKey, "tls-key", "", "TLS private key (PEM) of the gRPC listener")
 	fs.StringVar(&s.tlsClientCA, "tls-client-ca", "", "CA (PEM) of client certificates: mTLS, the certificate's CN naming a caller of the callers file")
+	fs.IntVar(&s.callsPerCaller, "grpc-max-calls-per-caller", router.DefaultMaxCallsPerCaller, "most calls and streams one caller has in flight on this router; more are refused RESOURCE_EXHAUSTED; -1 disables")
 	fs.BoolVar(&s.noAuth, "insecure-no-auth", false, "serve the API to anyone who can reach it, without credentials: development only")
 }
 
@@ -56,7 +58,7 @@ func (s security) serverOptions(log *slog.Logger, reg prometheus.Registerer, ids
 	if err != nil {
 		return nil, err
 	}
-	callers, err := router.NewCallers(router.AuthConfig{Callers: cfgs, UserIDs: ids}, router.AuthDeps{Logger: log, Registerer: reg})
+	callers, err := router.NewCallers(router.AuthConfig{Callers: cfgs, UserIDs: ids, MaxCallsPerCaller: s.callsPerCaller}, router.AuthDeps{Logger: log, Registerer: reg})
 	if err != nil {
 		return nil, err
 	}
