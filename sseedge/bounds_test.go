@@ -306,3 +306,30 @@ func TestTCPConnsTotal(t *testing.T) {
 		t.Errorf("refused total = %v, want 1", n)
 	}
 }
+
+// A flood from one address at the default limits: 2000 connections, then
+// on each a request whose body never comes. The edge holds at most
+// MaxTCPConnsPerIP (1500 by default) of them, closes the rest at once, and
+// cuts every one it holds at RequestTimeout.
+func TestStalledFloodFromOneAddress(t *testing.T) {
+	if testing.Short() {
+		t.Skip("4000 descriptors")
+	}
+	t.Parallel()
+	// Headers may take a minute: none is cut while the flood is dialled.
+	e := newTestEdge(t, sseedge.Config{RequestTimeout: time.Second, ReadHeaderTimeout: time.Minute})
+	const n = 2000
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		conns[i] = dialFrom(t, e, "127.0.0.1")
+	}
+	testenv.WaitFor(t, hangGuard, "the connections over the limit refused", func() bool {
+		return e.metric(`herald_sse_tcp_connections_refused_total{limit="per_ip"}`) == n-1500 &&
+			e.metric("herald_sse_tcp_connections") == 1500
+	})
+	for _, c := range conns {
+		_, _ = io.WriteString(c, "GET /v1/herald.js HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
+	}
+	testenv.WaitFor(t, hangGuard, "every stalled request cut", func() bool { return e.metric("herald_sse_tcp_connections") == 0 })
+	stillServes(t, e)
+}
