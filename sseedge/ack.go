@@ -48,6 +48,17 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusMethodNotAllowed, "method_not_allowed", "use POST")
 		return
 	}
+	// An ack counts against MaxConnsPerIP, as a stream's request does,
+	// until it is answered; RequestTimeout bounds how long that is.
+	if p, ok := s.clientPrefix(r); ok && s.cfg.MaxConnsPerIP > 0 {
+		if !s.acquireIP(p) {
+			w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.Retry.Seconds())+1))
+			s.refuse(w, http.StatusTooManyRequests, "too_many_connections",
+				fmt.Sprintf("this client address holds its limit of %d streams and requests on this edge", s.cfg.MaxConnsPerIP))
+			return
+		}
+		defer s.releaseIP(p)
+	}
 	claims, err := s.auth.authenticate(r)
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)

@@ -80,6 +80,13 @@ type Config struct {
 	// ReadHeaderTimeout bounds reading a request's headers, against slowloris.
 	// Default 5s.
 	ReadHeaderTimeout time.Duration
+	// RequestTimeout bounds the rest of a request, from its headers on:
+	// reading its body, writing a response other than a stream, and a
+	// stream's request until it is admitted (authenticated, with its
+	// topics allowed), when the stream's own bounds take over. A client
+	// that stalls its body, or stops reading a refusal, is cut off then.
+	// Default 10s: an ack's body is at most 64 KiB.
+	RequestTimeout time.Duration
 	// DrainPeriod is the time over which a shutting-down edge closes its
 	// streams, spread evenly so that clients do not all reconnect at once.
 	// Default 30s, the usual Kubernetes termination grace period.
@@ -93,13 +100,27 @@ type Config struct {
 	// process's usual file limit.
 	MaxConns int
 	// MaxConnsPerIP is the most streams (counting requests being
-	// authenticated) one client address may hold on this edge; beyond it,
-	// requests get 429 too_many_connections. IPv6 addresses count by /64,
+	// authenticated, and acks being answered) one client address may hold
+	// on this edge; beyond it, requests get 429 too_many_connections. IPv6 addresses count by /64,
 	// what one host usually gets. Default 1000: an office or carrier NAT
 	// puts hundreds of users, each with a few tabs, behind one address;
 	// one host alone still cannot take the edge's MaxConns. Negative
 	// disables the limit.
 	MaxConnsPerIP int
+	// MaxTCPConnsPerIP is the most TCP connections one peer address (IPv6:
+	// its /64) may hold open on this edge, counted as they are accepted,
+	// before any request is read; one more is closed at once. The
+	// addresses of TrustedProxies are exempt, since each carries many
+	// clients. Default half as many again as MaxConnsPerIP (1500): room
+	// for each of its streams' connections and some more for acks and
+	// keep-alive connections (at least 64 more); none when MaxConnsPerIP is
+	// disabled. Negative disables the limit.
+	MaxTCPConnsPerIP int
+	// MaxTCPConns is the most TCP connections this edge holds open, from
+	// any address, trusted proxies included; one more is closed at once.
+	// Default half as many again as MaxConns (15000; at least 64 more).
+	// Keep it a few hundred under the process's open-file limit.
+	MaxTCPConns int
 	// TrustedProxies are the addresses of the proxies or load balancers in
 	// front of the edge. A request from one of them is counted against the
 	// client address in its X-Forwarded-For header (the rightmost address
@@ -169,6 +190,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	setDefault(&cfg.WriteTimeout, 10*time.Second)
 	setDefault(&cfg.SubscribeTimeout, 5*time.Second)
 	setDefault(&cfg.ReadHeaderTimeout, 5*time.Second)
+	setDefault(&cfg.RequestTimeout, 10*time.Second)
 	setDefault(&cfg.DrainPeriod, 30*time.Second)
 	setDefault(&cfg.BrokerGrace, 30*time.Second)
 	setDefault(&cfg.JWKSRefresh, 5*time.Minute)
@@ -179,14 +201,21 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	setDefaultInt(&cfg.MaxConnsPerUser, 10)
 	setDefaultInt(&cfg.MaxConns, 10000)
+	if cfg.MaxTCPConnsPerIP == 0 {
+		cfg.MaxTCPConnsPerIP = -1
+		if cfg.MaxConnsPerIP > 0 {
+			cfg.MaxTCPConnsPerIP = withRoom(cfg.MaxConnsPerIP)
+		}
+	}
+	setDefaultInt(&cfg.MaxTCPConns, withRoom(cfg.MaxConns))
 	setDefaultInt(&cfg.MaxTopics, 16)
 	if cfg.TopicsClaim == "" {
 		cfg.TopicsClaim = "topics"
 	}
 	if cfg.QueueSize < 0 || cfg.Heartbeat < 0 || cfg.Retry < 0 || cfg.WriteTimeout < 0 ||
-		cfg.SubscribeTimeout < 0 || cfg.ReadHeaderTimeout < 0 || cfg.DrainPeriod < 0 ||
+		cfg.SubscribeTimeout < 0 || cfg.ReadHeaderTimeout < 0 || cfg.RequestTimeout < 0 || cfg.DrainPeriod < 0 ||
 		cfg.MaxConnsPerUser < 0 || cfg.MaxConns < 0 || cfg.MaxTopics < 0 || cfg.BrokerGrace < 0 ||
-		cfg.JWKSRefresh < 0 || cfg.MaxQueuedBytes < 0 {
+		cfg.JWKSRefresh < 0 || cfg.MaxQueuedBytes < 0 || cfg.MaxTCPConns < 0 {
 		return nil, fmt.Errorf("sseedge: negative value in config")
 	}
 	if deps.History == nil {
@@ -240,13 +269,23 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			return h.ps.state()
 		}
 		return linkState{}
-	}, func() float64 { return float64(s.budget.used.Load()) })
+	}, func() float64 { return float64(s.budget.used.Load()) }, func() float64 {
+		n, _ := s.conns.open()
+		return float64(n)
+	})
 	if err != nil {
 		return nil, err
 	}
 	s.metrics = m
+	s.conns = newConnLimits(cfg.MaxTCPConns, cfg.MaxTCPConnsPerIP, s.trustedProxy, m.tcpRefused)
 	return s, nil
 }
+
+// withRoom is a limit on TCP connections for n streams: room for each
+// stream's connection and half as many again, at least 64, for the
+// requests besides them (acks, refused requests) and the keep-alive
+// connections idle between requests.
+func withRoom(n int) int { return n + max(n/2, 64) }
 
 func setDefault(d *time.Duration, def time.Duration) {
 	if *d == 0 {

@@ -127,6 +127,13 @@ func (s *Server) openEvents(w http.ResponseWriter, r *http.Request) *stream {
 		s.refuse(w, status, code, msg)
 		return nil
 	}
+	// Admitted: the stream's own bounds (its write deadlines, heartbeats,
+	// MaxConnsPerIP) hold it from here, not RequestTimeout. On HTTP/1.x,
+	// net/http reads the connection in the background to see the client
+	// hang up, and that read's timing out would cancel the stream; on
+	// HTTP/2, a write deadline resets the stream when it passes, even with
+	// no write waiting.
+	setRequestDeadlines(w, time.Time{}, time.Time{})
 	lastID := r.Header.Get("Last-Event-ID")
 	if lastID == "" {
 		lastID = query.Get("last_event_id")
@@ -280,6 +287,12 @@ func (s *Server) clientPrefix(r *http.Request) (netip.Prefix, bool) {
 			}
 		}
 	}
+	return addrPrefix(addr)
+}
+
+// addrPrefix returns the prefix addr counts as in the per-address limits:
+// itself, or its /64 for IPv6, what one host usually gets.
+func addrPrefix(addr netip.Addr) (netip.Prefix, bool) {
 	bits := 32
 	if addr.Is6() {
 		bits = 64

@@ -18,12 +18,14 @@ type metrics struct {
 	ackLatency     prometheus.Histogram
 	catchUpErrors  prometheus.Counter
 	budgetCloses   prometheus.Counter
+	tcpRefused     *prometheus.CounterVec
 }
 
 // newMetrics registers the edge's metrics on reg; subscriptions reports the
 // number of Redis channel subscriptions, link the state of the link to
-// Redis Pub/Sub, and queued the bytes held for all streams.
-func newMetrics(reg prometheus.Registerer, subscriptions func() float64, link func() linkState, queued func() float64) (*metrics, error) {
+// Redis Pub/Sub, queued the bytes held for all streams, and tcpConns the
+// TCP connections open.
+func newMetrics(reg prometheus.Registerer, subscriptions func() float64, link func() linkState, queued, tcpConns func() float64) (*metrics, error) {
 	subs := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "herald", Subsystem: "sse", Name: "redis_subscriptions",
 		Help: "User channels this edge is subscribed to in Redis (one per user with local connections).",
@@ -47,7 +49,7 @@ func newMetrics(reg prometheus.Registerer, subscriptions func() float64, link fu
 		}, []string{"reason"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "herald", Subsystem: "sse", Name: "connections_refused_total",
-			Help: "SSE requests refused before the stream opened, by error code.",
+			Help: "SSE requests refused before the stream opened, and acknowledgements refused, by error code.",
 		}, []string{"code"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "herald", Subsystem: "sse", Name: "connection_duration_seconds",
@@ -96,12 +98,23 @@ func newMetrics(reg prometheus.Registerer, subscriptions func() float64, link fu
 		Namespace: "herald", Subsystem: "sse", Name: "queued_bytes",
 		Help: "Bytes of event data the edge holds for its streams: events queued for slow clients and pages of catch-ups from history.",
 	}, queued)
+	m.tcpRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "tcp_connections_refused_total",
+		Help: "TCP connections closed as soon as accepted, by the limit they were over: per_ip (-max-tcp-conns-per-ip) or total (-max-tcp-conns).",
+	}, []string{"limit"})
+	for _, l := range []string{"per_ip", "total"} {
+		m.tcpRefused.WithLabelValues(l)
+	}
+	tcpOpen := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "tcp_connections",
+		Help: "TCP connections the edge holds: streams' (taken over or not), requests' and idle keep-alive ones.",
+	}, tcpConns)
 	m.acks, m.ackLatency = ackMetrics()
 	for _, r := range closeReasons {
 		m.closed.WithLabelValues(string(r))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.acceptErrors, m.replays, m.replayed, m.acks, m.ackLatency, subs, links, orphaned, m.catchUpErrors, m.budgetCloses, queuedBytes} {
+		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.acceptErrors, m.replays, m.replayed, m.acks, m.ackLatency, subs, links, orphaned, m.catchUpErrors, m.budgetCloses, queuedBytes, m.tcpRefused, tcpOpen} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -60,6 +60,8 @@ type Server struct {
 
 	ipMu  sync.Mutex
 	perIP map[netip.Prefix]int // streams and requests in flight by client address
+	// conns counts the TCP connections, by peer address and in total.
+	conns *connLimits
 
 	// snapshots pools deliver's lists of a channel's streams (*[]*stream).
 	snapshots sync.Pool
@@ -87,6 +89,7 @@ func (s *Server) handler() http.Handler {
 		mux.Handle("/", s.pages)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.limitRequest(w)
 		// An HTTP/2 stream's goroutine waits below this frame for the
 		// stream's life (see hold): the refusal has a frame of its own.
 		if len(r.RequestURI) > maxRequestURI {
@@ -95,6 +98,31 @@ func (s *Server) handler() http.Handler {
 		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// limitRequest bounds what is left of any request: its body must come
+// within RequestTimeout, and its answer be written within as long again,
+// time to refuse a body that stalled; a stream's request clears both once
+// admitted (see openEvents). Without this, net/http waits for an unread
+// body (up to 256 KiB) before answering, with no deadline. It has a frame
+// of its own, gone before the request is served, so that the handler's
+// frame, which an HTTP/2 stream's goroutine keeps for the stream's life,
+// stays small (see hold).
+//
+//go:noinline
+func (s *Server) limitRequest(w http.ResponseWriter) {
+	now := time.Now()
+	setRequestDeadlines(w, now.Add(s.cfg.RequestTimeout), now.Add(2*s.cfg.RequestTimeout))
+}
+
+// setRequestDeadlines sets w's read and write deadlines; zero times clear
+// them. On HTTP/1.x they are the connection's, which net/http sets again
+// for the next request; on HTTP/2 they are the stream's: a read deadline
+// ends the body's reads, a write deadline resets the stream.
+func setRequestDeadlines(w http.ResponseWriter, read, write time.Time) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(read)
+	_ = rc.SetWriteDeadline(write)
 }
 
 func (s *Server) refuseLongURI(w http.ResponseWriter) {
@@ -154,7 +182,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		// Not IdleTimeout: see idleConns.
-		ConnState: newIdleConns(idleTimeout).connState,
+		ConnState: connStates(s.conns.connState, newIdleConns(idleTimeout).connState),
 		Protocols: protocols,
 		ErrorLog:  newServerLog(s.log, s.metrics.acceptErrors),
 	}
@@ -194,6 +222,15 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	_ = h.ps.Close()
 	hubDone.Wait()
 	return err
+}
+
+// connStates returns a ConnState hook that calls each of hooks in turn.
+func connStates(hooks ...func(net.Conn, http.ConnState)) func(net.Conn, http.ConnState) {
+	return func(c net.Conn, state http.ConnState) {
+		for _, h := range hooks {
+			h(c, state)
+		}
+	}
 }
 
 // brokerLost closes every stream when the Pub/Sub link has been down for

@@ -44,9 +44,13 @@ func (s *Server) serveStream(ctx context.Context, w http.ResponseWriter, r *http
 		// client) is dropped with the buffers Hijack returns.
 		nc, _, err := http.NewResponseController(w).Hijack()
 		if err == nil {
-			if !s.writers.adopt(st, nc) {
+			// The connection keeps its place in the TCP connection
+			// counts until its socket is closed.
+			place := s.conns.take(nc)
+			if !s.writers.adopt(st, nc, place) {
 				// Never for a TCP connection; the client reconnects.
 				_ = nc.Close()
+				s.conns.release(place)
 				return CloseWriteError, false
 			}
 			return "", true

@@ -81,6 +81,9 @@ type wire struct {
 	// file is fd as an *os.File, for writes with a deadline; guarded by
 	// st.mu, so that cut finds it.
 	file *os.File
+	// place is the connection's place in the TCP connection counts, given
+	// back when the socket is closed.
+	place connPlace
 }
 
 func newWriters(ctx context.Context, s *Server, p *poller) *writers {
@@ -114,14 +117,15 @@ func (ws *writers) run() {
 }
 
 // adopt takes st over on nc, a hijacked connection whose response headers
-// and first bytes are written. It reports false when nc cannot be watched:
-// the caller then ends the stream.
-func (ws *writers) adopt(st *stream, nc net.Conn) bool {
+// and first bytes are written, and whose place in the TCP connection counts
+// is place. It reports false when nc cannot be watched: the caller then
+// ends the stream, and gives the place back.
+func (ws *writers) adopt(st *stream, nc net.Conn, place connPlace) bool {
 	fd, err := takeSocket(nc)
 	if err != nil {
 		return false
 	}
-	w := &wire{writers: ws, st: st, fd: fd}
+	w := &wire{writers: ws, st: st, fd: fd, place: place}
 	if err := ws.poller.add(w); err != nil {
 		ws.s.log.Warn("cannot watch a connection", slog.Any("err", err))
 		closeSocket(fd)
@@ -334,8 +338,10 @@ func (w *wire) osFile() *os.File {
 	return w.file
 }
 
-// close closes the socket.
+// close closes the socket, and gives its place in the TCP connection
+// counts back; end calls it once.
 func (w *wire) close() {
+	defer w.writers.s.conns.release(w.place)
 	w.st.mu.Lock()
 	f := w.file
 	w.st.mu.Unlock()

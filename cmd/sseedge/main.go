@@ -54,10 +54,13 @@ func run(args []string) error {
 		queueSize  = fs.Int("queue-size", 64, "events queued per connection before it is closed as slow_consumer; also bounds a replay from history")
 		maxQueued  = fs.Int64("max-queued-bytes", 256<<20, "bytes of event data held for all streams (queued, and replay pages); past it the heaviest streams are closed as slow_consumer")
 		writeTO    = fs.Duration("write-timeout", 10*time.Second, "limit on each write to a client")
+		requestTO  = fs.Duration("request-timeout", 10*time.Second, "limit on a request after its headers (its body, a response other than a stream) and on a stream's request until admitted")
 		drain      = fs.Duration("drain-period", 30*time.Second, "time over which open streams are closed on shutdown")
 		perUser    = fs.Int("max-conns-per-user", 10, "streams per user on this edge; the oldest is closed (replaced) beyond it")
 		maxConns   = fs.Int("max-conns", 10000, "streams on this edge; more get 503")
 		perIP      = fs.Int("max-conns-per-ip", 1000, "streams per client address (IPv6: per /64) on this edge; more get 429; -1 disables")
+		tcpPerIP   = fs.Int("max-tcp-conns-per-ip", 0, "TCP connections per peer address (IPv6: per /64), trusted proxies exempt; more are closed at once; 0: -max-conns-per-ip plus half, at least 64 more; -1 disables")
+		tcpConns   = fs.Int("max-tcp-conns", 0, "TCP connections on this edge; more are closed at once; 0: -max-conns plus half, at least 64 more")
 		proxies    = fs.String("trusted-proxies", "", "comma-separated addresses or CIDRs of proxies whose X-Forwarded-For names the client")
 		maxTopics  = fs.Int("max-topics", 16, "topics per stream")
 		origins    = fs.String("allowed-origins", "", "comma-separated origins allowed by CORS; * allows any")
@@ -103,8 +106,8 @@ func run(args []string) error {
 		EdgeID: *edgeID, JWTSecret: key, JWTIssuer: *issuer, JWTAudience: *audience,
 		JWTPublicKeyFile: *pubKeys, JWTJWKS: *jwksSource, JWKSRefresh: *jwksEvery,
 		Heartbeat: *heartbeat, Retry: *retry, QueueSize: *queueSize, MaxQueuedBytes: *maxQueued,
-		WriteTimeout: *writeTO, DrainPeriod: *drain, MaxConnsPerUser: *perUser, MaxConns: *maxConns,
-		MaxConnsPerIP: *perIP, TrustedProxies: trusted,
+		WriteTimeout: *writeTO, RequestTimeout: *requestTO, DrainPeriod: *drain, MaxConnsPerUser: *perUser, MaxConns: *maxConns,
+		MaxConnsPerIP: *perIP, MaxTCPConnsPerIP: *tcpPerIP, MaxTCPConns: *tcpConns, TrustedProxies: trusted,
 		MaxTopics: *maxTopics, AllowedOrigins: splitList(*origins), BrokerGrace: *grace,
 		UserIDs: common.UserIDs(), NoTrail: !*trail,
 	}, sseedge.Deps{Redis: rdb, Presence: pres, Logger: log, Registerer: reg, History: hist,
