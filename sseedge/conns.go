@@ -20,7 +20,9 @@ import (
 // taken over from net/http (hijacked), by whoever took it (take, then
 // release when it closes it), since net/http reports no close after a
 // hijack. A connection
-// refused is never counted, and its closed state finds no place.
+// refused is never counted, and its closed state finds no place. Nothing is
+// kept per connection counted: its place is found again from its address,
+// which does not change, so that the counts cost an idle stream no memory.
 type connLimits struct {
 	maxTotal, maxPerIP int // maxPerIP <= 0: no per-address limit
 	trusted            func(netip.Addr) bool
@@ -29,7 +31,9 @@ type connLimits struct {
 	mu     sync.Mutex
 	total  int
 	byAddr map[netip.Prefix]*addrConns
-	places map[net.Conn]connPlace // the connections net/http still holds
+	// refusedConns are the connections refused and closed whose closed
+	// state net/http has yet to report.
+	refusedConns map[net.Conn]struct{}
 }
 
 // addrConns counts the connections of one peer address.
@@ -38,19 +42,21 @@ type addrConns struct {
 	n      int
 }
 
-// connPlace is a connection's place in the counts, if it has one
-// (counted): its address's count, nil when its address is not limited (a
-// trusted proxy's, say).
+// connPlace is a connection's place in the counts: its address's count,
+// or unlimitedAddr when its address is not limited (a trusted proxy's,
+// say); none (nil) when it was not counted.
 type connPlace struct {
-	addr    *addrConns
-	counted bool
+	addr *addrConns
 }
+
+// unlimitedAddr is the place of connections counted in the total only.
+var unlimitedAddr = &addrConns{}
 
 func newConnLimits(maxTotal, maxPerIP int, trusted func(netip.Addr) bool, refused *prometheus.CounterVec) *connLimits {
 	return &connLimits{
 		maxTotal: maxTotal, maxPerIP: maxPerIP, trusted: trusted, refused: refused,
-		byAddr: make(map[netip.Prefix]*addrConns),
-		places: make(map[net.Conn]connPlace),
+		byAddr:       make(map[netip.Prefix]*addrConns),
+		refusedConns: make(map[net.Conn]struct{}),
 	}
 }
 
@@ -76,22 +82,22 @@ func (cl *connLimits) admit(c net.Conn) (limit string) {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	if cl.total >= cl.maxTotal {
+		cl.refusedConns[c] = struct{}{}
 		return "total"
 	}
-	p := connPlace{counted: true}
 	if limited {
-		p.addr = cl.byAddr[prefix]
-		if p.addr == nil {
-			p.addr = &addrConns{prefix: prefix}
-			cl.byAddr[prefix] = p.addr
+		a := cl.byAddr[prefix]
+		if a == nil {
+			a = &addrConns{prefix: prefix}
+			cl.byAddr[prefix] = a
 		}
-		if p.addr.n >= cl.maxPerIP {
+		if a.n >= cl.maxPerIP {
+			cl.refusedConns[c] = struct{}{}
 			return "per_ip"
 		}
-		p.addr.n++
+		a.n++
 	}
 	cl.total++
-	cl.places[c] = p
 	return ""
 }
 
@@ -117,22 +123,28 @@ func (cl *connLimits) peer(c net.Conn) (netip.Prefix, bool) {
 // state or, for a connection hijacked from net/http, when whoever took it
 // over closes it. A connection never counted has no place.
 func (cl *connLimits) take(c net.Conn) connPlace {
+	prefix, limited := cl.peer(c)
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
-	p := cl.places[c]
-	delete(cl.places, c)
-	return p
+	if _, ok := cl.refusedConns[c]; ok {
+		delete(cl.refusedConns, c)
+		return connPlace{}
+	}
+	if a := cl.byAddr[prefix]; limited && a != nil {
+		return connPlace{addr: a}
+	}
+	return connPlace{addr: unlimitedAddr}
 }
 
 // release gives a connection's place back, if it has one.
 func (cl *connLimits) release(p connPlace) {
-	if !p.counted {
+	if p.addr == nil {
 		return
 	}
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	cl.total--
-	if a := p.addr; a != nil {
+	if a := p.addr; a != unlimitedAddr {
 		if a.n--; a.n <= 0 {
 			delete(cl.byAddr, a.prefix)
 		}
