@@ -11,7 +11,7 @@ import (
 // gathering concurrent calls in its own auto-pipeliner and notify_batch
 // scripts. Everything else in Publish stays as it is.
 func SendEachThrough(p *Publisher, s redis.Scripter) {
-	notify := redis.NewScript(p.scripts.notify.src)
+	notify := redis.NewScript(p.scripts.notify.Source())
 	p.pipe = &autoPipeline{max: 1, run: func(ctx context.Context, calls []*notifyCall) {
 		for _, c := range calls {
 			if err := c.ctx.Err(); err != nil {

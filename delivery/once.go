@@ -11,10 +11,11 @@ import (
 // with the command written: by then Redis may have run it, slowly, and runs
 // it a second time. For the scripts that record and publish an event, that
 // is the event twice, under two ids, and the caller told it went once. So
-// those scripts go out at most once (onceScript): the error reaches the
+// those scripts go out at most once (OnceScript): the error reaches the
 // caller, who is answered UNAVAILABLE and retries with its idempotency key
 // (docs/reliability.md). Scripts that only make a state so (a lease, a
-// record) keep go-redis' retries.
+// record) keep go-redis' retries. The edges' trail counts go once too: a
+// second run would count the writes twice.
 
 // onceCmd is a command that go-redis does not send again.
 type onceCmd struct{ *redis.Cmd }
@@ -22,23 +23,27 @@ type onceCmd struct{ *redis.Cmd }
 // NoRetry tells go-redis not to send the command again.
 func (onceCmd) NoRetry() bool { return true }
 
-// processor is a client or a pipeline.
-type processor interface {
+// Processor is a client or a pipeline.
+type Processor interface {
 	Process(ctx context.Context, cmd redis.Cmder) error
 }
 
-// onceScript is a Lua script that runs at most once per call.
-type onceScript struct{ src, hash string }
+// OnceScript is a Lua script that runs at most once per call.
+type OnceScript struct{ src, hash string }
 
-func newOnceScript(src string) onceScript {
-	return onceScript{src: src, hash: redis.NewScript(src).Hash()}
+// NewOnceScript returns the script of Lua source src.
+func NewOnceScript(src string) OnceScript {
+	return OnceScript{src: src, hash: redis.NewScript(src).Hash()}
 }
 
-// queue sends the script on c, by its hash (EVALSHA) or, when byHash is
+// Source is the script's Lua.
+func (s OnceScript) Source() string { return s.src }
+
+// Queue sends the script on c, by its hash (EVALSHA) or, when byHash is
 // false, by its source (EVAL), and returns its command; on a pipeline the
 // command is done when the pipeline is. args must be scalars (go-redis'
 // own Eval would also spread slices and maps).
-func (s onceScript) queue(ctx context.Context, c processor, byHash bool, keys []string, args ...any) *redis.Cmd {
+func (s OnceScript) Queue(ctx context.Context, c Processor, byHash bool, keys []string, args ...any) *redis.Cmd {
 	name, body := "evalsha", s.hash
 	if !byHash {
 		name, body = "eval", s.src
@@ -56,15 +61,15 @@ func (s onceScript) queue(ctx context.Context, c processor, byHash bool, keys []
 	return cmd
 }
 
-// run runs the script on rdb by its hash and, when Redis has not cached it
+// Run runs the script on rdb by its hash and, when Redis has not cached it
 // (NOSCRIPT: it did not run), by its source. Each goes as a pipeline of
 // one command, the one way to send a command of one's own through a
 // redis.Cmdable.
-func (s onceScript) run(ctx context.Context, rdb redis.Cmdable, keys []string, args ...any) *redis.Cmd {
+func (s OnceScript) Run(ctx context.Context, rdb redis.Cmdable, keys []string, args ...any) *redis.Cmd {
 	var cmd *redis.Cmd
 	send := func(byHash bool) {
 		_, _ = rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
-			cmd = s.queue(ctx, pl, byHash, keys, args...)
+			cmd = s.Queue(ctx, pl, byHash, keys, args...)
 			return nil
 		})
 	}

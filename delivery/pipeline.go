@@ -95,7 +95,7 @@ func (p *Publisher) runScripts(ctx context.Context, calls []*notifyCall) {
 	run := func(which []int, sha bool) {
 		_, _ = p.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
 			for _, i := range which {
-				cmds[i] = p.scripts.notify.queue(ctx, pl, sha, calls[i].keys, calls[i].args...)
+				cmds[i] = p.scripts.notify.Queue(ctx, pl, sha, calls[i].keys, calls[i].args...)
 			}
 			return nil
 		})
@@ -172,7 +172,7 @@ func (p *Publisher) runBatchScripts(ctx context.Context, calls []*notifyCall, to
 	run := func(which []*chunk, sha bool) {
 		_, _ = p.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
 			for _, ch := range which {
-				ch.cmd = p.scripts.notifyBatch.queue(ctx, pl, sha, ch.keys, ch.args...)
+				ch.cmd = p.scripts.notifyBatch.Queue(ctx, pl, sha, ch.keys, ch.args...)
 			}
 			return nil
 		})

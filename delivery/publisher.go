@@ -425,7 +425,7 @@ func (p *Publisher) Broadcast(ctx context.Context, env *heraldv1.Envelope) (Resu
 	}
 	s := TopicStream(env.GetTopic())
 	args := append([]any{Channel(p.presence.Prefix(), s), payload}, p.cfg.History.args()...)
-	res, err := p.scripts.broadcast.run(ctx, p.rdb, HistoryKeys(p.presence.Prefix(), s), args...).StringSlice()
+	res, err := p.scripts.broadcast.Run(ctx, p.rdb, HistoryKeys(p.presence.Prefix(), s), args...).StringSlice()
 	if err != nil {
 		return Result{}, fmt.Errorf("delivery: broadcast: %w", err)
 	}

@@ -80,9 +80,9 @@ var broadcastLua string
 var abandonLua string
 
 // scripts are the publisher's scripts, for a classic Redis or a cluster.
-// The ones that record and publish go out at most once (onceScript).
+// The ones that record and publish go out at most once (OnceScript).
 type scripts struct {
-	notify, notifyBatch, broadcast onceScript
+	notify, notifyBatch, broadcast OnceScript
 	abandon                        *redis.Script
 }
 
@@ -96,8 +96,8 @@ func newScripts(rdb redis.Cmdable) scripts {
 	if Sharded(rdb) {
 		publish = "SPUBLISH"
 	}
-	src := func(lua string) onceScript {
-		return newOnceScript(strings.ReplaceAll(commonLua+lua, "$PUBLISH", publish))
+	src := func(lua string) OnceScript {
+		return NewOnceScript(strings.ReplaceAll(commonLua+lua, "$PUBLISH", publish))
 	}
 	return scripts{notify: src(notifyLua + notifyOneLua), notifyBatch: src(notifyLua + notifyBatchLua),
 		broadcast: src(broadcastLua), abandon: redis.NewScript(abandonLua)}

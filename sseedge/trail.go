@@ -41,8 +41,9 @@ const (
 )
 
 // trailScript adds n writes at ms to a trail that exists. It is sent by
-// its SHA, and loaded again when Redis does not know it (see flush).
-var trailScript = redis.NewScript(`
+// its SHA, and by its source when Redis does not know it (see flush), once
+// each (delivery.OnceScript): a second run would count the writes twice.
+var trailScript = delivery.NewOnceScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'sse_writes', ARGV[1])
   redis.call('HSETNX', KEYS[1], 'sse_first_ms', ARGV[2])
@@ -130,16 +131,16 @@ type trailCount struct {
 
 // flush sends the counts (by notification id) and the marks in one
 // pipeline. A Redis that restarted, failed over or was flushed does not know
-// trailScript: it is loaded (by go-redis on every shard of a cluster) and
-// the counts it refused are sent again, and only those, so that none is
-// counted twice.
+// trailScript: the counts it refused are sent again with the script's
+// source (which caches it on the node that runs it), and only those, so
+// that none is counted twice.
 func (t *trail) flush(ctx context.Context, pending map[string]*trailCount, marks []trailWrite) {
-	send := func(ids []string, marks []trailWrite) (refused []string) {
+	send := func(ids []string, marks []trailWrite, byHash bool) (refused []string) {
 		cmds := make([]*redis.Cmd, len(ids))
 		_, _ = t.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, id := range ids {
 				a := pending[id]
-				cmds[i] = trailScript.EvalSha(ctx, p, []string{delivery.TraceKey(t.prefix, a.user, id)}, a.n, a.first.UnixMilli())
+				cmds[i] = trailScript.Queue(ctx, p, byHash, []string{delivery.TraceKey(t.prefix, a.user, id)}, a.n, a.first.UnixMilli())
 			}
 			for _, m := range marks {
 				trails.Add(ctx, p, t.prefix, m.user, m.id, m.field, m.at.UnixMilli())
@@ -153,8 +154,8 @@ func (t *trail) flush(ctx context.Context, pending map[string]*trailCount, marks
 		}
 		return refused
 	}
-	refused := send(slices.Collect(maps.Keys(pending)), marks)
-	if len(refused) > 0 && trailScript.Load(ctx, t.rdb).Err() == nil {
-		send(refused, nil) // the marks went the first time
+	refused := send(slices.Collect(maps.Keys(pending)), marks, true)
+	if len(refused) > 0 {
+		send(refused, nil, false) // the marks went the first time
 	}
 }
