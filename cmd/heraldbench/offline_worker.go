@@ -153,6 +153,15 @@ func runWorkerChild(in io.Reader, out io.Writer) error {
 		return err
 	}
 	defer stop()
+	if path := os.Getenv("HERALDBENCH_WORKER_MEMPROFILE"); path != "" {
+		// Written when the worker stops: its allocations over the whole
+		// run (alloc_space, alloc_objects) and what it holds at the end.
+		defer func() {
+			if err := writeHeapProfile(path); err != nil {
+				fmt.Fprintln(os.Stderr, "heraldbench: worker heap profile:", err)
+			}
+		}()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
