@@ -223,8 +223,8 @@ func clientOptions(ctx context.Context, cfg ClientConfig) ([]option.ClientOption
 
 // transport is an HTTP transport that keeps the connections of up to a
 // thousand concurrent sends (over HTTP/1.1, one each), over HTTP/2 without
-// TLS with h2c. It bounds the dial, the TLS handshake and the wait for a
-// response's headers; the send's context bounds the whole.
+// TLS with h2c. It bounds the dial and the TLS handshake; the send's
+// context bounds the whole.
 //
 // With group, its connections are groupConns, so that the HTTP/2 frames
 // (in TLS records, for FCM) of concurrent sends on one connection go out
@@ -256,9 +256,10 @@ func transport(h2c, group bool) *http.Transport {
 		MaxIdleConnsPerHost: 1024,
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: 5 * time.Second,
-		// Past the send timeout's default: the context is what ends a slow
-		// send; this ends one whose caller set no deadline.
-		ResponseHeaderTimeout: 30 * time.Second,
+		// No ResponseHeaderTimeout: every send has its context's deadline
+		// (the worker's Config.SendTimeout), which bounds the wait for the
+		// answer as well, and over HTTP/2 the header timeout costs a timer
+		// and a second wake-up of the request's goroutine per send.
 		// FCM's answer is a message name or an error, a few hundred bytes:
 		// asking for it gzipped would only cost a decompressor per send
 		// whenever the server obliges.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/herald-push/herald/delivery"
+	"github.com/herald-push/herald/delivery/devices"
 	"github.com/herald-push/herald/delivery/trail"
 	heraldv1 "github.com/herald-push/herald/proto/herald/v1"
 )
@@ -23,6 +25,9 @@ type item struct {
 	msg  kafka.Message
 	env  *heraldv1.Envelope
 	task *heraldv1.PushTask // set for the retry topic's records
+	// sentKey is the notification's dedupe set (see Worker.sentKey), set
+	// by targets.
+	sentKey string
 }
 
 // push is one message of a batch: one notification to one token.
@@ -32,6 +37,8 @@ type push struct {
 	// platform is the token's, from the registry; empty for a retry's
 	// tokens (see message).
 	platform string
+	// hash is tokenHash(token), the token's member in the dedupe set.
+	hash string
 }
 
 // handle pushes a batch and makes every outcome durable: retries and dead
@@ -119,27 +126,61 @@ func (w *Worker) decode(m kafka.Message) (item, error) {
 // targets lists the pushes of a batch: every registered token of the users
 // of new notifications, the remaining tokens of retries, less those the
 // dedupe window says were pushed already. A notification whose user has no
-// device is dead-lettered as NO_DEVICE.
+// device is dead-lettered as NO_DEVICE. The devices and the dedupe sets are
+// read in one round trip: a user's devices (one command a user) and each
+// notification's set of tokens pushed (one a notification), all keys in
+// their user's slot.
 func (w *Worker) targets(ctx context.Context, items []item, deads *[]kafka.Message, trail *trails, now time.Time) ([]push, error) {
-	var users []string
-	for _, it := range items {
-		if it.task == nil {
-			users = append(users, it.env.GetUserId())
+	lookups := make(map[string]devices.Lookup, len(items))
+	pushed := make([]*redis.StringSliceCmd, len(items))
+	_, err := w.deps.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range items {
+			it := &items[i]
+			if it.task == nil {
+				user := it.env.GetUserId()
+				if _, ok := lookups[user]; !ok {
+					lookups[user] = w.deps.Devices.Queue(ctx, p, user)
+				}
+			}
+			it.sentKey = w.sentKey(it.env)
+			pushed[i] = p.SMembers(ctx, it.sentKey)
 		}
-	}
-	devices, err := w.deps.Devices.ListMany(ctx, users...)
+		return nil
+	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("fcm: devices and dedupe lookup: %w", err)
 	}
-	var candidates []push
+	// Each user's devices, from the lookup, once however many of the
+	// user's notifications the batch holds.
+	listed := make(map[string][]devices.Device, len(lookups))
+	for user, l := range lookups {
+		ds, err := l.Devices()
+		if err != nil {
+			return nil, err
+		}
+		listed[user] = ds
+	}
+	var pushes []push
+	duplicates := 0
 	for i, it := range items {
+		// The hashes of the tokens pushed already: none, mostly, and never
+		// more than the tokens pushed for this notification.
+		done := pushed[i].Val()
+		add := func(token, platform string) {
+			h := tokenHash(token)
+			if slices.Contains(done, h) {
+				duplicates++
+				return
+			}
+			pushes = append(pushes, push{item: i, token: token, platform: platform, hash: h})
+		}
 		if it.task != nil {
 			for _, t := range it.task.GetTokens() {
-				candidates = append(candidates, push{item: i, token: t})
+				add(t, "")
 			}
 			continue
 		}
-		ds := devices[it.env.GetUserId()]
+		ds := listed[it.env.GetUserId()]
 		if len(ds) == 0 {
 			w.metrics.notifications.WithLabelValues("no_device").Inc()
 			w.log.Info("fcm: no registered device; dead-lettered", w.attrs(it.env)...)
@@ -148,26 +189,11 @@ func (w *Worker) targets(ctx context.Context, items []item, deads *[]kafka.Messa
 			continue
 		}
 		for _, d := range ds {
-			candidates = append(candidates, push{item: i, token: d.Token, platform: d.Platform})
+			add(d.Token, d.Platform)
 		}
 	}
-	seen := make([]*redis.BoolCmd, len(candidates))
-	_, err = w.deps.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for j, c := range candidates {
-			seen[j] = p.SIsMember(ctx, w.sentKey(items[c.item].env), tokenHash(c.token))
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("fcm: dedupe lookup: %w", err)
-	}
-	var pushes []push
-	for j, c := range candidates {
-		if seen[j].Val() {
-			w.metrics.messages.WithLabelValues("duplicate").Inc()
-			continue
-		}
-		pushes = append(pushes, c)
+	if duplicates > 0 {
+		w.metrics.messages.WithLabelValues("duplicate").Add(float64(duplicates))
 	}
 	return pushes, nil
 }

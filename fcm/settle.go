@@ -27,33 +27,47 @@ func (w *Worker) settle(ctx context.Context, items []item, pushes []push, outcom
 	}
 	tallies := make([]tally, len(items))
 	deadTokens := map[string][]string{} // user → tokens
-	_, err = w.deps.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for j, o := range outcomes {
-			push := pushes[j]
-			t := &tallies[push.item]
-			env := items[push.item].env
+	// accepted holds the hashes of each notification's tokens that FCM
+	// accepted, recorded below with one SADD a notification.
+	accepted := make([][]any, len(items))
+	sentMessages := 0
+	for j, o := range outcomes {
+		push := pushes[j]
+		t := &tallies[push.item]
+		env := items[push.item].env
+		if o.class != sent {
 			w.metrics.messages.WithLabelValues(messageLabel(o)).Inc()
-			switch o.class {
-			case sent:
-				t.sent++
-				key := w.sentKey(env)
-				p.SAdd(ctx, key, tokenHash(push.token))
-				p.PExpire(ctx, key, w.cfg.DedupeWindow)
-			case deadToken:
-				t.dead++
-				t.deadCode = o.code
-				deadTokens[env.GetUserId()] = append(deadTokens[env.GetUserId()], push.token)
-			case retryable:
-				t.retryTokens = append(t.retryTokens, push.token)
-				t.retryAfter = max(t.retryAfter, o.retryAfter)
-				t.retryCode, t.retryMsg = o.code, o.msg
-			case permanent:
-				t.permTokens++
-				t.permCode, t.permMsg = o.code, o.msg
-			}
 		}
-		return nil
-	})
+		switch o.class {
+		case sent:
+			t.sent++
+			sentMessages++
+			accepted[push.item] = append(accepted[push.item], push.hash)
+		case deadToken:
+			t.dead++
+			t.deadCode = o.code
+			deadTokens[env.GetUserId()] = append(deadTokens[env.GetUserId()], push.token)
+		case retryable:
+			t.retryTokens = append(t.retryTokens, push.token)
+			t.retryAfter = max(t.retryAfter, o.retryAfter)
+			t.retryCode, t.retryMsg = o.code, o.msg
+		case permanent:
+			t.permTokens++
+			t.permCode, t.permMsg = o.code, o.msg
+		}
+	}
+	if sentMessages > 0 {
+		w.metrics.messages.WithLabelValues("sent").Add(float64(sentMessages))
+		_, err = w.deps.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, hashes := range accepted {
+				if len(hashes) > 0 {
+					p.SAdd(ctx, items[i].sentKey, hashes...)
+					p.PExpire(ctx, items[i].sentKey, w.cfg.DedupeWindow)
+				}
+			}
+			return nil
+		})
+	}
 	if err != nil {
 		// The pushes went out; without the dedupe record a redelivery may
 		// push them again, which at-least-once allows. Go on.

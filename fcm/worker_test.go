@@ -272,25 +272,51 @@ func TestWorkerCrashLosesNothing(t *testing.T) {
 		len(ids), killedAt, r.Emulator.Count(), r.Emulator.Count()-len(ids))
 }
 
+// TestWorkerDedupesRedelivery redelivers a record after its pushes went
+// out, and after its user registered one more device: only the new device
+// gets it.
 func TestWorkerDedupesRedelivery(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, 1)
 	r.Register(t, "ivan", "tok-ivan")
-	r.StartWorker(t, r.WorkerConfig(), nil)
+	if _, _, err := r.Devices.Register(context.Background(), "ivan", "tok-ivan-tablet", "ios"); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	r.StartWorker(t, r.WorkerConfig(), reg)
 	env := r.Notify(t, "ivan", "x", nil)
-	r.WaitPushes(t, 1)
+	r.WaitPushes(t, 2)
+	if _, _, err := r.Devices.Register(context.Background(), "ivan", "tok-ivan-watch", "android"); err != nil {
+		t.Fatal(err)
+	}
 	// The same record again, as after a crash before the commit.
 	if err := r.Queue.Enqueue(context.Background(), env); err != nil {
 		t.Fatal(err)
 	}
 	marker := r.Notify(t, "ivan", "after", nil)
-	r.WaitPushes(t, 2)
-	var ids []string
-	for _, m := range r.Emulator.Messages() {
-		ids = append(ids, m.Data[fcm.DataID])
+	r.WaitPushes(t, 6)
+	for tok, want := range map[string][]string{
+		"tok-ivan":        {env.Id, marker.Id},
+		"tok-ivan-tablet": {env.Id, marker.Id},
+		"tok-ivan-watch":  {env.Id, marker.Id},
+	} {
+		var ids []string
+		for _, m := range r.Emulator.ByToken(tok) {
+			d, err := m.Decode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, d.Data[fcm.DataID])
+		}
+		if !slices.Equal(ids, want) {
+			t.Errorf("%s was pushed %v, want %v", tok, ids, want)
+		}
 	}
-	if !slices.Equal(ids, []string{env.Id, marker.Id}) {
-		t.Fatalf("pushed %v, want %s once then %s", ids, env.Id, marker.Id)
+	if got := metricValue(t, reg, "herald_fcm_messages_total", "duplicate"); got != 2 {
+		t.Errorf("%v duplicates counted, want 2", got)
+	}
+	if got := metricValue(t, reg, "herald_fcm_messages_total", "sent"); got != 6 {
+		t.Errorf("%v sent counted, want 6", got)
 	}
 }
 

@@ -26,6 +26,7 @@ type offlineConfig struct {
 	jitter      time.Duration
 	h2c         bool
 	gogc        int
+	gomaxprocs  int
 }
 
 func offlineFlags(fs *flag.FlagSet, c *offlineConfig) {
@@ -40,6 +41,7 @@ func offlineFlags(fs *flag.FlagSet, c *offlineConfig) {
 	fs.DurationVar(&c.jitter, "offline-jitter", 10*time.Millisecond, "offline scenario: the emulator's latency jitter, either way")
 	fs.BoolVar(&c.h2c, "offline-h2c", true, "offline scenario: the worker speaks HTTP/2 (h2c) to the emulator, as to FCM; false for HTTP/1.1")
 	fs.IntVar(&c.gogc, "offline-gogc", 300, "offline scenario: the worker's GOGC, as docs/deploy/fcmworker.yaml sets it (100 is Go's default); 0 leaves the environment's")
+	fs.IntVar(&c.gomaxprocs, "offline-gomaxprocs", 0, "offline scenario: the worker's GOMAXPROCS (1 caps it at one core; see docs/deploy.md, \"Low rates\"); 0 leaves the environment's")
 }
 
 // offline measures the offline path: Notify for users with a device and no
@@ -128,13 +130,13 @@ func (b *bench) offline(ctx context.Context) error {
 	if ol.FirstErr != "" {
 		b.rep.note("%s: first failure: %s", rsc, ol.FirstErr)
 	}
-	b.rep.note("offline: Kafka hand-off is the time from the router's acceptance of a Notify (the envelope's accepted_at) to the worker's fetch of the record (herald_fcm_handoff_seconds, buckets interpolated); FCM emulator latency %s ± %s, quota %d/min; worker: concurrency %d, %d FCM clients, h2c %v, GOGC %d",
-		c.latency, c.jitter, c.quota, c.concurrency, c.conns, c.h2c, c.gogc)
+	b.rep.note("offline: Kafka hand-off is the time from the router's acceptance of a Notify (the envelope's accepted_at) to the worker's fetch of the record (herald_fcm_handoff_seconds, buckets interpolated); FCM emulator latency %s ± %s, quota %d/min; worker: concurrency %d, %d FCM clients, h2c %v, GOGC %d, GOMAXPROCS %d (0: the environment's)",
+		c.latency, c.jitter, c.quota, c.concurrency, c.conns, c.h2c, c.gogc, c.gomaxprocs)
 	for k, v := range map[string]string{"offline-users": strconv.Itoa(c.users), "offline-backlog": strconv.Itoa(c.backlog),
 		"offline-rate": formatValue(c.rate), "offline-concurrency": strconv.Itoa(c.concurrency), "offline-conns": strconv.Itoa(c.conns),
 		"offline-quota": strconv.Itoa(c.quota), "offline-latency": c.latency.String(), "offline-jitter": c.jitter.String(),
 		"offline-partitions": strconv.Itoa(c.partitions), "offline-h2c": strconv.FormatBool(c.h2c),
-		"offline-gogc": strconv.Itoa(c.gogc)} {
+		"offline-gogc": strconv.Itoa(c.gogc), "offline-gomaxprocs": strconv.Itoa(c.gomaxprocs)} {
 		b.rep.Settings[k] = v
 	}
 	return w.stop()

@@ -105,7 +105,7 @@ func startOfflineRig(ctx context.Context, redisAddr, tag string, c offlineConfig
 	}
 	r.client = heraldv1.NewRouterServiceClient(r.conn)
 	r.spec = workerSpec{Brokers: brokers, Redis: redisAddr, Prefix: r.prefix, Endpoint: r.emu.Endpoint(),
-		Concurrency: c.concurrency, Conns: c.conns, Quota: c.quota, H2C: c.h2c, Partitions: c.partitions, GOGC: c.gogc}
+		Concurrency: c.concurrency, Conns: c.conns, Quota: c.quota, H2C: c.h2c, Partitions: c.partitions, GOGC: c.gogc, GOMAXPROCS: c.gomaxprocs}
 	return r, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -45,6 +46,8 @@ type workerSpec struct {
 	Partitions  int
 	// GOGC, when not 0, is the worker's GC percent.
 	GOGC int
+	// GOMAXPROCS, when not 0, is the worker's.
+	GOMAXPROCS int
 }
 
 // buckets is a snapshot of a Prometheus histogram: upper bounds and
@@ -148,11 +151,23 @@ func runWorkerChild(in io.Reader, out io.Writer) error {
 	if spec.GOGC != 0 {
 		debug.SetGCPercent(spec.GOGC)
 	}
+	if spec.GOMAXPROCS != 0 {
+		runtime.GOMAXPROCS(spec.GOMAXPROCS)
+	}
 	stop, err := startCPUProfile(os.Getenv("HERALDBENCH_WORKER_CPUPROFILE"))
 	if err != nil {
 		return err
 	}
 	defer stop()
+	if path := os.Getenv("HERALDBENCH_WORKER_MEMPROFILE"); path != "" {
+		// Written when the worker stops: its allocations over the whole
+		// run (alloc_space, alloc_objects) and what it holds at the end.
+		defer func() {
+			if err := writeHeapProfile(path); err != nil {
+				fmt.Fprintln(os.Stderr, "heraldbench: worker heap profile:", err)
+			}
+		}()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))

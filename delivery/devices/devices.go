@@ -216,6 +216,39 @@ func (d *Registry) ListMany(ctx context.Context, users ...string) (map[string][]
 	return out, nil
 }
 
+// Lookup is a read of one user's devices queued on a caller's pipeline by
+// Queue, so that the caller reads them in the same round trip as keys of
+// its own.
+type Lookup struct {
+	platforms *redis.MapStringStringCmd
+}
+
+// Queue queues on p a read of user's devices, for Lookup.Devices once p
+// has run. It reads the platform hash only, one command a user where
+// ListMany sends two: the hash holds the same tokens as the set of
+// registration times (the register script, its eviction and Unregister
+// change both, and renew both expiries), so the devices come without
+// RegisteredAt and in no particular order.
+func (d *Registry) Queue(ctx context.Context, p redis.Pipeliner, user string) Lookup {
+	return Lookup{p.HGetAll(ctx, d.keys(user)[1])}
+}
+
+// Devices are the devices read, once the pipeline has run.
+func (l Lookup) Devices() ([]Device, error) {
+	platforms, err := l.platforms.Result()
+	if err != nil {
+		return nil, fmt.Errorf("devices: list devices: %w", err)
+	}
+	if len(platforms) == 0 {
+		return nil, nil
+	}
+	out := make([]Device, 0, len(platforms))
+	for token, platform := range platforms {
+		out = append(out, Device{Token: token, Platform: platform})
+	}
+	return out, nil
+}
+
 // String renders a device for logs without its token, which is a credential
 // of sorts: only its last 6 characters.
 func (dv Device) String() string {

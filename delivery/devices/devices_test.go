@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/herald-push/herald/delivery/devices"
 	"github.com/herald-push/herald/integration/testenv"
 )
@@ -59,5 +61,56 @@ func TestDevices(t *testing.T) {
 		if _, _, err := d.Register(ctx, bad.user, bad.token, bad.platform); !errors.Is(err, devices.ErrInvalid) {
 			t.Errorf("Register(%q, %q, %q) = %v, want ErrInvalid", bad.user, bad.token, bad.platform, err)
 		}
+	}
+}
+
+// TestQueue reads devices through a caller's pipeline: the same tokens and
+// platforms as List, after evictions and removals, and none for a user
+// without devices.
+func TestQueue(t *testing.T) {
+	t.Parallel()
+	rdb, prefix := testenv.Redis(t)
+	d, err := devices.New(rdb, devices.Config{Prefix: prefix, MaxPerUser: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, dv := range []struct{ token, platform string }{
+		{"tok-a", "android"}, {"tok-b", "ios"}, {"tok-c", "web"}, {"tok-d", "ios"}, {"tok-b", "android"},
+	} {
+		if _, _, err := d.Register(ctx, "kim", dv.token, dv.platform); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Millisecond) // registration times are in ms
+	}
+	if _, err := d.Unregister(ctx, "kim", "tok-c"); err != nil {
+		t.Fatal(err)
+	}
+	var kim, nobody devices.Lookup
+	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		kim, nobody = d.Queue(ctx, p, "kim"), d.Queue(ctx, p, "nobody")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := kim.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed, err := d.List(ctx, "kim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"tok-d": "ios", "tok-b": "android"} // tok-a evicted, tok-c removed
+	if len(got) != len(want) || len(listed) != len(want) {
+		t.Fatalf("Queue read %v and List %v; want %v", got, listed, want)
+	}
+	for i := range got {
+		if want[got[i].Token] != got[i].Platform || want[listed[i].Token] != listed[i].Platform {
+			t.Fatalf("Queue read %v and List %v; want %v", got, listed, want)
+		}
+	}
+	if ds, err := nobody.Devices(); err != nil || len(ds) != 0 {
+		t.Fatalf("a user without devices: %v, %v", ds, err)
 	}
 }
