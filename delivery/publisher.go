@@ -357,7 +357,7 @@ func (p *Publisher) outcome(c *notifyCall) (r Result, queue bool, err error) {
 		if strings.HasPrefix(res[1], "pending|") {
 			return Result{}, false, ErrInFlight
 		}
-		if rest, ok := strings.CutPrefix(res[1], refusedPrefix); ok {
+		if rest, ok := strings.CutPrefix(res[1], refusedPrefix); ok && p.cfg.Offline != nil {
 			return requeue(c, rest)
 		}
 		r, err := parseRecord(res[1])
