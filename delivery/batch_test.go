@@ -151,7 +151,7 @@ func TestPublishBatch(t *testing.T) {
 	}
 
 	// The keys are remembered: a Publish retrying any of them is a
-	// duplicate, and the failed one's key is free for its retry.
+	// duplicate, and the failed one's retry queues it, as first recorded.
 	for _, i := range []int{1, 2} {
 		again, err := f.Pub.Publish(ctx, envelope(ns[i].Env.UserId, "retry"), ns[i].IdempotencyKey)
 		if err != nil || !again.Duplicate || again.ID != ns[i].Env.Id || again.Queued != res[i].Queued {
@@ -162,8 +162,12 @@ func TestPublishBatch(t *testing.T) {
 	q.fail = nil
 	q.mu.Unlock()
 	retry := envelope("broken", "7 again")
-	if r, err := f.Pub.Publish(ctx, retry, "k7"); err != nil || r.Duplicate || !r.Queued || r.ID != retry.Id {
-		t.Errorf("retry of the failed one: %+v, %v; want it routed and queued anew", r, err)
+	r, err := f.Pub.Publish(ctx, retry, "k7")
+	if err != nil || r.Duplicate || !r.Queued || r.ID != ns[7].Env.Id {
+		t.Errorf("retry of the failed one: %+v, %v; want it queued under the failed one's id %s", r, err, ns[7].Env.Id)
+	}
+	if ids := q.ids(); len(ids) != 3 || ids[ns[7].Env.Id] != 1 {
+		t.Errorf("queued %v, want 1, 8 and the failed one, %s, once each", ids, ns[7].Env.Id)
 	}
 }
 

@@ -29,7 +29,14 @@ local function notify(k, a, C)
   if ackBy ~= '0' then receipts = KEYS[k + 1]; envs = KEYS[k + 2] end
   if idem then
     local prev = redis.call('GET', idem)
-    if prev then return 'dup', prev end
+    if prev then
+      -- Refused by the offline queue after it was recorded: the retry
+      -- queues the same event, claimed again, and records nothing
+      -- (idemrecord.go).
+      local r = C.queues and string.match(prev, '^refused|[^|]*|[^|]*|[^|]*|(.*)$')
+      if r then redis.call('SET', idem, 'pending|' .. r, 'PX', C.pending) end
+      return 'dup', prev
+    end
   end
   local eid, payload = record(hist, lastk, envelope, C.history)
   local live = redis.call('ZCOUNT', presence, liveAfter, '+inf')

@@ -88,14 +88,16 @@ func TestOfflineKafkaDownIsNotAcknowledged(t *testing.T) {
 	ctx := context.Background()
 
 	k.Stop()
-	_, err := f.Pub.Publish(ctx, envelope("frank", "x"), "key-1")
+	first := envelope("frank", "x")
+	_, err := f.Pub.Publish(ctx, first, "key-1")
 	var oe *delivery.OfflineError
 	if !errors.As(err, &oe) {
 		t.Fatalf("Publish with Kafka down: %v, want an *OfflineError", err)
 	}
 
-	// The failed call left no idempotency record behind: the retry is
-	// routed, not answered as a duplicate of something never queued.
+	// The failed call left a refused record: the retry queues the
+	// notification the failed call recorded in history, under its id, not
+	// answered as a duplicate of something never queued, nor recorded anew.
 	k.Start()
 	env := envelope("frank", "x")
 	var res delivery.Result
@@ -103,14 +105,14 @@ func TestOfflineKafkaDownIsNotAcknowledged(t *testing.T) {
 		res, err = f.Pub.Publish(ctx, env, "key-1")
 		return err == nil
 	})
-	if res.Duplicate || !res.Queued || res.ID != env.Id {
-		t.Fatalf("retry after Kafka came back: %+v, want a fresh queued notification %s", res, env.Id)
+	if res.Duplicate || !res.Queued || res.ID != first.Id {
+		t.Fatalf("retry after Kafka came back: %+v, want the failed call's notification %s queued", res, first.Id)
 	}
 	again, err := f.Pub.Publish(ctx, envelope("frank", "x"), "key-1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !again.Duplicate || !again.Queued || again.ID != env.Id || again.EventID != res.EventID {
+	if !again.Duplicate || !again.Queued || again.ID != first.Id || again.EventID != res.EventID {
 		t.Fatalf("third call: %+v, want the queued first call's result %+v as a duplicate", again, res)
 	}
 	msgs := k.ReadAll(queue.DefaultOfflineTopic)

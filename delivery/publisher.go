@@ -357,6 +357,9 @@ func (p *Publisher) outcome(c *notifyCall) (r Result, queue bool, err error) {
 		if strings.HasPrefix(res[1], "pending|") {
 			return Result{}, false, ErrInFlight
 		}
+		if rest, ok := strings.CutPrefix(res[1], refusedPrefix); ok && p.cfg.Offline != nil {
+			return requeue(c, rest)
+		}
 		r, err := parseRecord(res[1])
 		return r, false, err
 	}
@@ -377,9 +380,9 @@ type queued struct {
 
 // settle records, in one pipeline, what the offline queue did with
 // notifications that reached no edge: it replaces each one's pending
-// idempotency record with the final one or, when the queue failed, drops it
-// so that the caller's retry routes it again. It sets each one's Queued, or
-// its error to an *OfflineError.
+// idempotency record with the final one or, when the queue failed, with a
+// refused one (idemrecord.go), so that the caller's retry queues the same
+// event again. It sets each one's Queued, or its error to an *OfflineError.
 func (p *Publisher) settle(ctx context.Context, qs []*queued) {
 	// The records are written even when the caller has gone: the outcome
 	// must be remembered for its retry, and for the trail.
@@ -394,7 +397,8 @@ func (p *Publisher) settle(ctx context.Context, qs []*queued) {
 			trace := TraceKey(p.presence.Prefix(), env.GetUserId(), env.GetId())
 			if q.err != nil {
 				if c.hasKey {
-					p.scripts.abandon.Eval(bg, pl, []string{c.idem}, "pending|"+c.record)
+					p.scripts.abandon.Eval(bg, pl, []string{c.idem}, "pending|"+c.record, refusedRecord(q.res, c.record),
+						p.cfg.IdempotencyWindow.Milliseconds())
 				}
 				if c.traced {
 					pl.HSet(bg, trace, "queue_error", q.err.Error())
@@ -458,43 +462,4 @@ func (p *Publisher) result(env *heraldv1.Envelope, res []string) (Result, error)
 // env is ack-or-push, and was published to an edge, not as a duplicate.
 func receiptCreated(env *heraldv1.Envelope, r Result, err error) bool {
 	return env.GetAckBy() != nil && err == nil && r.Route == RouteOnline && !r.Duplicate
-}
-
-// parseRecord decodes "route|subscribers|eventID|id|acceptedMillis|
-// ackByMillis", with "|queued" appended when the offline queue took the
-// notification: the result of the first call, which a duplicate returns
-// whatever the retry asked for. A record written before the ack deadline
-// was kept has no ackByMillis, and reads as fire and forget.
-func parseRecord(rec string) (Result, error) {
-	parts := strings.Split(rec, "|")
-	queued := len(parts) > 5 && parts[len(parts)-1] == "queued"
-	if queued {
-		parts = parts[:len(parts)-1]
-	}
-	if len(parts) != 5 && len(parts) != 6 {
-		return Result{}, fmt.Errorf("delivery: bad idempotency record %q", rec)
-	}
-	subs, err1 := strconv.Atoi(parts[1])
-	ms, err2 := strconv.ParseInt(parts[4], 10, 64)
-	var ackBy int64
-	var err3 error
-	if len(parts) == 6 {
-		ackBy, err3 = strconv.ParseInt(parts[5], 10, 64)
-	}
-	if err := errors.Join(err1, err2, err3); err != nil {
-		return Result{}, fmt.Errorf("delivery: bad idempotency record %q: %w", rec, err)
-	}
-	r := Result{
-		ID:          parts[3],
-		Route:       Route(parts[0]),
-		EventID:     parts[2],
-		Subscribers: subs,
-		Duplicate:   true,
-		Queued:      queued,
-		AcceptedAt:  time.UnixMilli(ms),
-	}
-	if ackBy > 0 {
-		r.AckBy = time.UnixMilli(ackBy)
-	}
-	return r, nil
 }

@@ -24,7 +24,8 @@ import (
 //	      the plain notification sends three)
 //	KEYS with an ack deadline, after those: receipts, receipt envelopes
 //
-// With an idempotency key it first returns the stored record, if any. Then it
+// With an idempotency key it first returns the stored record, if any (and
+// claims a refused one again: idemrecord.go). Then it
 // records the envelope in the user's history, counts live leases, publishes
 // when there is one, and stores "route|subscribers|event id|" .. record
 // under the idempotency key, where the record is "id|accepted ms|ack deadline
@@ -74,7 +75,8 @@ var notifyBatchLua string
 //go:embed broadcast.lua
 var broadcastLua string
 
-// abandonLua deletes a pending idempotency record if it is still ours.
+// abandonLua turns a pending idempotency record, if it is still ours, into
+// a refused one (idemrecord.go).
 //
 //go:embed abandon.lua
 var abandonLua string

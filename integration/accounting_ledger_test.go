@@ -168,7 +168,10 @@ func (h *harness) report(name string, l ledger) {
 			problems = append(problems, fmt.Sprintf("%d notifications were %s:\n%s", len(ids), what, h.describe(ids)))
 		}
 	}
-	dup(l.sseTwice, false, "received twice over SSE")
+	if len(l.sseTwice) > 0 {
+		problems = append(problems, fmt.Sprintf("%d notifications were received twice over SSE:\n%s", len(l.sseTwice),
+			h.list(l.sseTwice, h.copies)))
+	}
 	dup(l.deadAndDelivered, false, "dead-lettered and delivered")
 	dup(l.pushedTwice, allow.pushedTwice, "pushed twice, which only a killed worker may cause")
 	dup(l.sseAndPush, allow.sseAndPush, "both received over SSE and pushed, which only a dead edge's lease may cause")
@@ -181,6 +184,20 @@ func (h *harness) report(name string, l ledger) {
 // when it was accepted relative to the fault.
 func (h *harness) describe(ids []string) string {
 	return h.list(ids, func(string) string { return "" })
+}
+
+// copies says where the collectors received notification id's payload
+// (the edge, the collector's stream and the event's id). list calls it
+// with h.mu held.
+func (h *harness) copies(id string) string {
+	p := h.accepted[id].payload
+	var out []string
+	for _, c := range h.collectors {
+		c.mu.Lock()
+		out = append(out, c.copies[p]...)
+		c.mu.Unlock()
+	}
+	return "; received from " + strings.Join(out, ", from ")
 }
 
 // whereabouts is describe with where each notification is in the offline

@@ -40,7 +40,10 @@ type collector struct {
 	urls []string
 	mu   sync.Mutex
 	got  map[string]int // payload → times received
-	last string
+	// copies says where each payload was received: the edge's URL and the
+	// event's id, for the report of one received twice.
+	copies map[string][]string
+	last   string
 	// resumed counts the streams opened with a Last-Event-ID.
 	resumed int
 	stop    chan struct{}
@@ -48,7 +51,7 @@ type collector struct {
 }
 
 func (h *harness) collect(user string, urls ...string) {
-	c := &collector{user: user, urls: urls, got: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	c := &collector{user: user, urls: urls, got: map[string]int{}, copies: map[string][]string{}, stop: make(chan struct{}), done: make(chan struct{})}
 	h.collectors = append(h.collectors, c)
 	ready := make(chan struct{})
 	tok := token(h.t, user)
@@ -84,7 +87,8 @@ func (c *collector) run(tok string, ready chan struct{}) {
 			}
 			cancel()
 		}()
-		url := c.urls[min(i, len(c.urls)-1)] + "/v1/events?access_token=" + tok
+		base := c.urls[min(i, len(c.urls)-1)]
+		url := base + "/v1/events?access_token=" + tok
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		c.mu.Lock()
 		if c.last != "" {
@@ -114,6 +118,7 @@ func (c *collector) run(tok string, ready chan struct{}) {
 				}
 				if ev.Data != "" {
 					c.got[ev.Data]++
+					c.copies[ev.Data] = append(c.copies[ev.Data], fmt.Sprintf("%s stream %d id %s", base, i, ev.ID))
 				}
 				c.mu.Unlock()
 			}
