@@ -48,16 +48,18 @@ func (s *Server) handleAck(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusMethodNotAllowed, "method_not_allowed", "use POST")
 		return
 	}
-	// An ack counts against MaxConnsPerIP, as a stream's request does,
-	// until it is answered; RequestTimeout bounds how long that is.
+	// Acks in flight from one client address are at most MaxConnsPerIP,
+	// counted apart from its streams (an address holding its streams must
+	// still ack them), until each is answered; RequestTimeout bounds how
+	// long that is.
 	if p, ok := s.clientPrefix(r); ok && s.cfg.MaxConnsPerIP > 0 {
-		if !s.acquireIP(p) {
+		if !s.acquireIn(s.acksIP, p) {
 			w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.Retry.Seconds())+1))
 			s.refuse(w, http.StatusTooManyRequests, "too_many_connections",
-				fmt.Sprintf("this client address holds its limit of %d streams and requests on this edge", s.cfg.MaxConnsPerIP))
+				fmt.Sprintf("this client address holds its limit of %d acks in flight on this edge", s.cfg.MaxConnsPerIP))
 			return
 		}
-		defer s.releaseIP(p)
+		defer s.releaseIn(s.acksIP, p)
 	}
 	claims, err := s.auth.authenticate(r)
 	if err != nil {

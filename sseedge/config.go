@@ -99,9 +99,10 @@ type Config struct {
 	// 503 so the load balancer tries another edge. Default 10000, within a
 	// process's usual file limit.
 	MaxConns int
-	// MaxConnsPerIP is the most streams (counting requests being
-	// authenticated, and acks being answered) one client address may hold
-	// on this edge; beyond it, requests get 429 too_many_connections. IPv6 addresses count by /64,
+	// MaxConnsPerIP is the most streams (counting stream requests being
+	// authenticated) one client address may hold on this edge, and the
+	// most acks it may have being answered, counted apart; beyond either,
+	// requests get 429 too_many_connections. IPv6 addresses count by /64,
 	// what one host usually gets. Default 1000: an office or carrier NAT
 	// puts hundreds of users, each with a few tabs, behind one address;
 	// one host alone still cannot take the edge's MaxConns. Negative
@@ -251,6 +252,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		history:  deps.History,
 		pages:    deps.Pages,
 		perIP:    make(map[netip.Prefix]int),
+		acksIP:   make(map[netip.Prefix]int),
 		budget:   newBudget(cfg.MaxQueuedBytes),
 	}
 	if cfg.NoTrail {
@@ -259,6 +261,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.TracerProvider != nil {
 		s.tracer = deps.TracerProvider.Tracer(delivery.TracerName)
 	}
+	// The counts exist before the gauge that reads them is registered; their
+	// refusal counter comes with the metrics, before anything is served.
+	s.conns = newConnLimits(cfg.MaxTCPConns, cfg.MaxTCPConnsPerIP, s.trustedProxy, nil)
 	m, err := newMetrics(deps.Registerer, func() float64 {
 		if h := s.currentHub(); h != nil {
 			return float64(h.subscriptions())
@@ -277,7 +282,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
-	s.conns = newConnLimits(cfg.MaxTCPConns, cfg.MaxTCPConnsPerIP, s.trustedProxy, m.tcpRefused)
+	s.conns.refused = m.tcpRefused
 	return s, nil
 }
 

@@ -321,21 +321,27 @@ func (s *Server) trustedProxy(addr netip.Addr) bool {
 }
 
 // acquireIP counts one more stream for client, unless it holds its limit.
-func (s *Server) acquireIP(client netip.Prefix) bool {
+func (s *Server) acquireIP(client netip.Prefix) bool { return s.acquireIn(s.perIP, client) }
+
+func (s *Server) releaseIP(client netip.Prefix) { s.releaseIn(s.perIP, client) }
+
+// acquireIn counts one more for client in counts (perIP or acksIP),
+// unless it holds MaxConnsPerIP there.
+func (s *Server) acquireIn(counts map[netip.Prefix]int, client netip.Prefix) bool {
 	s.ipMu.Lock()
 	defer s.ipMu.Unlock()
-	if s.perIP[client] >= s.cfg.MaxConnsPerIP {
+	if counts[client] >= s.cfg.MaxConnsPerIP {
 		return false
 	}
-	s.perIP[client]++
+	counts[client]++
 	return true
 }
 
-func (s *Server) releaseIP(client netip.Prefix) {
+func (s *Server) releaseIn(counts map[netip.Prefix]int, client netip.Prefix) {
 	s.ipMu.Lock()
 	defer s.ipMu.Unlock()
-	if s.perIP[client]--; s.perIP[client] <= 0 {
-		delete(s.perIP, client)
+	if counts[client]--; counts[client] <= 0 {
+		delete(counts, client)
 	}
 }
 

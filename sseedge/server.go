@@ -60,6 +60,9 @@ type Server struct {
 
 	ipMu  sync.Mutex
 	perIP map[netip.Prefix]int // streams and requests in flight by client address
+	// acksIP are the acks in flight by client address: a limit of their
+	// own, so that an address holding its streams can still ack.
+	acksIP map[netip.Prefix]int
 	// conns counts the TCP connections, by peer address and in total.
 	conns *connLimits
 

@@ -58,7 +58,7 @@ func run(args []string) error {
 		drain      = fs.Duration("drain-period", 30*time.Second, "time over which open streams are closed on shutdown")
 		perUser    = fs.Int("max-conns-per-user", 10, "streams per user on this edge; the oldest is closed (replaced) beyond it")
 		maxConns   = fs.Int("max-conns", 10000, "streams on this edge; more get 503")
-		perIP      = fs.Int("max-conns-per-ip", 1000, "streams per client address (IPv6: per /64) on this edge; more get 429; -1 disables")
+		perIP      = fs.Int("max-conns-per-ip", 1000, "streams per client address (IPv6: per /64) on this edge, and as many acks in flight, counted apart; more get 429; -1 disables")
 		tcpPerIP   = fs.Int("max-tcp-conns-per-ip", 0, "TCP connections per peer address (IPv6: per /64), trusted proxies exempt; more are closed at once; 0: -max-conns-per-ip plus half, at least 64 more; -1 disables")
 		tcpConns   = fs.Int("max-tcp-conns", 0, "TCP connections on this edge; more are closed at once; 0: -max-conns plus half, at least 64 more")
 		proxies    = fs.String("trusted-proxies", "", "comma-separated addresses or CIDRs of proxies whose X-Forwarded-For names the client")
