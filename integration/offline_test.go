@@ -131,17 +131,23 @@ func TestKafkaDownNotifyUnavailable(t *testing.T) {
 	wg.Wait()
 	o.Kafka.Start()
 	// The router answers again once its Kafka client has found the
-	// broker back, however long that takes on a loaded machine.
+	// broker back, however long that takes on a loaded machine: a probe
+	// for each user (and so each partition the calls below write to).
 	back := time.Now()
-	probes := 0
-	testenv.WaitFor(t, 30*time.Second, "Notify to be accepted again", func() bool {
-		probes++
-		call(1000 + probes)
-		mu.Lock()
-		defer mu.Unlock()
-		return codeOf[1000+probes] == codes.OK
+	rounds := 0
+	testenv.WaitFor(t, 30*time.Second, "Notify to be accepted again for every user", func() bool {
+		rounds++
+		ok := true
+		for j := range 7 {
+			i := 1000 + 7*rounds + j
+			call(i)
+			mu.Lock()
+			ok = ok && codeOf[i] == codes.OK
+			mu.Unlock()
+		}
+		return ok
 	})
-	t.Logf("the router accepted again %v after Kafka was back, at probe %d", time.Since(back), probes)
+	t.Logf("the router accepted again %v after Kafka was back, at probe round %d", time.Since(back), rounds)
 	calls(200, 300)
 	wg.Wait()
 
