@@ -197,7 +197,7 @@ func (b *bench) idleH2Run(ctx context.Context, per int) error {
 			return err
 		}
 	}
-	tcp, _, tcpErr := edgeConnections(b.cfg.edgeURL, f.sockets())
+	tcp, _, tcpErr := edgeConnections(b.cfg.edgeURL)
 	rep, err := f.report()
 	if err != nil {
 		return err
@@ -248,7 +248,7 @@ func (b *bench) idleH2Run(ctx context.Context, per int) error {
 func waitEdgeClosed(ctx context.Context, edgeURL string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		_, held, err := edgeConnections(edgeURL, nil)
+		_, held, err := edgeConnections(edgeURL)
 		if err != nil || held == 0 {
 			return err
 		}
@@ -268,11 +268,8 @@ func waitEdgeClosed(ctx context.Context, edgeURL string, timeout time.Duration) 
 // not), and the edge's own ends, which have its address as the local one,
 // still open: established, or closed by the client and not yet by the edge
 // (held). With the edge named by a host name, any address with its port
-// counts. With mine, a client's connection counts only if its socket is
-// one of those: on a shared machine another process may hold a connection
-// to the edge's port (a client still retrying a server that had the port
-// before the edge).
-func edgeConnections(edgeURL string, mine map[string]bool) (clients, held int, err error) {
+// counts.
+func edgeConnections(edgeURL string) (clients, held int, err error) {
 	u, err := url.Parse(edgeURL)
 	if err != nil {
 		return 0, 0, err
@@ -296,15 +293,15 @@ func edgeConnections(edgeURL string, mine map[string]bool) (clients, held int, e
 			return 0, 0, err
 		}
 		for line := range strings.Lines(string(b)) {
-			// sl local_address rem_address st ... inode; st 01 is
-			// ESTABLISHED, 08 CLOSE_WAIT.
+			// sl local_address rem_address st ...; st 01 is ESTABLISHED,
+			// 08 CLOSE_WAIT.
 			f := strings.Fields(line)
-			if len(f) < 10 {
+			if len(f) < 4 {
 				continue
 			}
 			local, remote, st := strings.HasSuffix(f[1], want), strings.HasSuffix(f[2], want), f[3]
 			switch {
-			case remote && !local && st == "01" && (mine == nil || mine[f[9]]):
+			case remote && !local && st == "01":
 				clients++
 			case local && !remote && (st == "01" || st == "08"):
 				held++
@@ -312,24 +309,4 @@ func edgeConnections(edgeURL string, mine map[string]bool) (clients, held int, e
 		}
 	}
 	return clients, held, nil
-}
-
-// sockets returns the inodes of the sockets the fleet's children hold, as
-// /proc/net/tcp names them; nil when a child's cannot be read.
-func (f *fleet) sockets() map[string]bool {
-	inodes := make(map[string]bool)
-	for _, c := range f.children {
-		dir := "/proc/" + strconv.Itoa(c.pid) + "/fd"
-		fds, err := os.ReadDir(dir)
-		if err != nil {
-			return nil
-		}
-		for _, fd := range fds {
-			link, _ := os.Readlink(dir + "/" + fd.Name())
-			if inode, ok := strings.CutPrefix(link, "socket:["); ok {
-				inodes[strings.TrimSuffix(inode, "]")] = true
-			}
-		}
-	}
-	return inodes
 }
