@@ -88,7 +88,10 @@ func TestOfflineUserIsPushed(t *testing.T) {
 }
 
 // TestKafkaDownNotifyUnavailable: while Kafka is down, Notify for offline
-// users answers Unavailable, and every OK answer has its record in Kafka.
+// users answers Unavailable, and every OK answer has its record in Kafka;
+// once Kafka is back and the router answers again, every call is accepted.
+// The first calls are in flight when Kafka stops: each may go either way,
+// but an OK must be in Kafka.
 func TestKafkaDownNotifyUnavailable(t *testing.T) {
 	o := testenv.StartOffline(t, 2)
 	s := newSystemWith(t, options{edges: 1, offline: o})
@@ -97,15 +100,15 @@ func TestKafkaDownNotifyUnavailable(t *testing.T) {
 	var (
 		mu       sync.Mutex
 		accepted []string
-		refused  = map[codes.Code]int{}
+		codeOf   = map[int]codes.Code{} // by call
 	)
 	call := func(i int) {
 		resp, err := s.router.Notify(ctx, &heraldv1.NotifyRequest{UserId: "u" + strconv.Itoa(i%7), Data: []byte(strconv.Itoa(i)),
 			IdempotencyKey: "k" + strconv.Itoa(i)})
 		mu.Lock()
 		defer mu.Unlock()
+		codeOf[i] = status.Code(err)
 		if err != nil {
-			refused[status.Code(err)]++
 			return
 		}
 		if resp.GetRoute() != heraldv1.Route_ROUTE_PUSH_QUEUED {
@@ -114,24 +117,48 @@ func TestKafkaDownNotifyUnavailable(t *testing.T) {
 		accepted = append(accepted, resp.GetNotificationId())
 	}
 	var wg sync.WaitGroup
-	for i := range 300 {
-		if i == 100 {
-			o.Kafka.Stop()
+	calls := func(from, to int) {
+		for i := from; i < to; i++ {
+			wg.Go(func() { call(i) })
+			time.Sleep(2 * time.Millisecond)
 		}
-		if i == 200 {
-			o.Kafka.Start()
-		}
-		wg.Add(1)
-		go func() { defer wg.Done(); call(i) }()
-		time.Sleep(2 * time.Millisecond)
 	}
+	calls(0, 100)
+	o.Kafka.Stop()
+	// Calls made while Kafka is down, all of them answered before it is
+	// back.
+	calls(100, 200)
 	wg.Wait()
-	if refused[codes.Unavailable] == 0 {
-		t.Fatalf("no call was refused while Kafka was down: %v", refused)
-	}
-	for code, n := range refused {
-		if code != codes.Unavailable {
-			t.Fatalf("%d calls refused with %v; want Unavailable only", n, code)
+	o.Kafka.Start()
+	// The router answers again once its Kafka client has found the
+	// broker back, however long that takes on a loaded machine: a probe
+	// for each user (and so each partition the calls below write to).
+	back := time.Now()
+	rounds := 0
+	testenv.WaitFor(t, 30*time.Second, "Notify to be accepted again for every user", func() bool {
+		rounds++
+		ok := true
+		for j := range 7 {
+			i := 1000 + 7*rounds + j
+			call(i)
+			mu.Lock()
+			ok = ok && codeOf[i] == codes.OK
+			mu.Unlock()
+		}
+		return ok
+	})
+	t.Logf("the router accepted again %v after Kafka was back, at probe round %d", time.Since(back), rounds)
+	calls(200, 300)
+	wg.Wait()
+
+	for i, code := range codeOf {
+		switch {
+		case code != codes.OK && code != codes.Unavailable:
+			t.Errorf("call %d refused with %v; want Unavailable only", i, code)
+		case i >= 100 && i < 200 && code != codes.Unavailable:
+			t.Errorf("call %d, made while Kafka was down: %v, want Unavailable", i, code)
+		case i >= 200 && i < 300 && code != codes.OK:
+			t.Errorf("call %d, made once the router answered again: %v, want OK", i, code)
 		}
 	}
 	stored := map[string]bool{}
@@ -154,8 +181,5 @@ func TestKafkaDownNotifyUnavailable(t *testing.T) {
 			t.Fatalf("notification %s was answered OK but is not in Kafka", id)
 		}
 	}
-	t.Logf("accepted %d (all in Kafka), refused %v", len(accepted), refused)
-	if len(accepted) < 150 {
-		t.Fatalf("only %d of 300 accepted; the calls before and after the outage should be", len(accepted))
-	}
+	t.Logf("accepted %d (all in Kafka) of %d calls", len(accepted), len(codeOf))
 }

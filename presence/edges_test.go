@@ -72,7 +72,9 @@ func TestEdgeRecordExpires(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	rdb, prefix := testenv.Redis(t)
-	ttl := 300 * time.Millisecond
+	// The record must outlive an announcement's sleep (a third of it) and
+	// the read after it on a loaded machine.
+	ttl := time.Second
 	reg, err := presence.New(rdb, presence.Config{Prefix: prefix, LeaseTTL: ttl})
 	if err != nil {
 		t.Fatal(err)

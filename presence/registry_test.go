@@ -76,7 +76,9 @@ func TestLeaseRemoveOnline(t *testing.T) {
 func TestLeaseExpiresWithoutRenewal(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	ttl := 300 * time.Millisecond
+	// The lease must outlive a renewal's sleep (a third of it) and the
+	// read after it on a loaded machine.
+	ttl := time.Second
 	reg := newTestRegistry(t, ttl)
 	kept := presence.Conn{User: "dave", ID: "kept", Edge: "e1", Since: time.Now()}
 	dead := presence.Conn{User: "erin", ID: "dead", Edge: "e2", Since: time.Now()}

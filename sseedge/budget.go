@@ -71,9 +71,9 @@ func (s *Server) shed() {
 		if s.budget.used.Load() <= s.budget.limit {
 			return
 		}
-		if w.st.close(CloseSlowConsumer) {
+		// Counted before the stream's client can see it closed.
+		if w.st.closeThen(CloseSlowConsumer, s.metrics.budgetCloses.Inc) {
 			w.st.cut()
-			s.metrics.budgetCloses.Inc()
 			s.log.Warn("edge over its queued bytes budget; closing the heaviest stream",
 				slog.String("conn", w.st.conn.ID), slog.Int64("held_bytes", w.n), slog.Int64("budget_bytes", s.budget.limit))
 		}

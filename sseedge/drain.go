@@ -51,9 +51,8 @@ func (s *Server) drain(ctx context.Context, hs *http.Server) {
 
 // closeDrained ends a drained stream with a jittered retry: field, so that
 // the clients of a draining edge come back spread out.
-func (s *Server) closeDrained(write func([]byte) CloseReason) CloseReason {
+func (s *Server) closeDrained(write func([]byte) CloseReason) {
 	_ = write(appendRetry(nil, s.drainRetry()))
-	return CloseServerDrain
 }
 
 // drainRetry is the reconnection delay a drained client is given: Retry,

@@ -79,7 +79,9 @@ func TestH2HeldStreamHeartbeatsAndExpires(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	const user = "held-h2"
-	r := openH2(t, ctx, e, tokenFor(t, user, 1500*time.Millisecond))
+	// JWT exp has whole-second precision: the token lasts 2 to 3 s, long
+	// enough for what comes before its end on a loaded machine.
+	r := openH2(t, ctx, e, tokenFor(t, user, 3*time.Second))
 	readUntil := func(want string) {
 		t.Helper()
 		for {

@@ -52,7 +52,16 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	// The first reason wins: a stream closed as slow_consumer whose blocked
 	// write then times out is counted as slow_consumer, once.
 	st.close(reason)
-	s.finish(ctx, st, s.count(st))
+	counted := s.count(st)
+	// Counted before the client can see the end, as the writers do
+	// (writers.end): a drained or replaced stream's last words come after.
+	switch reason {
+	case CloseServerDrain:
+		s.closeDrained(s.writeFunc(ctx, w, st, nil))
+	case CloseReplaced:
+		s.closeReplaced(s.writeFunc(ctx, w, st, nil))
+	}
+	s.finish(ctx, st, counted)
 }
 
 // openEvents admits and opens the stream a request for /v1/events asks

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,24 +19,31 @@ import (
 )
 
 // edgeSockets counts the sockets the edge at addr holds open for its
-// clients, from /proc/net/tcp: those on its port, not listening, that still
-// have a file (a closed one in TIME_WAIT has none).
+// clients, from /proc/net/tcp: those on its address, not listening, that
+// still have a file (a closed one in TIME_WAIT has none). The address, not
+// the port alone: a socket of another process, bound to another loopback
+// address (heraldbench's fleets bind 127.0.0.x), may have the same port.
 func edgeSockets(tb testing.TB, addr string) int {
 	tb.Helper()
-	_, port, _ := net.SplitHostPort(addr)
-	p, _ := strconv.Atoi(port)
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		tb.Fatalf("edge address %q: want an IPv4 address and port", addr)
+	}
 	f, err := os.Open("/proc/net/tcp")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer f.Close()
-	local := fmt.Sprintf(":%04X", p)
+	// An IPv4 address is printed as the 32-bit word in host order:
+	// byte-reversed on little-endian machines.
+	ip := ap.Addr().As4()
+	local := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], ap.Port())
 	n := 0
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
 		// sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-		if len(fields) < 10 || !strings.HasSuffix(fields[1], local) || fields[3] == "0A" || fields[9] == "0" {
+		if len(fields) < 10 || fields[1] != local || fields[3] == "0A" || fields[9] == "0" {
 			continue
 		}
 		n++

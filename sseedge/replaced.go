@@ -30,7 +30,6 @@ func (s *Server) appendReplaced(b []byte) []byte {
 }
 
 // closeReplaced ends a replaced stream on the handler goroutine.
-func (s *Server) closeReplaced(write func([]byte) CloseReason) CloseReason {
+func (s *Server) closeReplaced(write func([]byte) CloseReason) {
 	_ = write(s.appendReplaced(nil))
-	return CloseReplaced
 }

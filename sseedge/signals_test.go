@@ -108,11 +108,15 @@ func TestReplacedStreamIsTold(t *testing.T) {
 				}
 				break
 			}
+			// Counted before the client is told: a client that saw the
+			// event finds it in the metrics.
+			if n := e.closed(sseedge.CloseReplaced); n != 1 {
+				t.Errorf("replaced = %v once the client was told, want 1", n)
+			}
 			if retry != 15*time.Second {
 				t.Errorf("retry before %s: %v, want 10 × Retry = 15s", sseedge.ReplacedEvent, retry)
 			}
 			streamEnds(t, first, 5*time.Second)
-			waitClosed(t, e, sseedge.CloseReplaced, 1)
 		})
 	}
 }

@@ -250,10 +250,20 @@ func (st *stream) weight() int64 {
 // reports true. What the stream holds is given back to the budget at once,
 // and its queue let go.
 func (st *stream) close(reason CloseReason) bool {
+	return st.closeThen(reason, nil)
+}
+
+// closeThen is close, which calls won, unless it is nil, when this call is
+// the one that ends the stream, before a writer can see the end: what won
+// counts is counted before the stream's client sees it closed.
+func (st *stream) closeThen(reason CloseReason, won func()) bool {
 	st.mu.Lock()
 	if st.reason != "" {
 		st.mu.Unlock()
 		return false
+	}
+	if won != nil {
+		won()
 	}
 	st.reason = reason
 	st.budget.add(-st.held)

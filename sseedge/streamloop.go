@@ -36,8 +36,9 @@ func (s *Server) serveStream(ctx context.Context, w http.ResponseWriter, r *http
 	}
 	s.pageWritten(st)
 	if s.draining.Load() {
-		// The drain began while this stream was opening.
-		return s.closeDrained(write), false
+		// The drain began while this stream was opening: its caller
+		// counts it, then ends it (closeDrained).
+		return CloseServerDrain, false
 	}
 	if takeOver {
 		// What the client sent after its request (nothing, from an SSE
@@ -146,11 +147,9 @@ func (s *Server) turn(ctx context.Context, w http.ResponseWriter, st *stream) Cl
 	batch, resync, heartbeat, reason, ok := st.take(tb.batch[:0])
 	tb.batch = batch
 	switch {
-	case reason == CloseServerDrain:
-		return s.closeDrained(write)
-	case reason == CloseReplaced:
-		return s.closeReplaced(write)
 	case reason != "":
+		// A drained or replaced stream's last words are written by
+		// handleEvents, once it is counted.
 		return reason
 	case resync:
 		// The next page of a catch-up from history: of what the client

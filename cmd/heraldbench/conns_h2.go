@@ -284,6 +284,9 @@ func edgeConnections(edgeURL string) (clients, held int, err error) {
 	if ip := net.ParseIP(u.Hostname()).To4(); ip != nil {
 		want = fmt.Sprintf("%02X%02X%02X%02X", ip[3], ip[2], ip[1], ip[0]) + want
 	}
+	// The kernel writes the table a chunk at a time, as sockets come and
+	// go: a socket may be listed twice. Each counts once.
+	seen := make(map[string]bool)
 	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		b, err := os.ReadFile(file)
 		if err != nil {
@@ -299,6 +302,10 @@ func edgeConnections(edgeURL string) (clients, held int, err error) {
 			if len(f) < 4 {
 				continue
 			}
+			if seen[f[1]+" "+f[2]] {
+				continue
+			}
+			seen[f[1]+" "+f[2]] = true
 			local, remote, st := strings.HasSuffix(f[1], want), strings.HasSuffix(f[2], want), f[3]
 			switch {
 			case remote && !local && st == "01":

@@ -11,12 +11,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	mathrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -86,15 +88,57 @@ func RequireBinary(tb testing.TB, name, install string) string {
 	return p
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago, as
+// was port+10000 (a Redis Cluster node's bus port). Both are below the
+// kernel's ephemeral range, from which every listener on port 0 and every
+// connection's local port is taken: so none of those, in this test or in
+// any other process, takes the port while a server is down between a stop
+// and its start on the same port (RedisServer.Restart, Kafka.Start).
 func FreePort(tb testing.TB) int {
 	tb.Helper()
+	if top := ephemeralLow() - busOffset; top-portFloor >= 1000 {
+		for range 100 {
+			p := portFloor + mathrand.IntN(top-portFloor)
+			if bindable(p) && bindable(p+busOffset) {
+				return p
+			}
+		}
+	}
+	// No room below the ephemeral range: a port from it.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// portFloor is the lowest port FreePort gives, above most well-known
+// services' ports; busOffset is how far above its port a Redis Cluster
+// node listens for its bus.
+const portFloor, busOffset = 10000, 10000
+
+// ephemeralLow is the first port of the kernel's ephemeral range.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768 // Linux's default
+	}
+	low, err := strconv.Atoi(strings.Fields(string(b) + " x")[0])
+	if err != nil {
+		return 32768
+	}
+	return low
+}
+
+// bindable reports whether port is free on 127.0.0.1 now.
+func bindable(port int) bool {
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		return false
+	}
+	_ = l.Close()
+	return true
 }
 
 // RedisServer is a redis-server process of the test's own.
