@@ -266,3 +266,23 @@ func TestTracedFlag(t *testing.T) {
 		t.Errorf("the untraced notification's trail: %v, want trail.ErrNotKept", err)
 	}
 }
+
+// TestRefusedRecordWithoutOffline: a publisher without the offline path,
+// on the Redis where another one's queue refused a keyed notification,
+// answers the retry as a duplicate of what the notify script did, not
+// with an error for the record it does not requeue.
+func TestRefusedRecordWithoutOffline(t *testing.T) {
+	t.Parallel()
+	rdb, prefix := testenv.Redis(t)
+	withQueue := testenv.PublisherOn(t, rdb, prefix, delivery.PublisherConfig{Offline: &recordingQueue{fail: map[string]bool{"ann": true}}})
+	without := testenv.PublisherOn(t, rdb, prefix, delivery.PublisherConfig{})
+	ctx := context.Background()
+	first := envelope("ann", "x")
+	if _, err := withQueue.Pub.Publish(ctx, first, "k1"); err == nil {
+		t.Fatal("the failing queue's publish succeeded")
+	}
+	res, err := without.Pub.Publish(ctx, envelope("ann", "x"), "k1")
+	if err != nil || !res.Duplicate || res.ID != first.Id || res.Queued {
+		t.Fatalf("retry without the offline path: %+v, %v; want a duplicate of %s, not queued", res, err, first.Id)
+	}
+}

@@ -357,8 +357,14 @@ func (p *Publisher) outcome(c *notifyCall) (r Result, queue bool, err error) {
 		if strings.HasPrefix(res[1], "pending|") {
 			return Result{}, false, ErrInFlight
 		}
-		if rest, ok := strings.CutPrefix(res[1], refusedPrefix); ok && p.cfg.Offline != nil {
+		rest, refused := strings.CutPrefix(res[1], refusedPrefix)
+		if refused && p.cfg.Offline != nil {
 			return requeue(c, rest)
+		}
+		if refused {
+			// A router without the offline path (of the same Redis) answers
+			// with what the notify script did, as for any duplicate.
+			res[1] = rest
 		}
 		r, err := parseRecord(res[1])
 		return r, false, err
