@@ -10,22 +10,25 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// An idempotency record is "pending|" .. record while its notification is
-// being routed, then "route|subscribers|eventID|" .. record, with "|queued"
-// appended when the offline queue took it (record is the notification's
-// "id|accepted ms|ack deadline ms").
+// An idempotency record is "pending|" .. claimed ms .. "|" .. outcome
+// while its notification is being written to the offline queue, then
+// outcome, with "|queued" appended when the offline queue took it. outcome
+// is "route|subscribers|eventID|" .. record, and record the notification's
+// "id|accepted ms|ack deadline ms".
 //
 // When the offline queue refused a notification that reached no edge, the
 // caller is answered UNAVAILABLE and retries with its key; but the notify
 // script has recorded it in the user's history already, where a client
 // that resumes with Last-Event-ID finds it. Routed afresh, the retry would
 // record it a second time, under a new event id, and that client would get
-// it twice. So the record becomes refusedPrefix .. "route|subscribers|
-// eventID|" .. record (settle), and the retry's script, finding it, records
-// and publishes nothing: it claims the key again (pending) and the retry
-// queues the same notification, with its first id and event id (requeue).
-// It is pushed, and recovered from history by a client resuming from before
-// it: both, not twice over SSE.
+// it twice. So the record becomes refusedPrefix .. outcome (settle), and
+// the retry's script, finding it, records and publishes nothing: it claims
+// the key again (pending) and the retry queues the same notification, with
+// its first id and event id (requeue). It is pushed, and recovered from
+// history by a client resuming from before it: both, not twice over SSE.
+// A record still pending past PublisherConfig.PendingTimeout is claimed
+// the same way: its router died, or its script ran in a Redis stall whose
+// timeout failed the call (docs/reliability.md, "Redis stalls").
 const refusedPrefix = "refused|"
 
 // refusedRecord is the refused record of a notification routed as r, whose

@@ -30,11 +30,21 @@ local function notify(k, a, C)
   if idem then
     local prev = redis.call('GET', idem)
     if prev then
-      -- Refused by the offline queue after it was recorded: the retry
-      -- queues the same event, claimed again, and records nothing
-      -- (idemrecord.go).
-      local r = C.queues and string.match(prev, '^refused|[^|]*|[^|]*|[^|]*|(.*)$')
-      if r then redis.call('SET', idem, 'pending|' .. r, 'PX', C.pending) end
+      -- Recorded already, but refused by the offline queue, or left
+      -- pending past the pending timeout (its router died, or never
+      -- learnt that the script ran): the retry claims it again and queues
+      -- the same event, recording nothing (idemrecord.go).
+      if C.queues then
+        local r = string.match(prev, '^refused|(.*)$')
+        if not r then
+          local ms, rest = string.match(prev, '^pending|(%d+)|(.*)$')
+          if ms and now - tonumber(ms) >= tonumber(C.pending) then r = rest end
+        end
+        if r then
+          redis.call('SET', idem, 'pending|' .. fmt(now) .. '|' .. r, 'PX', C.idemWindow)
+          return 'dup', 'refused|' .. r
+        end
+      end
       return 'dup', prev
     end
   end
@@ -48,7 +58,8 @@ local function notify(k, a, C)
   end
   if idem then
     if route ~= 'online' and C.queues then
-      redis.call('SET', idem, 'pending|' .. rec, 'PX', C.pending)
+      redis.call('SET', idem, 'pending|' .. fmt(now) .. '|' .. route .. '|' .. fmt(subs) .. '|' .. eid .. '|' .. rec,
+        'PX', C.idemWindow)
     else
       redis.call('SET', idem, route .. '|' .. fmt(subs) .. '|' .. eid .. '|' .. rec, 'PX', C.idemWindow)
     end

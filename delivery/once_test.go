@@ -99,3 +99,52 @@ func fillPool(tb testing.TB, rdb *redis.Client, n int) {
 		c.Close()
 	}
 }
+
+// TestStalledKeyedOfflineQueuedOnce: a keyed notification to a user no edge
+// holds, whose script ran in a stall that failed the call, is left pending
+// for the offline queue, and the router, never told the script ran, does
+// not settle it. Once the pending timeout has passed, the retry queues the
+// notification the first run recorded, under its id, and records nothing
+// again (a client resuming from before it would otherwise get it twice).
+func TestStalledKeyedOfflineQueuedOnce(t *testing.T) {
+	t.Parallel()
+	srv := testenv.StartRedisServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, ReadTimeout: time.Second})
+	t.Cleanup(func() { rdb.Close() })
+	q := &recordingQueue{}
+	f := testenv.PublisherOn(t, rdb, "p:", delivery.PublisherConfig{Offline: q, PendingTimeout: time.Second})
+	ctx := context.Background()
+	// Redis caches the script first: a stalled EVALSHA that finds it
+	// unknown runs nothing.
+	if _, err := f.Pub.Publish(ctx, envelope("bob", "warm"), ""); err != nil {
+		t.Fatal(err)
+	}
+	fillPool(t, rdb, 4)
+	first := envelope("ann", "once")
+	srv.Pause()
+	_, err := f.Pub.Publish(ctx, first, "k1")
+	srv.Resume()
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("keyed publish with Redis stalled: %v, want a read timeout", err)
+	}
+	var res delivery.Result
+	testenv.WaitFor(t, 30*time.Second, "the retry to be routed", func() bool {
+		res, err = f.Pub.Publish(ctx, envelope("ann", "once"), "k1")
+		if err != nil && !errors.Is(err, delivery.ErrInFlight) {
+			t.Fatalf("retry: %v", err)
+		}
+		return err == nil
+	})
+	if !res.Queued || res.Duplicate || res.ID != first.Id {
+		t.Fatalf("retry: %+v, want the first call's notification %s queued", res, first.Id)
+	}
+	if n, err := rdb.XLen(ctx, delivery.HistoryKeys("p:", delivery.UserStream("ann"))[0]).Result(); err != nil || n != 1 {
+		t.Errorf("history holds %d events (%v), want the first run's only", n, err)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.envs) != 2 || q.envs[1].Id != first.Id {
+		t.Errorf("offline queue got %d notifications, want bob's and the first call's once", len(q.envs))
+	}
+}

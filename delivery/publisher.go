@@ -74,8 +74,9 @@ type PublisherConfig struct {
 	Offline OfflineQueue
 	// PendingTimeout is how long an idempotency key stays claimed while its
 	// notification is being written to the offline queue. A retry within it
-	// gets ErrInFlight; after it, a retry routes the notification again.
-	// Default 30s, above the offline queue's write timeout.
+	// gets ErrInFlight; after it, a retry claims the key and queues the
+	// notification the first call recorded (idemrecord.go). Default 30s,
+	// above the offline queue's write timeout.
 	PendingTimeout time.Duration
 	// TraceTTL is how long a notification's trail (see TraceKey and
 	// delivery/trail) is kept.
@@ -403,7 +404,7 @@ func (p *Publisher) settle(ctx context.Context, qs []*queued) {
 			trace := TraceKey(p.presence.Prefix(), env.GetUserId(), env.GetId())
 			if q.err != nil {
 				if c.hasKey {
-					p.scripts.abandon.Eval(bg, pl, []string{c.idem}, "pending|"+c.record, refusedRecord(q.res, c.record),
+					p.scripts.abandon.Eval(bg, pl, []string{c.idem}, "|"+c.record, refusedRecord(q.res, c.record),
 						p.cfg.IdempotencyWindow.Milliseconds())
 				}
 				if c.traced {

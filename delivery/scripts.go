@@ -25,15 +25,17 @@ import (
 //	KEYS with an ack deadline, after those: receipts, receipt envelopes
 //
 // With an idempotency key it first returns the stored record, if any (and
-// claims a refused one again: idemrecord.go). Then it
+// claims a refused one, or one left pending past the pending timeout,
+// again: idemrecord.go). Then it
 // records the envelope in the user's history, counts live leases, publishes
 // when there is one, and stores "route|subscribers|event id|" .. record
 // under the idempotency key, where the record is "id|accepted ms|ack deadline
 // ms" (0: fire and forget): a duplicate is answered with what was applied
 // (see parseRecord). When the notification still has to be queued
 // for the offline path (a pending timeout > 0 and it was not published to
-// anyone), it stores "pending|" .. record for the pending timeout instead,
-// and the caller stores the final record once the queue has taken it. With
+// anyone), it stores "pending|" .. now ms .. "|route|subscribers|event id|"
+// .. record instead, and the caller stores the final record once the queue
+// has taken it. With
 // a trace key (a notification the publisher traces: see
 // PublisherConfig.TraceRate) it starts the notification's trail there.
 // Each Redis command it runs costs (about 1 µs each, on top of the script's
