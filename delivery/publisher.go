@@ -358,16 +358,16 @@ func (p *Publisher) outcome(c *notifyCall) (r Result, queue bool, err error) {
 		if strings.HasPrefix(res[1], "pending|") {
 			return Result{}, false, ErrInFlight
 		}
-		rest, refused := strings.CutPrefix(res[1], refusedPrefix)
-		if refused && p.cfg.Offline != nil {
-			return requeue(c, rest)
-		}
-		if refused {
+		rec := res[1]
+		if rest, ok := strings.CutPrefix(rec, refusedPrefix); ok {
+			if p.cfg.Offline != nil {
+				return requeue(c, rest)
+			}
 			// A router without the offline path (of the same Redis) answers
 			// with what the notify script did, as for any duplicate.
-			res[1] = rest
+			rec = rest
 		}
-		r, err := parseRecord(res[1])
+		r, err := parseRecord(rec)
 		return r, false, err
 	}
 	r, err = p.result(c.env, res)
