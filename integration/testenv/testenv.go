@@ -11,14 +11,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	mathrand "math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -88,59 +85,6 @@ func RequireBinary(tb testing.TB, name, install string) string {
 	return p
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago, as
-// was port+10000 (a Redis Cluster node's bus port). Both are below the
-// kernel's ephemeral range, from which every listener on port 0 and every
-// connection's local port is taken: so none of those, in this test or in
-// any other process, takes the port while a server is down between a stop
-// and its start on the same port (RedisServer.Restart, Kafka.Start).
-func FreePort(tb testing.TB) int {
-	tb.Helper()
-	if top := ephemeralLow() - busOffset; top-portFloor >= 1000 {
-		for range 100 {
-			p := portFloor + mathrand.IntN(top-portFloor)
-			if bindable(p) && bindable(p+busOffset) {
-				return p
-			}
-		}
-	}
-	// No room below the ephemeral range: a port from it.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// portFloor is the lowest port FreePort gives, above most well-known
-// services' ports; busOffset is how far above its port a Redis Cluster
-// node listens for its bus.
-const portFloor, busOffset = 10000, 10000
-
-// ephemeralLow is the first port of the kernel's ephemeral range.
-func ephemeralLow() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 32768 // Linux's default
-	}
-	low, err := strconv.Atoi(strings.Fields(string(b) + " x")[0])
-	if err != nil {
-		return 32768
-	}
-	return low
-}
-
-// bindable reports whether port is free on 127.0.0.1 now.
-func bindable(port int) bool {
-	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-	if err != nil {
-		return false
-	}
-	_ = l.Close()
-	return true
-}
-
 // RedisServer is a redis-server process of the test's own.
 type RedisServer struct {
 	Addr  string
@@ -149,6 +93,8 @@ type RedisServer struct {
 	dir   string
 	extra []string
 	cmd   *exec.Cmd
+	// exited is closed when cmd has exited and been waited for.
+	exited chan struct{}
 }
 
 // StartRedisServer starts a redis-server on a free port, with extra
@@ -163,19 +109,37 @@ func StartRedisServer(tb testing.TB, extra ...string) *RedisServer {
 }
 
 // Start starts the server (again) on its port and waits until it answers.
+// A server that exits first fails the test with the end of its log.
 func (s *RedisServer) Start() {
 	s.tb.Helper()
 	bin := RequireBinary(s.tb, "redis-server", "apt-get install -y redis-server")
+	logfile := filepath.Join(s.dir, "redis.log")
 	args := append([]string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--logfile", filepath.Join(s.dir, "redis.log")}, s.extra...)
+		"--logfile", logfile}, s.extra...)
 	s.cmd = exec.Command(bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		s.tb.Fatalf("start redis-server: %v", err)
 	}
+	exited := make(chan struct{})
+	s.exited = exited
+	go func(cmd *exec.Cmd) {
+		_ = cmd.Wait()
+		close(exited)
+	}(s.cmd)
 	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
 	defer rdb.Close()
 	WaitFor(s.tb, 10*time.Second, "redis-server on "+s.Addr+" to answer", func() bool {
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(logfile)
+			if len(b) > 2000 {
+				b = b[len(b)-2000:]
+			}
+			s.cmd = nil
+			s.tb.Fatalf("redis-server on %s exited before it answered; its log ends:\n%s", s.Addr, b)
+		default:
+		}
 		return rdb.Ping(context.Background()).Err() == nil
 	})
 }
@@ -194,7 +158,7 @@ func (s *RedisServer) Restart() {
 func (s *RedisServer) Shutdown() {
 	if s.cmd != nil && s.cmd.Process != nil {
 		_ = s.cmd.Process.Signal(syscall.SIGTERM)
-		_ = s.cmd.Wait()
+		<-s.exited
 		s.cmd = nil
 	}
 }
@@ -229,7 +193,7 @@ func (s *RedisServer) Stop() {
 		return
 	}
 	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
+	<-s.exited
 	s.cmd = nil
 }
 
