@@ -295,6 +295,12 @@ func TestWorkerDedupesRedelivery(t *testing.T) {
 	}
 	marker := r.Notify(t, "ivan", "after", nil)
 	r.WaitPushes(t, 6)
+	// The worker counts a batch's messages once FCM has answered them, so
+	// the emulator can hold the last pushes before they are counted: wait
+	// for the marker's batch to be counted, then check nothing more was.
+	testenv.WaitFor(t, 10*time.Second, "the marker's pushes to be counted", func() bool {
+		return metricValue(t, reg, "herald_fcm_messages_total", "sent") >= 6
+	})
 	for tok, want := range map[string][]string{
 		"tok-ivan":        {env.Id, marker.Id},
 		"tok-ivan-tablet": {env.Id, marker.Id},
