@@ -162,16 +162,22 @@ func (w *Worker) targets(ctx context.Context, items []item, deads *[]kafka.Messa
 	}
 	var pushes []push
 	duplicates := 0
+	// The hashes of the tokens this batch pushes, by dedupe set: a record
+	// queued twice (a write that Kafka took while its caller saw an error,
+	// and the caller's retry) can sit twice in one batch, whose dedupe sets
+	// were all read before either was pushed.
+	planned := map[string][]string{}
 	for i, it := range items {
 		// The hashes of the tokens pushed already: none, mostly, and never
 		// more than the tokens pushed for this notification.
 		done := pushed[i].Val()
 		add := func(token, platform string) {
 			h := tokenHash(token)
-			if slices.Contains(done, h) {
+			if slices.Contains(done, h) || slices.Contains(planned[it.sentKey], h) {
 				duplicates++
 				return
 			}
+			planned[it.sentKey] = append(planned[it.sentKey], h)
 			pushes = append(pushes, push{item: i, token: token, platform: platform, hash: h})
 		}
 		if it.task != nil {

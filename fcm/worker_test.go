@@ -349,3 +349,43 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...
 	}
 	return 0
 }
+
+// TestWorkerDedupesWithinBatch queues one notification twice before the
+// worker starts, as a Kafka write its caller saw fail and the caller's
+// retry do, so that both records come in one batch: each device gets it
+// once.
+func TestWorkerDedupesWithinBatch(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, 1)
+	r.Register(t, "jo", "tok-jo", "tok-jo-tablet")
+	env := r.Notify(t, "jo", "x", nil)
+	if err := r.Queue.Enqueue(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	marker := r.Notify(t, "jo", "after", nil)
+	reg := prometheus.NewRegistry()
+	r.StartWorker(t, r.WorkerConfig(), reg)
+	r.WaitPushes(t, 4)
+	testenv.WaitFor(t, 10*time.Second, "the marker's pushes to be counted", func() bool {
+		return metricValue(t, reg, "herald_fcm_messages_total", "sent") >= 4
+	})
+	for _, tok := range []string{"tok-jo", "tok-jo-tablet"} {
+		var ids []string
+		for _, m := range r.Emulator.ByToken(tok) {
+			d, err := m.Decode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, d.Data[fcm.DataID])
+		}
+		if want := []string{env.Id, marker.Id}; !slices.Equal(ids, want) {
+			t.Errorf("%s was pushed %v, want %v", tok, ids, want)
+		}
+	}
+	if got := metricValue(t, reg, "herald_fcm_messages_total", "duplicate"); got != 2 {
+		t.Errorf("%v duplicates counted, want 2", got)
+	}
+	if got := metricValue(t, reg, "herald_fcm_messages_total", "sent"); got != 4 {
+		t.Errorf("%v sent counted, want 4", got)
+	}
+}
