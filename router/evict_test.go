@@ -3,6 +3,7 @@ package router_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -160,7 +161,7 @@ func TestAuthenticatedConnOutlivesFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range flood {
-		silentFrom(t, r.addr, "127.0.0."+string(rune('2'+i/2)))
+		silentFrom(t, r.addr, fmt.Sprintf("127.0.0.%d", 2+i/2))
 	}
 	if err := notifyOn(caller, "k1"); err != nil {
 		t.Fatalf("Notify on the caller's connection after %d connections without credentials: %v", flood, err)
