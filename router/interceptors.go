@@ -54,9 +54,11 @@ type tapCallerKey struct{}
 // TapHandle authenticates each call when its headers arrive, before gRPC
 // reads its request: an unauthenticated caller is refused UNAUTHENTICATED
 // without one byte of its message being read or decoded, whatever its size
-// or content. Install it with grpc.InTapHandle next to the interceptors,
-// which then reuse its result. It runs on the connection's reader, so it
-// does no I/O: a hash and a comparison per configured key.
+// or content. The connection of an authenticated call is one that a new
+// connection no longer evicts at Config.MaxConns. Install it with
+// grpc.InTapHandle next to the interceptors, which then reuse its result.
+// It runs on the connection's reader, so it does no I/O: a hash and a
+// comparison per configured key.
 func (c *Callers) TapHandle() tap.ServerInHandle {
 	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
 		if publicMethod(info.FullMethodName) {
@@ -66,8 +68,23 @@ func (c *Callers) TapHandle() tap.ServerInHandle {
 		if cl == nil {
 			return nil, c.refuse(ctx, refusedUnauthenticated, "", info.FullMethodName, status.New(codes.Unauthenticated, msg))
 		}
+		markAuthenticated(ctx)
 		return context.WithValue(ctx, tapCallerKey{}, cl), nil
 	}
+}
+
+// NoAuth is the server option of a router that serves its API without
+// credentials (-insecure-no-auth), in place of Callers' tap handle and
+// interceptors: every call but Health/Check counts as authenticated for
+// Config.MaxConns, so that connections which make no call still make way
+// for those which do.
+func NoAuth() grpc.ServerOption {
+	return grpc.InTapHandle(func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		if !publicMethod(info.FullMethodName) {
+			markAuthenticated(ctx)
+		}
+		return ctx, nil
+	})
 }
 
 // UnaryInterceptor authenticates each call, applies the caller's rate limit,
@@ -229,6 +246,7 @@ func (c *Callers) authenticated(ctx context.Context, method string) (*caller, er
 	if cl == nil {
 		return nil, c.refuse(ctx, refusedUnauthenticated, "", method, status.New(codes.Unauthenticated, msg))
 	}
+	markAuthenticated(ctx)
 	return cl, nil
 }
 

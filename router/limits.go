@@ -38,8 +38,8 @@ const (
 	// DefaultMaxStreamsPerConn bounds the calls in flight on one connection.
 	DefaultMaxStreamsPerConn = 100
 	// DefaultMaxConns bounds the router's open gRPC connections; past it
-	// new connections wait in the listen queue. Callers are backend
-	// services, each with a few connections.
+	// a new connection evicts one never authenticated, or is closed.
+	// Callers are backend services, each with a few connections.
 	DefaultMaxConns = 1024
 	// DefaultMaxConnsPerIP bounds the open connections from one client
 	// address (IPv6: its /64), which connects without credentials: a

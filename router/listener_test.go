@@ -68,8 +68,8 @@ func TestConnsPerIP(t *testing.T) {
 	if err := check(first); err != nil {
 		t.Fatalf("connection 1 from 127.0.0.2 after the refusal: %v", err)
 	}
-	if n := testenv.Counter(t, r.metrics, "herald_router_conns_refused_total"); n < 1 {
-		t.Errorf("herald_router_conns_refused_total = %v, want at least 1", n)
+	if n := connsRefused(t, r.metrics, "per_ip"); n < 1 {
+		t.Errorf(`herald_router_conns_refused_total{limit="per_ip"} = %v, want at least 1`, n)
 	}
 	// Closing one connection gives the address its slot back.
 	second.Close()

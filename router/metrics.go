@@ -24,9 +24,12 @@ type metrics struct {
 	devices     *prometheus.CounterVec
 	lookups     *prometheus.CounterVec
 	streams     prometheus.Gauge
-	// connsRefused counts connections closed on accept: their client
-	// address held MaxConnsPerIP.
-	connsRefused prometheus.Counter
+	// connsRefused counts connections closed on accept, by the limit
+	// they were over: per_ip (MaxConnsPerIP) or total (MaxConns, every
+	// open connection authenticated); connsEvicted, the connections
+	// closed to make way for a new one at MaxConns (limitListener).
+	connsRefused *prometheus.CounterVec
+	connsEvicted prometheus.Counter
 
 	// The series every routed notification counts in, looked up once:
 	// WithLabelValues hashes its labels on each call.
@@ -75,9 +78,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: "herald", Subsystem: "router", Name: "notify_streams",
 			Help: "NotifyStream calls open.",
 		}),
-		connsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+		connsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "herald", Subsystem: "router", Name: "conns_refused_total",
-			Help: "gRPC connections closed as soon as accepted: their client address (IPv6: its /64) held its limit of open connections.",
+			Help: "gRPC connections closed as soon as accepted, by the limit they were over: per_ip (their client address, IPv6: its /64, held its limit of open connections) or total (the router held its limit, every connection having carried an authenticated call).",
+		}, []string{"limit"}),
+		connsEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "herald", Subsystem: "router", Name: "conns_evicted_total",
+			Help: "gRPC connections closed to make way for a new one when the router held its limit of open connections: the oldest that had never carried an authenticated call.",
 		}),
 	}
 	m.okRoutes = make(map[string]prometheus.Counter)
@@ -88,7 +95,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m.lookupOffline = m.lookups.WithLabelValues("offline")
 	m.lookupStale = m.lookups.WithLabelValues("stale")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.kafkaErrors, m.duplicates, m.broadcasts, m.devices, m.lookups, m.streams, m.connsRefused} {
+		for _, c := range []prometheus.Collector{m.notifies, m.latency, m.redisErrors, m.kafkaErrors, m.duplicates, m.broadcasts, m.devices, m.lookups, m.streams, m.connsRefused, m.connsEvicted} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

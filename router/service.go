@@ -65,8 +65,11 @@ type Config struct {
 	// MaxStreamsPerConn bounds the calls in flight on one connection.
 	// Default DefaultMaxStreamsPerConn (100).
 	MaxStreamsPerConn int
-	// MaxConns bounds the open connections; more wait to be accepted.
-	// Default DefaultMaxConns (1024).
+	// MaxConns bounds the open connections. At it, a new connection
+	// closes the oldest open one that has never carried an authenticated
+	// call (one Callers admitted, or any call but Health/Check under
+	// NoAuth); when every one has, the new connection is closed as it is
+	// accepted. Default DefaultMaxConns (1024).
 	MaxConns int
 	// MaxConnsPerIP bounds the open connections from one client address
 	// (IPv6: its /64); more are closed as they are accepted. Default
@@ -451,7 +454,8 @@ func toStatus(ctx context.Context, err error) error {
 // on lis until ctx is done, then stops gracefully, falling back to a hard
 // stop after ShutdownTimeout. The Config's limits apply; opts add to them.
 func (s *Service) Serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
-	lis = newLimitListener(lis, s.cfg.MaxConns, s.cfg.MaxConnsPerIP, s.metrics.connsRefused)
+	lis = newLimitListener(lis, s.cfg.MaxConns, s.cfg.MaxConnsPerIP,
+		s.metrics.connsRefused.WithLabelValues("per_ip"), s.metrics.connsRefused.WithLabelValues("total"), s.metrics.connsEvicted)
 	codec := newDeferringCodec(s.cfg.MaxRequestBytes)
 	opts = append(s.cfg.serverOptions(codec), opts...)
 	if o := tracingOption(s.tp); o != nil {

@@ -20,7 +20,7 @@ func (l *limits) register(fs *flag.FlagSet) {
 	fs.IntVar(&l.headerBytes, "grpc-max-header-bytes", router.DefaultMaxHeaderBytes, "largest metadata (HTTP/2 header list) of one call")
 	fs.IntVar(&l.requestBytes, "grpc-max-request-bytes", router.DefaultMaxRequestBytes, "largest request message, and so NotifyBatch; larger is refused INVALID_ARGUMENT")
 	fs.IntVar(&l.streamsPerConn, "grpc-max-streams-per-conn", router.DefaultMaxStreamsPerConn, "most calls in flight on one connection")
-	fs.IntVar(&l.conns, "grpc-max-conns", router.DefaultMaxConns, "most open gRPC connections; more wait to be accepted")
+	fs.IntVar(&l.conns, "grpc-max-conns", router.DefaultMaxConns, "most open gRPC connections; past it a new one closes the oldest that has carried no authenticated call, or is closed itself when every one has")
 	fs.IntVar(&l.connsPerIP, "grpc-max-conns-per-ip", router.DefaultMaxConnsPerIP, "most open gRPC connections from one client address (IPv6: per /64); more are closed when accepted; -1 disables")
 	fs.DurationVar(&l.handshake, "grpc-handshake-timeout", router.DefaultHandshakeTimeout, "close a connection that has not completed its TLS and HTTP/2 handshakes within this")
 	fs.DurationVar(&l.keepaliveMinTime, "grpc-keepalive-min-time", router.DefaultKeepaliveMinTime, "shortest ping interval a client may use; faster pingers are disconnected")

@@ -43,6 +43,41 @@ func TestSilentConnsDoNotLockOut(t *testing.T) {
 	}
 }
 
+// TestFullOfSilentConnsDoesNotLockOut: sixteen addresses without
+// credentials, each at its -grpc-max-conns-per-ip, hold every connection
+// the router takes in all, and send nothing. A caller's connection closes
+// the oldest of them and is served, and so is its next call. Before, it
+// waited in the listen queue for a silent connection to close (here: past
+// the test's hang guard).
+func TestFullOfSilentConnsDoesNotLockOut(t *testing.T) {
+	const addrs, perAddr = 16, 2
+	p := newTestRouterProc(t, "-grpc-max-conns", fmt.Sprint(addrs*perAddr), "-grpc-max-conns-per-ip", fmt.Sprint(perAddr),
+		"-grpc-handshake-timeout", "5m")
+	for i := range addrs {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(i+1))}}
+		for range perAddr {
+			c, err := d.Dial("tcp", p.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// The router's SETTINGS, written as it takes the connection.
+			_ = c.SetReadDeadline(time.Now().Add(30 * time.Second)) // a hang guard
+			if _, err := c.Read(make([]byte, 1)); err != nil {
+				t.Fatalf("silent connection from %v: %v; want the router to take it", d.LocalAddr, err)
+			}
+		}
+	}
+	client := heraldv1.NewRouterServiceClient(testenv.GRPCClient(t, p.addr))
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer k1"), 60*time.Second)
+	defer cancel()
+	for i := range 2 {
+		if _, err := client.Notify(ctx, &heraldv1.NotifyRequest{UserId: "alice", Data: []byte("x")}); err != nil {
+			t.Fatalf("Notify %d from 127.0.0.1 while %d silent connections fill the router: %v", i+1, addrs*perAddr, err)
+		}
+	}
+}
+
 // TestIdleConnsBoundRSS: 15 addresses without credentials each open
 // -grpc-max-conns-per-ip (64) connections that complete the HTTP/2
 // handshake and then sit idle: 960 connections, near the router's 1024 in

@@ -48,7 +48,7 @@ func (s security) serverOptions(log *slog.Logger, reg prometheus.Registerer, ids
 	}
 	if s.noAuth {
 		log.Warn("authentication disabled (-insecure-no-auth): anyone who can reach the gRPC listener can notify any user")
-		return opts, nil
+		return append(opts, router.NoAuth()), nil
 	}
 	if s.callersFile == "" {
 		return nil, errors.New("no authentication configured: set -callers-file (HERALD_CALLERS_FILE) to a JSON file of " +
