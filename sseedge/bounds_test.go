@@ -303,27 +303,41 @@ func TestTCPConnsCountStreams(t *testing.T) {
 }
 
 // Trusted proxies are exempt from MaxTCPConnsPerIP (each carries many
-// clients) but not from MaxTCPConns.
+// clients) but not from MaxTCPConns: at the total, a new connection takes
+// the place of an idle keep-alive connection, which is closed, a trusted
+// proxy's like any other (evict_test.go has which one, and when none).
 func TestTCPConnsTotal(t *testing.T) {
 	t.Parallel()
 	e := newTestEdge(t, sseedge.Config{MaxTCPConnsPerIP: 1, MaxTCPConns: 3,
 		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
-	for range 2 {
-		c := dialFrom(t, e, "127.0.0.1")
-		if status := get(c, bufio.NewReader(c), "/v1/herald.js"); status != http.StatusOK {
-			t.Fatalf("a trusted proxy's connection: status %d, want 200", status)
+	var held []net.Conn
+	var readers []*bufio.Reader
+	for _, src := range []string{"127.0.0.1", "127.0.0.1", "127.0.0.2"} {
+		c := dialFrom(t, e, src)
+		r := bufio.NewReader(c)
+		if status := get(c, r, "/v1/herald.js"); status != http.StatusOK {
+			t.Fatalf("connection from %s: status %d, want 200", src, status)
+		}
+		held, readers = append(held, c), append(readers, r) // idle, kept alive
+	}
+	c := dialFrom(t, e, "127.0.0.3")
+	if status := get(c, bufio.NewReader(c), "/v1/herald.js"); status != http.StatusOK {
+		t.Fatalf("connection 4 of an edge limited to 3, beside idle ones: status %d, want 200", status)
+	}
+	served := 0
+	for i, c := range held {
+		if get(c, readers[i], "/v1/herald.js") == http.StatusOK {
+			served++
 		}
 	}
-	c := dialFrom(t, e, "127.0.0.2")
-	if status := get(c, bufio.NewReader(c), "/v1/herald.js"); status != http.StatusOK {
-		t.Fatalf("connection 3 of the edge: status %d, want 200", status)
+	if served != 2 {
+		t.Errorf("%d of the 3 idle connections still served, want 2: one evicted", served)
 	}
-	over := dialFrom(t, e, "127.0.0.3")
-	if status := get(over, bufio.NewReader(over), "/v1/herald.js"); status != 0 {
-		t.Fatalf("connection 4 of an edge limited to 3 served (%d), want it closed", status)
+	if n := e.metric("herald_sse_tcp_connections_evicted_total"); n != 1 {
+		t.Errorf("evicted = %v, want 1", n)
 	}
-	if n := e.metric(`herald_sse_tcp_connections_refused_total{limit="total"}`); n != 1 {
-		t.Errorf("refused total = %v, want 1", n)
+	if n := e.metric(`herald_sse_tcp_connections_refused_total{limit="total"}`); n != 0 {
+		t.Errorf("refused total = %v, want 0", n)
 	}
 }
 

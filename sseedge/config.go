@@ -118,7 +118,10 @@ type Config struct {
 	// disabled. Negative disables the limit.
 	MaxTCPConnsPerIP int
 	// MaxTCPConns is the most TCP connections this edge holds open, from
-	// any address, trusted proxies included; one more is closed at once.
+	// any address, trusted proxies included. One more takes the place of
+	// the connection that has waited longest holding no stream, which is
+	// closed (evicted); it is closed at once only when every connection
+	// holds a stream (see connLimits).
 	// Default half as many again as MaxConns (15000; at least 64 more).
 	// Keep it a few hundred under the process's open-file limit.
 	MaxTCPConns int
@@ -262,8 +265,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		s.tracer = deps.TracerProvider.Tracer(delivery.TracerName)
 	}
 	// The counts exist before the gauge that reads them is registered; their
-	// refusal counter comes with the metrics, before anything is served.
-	s.conns = newConnLimits(cfg.MaxTCPConns, cfg.MaxTCPConnsPerIP, s.trustedProxy, nil)
+	// refusal and eviction counters come with the metrics, before anything
+	// is served.
+	s.conns = newConnLimits(cfg.MaxTCPConns, cfg.MaxTCPConnsPerIP, s.trustedProxy, nil, nil)
 	m, err := newMetrics(deps.Registerer, func() float64 {
 		if h := s.currentHub(); h != nil {
 			return float64(h.subscriptions())
@@ -282,7 +286,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
-	s.conns.refused = m.tcpRefused
+	s.conns.refused, s.conns.evicted = m.tcpRefused, m.tcpEvicted
 	return s, nil
 }
 

@@ -72,6 +72,7 @@ func (s *Server) endHeld(ctx context.Context, w http.ResponseWriter, st *stream,
 	case CloseReplaced:
 		s.closeReplaced(s.writeFunc(ctx, w, st, nil))
 	}
+	s.conns.endStream(connOf(ctx))
 	s.finish(ctx, st, counted)
 }
 
@@ -154,6 +155,19 @@ func (s *Server) openEvents(w http.ResponseWriter, r *http.Request) *stream {
 	// HTTP/2, a write deadline resets the stream when it passes, even with
 	// no write waiting.
 	setRequestDeadlines(w, time.Time{}, time.Time{})
+	// Its connection is no longer evicted for a new one (connLimits) from
+	// here until the stream ends or is taken over; one evicted meanwhile
+	// is closed.
+	conn := connOf(r.Context())
+	if !s.conns.admitStream(conn) {
+		return nil
+	}
+	holding := true
+	defer func() {
+		if holding {
+			s.conns.endStream(conn)
+		}
+	}()
 	lastID := r.Header.Get("Last-Event-ID")
 	if lastID == "" {
 		lastID = query.Get("last_event_id")
@@ -177,6 +191,7 @@ func (s *Server) openEvents(w http.ResponseWriter, r *http.Request) *stream {
 	s.metrics.open.Inc()
 	// The stream holds the client's place from here: finish gives it back.
 	st.client, client = client, netip.Prefix{}
+	holding = false // until endHeld, or the writers' taking it over
 	return st
 }
 

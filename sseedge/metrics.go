@@ -19,6 +19,7 @@ type metrics struct {
 	catchUpErrors  prometheus.Counter
 	budgetCloses   prometheus.Counter
 	tcpRefused     *prometheus.CounterVec
+	tcpEvicted     prometheus.Counter
 }
 
 // newMetrics registers the edge's metrics on reg; subscriptions reports the
@@ -105,6 +106,10 @@ func newMetrics(reg prometheus.Registerer, subscriptions func() float64, link fu
 	for _, l := range []string{"per_ip", "total"} {
 		m.tcpRefused.WithLabelValues(l)
 	}
+	m.tcpEvicted = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "herald", Subsystem: "sse", Name: "tcp_connections_evicted_total",
+		Help: "TCP connections holding no stream closed to make room for a new one at the total limit (-max-tcp-conns), the longest waiting first.",
+	})
 	tcpOpen := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "herald", Subsystem: "sse", Name: "tcp_connections",
 		Help: "TCP connections the edge holds: streams' (taken over or not), requests' and idle keep-alive ones.",
@@ -114,7 +119,7 @@ func newMetrics(reg prometheus.Registerer, subscriptions func() float64, link fu
 		m.closed.WithLabelValues(string(r))
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.acceptErrors, m.replays, m.replayed, m.acks, m.ackLatency, subs, links, orphaned, m.catchUpErrors, m.budgetCloses, queuedBytes, m.tcpRefused, tcpOpen} {
+		for _, c := range []prometheus.Collector{m.open, m.closed, m.refused, m.duration, m.latency, m.written, m.dropped, m.presenceErrors, m.acceptErrors, m.replays, m.replayed, m.acks, m.ackLatency, subs, links, orphaned, m.catchUpErrors, m.budgetCloses, queuedBytes, m.tcpRefused, m.tcpEvicted, tcpOpen} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

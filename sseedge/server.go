@@ -186,8 +186,10 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		MaxHeaderBytes:    maxHeaderBytes,
 		// Not IdleTimeout: see idleConns.
 		ConnState: connStates(s.conns.connState, newIdleConns(idleTimeout).connState),
-		Protocols: protocols,
-		ErrorLog:  newServerLog(s.log, s.metrics.acceptErrors),
+		// Requests know their connection, whose streams it counts.
+		ConnContext: withConn,
+		Protocols:   protocols,
+		ErrorLog:    newServerLog(s.log, s.metrics.acceptErrors),
 	}
 	var hubDone sync.WaitGroup
 	hubDone.Go(func() { _ = h.run(hubCtx) })

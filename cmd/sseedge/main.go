@@ -60,7 +60,7 @@ func run(args []string) error {
 		maxConns   = fs.Int("max-conns", 10000, "streams on this edge; more get 503")
 		perIP      = fs.Int("max-conns-per-ip", 1000, "streams per client address (IPv6: per /64) on this edge, and as many acks in flight, counted apart; more get 429; -1 disables")
 		tcpPerIP   = fs.Int("max-tcp-conns-per-ip", 0, "TCP connections per peer address (IPv6: per /64), trusted proxies exempt; more are closed at once; 0: -max-conns-per-ip plus half, at least 64 more; -1 disables")
-		tcpConns   = fs.Int("max-tcp-conns", 0, "TCP connections on this edge; more are closed at once; 0: -max-conns plus half, at least 64 more")
+		tcpConns   = fs.Int("max-tcp-conns", 0, "TCP connections on this edge; one more evicts the longest waiting connection with no stream, or is closed at once if all hold one; 0: -max-conns plus half, at least 64 more")
 		proxies    = fs.String("trusted-proxies", "", "comma-separated addresses or CIDRs of proxies whose X-Forwarded-For names the client")
 		maxTopics  = fs.Int("max-topics", 16, "topics per stream")
 		origins    = fs.String("allowed-origins", "", "comma-separated origins allowed by CORS; * allows any")
