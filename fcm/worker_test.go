@@ -118,6 +118,12 @@ func TestWorkerRemovesDeadTokens(t *testing.T) {
 	if dl[0].GetEnvelope().GetId() != dan.Id || dl[0].GetErrorCode() != "UNREGISTERED" {
 		t.Fatalf("dead letter %v, want dan's notification with UNREGISTERED", dl[0])
 	}
+	// carol's and dan's records may be settled in different lanes: dan's
+	// dead letter says nothing of carol's count, which the worker adds once
+	// her tokens are gone from Redis. Wait for it.
+	testenv.WaitFor(t, 10*time.Second, "the worker to count the 3 removed tokens", func() bool {
+		return metricValue(t, reg, "herald_fcm_tokens_removed_total") >= 3
+	})
 	if got := metricValue(t, reg, "herald_fcm_tokens_removed_total"); got != 3 {
 		t.Fatalf("tokens_removed_total = %v, want 3", got)
 	}
@@ -312,6 +318,11 @@ func TestWorkerDedupesRedelivery(t *testing.T) {
 			t.Errorf("%s was pushed %v, want %v", tok, ids, want)
 		}
 	}
+	// The worker counts a batch's sends once FCM has answered them all,
+	// after the emulator recorded them: wait for the count to catch up.
+	testenv.WaitFor(t, 10*time.Second, "the worker to count its 6 sends", func() bool {
+		return metricValue(t, reg, "herald_fcm_messages_total", "sent") >= 6
+	})
 	if got := metricValue(t, reg, "herald_fcm_messages_total", "duplicate"); got != 2 {
 		t.Errorf("%v duplicates counted, want 2", got)
 	}
