@@ -162,10 +162,25 @@ func (w *Worker) targets(ctx context.Context, items []item, deads *[]kafka.Messa
 	}
 	var pushes []push
 	duplicates := 0
+	// The first item of each notification: a record can come twice in one
+	// batch (fetched again after a group rebalance while its first copy
+	// waited in the lane), and the dedupe sets, read before the batch's
+	// pushes, cannot say that the first copy is pushed here.
+	first := make(map[string]int, len(items))
 	for i, it := range items {
 		// The hashes of the tokens pushed already: none, mostly, and never
 		// more than the tokens pushed for this notification.
 		done := pushed[i].Val()
+		if j, ok := first[it.sentKey]; ok {
+			done = slices.Clone(done)
+			for _, p := range pushes {
+				if p.item == j {
+					done = append(done, p.hash)
+				}
+			}
+		} else {
+			first[it.sentKey] = i
+		}
 		add := func(token, platform string) {
 			h := tokenHash(token)
 			if slices.Contains(done, h) {

@@ -331,6 +331,50 @@ func TestWorkerDedupesRedelivery(t *testing.T) {
 	}
 }
 
+// TestWorkerDedupesRedeliveryInBatch: a record that comes twice in one
+// batch (fetched again after a group rebalance while its first copy still
+// waited in its lane) is pushed once: the dedupe sets are read before the
+// batch's pushes, so they cannot say the first copy was pushed.
+func TestWorkerDedupesRedeliveryInBatch(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, 1)
+	r.Register(t, "ines", "tok-ines", "tok-ines-tablet")
+	env := r.Notify(t, "ines", "x", nil)
+	if err := r.Queue.Enqueue(context.Background(), env); err != nil {
+		t.Fatal(err)
+	}
+	marker := r.Notify(t, "ines", "after", nil)
+	cfg := r.WorkerConfig()
+	cfg.BatchWait = time.Second // the three records in one batch
+	reg := prometheus.NewRegistry()
+	r.StartWorker(t, cfg, reg)
+	testenv.WaitFor(t, 30*time.Second, "the marker's pushes", func() bool {
+		n := 0
+		for _, m := range r.Emulator.Messages() {
+			if m.Data[fcm.DataID] == marker.Id {
+				n++
+			}
+		}
+		return n == 2
+	})
+	for _, tok := range []string{"tok-ines", "tok-ines-tablet"} {
+		var ids []string
+		for _, m := range r.Emulator.ByToken(tok) {
+			d, err := m.Decode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, d.Data[fcm.DataID])
+		}
+		if want := []string{env.Id, marker.Id}; !slices.Equal(ids, want) {
+			t.Errorf("%s was pushed %v, want %v", tok, ids, want)
+		}
+	}
+	if got := metricValue(t, reg, "herald_fcm_messages_total", "duplicate"); got != 2 {
+		t.Errorf("%v duplicates counted, want 2", got)
+	}
+}
+
 // metricValue is the value of the counter or gauge name with labels, or 0.
 func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
