@@ -164,8 +164,9 @@ func (w *Worker) targets(ctx context.Context, items []item, deads *[]kafka.Messa
 	duplicates := 0
 	// The hashes of the tokens this batch pushes, by dedupe set: a record
 	// queued twice (a write that Kafka took while its caller saw an error,
-	// and the caller's retry) can sit twice in one batch, whose dedupe sets
-	// were all read before either was pushed.
+	// and the caller's retry), or fetched again after a group rebalance
+	// while its first copy waited in the lane, can sit twice in one batch,
+	// whose dedupe sets were all read before either was pushed.
 	planned := map[string][]string{}
 	for i, it := range items {
 		// The hashes of the tokens pushed already: none, mostly, and never

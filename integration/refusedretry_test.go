@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -62,9 +63,25 @@ func TestRefusedNotifyRetriedOnceOverSSE(t *testing.T) {
 	if resp.GetRoute() != heraldv1.Route_ROUTE_PUSH_QUEUED {
 		t.Fatalf("the retry's route is %v, want ROUTE_PUSH_QUEUED", resp.GetRoute())
 	}
+	// A marker queued after the retry, for the same user: the worker pushes
+	// one user's notifications in order, so once the marker is pushed, any
+	// second push of the retried one would have been pushed too.
+	c.close()
+	s.waitOffline(t, user)
+	marker := s.notify(t, &heraldv1.NotifyRequest{UserId: user, Data: []byte("marker")})
+	if marker.GetRoute() != heraldv1.Route_ROUTE_PUSH_QUEUED {
+		t.Fatalf("the marker's route is %v, want ROUTE_PUSH_QUEUED", marker.GetRoute())
+	}
 	o.StartWorker(t, o.WorkerConfig(), nil)
-	o.WaitPushes(t, 1)
-	if m := o.Emulator.Messages(); len(m) != 1 || m[0].Data[fcm.DataID] != resp.GetNotificationId() {
-		t.Fatalf("pushed %v, want notification %s once", m, resp.GetNotificationId())
+	var pushed []string
+	testenv.WaitFor(t, 30*time.Second, "the marker's push", func() bool {
+		pushed = pushed[:0]
+		for _, m := range o.Emulator.Messages() {
+			pushed = append(pushed, m.Data[fcm.DataID])
+		}
+		return slices.Contains(pushed, marker.GetNotificationId())
+	})
+	if len(pushed) != 2 || pushed[0] != resp.GetNotificationId() {
+		t.Fatalf("pushed %v, want notification %s once, then the marker %s", pushed, resp.GetNotificationId(), marker.GetNotificationId())
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/herald-push/herald/delivery"
 	"github.com/herald-push/herald/integration/testenv"
 	"github.com/herald-push/herald/sseedge"
 )
@@ -37,6 +38,28 @@ func waitClosed(t *testing.T, e *testEdge, reason sseedge.CloseReason, n float64
 	// A hang guard: hundreds of streams may close at once on a loaded
 	// machine.
 	testenv.WaitFor(t, 30*time.Second, string(reason)+" in /metrics", func() bool { return e.closed(reason) == n })
+}
+
+// sendUntilClosed sends data to user until the edge has closed user's
+// stream (the route is no longer online), however fast or slow the machine
+// is: a count of sends would assume how many fit in the write timeout. With
+// hold > 0, it sends only while the edge holds at most hold bytes queued, so
+// that a stream behind a blocked write is closed by the write timeout, never
+// by a queue that a fast machine filled first. A minute is a hang guard.
+func sendUntilClosed(t *testing.T, e *testEdge, user string, data []byte, hold float64) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for e.send(t, user, data) == delivery.RouteOnline {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's stream was never closed: write_timeout %v, slow_consumer %v, budget closes %v, queued bytes %v", user,
+				e.closed(sseedge.CloseWriteTimeout), e.closed(sseedge.CloseSlowConsumer),
+				e.metric("herald_sse_queue_budget_closes_total"), e.metric("herald_sse_queued_bytes"))
+		}
+		if hold > 0 {
+			testenv.WaitFor(t, time.Until(deadline), "the edge to hold at most "+strconv.Itoa(int(hold))+" bytes queued",
+				func() bool { return e.metric("herald_sse_queued_bytes") <= hold })
+		}
+	}
 }
 
 func TestCloseClientClosed(t *testing.T) {
@@ -91,11 +114,7 @@ func TestCloseWriteTimeout(t *testing.T) {
 	e := newTestEdge(t, sseedge.Config{QueueSize: 4096, WriteTimeout: 300 * time.Millisecond})
 	e.open(t, tokenFor(t, "stalled", time.Hour)) // never read
 	big := []byte(strings.Repeat("y", 60<<10))
-	for i := 0; e.send(t, "stalled", big) == "online"; i++ {
-		if i > 3000 {
-			t.Fatal("the stalled client was never closed")
-		}
-	}
+	sendUntilClosed(t, e, "stalled", big, 4*float64(len(big)))
 	waitClosed(t, e, sseedge.CloseWriteTimeout, 1)
 	if n := e.closed(sseedge.CloseSlowConsumer); n != 0 {
 		t.Errorf("slow_consumer = %v, want 0: the queue never filled", n)

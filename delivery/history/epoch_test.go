@@ -191,8 +191,10 @@ func TestHistoryStartPositions(t *testing.T) {
 		t.Fatalf("epoch TTL %v, %v; want between 24h and 48h", ttl, err)
 	}
 	first := publishEach(t, "sol", f.Pub)[0]
-	// The next id would be ahead of the clock, and end in 999.
-	last := first + 100_000 - first%1000 + 998
+	// The next id would be ahead of the clock, and end in 999: an hour
+	// ahead, so that the clock is still behind it when the next event
+	// comes, however loaded the machine.
+	last := first + 3_600_000_000 - first%1000 + 998
 	lastKey := strings.TrimSuffix(delivery.Channel(f.Prefix, delivery.UserStream("sol")), ":events") + ":last"
 	if err := f.RDB.Set(context.Background(), lastKey, strconv.FormatUint(last, 10), time.Hour).Err(); err != nil {
 		t.Fatal(err)

@@ -80,10 +80,22 @@ func TestHistoryTimeTrimFloor(t *testing.T) {
 		t.Fatal(err)
 	}
 	ids := publishEach(t, "tia", f.Pub, f.Pub)
-	time.Sleep(300 * time.Millisecond) // events 0 and 1 are now older than the router's window
-	ids = append(ids, publishEach(t, "tia", f.Pub)...)
 	ctx := context.Background()
 	s := []delivery.Stream{delivery.UserStream("tia")}
+	log := delivery.HistoryKeys(f.Prefix, s[0])[0]
+	// Gone past its expiry, a window and two tenths after event 1: events 0
+	// and 1 are older than the router's window.
+	testenv.WaitFor(t, 10*time.Second, "the history of events 0 and 1 to expire", func() bool {
+		n, err := f.RDB.Exists(ctx, log).Result()
+		return err == nil && n == 0
+	})
+	ids = append(ids, publishEach(t, "tia", f.Pub)...)
+	// Event 2's history would expire 240 ms on, and the reads below, on a
+	// loaded machine, could come after: the test is of the floor, not of
+	// how fast it reads.
+	if kept, err := f.RDB.Persist(ctx, log).Result(); err != nil || !kept {
+		t.Fatalf("persist %s: %v, %v; want event 2's history kept", log, kept, err)
+	}
 	if got, err := hist.Since(ctx, s, []*uint64{&ids[0]}); err != nil || !got[0].Reset {
 		t.Errorf("from event 0, before the trimmed event 1: %+v, %v; want a reset", got, err)
 	}
