@@ -312,14 +312,7 @@ func TestWorkerDedupesRedelivery(t *testing.T) {
 		"tok-ivan-tablet": {env.Id, marker.Id},
 		"tok-ivan-watch":  {env.Id, marker.Id},
 	} {
-		var ids []string
-		for _, m := range r.Emulator.ByToken(tok) {
-			d, err := m.Decode()
-			if err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, d.Data[fcm.DataID])
-		}
+		ids := pushedIDs(t, r, tok)
 		if !slices.Equal(ids, want) {
 			t.Errorf("%s was pushed %v, want %v", tok, ids, want)
 		}
@@ -360,14 +353,7 @@ func TestWorkerDedupesRedeliveryInBatch(t *testing.T) {
 		return n == 2
 	})
 	for _, tok := range []string{"tok-ines", "tok-ines-tablet"} {
-		var ids []string
-		for _, m := range r.Emulator.ByToken(tok) {
-			d, err := m.Decode()
-			if err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, d.Data[fcm.DataID])
-		}
+		ids := pushedIDs(t, r, tok)
 		if want := []string{env.Id, marker.Id}; !slices.Equal(ids, want) {
 			t.Errorf("%s was pushed %v, want %v", tok, ids, want)
 		}
@@ -399,4 +385,18 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...
 		}
 	}
 	return 0
+}
+
+// pushedIDs lists the ids of the notifications pushed to tok, in order.
+func pushedIDs(t *testing.T, r *testenv.Offline, tok string) []string {
+	t.Helper()
+	var ids []string
+	for _, m := range r.Emulator.ByToken(tok) {
+		d, err := m.Decode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, d.Data[fcm.DataID])
+	}
+	return ids
 }

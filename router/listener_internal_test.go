@@ -87,14 +87,7 @@ func TestLimitListenerReleasesOnce(t *testing.T) {
 	// The address holds 2: its next connection is refused and counted, and
 	// Accept waits for the one after, let in once another has closed.
 	dial()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			t.Error(err)
-		}
-		accepted <- c
-	}()
+	accepted := acceptLater(t, l)
 	for deadline := time.Now().Add(10 * time.Second); testutil.ToFloat64(refused) < 1; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the connection over the address's share was not refused within 10s")
@@ -198,14 +191,7 @@ func TestLimitListenerEvictsOldestFresh(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 	}
 	dial()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			t.Error(err)
-		}
-		accepted <- c
-	}()
+	accepted := acceptLater(t, l)
 	testenv.WaitFor(t, 10*time.Second, "the connection over the total to be refused", func() bool { return testutil.ToFloat64(refusedTotal) == 1 })
 	_ = b.Close()
 	dial()
@@ -306,4 +292,18 @@ func TestLimitListenerConcurrent(t *testing.T) {
 	if open, fresh, clients := l.held(); open != 0 || fresh != 0 || clients != 0 {
 		t.Errorf("after closing every connection: held %d, %d never authenticated, from %d addresses; want 0", open, fresh, clients)
 	}
+}
+
+// acceptLater calls l.Accept on a goroutine of its own and hands over what
+// it accepts.
+func acceptLater(t *testing.T, l net.Listener) <-chan net.Conn {
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			t.Error(err)
+		}
+		accepted <- c
+	}()
+	return accepted
 }
