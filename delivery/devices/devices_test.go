@@ -14,11 +14,7 @@ import (
 
 func TestDevices(t *testing.T) {
 	t.Parallel()
-	rdb, prefix := testenv.Redis(t)
-	d, err := devices.New(rdb, devices.Config{Prefix: prefix, MaxPerUser: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, _ := newRegistry(t)
 	ctx := context.Background()
 	for i, tok := range []string{"tok-a", "tok-b", "tok-c", "tok-a", "tok-d"} {
 		n, evicted, err := d.Register(ctx, "ivy", tok, "android")
@@ -69,11 +65,7 @@ func TestDevices(t *testing.T) {
 // without devices.
 func TestQueue(t *testing.T) {
 	t.Parallel()
-	rdb, prefix := testenv.Redis(t)
-	d, err := devices.New(rdb, devices.Config{Prefix: prefix, MaxPerUser: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, rdb := newRegistry(t)
 	ctx := context.Background()
 	for _, dv := range []struct{ token, platform string }{
 		{"tok-a", "android"}, {"tok-b", "ios"}, {"tok-c", "web"}, {"tok-d", "ios"}, {"tok-b", "android"},
@@ -113,4 +105,16 @@ func TestQueue(t *testing.T) {
 	if ds, err := nobody.Devices(); err != nil || len(ds) != 0 {
 		t.Fatalf("a user without devices: %v, %v", ds, err)
 	}
+}
+
+// newRegistry is a registry of at most 3 devices a user, on the shared
+// Redis under a prefix of the test's own, and its client.
+func newRegistry(t *testing.T) (*devices.Registry, *redis.Client) {
+	t.Helper()
+	rdb, prefix := testenv.Redis(t)
+	d, err := devices.New(rdb, devices.Config{Prefix: prefix, MaxPerUser: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, rdb
 }
